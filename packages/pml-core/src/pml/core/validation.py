@@ -1,0 +1,218 @@
+"""Checks at the public boundary: shapes, labels, index tuples and argument guards.
+
+Every check raises ``ValueError`` (values, shapes) or ``TypeError`` (types) with a message that
+names the argument, then what was expected and what was given. Where the reference raised an
+``AssertionError``, :class:`InvalidArgumentError` (both a ``ValueError`` and an
+``AssertionError``) keeps ``except AssertionError`` code working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "InvalidArgumentError",
+    "UnsupportedLossError",
+    "check_embeddings",
+    "check_finite",
+    "check_indices_tuple",
+    "check_labels",
+    "check_option",
+    "check_shapes",
+    "indices_tuple_not_supported",
+    "labels_not_supported",
+    "labels_or_indices_tuple_required",
+    "labels_required",
+    "ref_not_supported",
+]
+
+
+class InvalidArgumentError(ValueError, AssertionError):
+    """A bad argument where the reference raised ``AssertionError``.
+
+    Catchable as ``ValueError`` (what a user of a library expects) and as
+    ``AssertionError`` (what code written against the reference catches).
+    """
+
+
+class UnsupportedLossError(TypeError):
+    """A loss wrapper was given a loss it does not support."""
+
+
+def check_option(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``.
+
+    Example:
+        >>> check_option("mode", "all", ["all", "hard"])
+    """
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+
+
+def check_embeddings(x: Any, name: str = "embeddings", *, allow_empty: bool = True) -> None:
+    """Check that ``x`` is a 2-D floating-point tensor.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or not floating point.
+        ValueError: ``x`` is not 2-D, or is empty when ``allow_empty`` is False.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (batch_size, embedding_size); got {tuple(x.shape)}"
+        )
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
+    if not allow_empty and x.shape[0] == 0:
+        raise ValueError(f"{name} must not be empty; got shape {tuple(x.shape)}")
+
+
+def check_labels(labels: Any, n: int | None = None, name: str = "labels") -> None:
+    """Check that ``labels`` is a 1-D tensor, of length ``n`` when given.
+
+    Raises:
+        TypeError: ``labels`` is not a tensor.
+        ValueError: wrong number of dimensions or length.
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be 1-D; got shape {tuple(labels.shape)}")
+    if n is not None and labels.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape ({n},) to match the embeddings; "
+            f"got {tuple(labels.shape)} (number of embeddings must equal number of labels)"
+        )
+
+
+def check_shapes(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    *,
+    names: tuple[str, str] = ("embeddings", "labels"),
+) -> None:
+    """The reference's ``check_shapes``: same length, 1-D labels (``ValueError``).
+
+    Raises:
+        TypeError: ``embeddings`` is not a tensor.
+        ValueError: ``labels`` is not 1-D or its length differs from ``embeddings``.
+    """
+    if not isinstance(embeddings, Tensor):
+        raise TypeError(f"{names[0]} must be a torch.Tensor; got {type(embeddings).__name__}")
+    if labels is None:
+        return
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{names[1]} must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"{names[1]} must be 1-D; got shape {tuple(labels.shape)}")
+    if embeddings.ndim == 0 or embeddings.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{names[1]} must have shape ({embeddings.shape[0] if embeddings.ndim else 0},) "
+            f"to match {names[0]}; got {tuple(labels.shape)} "
+            "(number of embeddings must equal number of labels)"
+        )
+
+
+def check_finite(x: Tensor, name: str = "embeddings") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf. Forces a device sync: opt-in only."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite; got NaN or inf values")
+
+
+def check_indices_tuple(
+    indices_tuple: Any,
+    n: int | None = None,
+    m: int | None = None,
+    *,
+    name: str = "indices_tuple",
+    check_bounds: bool = False,
+) -> None:
+    """Check the form of a miner output.
+
+    Pairs are a 4-tuple ``(a1, p, a2, n)`` with ``len(a1) == len(p)``, ``len(a2) == len(n)``;
+    triplets a 3-tuple ``(a, p, n)`` of equal lengths. Entries are 1-D integer tensors.
+    With ``check_bounds`` (forces a device sync), anchors must be ``< n`` and
+    positives/negatives ``< m``.
+
+    Raises:
+        TypeError: not a tuple/list, wrong length, or entries that are not integer tensors.
+        ValueError: entries not 1-D, mismatched lengths, or indices out of range.
+    """
+    if not isinstance(indices_tuple, Sequence) or isinstance(indices_tuple, str | Tensor):
+        raise TypeError(
+            f"{name} must be a tuple (a, p, n) of triplets or (a1, p, a2, n) of pairs; "
+            f"got {type(indices_tuple).__name__}"
+        )
+    if len(indices_tuple) not in (3, 4):
+        raise TypeError(
+            f"{name} must have 3 entries (a, p, n) or 4 entries (a1, p, a2, n); "
+            f"got {len(indices_tuple)}"
+        )
+    for i, t in enumerate(indices_tuple):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor; got {type(t).__name__}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name}[{i}] must be an integer tensor; got {t.dtype}")
+        if t.ndim != 1:
+            raise ValueError(f"{name}[{i}] must be 1-D; got shape {tuple(t.shape)}")
+    lengths = [len(t) for t in indices_tuple]
+    if len(indices_tuple) == 3 and len(set(lengths)) != 1:
+        raise ValueError(f"{name} triplets (a, p, n) must have equal lengths; got {lengths}")
+    if len(indices_tuple) == 4 and (lengths[0] != lengths[1] or lengths[2] != lengths[3]):
+        raise ValueError(
+            f"{name} pairs (a1, p, a2, n) need len(a1) == len(p) and len(a2) == len(n); "
+            f"got {lengths}"
+        )
+    if check_bounds:
+        anchors = [indices_tuple[0]] + ([indices_tuple[2]] if len(indices_tuple) == 4 else [])
+        others = [indices_tuple[1], indices_tuple[-1]]
+        for group, limit, what in ((anchors, n, "anchor"), (others, m, "reference")):
+            for t in group:
+                if t.numel() and (
+                    int(t.min()) < 0 or (limit is not None and int(t.max()) >= limit)
+                ):
+                    raise ValueError(
+                        f"{name} has {what} indices outside [0, {limit}); "
+                        f"got range [{int(t.min())}, {int(t.max())}]"
+                    )
+
+
+def labels_required(labels: Tensor | None) -> None:
+    """Raise ``ValueError`` if ``labels`` is None."""
+    if labels is None:
+        raise ValueError("labels must not be None: this loss needs labels")
+
+
+def labels_or_indices_tuple_required(labels: Tensor | None, indices_tuple: Any) -> None:
+    """Raise ``ValueError`` if both ``labels`` and ``indices_tuple`` are None."""
+    if labels is None and indices_tuple is None:
+        raise ValueError("labels and indices_tuple cannot both be None")
+
+
+def indices_tuple_not_supported(indices_tuple: Any) -> None:
+    """Raise ``ValueError`` if ``indices_tuple`` is given."""
+    if indices_tuple is not None:
+        raise ValueError("indices_tuple is not supported by this loss; pass None")
+
+
+def labels_not_supported(labels: Tensor | None, ref_labels: Tensor | None = None) -> None:
+    """Raise ``ValueError`` if ``labels`` or ``ref_labels`` is given."""
+    if labels is not None or ref_labels is not None:
+        raise ValueError("labels and ref_labels are not supported by this loss; pass None")
+
+
+def ref_not_supported(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    ref_emb: Tensor | None,
+    ref_labels: Tensor | None,
+) -> None:
+    """Raise ``ValueError`` unless the reference set *is* the query set (object identity)."""
+    if ref_emb is not embeddings or ref_labels is not labels:
+        raise ValueError("ref_emb and ref_labels are not supported by this loss; pass None")

@@ -1,0 +1,187 @@
+"""BaseDistance, the distance-holding module base, and the distance-type guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pml.core.records import ModuleWithRecords
+from pml.core.validation import InvalidArgumentError, check_embeddings
+from pml.distances import functional as DF
+
+
+class BaseDistance(ModuleWithRecords):
+    """Base of every distance: ``forward(query_emb, ref_emb=None) -> (N, M)``.
+
+    Args:
+        normalize_embeddings: Lp-normalise rows (with ``p``) before computing the matrix.
+        p: norm order for normalisation, :meth:`get_norm` and (LpDistance) the distance.
+        power: raise every matrix entry to this power when ``!= 1``.
+        is_inverted: ``True`` for similarities (larger means closer).
+        collect_stats: record average norms before/after normalisation.
+    """
+
+    def __init__(
+        self,
+        normalize_embeddings: bool = True,
+        p: float = 2,
+        power: float = 1,
+        is_inverted: bool = False,
+        collect_stats: bool | None = None,
+    ) -> None:
+        super().__init__(collect_stats=collect_stats)
+        self.normalize_embeddings = normalize_embeddings
+        self.p = p
+        self.power = power
+        self.is_inverted = is_inverted
+        self.add_to_recordable_attributes(list_of_names=["p", "power"], is_stat=False)
+        self.add_to_recordable_attributes(
+            list_of_names=[
+                "initial_avg_query_norm",
+                "initial_avg_ref_norm",
+                "final_avg_query_norm",
+                "final_avg_ref_norm",
+            ],
+            is_stat=True,
+        )
+
+    def forward(self, query_emb: Tensor, ref_emb: Tensor | None = None) -> Tensor:
+        """Distance (or similarity) matrix between query and reference rows.
+
+        Args:
+            query_emb: shape ``(N, D)``.
+            ref_emb: shape ``(M, D)``; None compares the query with itself.
+
+        Returns:
+            Shape ``(N, M)``, dtype and device of ``query_emb``.
+
+        Raises:
+            ValueError: an input is not 2-D, or the embedding sizes differ.
+            TypeError: an input is not a floating-point tensor.
+        """
+        self.reset_stats()
+        self.check_shapes(query_emb, ref_emb)
+        query = self.maybe_normalize(query_emb)
+        ref = query if ref_emb is None else self.maybe_normalize(ref_emb)
+        if self.collect_stats:
+            self._set_norm_stats(query_emb, ref_emb, query, ref)
+        mat = self.compute_mat(query, ref)
+        if self.power != 1:
+            mat = mat**self.power
+        if mat.shape != (query_emb.shape[0], ref.shape[0]):
+            raise RuntimeError(
+                f"{type(self).__name__}.compute_mat returned shape {tuple(mat.shape)}; "
+                f"expected {(query_emb.shape[0], ref.shape[0])}"
+            )
+        return mat
+
+    def _set_norm_stats(
+        self, query_emb: Tensor, ref_emb: Tensor | None, query: Tensor, ref: Tensor
+    ) -> None:
+        with torch.no_grad():
+            raw_ref = query_emb if ref_emb is None else ref_emb
+            self.set_stats(
+                initial_avg_query_norm=torch.mean(self.get_norm(query_emb)),
+                initial_avg_ref_norm=torch.mean(self.get_norm(raw_ref)),
+                final_avg_query_norm=torch.mean(self.get_norm(query)),
+                final_avg_ref_norm=torch.mean(self.get_norm(ref)),
+            )
+
+    def check_shapes(self, query_emb: Tensor, ref_emb: Tensor | None) -> None:
+        """Validate inputs; a subclass may override to accept other ranks.
+
+        Raises:
+            ValueError: not 2-D, or embedding sizes differ.
+            TypeError: not a floating-point tensor.
+        """
+        check_embeddings(query_emb, "query_emb")
+        if ref_emb is not None:
+            check_embeddings(ref_emb, "ref_emb")
+            if ref_emb.shape[1] != query_emb.shape[1]:
+                raise ValueError(
+                    f"ref_emb must have embedding size {query_emb.shape[1]} like query_emb; "
+                    f"got {ref_emb.shape[1]}"
+                )
+
+    def compute_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        """The ``(N, M)`` matrix from already (maybe) normalised inputs."""
+        raise NotImplementedError
+
+    def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        """Row ``i`` against row ``i`` (``(K,)``); no normalisation and no ``power``."""
+        raise NotImplementedError
+
+    def smallest_dist(self, *args: Any, **kwargs: Any) -> Any:
+        """The closest: ``torch.max`` for similarities, ``torch.min`` for distances."""
+        return torch.max(*args, **kwargs) if self.is_inverted else torch.min(*args, **kwargs)
+
+    def largest_dist(self, *args: Any, **kwargs: Any) -> Any:
+        """The farthest: ``torch.min`` for similarities, ``torch.max`` for distances."""
+        return torch.min(*args, **kwargs) if self.is_inverted else torch.max(*args, **kwargs)
+
+    def margin(self, x: Tensor, y: Tensor) -> Tensor:
+        """Positive when ``x`` is farther than ``y``: ``x - y`` (distance) or ``y - x``."""
+        return y - x if self.is_inverted else x - y
+
+    def normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        """Lp-normalise with this distance's ``p`` (always, whatever ``normalize_embeddings``)."""
+        if kwargs:
+            return torch.nn.functional.normalize(embeddings, p=self.p, dim=dim, **kwargs)
+        return DF.lp_normalize(embeddings, p=self.p, dim=dim)
+
+    def maybe_normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        """:meth:`normalize` when ``normalize_embeddings`` is on, else ``embeddings``."""
+        if self.normalize_embeddings:
+            return self.normalize(embeddings, dim=dim, **kwargs)
+        return embeddings
+
+    def get_norm(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        """The ``p``-norm of each row."""
+        if kwargs:
+            return torch.norm(embeddings, p=self.p, dim=dim, **kwargs)
+        return DF.lp_norm(embeddings, p=self.p, dim=dim)
+
+
+class ModuleWithRecordsAndDistance(ModuleWithRecords):
+    """A module holding a distance (default :meth:`get_default_distance`).
+
+    Args:
+        distance: the distance object; None builds a fresh default.
+        collect_stats: see :class:`pml.core.records.ModuleWithRecords`.
+    """
+
+    def __init__(self, distance: BaseDistance | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.distance = self.get_default_distance() if distance is None else distance
+
+    def get_default_distance(self) -> BaseDistance:
+        """``LpDistance(p=2)`` (L2 between L2-normalised rows) unless overridden."""
+        from pml.distances._lp import LpDistance
+
+        return LpDistance(p=2)
+
+
+def assert_distance_type(
+    obj: Any, distance_type: type | tuple[type, ...] | None = None, **kwargs: Any
+) -> None:
+    """Check ``obj.distance`` against a type and attribute values.
+
+    Raises:
+        InvalidArgumentError: (a ValueError and an AssertionError) naming the object, the
+            required type or attribute, and what was found.
+    """
+    name = type(obj).__name__
+    distance = obj.distance
+    if distance_type is not None:
+        types = distance_type if isinstance(distance_type, tuple) else (distance_type,)
+        if not isinstance(distance, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise InvalidArgumentError(
+                f"{name} requires the distance to be {wanted}; got {type(distance).__name__}"
+            )
+    for k, v in kwargs.items():
+        got = getattr(distance, k)
+        if got != v:
+            raise InvalidArgumentError(f"{name} requires distance.{k} == {v!r}; got {got!r}")

@@ -1,0 +1,166 @@
+"""Reducers that treat every reduction type alike: mean, sum, thresholds, divisor, weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pml.core.dtypes import accumulation_dtype
+from pml.core.validation import InvalidArgumentError
+from pml.reducers import functional as RF
+from pml.reducers._base import BaseReducer
+
+
+class _UniformReducer(BaseReducer):
+    """A reducer whose element/pair/triplet reductions are the same function of ``losses``."""
+
+    def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
+        raise NotImplementedError
+
+    def element_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self.reduce(losses, embeddings, **kw)
+
+    def pos_pair_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self.reduce(losses, embeddings, **kw)
+
+    def neg_pair_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self.reduce(losses, embeddings, **kw)
+
+    def triplet_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self.reduce(losses, embeddings, **kw)
+
+
+class MeanReducer(_UniformReducer):
+    """Plain mean of the losses (an empty tensor gives NaN, like ``torch.mean``).
+
+    Example:
+        >>> d = {"losses": torch.tensor([1.0, 3.0]), "indices": torch.tensor([0, 1]),
+        ...      "reduction_type": "element"}
+        >>> MeanReducer()({"loss": d}, torch.zeros(2, 1), None)
+        tensor(2.)
+    """
+
+    def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
+        return losses.mean(dtype=accumulation_dtype(losses.dtype)).to(losses.dtype)
+
+
+class SumReducer(MeanReducer):
+    """Sum of the losses."""
+
+    def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
+        return losses.sum(dtype=accumulation_dtype(losses.dtype)).to(losses.dtype)
+
+
+class ThresholdReducer(_UniformReducer):
+    """Mean of the losses strictly inside ``(low, high)``; the zero loss if none are.
+
+    Args:
+        low: keep losses ``> low`` (None: no lower bound).
+        high: keep losses ``< high`` (None: no upper bound).
+
+    Stats (with ``collect_stats``): ``num_past_filter``, ``num_above_low``,
+    ``num_below_high`` (survivors of the low filter that are ``< high``; the reference left
+    this at 0 and wrote the count to ``num_above_high``, which is kept as an alias).
+
+    Raises:
+        InvalidArgumentError: neither ``low`` nor ``high`` is given.
+    """
+
+    def __init__(self, low: float | None = None, high: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if low is None and high is None:
+            raise InvalidArgumentError("ThresholdReducer needs at least one of low or high")
+        self.low, self.high = low, high
+        self.add_to_recordable_attributes(list_of_names=["low", "high"], is_stat=False)
+        self.add_to_recordable_attributes(
+            list_of_names=["num_past_filter", "num_above_low", "num_below_high", "num_above_high"],
+            is_stat=True,
+        )
+
+    def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
+        mask = RF.threshold_mask(losses, self.low, self.high)
+        if self.collect_stats:
+            self._set_filter_stats(losses, mask)
+        return RF.mean_or_fallback(losses, mask, self.zero_loss(embeddings))
+
+    def _set_filter_stats(self, losses: Tensor, mask: Tensor) -> None:
+        with torch.no_grad():
+            stats: dict[str, Any] = {"num_past_filter": mask.sum()}
+            if self.low is not None:
+                stats["num_above_low"] = (losses > self.low).sum()
+            if self.high is not None:
+                below = RF.threshold_mask(losses, self.low, self.high).sum()
+                # compat: the reference wrote this count to `num_above_high` (spec: reducers).
+                stats["num_below_high"] = below
+                stats["num_above_high"] = below
+            self.set_stats(**stats)
+
+
+class AvgNonZeroReducer(ThresholdReducer):
+    """Mean of the strictly positive losses (``ThresholdReducer(low=0)``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(low=0, **kwargs)
+
+
+class DivisorReducer(_UniformReducer):
+    """``sum(losses) / divisor``, the divisor coming from the loss dict (``"divisor"`` key).
+
+    A zero divisor gives the zero loss. The last divisor is kept in ``self.divisor``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.divisor: Any = 0
+        self.add_to_recordable_attributes(name="divisor", is_stat=True)
+
+    def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
+        if "divisor" not in kw:
+            raise KeyError(
+                "DivisorReducer needs a 'divisor' entry next to 'losses' in the loss dict"
+            )
+        divisor = kw["divisor"]
+        self.divisor = divisor
+        return RF.divide_or_fallback(losses, divisor, self.zero_loss(embeddings))
+
+
+class ClassWeightedReducer(_UniformReducer):
+    """``mean(losses * weights[labels[anchor]])`` (the plain mean over all losses).
+
+    Args:
+        weights: ``weights[c]`` is the weight of class ``c`` (a tensor or a sequence).
+    """
+
+    def __init__(self, weights: Tensor | Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weights = weights if isinstance(weights, Tensor) else torch.as_tensor(weights)
+
+    def _reduce_at(self, losses: Tensor, sample_idx: Tensor, labels: Tensor | None) -> Tensor:
+        if labels is None:
+            raise ValueError("ClassWeightedReducer needs labels; got None")
+        self.weights = self.weights.to(device=losses.device, dtype=losses.dtype)
+        return RF.class_weighted_mean(losses, self.weights, labels.to(losses.device)[sample_idx])
+
+    def element_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self._reduce_at(losses, loss_indices, labels)
+
+    def pos_pair_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self._reduce_at(losses, loss_indices[0], labels)
+
+    def neg_pair_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self._reduce_at(losses, loss_indices[0], labels)
+
+    def triplet_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]
+        return self._reduce_at(losses, loss_indices[0], labels)
+
+
+class DoNothingReducer(BaseReducer):
+    """Returns the loss dict unchanged (no reduction, no checks)."""
+
+    def forward(  # type: ignore[override]
+        self, loss_dict: Mapping[str, Any], embeddings: Tensor, labels: Tensor | None
+    ) -> Mapping[str, Any]:
+        return loss_dict

@@ -1,0 +1,59 @@
+"""Module bases that hold a reducer (and a distance), with the reference's reducer rules."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pml.core.records import ModuleWithRecords
+from pml.distances import ModuleWithRecordsAndDistance
+from pml.reducers._base import BaseReducer
+from pml.reducers._basic import DoNothingReducer, MeanReducer
+from pml.reducers._composite import MultipleReducers
+
+
+class ModuleWithRecordsAndReducer(ModuleWithRecords):
+    """A module holding ``self.reducer``, built by :meth:`set_reducer` at construction.
+
+    Args:
+        reducer: None for :meth:`get_default_reducer`; a user reducer is deep-copied (once per
+            sub-loss); a :class:`MultipleReducers` or :class:`DoNothingReducer` is used as is.
+        collect_stats: see :class:`pml.core.records.ModuleWithRecords`.
+    """
+
+    def __init__(self, reducer: BaseReducer | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_reducer(reducer)
+
+    def get_default_reducer(self) -> BaseReducer:
+        """:class:`MeanReducer` unless overridden."""
+        return MeanReducer()
+
+    def sub_loss_names(self) -> list[str]:
+        """Names of the sub-losses this module emits (``["loss"]`` by default)."""
+        return self._sub_loss_names()
+
+    def _sub_loss_names(self) -> list[str]:
+        return ["loss"]
+
+    def set_reducer(self, reducer: BaseReducer | None) -> None:
+        """Build ``self.reducer`` following the reference's rules (see class docstring)."""
+        if isinstance(reducer, MultipleReducers | DoNothingReducer):
+            self.reducer = reducer
+            return
+        names = self.sub_loss_names()
+        if len(names) == 1:
+            self.reducer = self.get_default_reducer() if reducer is None else copy.deepcopy(reducer)
+            return
+        self.reducer = MultipleReducers(
+            {
+                name: self.get_default_reducer() if reducer is None else copy.deepcopy(reducer)
+                for name in names
+            }
+        )
+
+
+class ModuleWithRecordsReducerAndDistance(
+    ModuleWithRecordsAndReducer, ModuleWithRecordsAndDistance
+):
+    """A module holding a reducer and a distance (keywords ``reducer``, ``distance``)."""

@@ -1,0 +1,117 @@
+"""Reductions as pure functions on tensors.
+
+They never synchronise with the device: "nothing survived the filter" is handled with
+``torch.where`` against a fallback value instead of a Python ``if`` on tensor contents.
+Sums run in at least float32 and results come back in the losses' dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pml.core.dtypes import accumulation_dtype
+
+__all__ = [
+    "class_weighted_mean",
+    "divide_or_fallback",
+    "mean_or_fallback",
+    "mean_per_anchor",
+    "mean_per_row",
+    "threshold_mask",
+]
+
+
+def threshold_mask(losses: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    """``(losses > low) & (losses < high)``; a missing bound is not applied. NaN never passes.
+
+    Example:
+        >>> threshold_mask(torch.tensor([3.0, 7.0, 1.0, 13.0]), low=2, high=10).tolist()
+        [True, True, False, False]
+    """
+    mask = torch.ones_like(losses, dtype=torch.bool)
+    if low is not None:
+        mask &= losses > low
+    if high is not None:
+        mask &= losses < high
+    return mask
+
+
+def mean_or_fallback(losses: Tensor, mask: Tensor, fallback: Tensor) -> Tensor:
+    """Mean of ``losses[mask]``, or ``fallback`` (0-dim) when the mask is empty.
+
+    Masked-out entries (NaN included) get no gradient.
+
+    Example:
+        >>> losses, mask = torch.tensor([0.0, 2.0, 3.0]), torch.tensor([False, True, True])
+        >>> mean_or_fallback(losses, mask, torch.tensor(0.0))
+        tensor(2.5000)
+    """
+    acc = accumulation_dtype(losses.dtype)
+    total = torch.where(mask, losses, 0).sum(dtype=acc)
+    count = mask.sum()
+    mean = (total / count.clamp(min=1)).to(losses.dtype)
+    return torch.where(count > 0, mean, fallback.to(losses.dtype))
+
+
+def divide_or_fallback(losses: Tensor, divisor: Tensor | float, fallback: Tensor) -> Tensor:
+    """``sum(losses) / divisor`` (summed in >= float32), or ``fallback`` when ``divisor == 0``.
+
+    Example:
+        >>> divide_or_fallback(torch.tensor([1.0, 2.0, 3.0]), 4, torch.tensor(0.0))
+        tensor(1.5000)
+    """
+    acc = accumulation_dtype(losses.dtype)
+    total = losses.sum(dtype=acc)
+    if not isinstance(divisor, Tensor):
+        if divisor == 0:
+            return fallback.to(losses.dtype)
+        return (total / divisor).to(losses.dtype)
+    divisor = divisor.to(device=losses.device)
+    safe = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    out = (total / safe).to(losses.dtype)
+    return torch.where(divisor == 0, fallback.to(losses.dtype), out)
+
+
+def class_weighted_mean(losses: Tensor, weights: Tensor, sample_labels: Tensor) -> Tensor:
+    """``mean(losses * weights[sample_labels])``: the plain mean, not divided by the weights.
+
+    Example:
+        >>> losses, weights = torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3])
+        >>> class_weighted_mean(losses, weights, torch.tensor([0, 0, 1, 1]))
+        tensor(6.)
+    """
+    acc = accumulation_dtype(losses.dtype)
+    weighted = losses.to(acc) * weights.to(acc)[sample_labels.long()]
+    return weighted.mean().to(losses.dtype)
+
+
+def mean_per_anchor(losses: Tensor, anchors: Tensor, num_anchors: int) -> Tensor:
+    """Average of the losses of each anchor, 0 for anchors without any, shape ``(B,)``.
+
+    Every entry counts, duplicates included. Runs in ``O(len(losses) + B)`` memory.
+
+    Example:
+        >>> mean_per_anchor(torch.tensor([0.0, 2.0, 4.0]), torch.tensor([0, 0, 2]), 4)
+        tensor([1., 0., 4., 0.])
+    """
+    acc = accumulation_dtype(losses.dtype)
+    idx = anchors.long()
+    zeros = torch.zeros(num_anchors, dtype=acc, device=losses.device)
+    sums = zeros.index_add(0, idx, losses.to(acc))
+    counts = zeros.index_add(0, idx, torch.ones_like(idx, dtype=acc))
+    return (sums / counts.clamp(min=1)).to(losses.dtype)
+
+
+def mean_per_row(x: Tensor, num_per_row: Tensor) -> Tensor:
+    """The reference's default aggregation on a dense matrix: ``sum(x, 1) / num_per_row``.
+
+    Rows with ``num_per_row == 0`` give 0.
+
+    Example:
+        >>> mean_per_row(torch.tensor([[0.0, 2.0], [0.0, 0.0]]), torch.tensor([2, 0]))
+        tensor([1., 0.])
+    """
+    total = torch.sum(x, dim=1)
+    safe = num_per_row.clamp(min=1).to(total.dtype)
+    return torch.where(num_per_row > 0, total / safe, torch.zeros_like(total))

@@ -1,0 +1,97 @@
+"""Side-by-side benchmark harness: pml against the reference, one fresh process per measurement.
+
+A suite module ``benchmarks/cases_<area>.py`` defines ``TITLE`` and ``SUITE``: a list of dicts
+
+    {"name": "TripletMarginLoss all triplets", "params": {"n": 1024, "d": 128, "per_class": 8},
+     "pml": "benchmarks.cases_losses:triplet_pml", "ref": "benchmarks.cases_losses:triplet_ref",
+     "repeats": 3, "ref_skip": None | "why the reference is not run"}
+
+``pml``/``ref`` name functions ``f(**params) -> step`` (setup done, ``step()`` does the work,
+e.g. forward + backward). :func:`run_suite` measures both and writes a Markdown table to
+``benchmarks/results/<area>.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def measure(target: str, params: dict[str, Any], repeats: int = 3, timeout: int = 900) -> dict:
+    """Run ``target(**params)`` in a fresh interpreter; time and peak memory of ``step()``."""
+    cmd = [sys.executable, "-m", "benchmarks._worker", target, json.dumps(params), str(repeats)]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout}s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return {"error": f"crashed: {tail[0][:200]}"}
+    return json.loads(lines[-1])
+
+
+def _fmt_time(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    if "error" in r:
+        return f"error: {r['error']}"
+    return f"{r['time_s'] * 1000:.1f} ms"
+
+
+def _fmt_mem(r: dict | None) -> str:
+    if r is None or "error" in r:
+        return "—"
+    return f"{r['peak_mb']:.0f} MB"
+
+
+def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | None = None) -> Path:
+    """Measure every case of ``suite`` and write ``benchmarks/results/<area>.md``."""
+    rows = []
+    for case in suite:
+        if only and only.lower() not in case["name"].lower():
+            continue
+        repeats = case.get("repeats", 3)
+        print(f"[{area}] {case['name']} {case['params']}", flush=True)
+        ours = measure(case["pml"], case["params"], repeats)
+        ref = None
+        if case.get("ref") and not case.get("ref_skip"):
+            ref = measure(case["ref"], case["params"], repeats)
+        ratio = "—"
+        if ref and "error" not in ref and "error" not in ours:
+            ratio = f"{ref['time_s'] / ours['time_s']:.1f}x"
+        ref_time = f"not run: {case['ref_skip']}" if case.get("ref_skip") else _fmt_time(ref)
+        params = ", ".join(f"{k}={v}" for k, v in case["params"].items())
+        rows.append(
+            f"| {case['name']} | {params} | {_fmt_time(ours)} | {ref_time} | {ratio} "
+            f"| {_fmt_mem(ours)} | {_fmt_mem(ref)} |"
+        )
+        print("   ", rows[-1], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{area}.md"
+    header = [
+        f"# {title}",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        "`hatch run bench:run` regenerates this file.",
+        "Time: median of repeated `step()` calls after one warm-up call, each library in its own",
+        "fresh process. Peak: resident-memory high-water mark during the warm-up call above the",
+        "memory held after setup. Speed-up = reference time / pml time.",
+        "",
+        "| case | parameters | pml | reference 2.9 | speed-up | pml peak | reference peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    path.write_text("\n".join(header + rows) + "\n")
+    return path

@@ -1,0 +1,364 @@
+"""The loss pipeline: BaseMetricLossFunction, GenericPairLoss, the regularizer mixins, wrappers.
+
+``forward`` validates inputs, resolves the reference set, calls ``compute_loss`` (which returns
+a loss dict of *unreduced* losses), adds the embedding regularization and hands the dict to the
+reducer. Subclasses implement ``compute_loss`` (or GenericPairLoss's ``_compute_loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pml.core.dtypes import to_device
+from pml.core.indices import IndicesTuple, convert_to_pairs
+from pml.core.validation import (
+    InvalidArgumentError,
+    UnsupportedLossError,
+    check_embeddings,
+    check_indices_tuple,
+    check_shapes,
+    labels_or_indices_tuple_required,
+)
+from pml.reducers import LossDict, ModuleWithRecordsReducerAndDistance
+
+EMBEDDING_REG_LOSS = "embedding_reg_loss"
+WEIGHT_REG_LOSS = "weight_reg_loss"
+
+
+def zero_loss_entry() -> dict[str, Any]:
+    """The "no loss" entry: ``{"losses": 0, "indices": None, "reduction_type": "already_reduced"}``.
+
+    Reducers turn the Python int 0 into ``sum(embeddings * 0)`` (0 on the autograd graph).
+    """
+    return {"losses": 0, "indices": None, "reduction_type": "already_reduced"}
+
+
+def loss_entry(losses: Tensor | int, indices: Any, reduction_type: str, **extra: Any) -> dict:
+    """One loss-dict entry ``{"losses", "indices", "reduction_type", **extra}``."""
+    return {"losses": losses, "indices": indices, "reduction_type": reduction_type, **extra}
+
+
+def resolve_ref(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    ref_emb: Tensor | None,
+    ref_labels: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The reference set: ``(embeddings, labels)`` themselves (same objects) when ``ref_emb`` is None.
+
+    A ``ref_labels`` given without ``ref_emb`` is ignored (like the reference). With a
+    ``ref_emb``, ``ref_labels`` is moved to its device and checked.
+
+    Raises:
+        ValueError: shapes do not match.
+    """
+    if ref_emb is None:
+        return embeddings, labels
+    check_embeddings(ref_emb, "ref_emb")
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"ref_emb must have embedding size {embeddings.shape[1]} like embeddings; "
+            f"got {ref_emb.shape[1]}"
+        )
+    if ref_labels is not None:
+        ref_labels = to_device(ref_labels, ref_emb)
+        check_shapes(ref_emb, ref_labels, names=("ref_emb", "ref_labels"))
+    return ref_emb, ref_labels
+
+
+class EmbeddingRegularizerMixin:
+    """Adds ``embedding_reg_loss = embedding_regularizer(embeddings) * embedding_reg_weight``.
+
+    Args:
+        embedding_regularizer: a regularizer module (e.g. ``LpRegularizer()``) or None.
+        embedding_reg_weight: multiplier of the regularization value.
+    """
+
+    def __init__(
+        self,
+        embedding_regularizer: nn.Module | None = None,
+        embedding_reg_weight: float = 1,
+        **kwargs: Any,
+    ) -> None:
+        # Known before the reducer is built (the reducer needs the sub-loss names); a plain
+        # attribute can be set before nn.Module.__init__.
+        self._has_embedding_regularizer = embedding_regularizer is not None
+        super().__init__(**kwargs)
+        self.embedding_regularizer = embedding_regularizer
+        self.embedding_reg_weight = embedding_reg_weight
+        if embedding_regularizer is not None:
+            self.add_to_recordable_attributes(name="embedding_reg_weight", is_stat=False)  # type: ignore[attr-defined]
+
+    def embedding_regularization_loss(self, embeddings: Tensor) -> dict[str, Any]:
+        """The already-reduced entry of the embedding regularization (0 without a regularizer)."""
+        value: Tensor | int = 0
+        if self.embedding_regularizer is not None:
+            value = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
+        return loss_entry(value, None, "already_reduced")
+
+    def add_embedding_regularization_to_loss_dict(
+        self, loss_dict: LossDict, embeddings: Tensor
+    ) -> None:
+        """Add ``"embedding_reg_loss"`` to ``loss_dict`` when a regularizer is set."""
+        if self.embedding_regularizer is not None:
+            loss_dict[EMBEDDING_REG_LOSS] = self.embedding_regularization_loss(embeddings)
+
+
+class TorchInitWrapper:
+    """``w(tensor)`` calls ``init_func(tensor, **kwargs)``: a picklable parameter initialiser.
+
+    Example:
+        >>> w = TorchInitWrapper(torch.nn.init.constant_, val=0.5)
+        >>> w(torch.empty(2)).tolist()
+        [0.5, 0.5]
+    """
+
+    def __init__(self, init_func: Callable[..., Any], **kwargs: Any) -> None:
+        self.init_func = init_func
+        self.kwargs = kwargs
+
+    def __call__(self, tensor: Tensor) -> Any:
+        return self.init_func(tensor, **self.kwargs)
+
+
+class WeightMixin:
+    """Holds ``weight_init_func`` (default ``normal_``: mean 0, std 1) for learnable weights."""
+
+    def __init__(self, weight_init_func: Callable[[Tensor], Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.weight_init_func = (
+            self.get_default_weight_init_func() if weight_init_func is None else weight_init_func
+        )
+
+    def get_default_weight_init_func(self) -> Callable[[Tensor], Any]:
+        return TorchInitWrapper(torch.nn.init.normal_)
+
+
+class WeightRegularizerMixin(WeightMixin):
+    """Adds ``weight_reg_loss = weight_regularizer(weights) * weight_reg_weight``.
+
+    Losses call :meth:`add_weight_regularization_to_loss_dict` inside ``compute_loss`` with
+    their class-vector matrix (rows = classes or proxies).
+    """
+
+    def __init__(
+        self,
+        weight_regularizer: nn.Module | None = None,
+        weight_reg_weight: float = 1,
+        **kwargs: Any,
+    ) -> None:
+        self._has_weight_regularizer = weight_regularizer is not None
+        super().__init__(**kwargs)
+        self.weight_regularizer = weight_regularizer
+        self.weight_reg_weight = weight_reg_weight
+        if weight_regularizer is not None:
+            self.add_to_recordable_attributes(name="weight_reg_weight", is_stat=False)  # type: ignore[attr-defined]
+
+    def weight_regularization_loss(self, weights: Tensor) -> dict[str, Any]:
+        value: Tensor | int = 0
+        if self.weight_regularizer is not None:
+            value = self.weight_regularizer(weights) * self.weight_reg_weight
+        return loss_entry(value, None, "already_reduced")
+
+    def add_weight_regularization_to_loss_dict(self, loss_dict: LossDict, weights: Tensor) -> None:
+        """Add ``"weight_reg_loss"`` for ``weights`` (``(C, D)`` class vectors) when set."""
+        if self.weight_regularizer is not None:
+            loss_dict[WEIGHT_REG_LOSS] = self.weight_regularization_loss(weights)
+
+
+class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducerAndDistance):
+    """Base of every loss: ``forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)``.
+
+    Args:
+        collect_stats: record per-forward statistics (None: the global default).
+        reducer: how the unreduced losses become a scalar (None: the loss's default).
+        distance: the distance/similarity (None: the loss's default).
+        embedding_regularizer: optional regularizer of the query embeddings.
+        embedding_reg_weight: its multiplier.
+    """
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            embeddings: query embeddings, shape ``(N, D)``, floating point.
+            labels: shape ``(N,)``, any dtype supporting ``==`` (None where the loss allows).
+            indices_tuple: a miner output, ``(a, p, n)`` or ``(a1, p, a2, n)``; anchors index
+                ``embeddings``, ``p``/``n`` index ``ref_emb``.
+            ref_emb: reference embeddings ``(M, D)``; None uses ``embeddings`` (same object).
+            ref_labels: reference labels ``(M,)``.
+
+        Returns:
+            A 0-dim tensor in the embeddings' dtype (the loss dict with DoNothingReducer).
+
+        Raises:
+            ValueError: mismatched shapes, 2-D labels, missing labels where required.
+            TypeError: non-tensor inputs, or an indices_tuple of the wrong form.
+        """
+        self.reset_stats()
+        check_embeddings(embeddings, "embeddings")
+        check_shapes(embeddings, labels)
+        if labels is not None:
+            labels = to_device(labels, embeddings)
+        if ref_emb is not None and ref_labels is None and labels is not None and indices_tuple is None:
+            # fix: the reference silently paired labels with themselves here (spec 00 §5).
+            raise ValueError(
+                "ref_labels must be given with ref_emb when pairs are built from labels "
+                "(labels given, indices_tuple None)"
+            )
+        ref_emb, ref_labels = resolve_ref(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is not None:
+            check_indices_tuple(indices_tuple)
+        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
+        return self.reducer(loss_dict, embeddings, labels)
+
+    def compute_loss(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> LossDict:
+        """Return the loss dict ``{name: {"losses", "indices", "reduction_type"}}``."""
+        raise NotImplementedError
+
+    def zero_loss(self) -> dict[str, Any]:
+        """The "no loss" entry (see :func:`zero_loss_entry`)."""
+        return zero_loss_entry()
+
+    def zero_losses(self) -> LossDict:
+        """A "no loss" entry for every sub-loss name (regularization names included)."""
+        return {name: zero_loss_entry() for name in self.sub_loss_names()}
+
+    def _sub_loss_names(self) -> list[str]:
+        return ["loss"]
+
+    def sub_loss_names(self) -> list[str]:
+        """The loss's own sub-loss names followed by the regularization names in use."""
+        return self._sub_loss_names() + self.all_regularization_loss_names()
+
+    def all_regularization_loss_names(self) -> list[str]:
+        """``["weight_reg_loss"]`` and/or ``["embedding_reg_loss"]``, in that order, when set."""
+        names = []
+        if getattr(self, "_has_weight_regularizer", False):
+            names.append(WEIGHT_REG_LOSS)
+        if getattr(self, "_has_embedding_regularizer", False):
+            names.append(EMBEDDING_REG_LOSS)
+        return names
+
+
+class GenericPairLoss(BaseMetricLossFunction):
+    """A loss over positive and negative pairs.
+
+    Args:
+        mat_based_loss: ``True`` -> ``_compute_loss(mat, pos_mask, neg_mask)`` with ``(N, M)``
+            masks (duplicate pairs collapse); ``False`` -> ``_compute_loss(pos_pair, neg_pair,
+            indices_tuple)`` with the matrix entries of each listed pair (duplicates kept).
+    """
+
+    def __init__(self, mat_based_loss: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mat_based_loss = mat_based_loss
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+        labels_or_indices_tuple_required(labels, indices_tuple)
+        pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
+        # compat: the reference returns zero when every index list has length <= 1.
+        if all(len(t) <= 1 for t in pairs):
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
+        if self.mat_based_loss:
+            return self.mat_based_loss_fn(mat, pairs, check_overlap=indices_tuple is not None)
+        return self.pair_based_loss(mat, pairs)
+
+    @staticmethod
+    def pair_masks(
+        mat: Tensor, pairs: IndicesTuple, check_overlap: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """``(pos_mask, neg_mask)`` in ``mat``'s dtype with 1 at the listed pairs.
+
+        Raises:
+            InvalidArgumentError: a cell is both a positive and a negative pair (checked only
+                for caller-supplied tuples; it forces a device sync).
+        """
+        a1, p, a2, n = pairs
+        pos_mask, neg_mask = torch.zeros_like(mat), torch.zeros_like(mat)
+        pos_mask[a1, p] = 1
+        neg_mask[a2, n] = 1
+        if check_overlap and bool(((pos_mask > 0) & (neg_mask > 0)).any()):
+            raise InvalidArgumentError(
+                "indices_tuple: each pair should be either positive or negative, not both"
+            )
+        return pos_mask, neg_mask
+
+    def mat_based_loss_fn(
+        self, mat: Tensor, pairs: IndicesTuple, check_overlap: bool = True
+    ) -> LossDict:
+        pos_mask, neg_mask = self.pair_masks(mat, pairs, check_overlap)
+        return self._compute_loss(mat, pos_mask, neg_mask)
+
+    def pair_based_loss(self, mat: Tensor, pairs: IndicesTuple) -> LossDict:
+        a1, p, a2, n = pairs
+        pos_pair: Tensor | list = mat[a1, p] if len(a1) > 0 else []
+        neg_pair: Tensor | list = mat[a2, n] if len(a2) > 0 else []
+        return self._compute_loss(pos_pair, neg_pair, pairs)
+
+    def _compute_loss(self, *args: Any) -> LossDict:
+        raise NotImplementedError
+
+
+class BaseLossWrapper(nn.Module):
+    """Base of loss wrappers; rejects losses whose class name is not supported.
+
+    Args:
+        loss: the wrapped loss.
+        **kwargs: forwarded to the next base class (e.g. ``collect_stats``).
+
+    Raises:
+        UnsupportedLossError: (a TypeError) ``type(loss).__name__`` is not in
+            :meth:`supported_losses`.
+    """
+
+    def __init__(self, loss: nn.Module, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_loss_support(type(loss).__name__)
+
+    @staticmethod
+    def supported_losses() -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        # compat: support is decided by class name, like the reference (spec 00 §8.11).
+        if loss_name not in cls.supported_losses():
+            raise UnsupportedLossError(
+                f"{cls.__name__} does not support {loss_name}; supported: "
+                f"{sorted(cls.supported_losses())}"
+            )
+
+
+__all__ = [
+    "BaseLossWrapper",
+    "BaseMetricLossFunction",
+    "EmbeddingRegularizerMixin",
+    "GenericPairLoss",
+    "TorchInitWrapper",
+    "WeightMixin",
+    "WeightRegularizerMixin",
+    "loss_entry",
+    "resolve_ref",
+    "zero_loss_entry",
+]

@@ -63,7 +63,7 @@ def assert_close(
     ``expected`` is cast to ``actual``'s dtype and device first.
     """
     if not isinstance(expected, Tensor):
-        expected = torch.tensor(expected)
+        expected = torch.tensor(expected, dtype=torch.float64)
     expected = expected.to(device=actual.device, dtype=actual.dtype)
     d_rtol, d_atol = TOLERANCES.get(actual.dtype, (1e-6, 1e-8))
     torch.testing.assert_close(

@@ -10,12 +10,19 @@ from pml.losses._base import (
     WeightMixin,
     WeightRegularizerMixin,
 )
+from pml.losses._cross_batch_memory import CrossBatchMemory
+from pml.losses._distributed import DistributedLossWrapper
+from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
     "BaseLossWrapper",
     "BaseMetricLossFunction",
+    "CrossBatchMemory",
+    "DistributedLossWrapper",
     "EmbeddingRegularizerMixin",
     "GenericPairLoss",
+    "MultipleLosses",
+    "SelfSupervisedLoss",
     "TorchInitWrapper",
     "WeightMixin",
     "WeightRegularizerMixin",

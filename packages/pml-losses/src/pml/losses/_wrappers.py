@@ -1,0 +1,253 @@
+"""Loss wrappers without state: SelfSupervisedLoss and MultipleLosses.
+
+Both only arrange calls to the losses they wrap; the math lives in those losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pml.core.dtypes import accumulation_dtype
+from pml.core.functional import zero_loss
+from pml.core.indices import IndicesTuple
+from pml.core.validation import InvalidArgumentError, check_embeddings
+from pml.losses._base import BaseLossWrapper
+
+#: class names SelfSupervisedLoss accepts (spec losses-other.md, SelfSupervisedLoss)
+SELF_SUPERVISED_LOSSES = (
+    "AngularLoss",
+    "CircleLoss",
+    "ContrastiveLoss",
+    "GeneralizedLiftedStructureLoss",
+    "IntraPairVarianceLoss",
+    "LiftedStructureLoss",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "SupConLoss",
+    "TripletMarginLoss",
+    "NCALoss",
+    "TupletMarginLoss",
+)
+
+
+class SelfSupervisedLoss(BaseLossWrapper):
+    """Turn a metric loss into a self-supervised one: row ``i`` of both views is a positive pair.
+
+    Labels are ``arange(N)``. With ``symmetric=True`` the wrapped loss sees
+    ``cat([embeddings, ref_emb])`` with labels ``cat([arange(N), arange(N)])``, so both views
+    act as anchors; otherwise ``embeddings`` are the queries and ``ref_emb`` the reference set
+    (query ``i`` and reference ``i`` form the only positive pair of row ``i``).
+
+    Args:
+        loss: the wrapped loss; one of :meth:`supported_losses` (checked by class name).
+        symmetric: use both views as anchors.
+
+    Raises:
+        UnsupportedLossError: (a TypeError) the loss's class name is not supported.
+
+    Example:
+        >>> from pml.losses import SelfSupervisedLoss, TripletMarginLoss  # doctest: +SKIP
+        >>> loss_func = SelfSupervisedLoss(TripletMarginLoss())  # doctest: +SKIP
+        >>> loss = loss_func(embeddings, augmented)  # doctest: +SKIP
+    """
+
+    def __init__(self, loss: nn.Module, symmetric: bool = True, **kwargs: Any) -> None:
+        super().__init__(loss=loss, **kwargs)
+        self.loss = loss
+        self.symmetric = symmetric
+
+    @staticmethod
+    def supported_losses() -> list[str]:
+        return list(SELF_SUPERVISED_LOSSES)
+
+    def forward(self, embeddings: Tensor, ref_emb: Tensor) -> Tensor:
+        """Compute the wrapped loss on the two views.
+
+        Args:
+            embeddings: the first view, shape ``(N, D)``.
+            ref_emb: the second view (e.g. augmented inputs), shape ``(N, D)``; row ``i``
+                belongs with ``embeddings[i]``.
+
+        Returns:
+            The wrapped loss's output (a 0-dim tensor in the embeddings' dtype).
+
+        Raises:
+            TypeError: an input is not a floating-point tensor.
+            ValueError: the two views do not have the same shape.
+        """
+        check_embeddings(embeddings, "embeddings")
+        check_embeddings(ref_emb, "ref_emb")
+        if ref_emb.shape != embeddings.shape:
+            raise ValueError(
+                f"ref_emb must have the same shape as embeddings {tuple(embeddings.shape)} "
+                f"(row i of both is a positive pair); got {tuple(ref_emb.shape)}"
+            )
+        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
+        if self.symmetric:
+            return self.loss(
+                torch.cat([embeddings, ref_emb], dim=0), torch.cat([labels, labels], dim=0)
+            )
+        # compat: a *copy* of the labels defeats the identity rule (spec losses.md §1), so
+        # (i, i) -- a query with its own other view -- is the positive pair.
+        return self.loss(embeddings, labels, ref_emb=ref_emb, ref_labels=labels.clone())
+
+
+def _as_container(
+    value: Any, name: str, is_dict: bool, allow_none: bool = False
+) -> nn.ModuleList | nn.ModuleDict:
+    if is_dict:
+        if not isinstance(value, Mapping):
+            raise InvalidArgumentError(
+                f"{name} must be a dict like losses; got {type(value).__name__}"
+            )
+        return nn.ModuleDict(dict(value))
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{name} must be a list or tuple like losses; got {type(value).__name__}"
+        )
+    if not allow_none and any(v is None for v in value):
+        raise InvalidArgumentError(f"{name} must not contain None")
+    return nn.ModuleList(list(value))
+
+
+class MultipleLosses(nn.Module):
+    """A weighted sum of losses, each optionally fed by its own miner.
+
+    ``total = sum_k weights[k] * losses[k](embeddings, labels, indices_k)``, where
+    ``indices_k`` is ``miners[k](embeddings, labels)`` when loss ``k`` has a miner and the
+    given ``indices_tuple`` otherwise.
+
+    Args:
+        losses: a list/tuple of losses, or a dict name -> loss (summed in insertion order).
+        miners: same container kind as ``losses``. A list has one entry per loss (None for
+            "no miner"); a dict's keys are a subset of the loss names.
+        weights: same container kind as ``losses``: a list of the same length, or a dict
+            with exactly the loss names. Default 1 for every loss.
+
+    Raises:
+        InvalidArgumentError: (ValueError and AssertionError) containers of different kinds,
+            lengths or keys.
+        TypeError: ``losses`` is neither a list/tuple nor a dict.
+
+    Example:
+        >>> from pml.losses import AngularLoss, MultipleLosses, NPairsLoss  # doctest: +SKIP
+        >>> losses = [NPairsLoss(), AngularLoss()]  # doctest: +SKIP
+        >>> loss_func = MultipleLosses(losses, weights=[1, 2])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        losses: Sequence[nn.Module] | Mapping[str, nn.Module],
+        miners: Sequence[nn.Module | None] | Mapping[str, nn.Module] | None = None,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(losses, Mapping):
+            self.is_dict = True
+        elif isinstance(losses, Sequence) and not isinstance(losses, str):
+            self.is_dict = False
+        else:
+            raise TypeError(
+                f"losses must be a list, tuple or dict of losses; got {type(losses).__name__}"
+            )
+        self.losses = _as_container(losses, "losses", self.is_dict)
+        self.miners: nn.ModuleList | nn.ModuleDict | None = None
+        if miners is not None:
+            self.miners = _as_container(miners, "miners", self.is_dict, allow_none=True)
+            if self.is_dict:
+                extra = sorted(set(self.miners) - set(self.losses))
+                if extra:
+                    raise InvalidArgumentError(
+                        f"miners keys must be a subset of the losses keys {list(self.losses)}; "
+                        f"got unknown keys {extra}"
+                    )
+            elif len(self.miners) != len(self.losses):
+                raise InvalidArgumentError(
+                    f"miners must have one entry per loss ({len(self.losses)}, None for no "
+                    f"miner); got {len(self.miners)}"
+                )
+        self.weights = self._check_weights(weights)
+
+    def _check_weights(
+        self, weights: Sequence[float] | Mapping[str, float] | None
+    ) -> list[float] | dict[str, float]:
+        if weights is None:
+            if self.is_dict:
+                return {k: 1 for k in self.losses}
+            return [1] * len(self.losses)
+        if self.is_dict:
+            if not isinstance(weights, Mapping):
+                raise InvalidArgumentError(
+                    f"weights must be a dict like losses; got {type(weights).__name__}"
+                )
+            if set(weights) != set(self.losses):
+                raise InvalidArgumentError(
+                    f"weights must have exactly the losses keys {sorted(self.losses)}; "
+                    f"got {sorted(weights)}"
+                )
+            return dict(weights)
+        if not isinstance(weights, Sequence) or isinstance(weights, str):
+            raise InvalidArgumentError(
+                f"weights must be a list or tuple like losses; got {type(weights).__name__}"
+            )
+        if len(weights) != len(self.losses):
+            raise InvalidArgumentError(
+                f"weights must have one entry per loss ({len(self.losses)}); got {len(weights)}"
+            )
+        return list(weights)
+
+    def _named_entries(self) -> list[tuple[Any, nn.Module, nn.Module | None, float]]:
+        if self.is_dict:
+            miners = dict(self.miners.items()) if self.miners is not None else {}  # type: ignore[union-attr]
+            return [
+                (k, loss, miners.get(k), self.weights[k])  # type: ignore[index]
+                for k, loss in self.losses.items()  # type: ignore[union-attr]
+            ]
+        miners_list = list(self.miners) if self.miners is not None else [None] * len(self.losses)
+        return [
+            (i, loss, miners_list[i], self.weights[i])  # type: ignore[index]
+            for i, loss in enumerate(self.losses)
+        ]
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+    ) -> Tensor:
+        """Weighted sum of the losses.
+
+        Args:
+            embeddings: shape ``(N, D)``.
+            labels: shape ``(N,)``.
+            indices_tuple: a miner output passed to every loss without a miner of its own;
+                must be None when miners were given.
+
+        Returns:
+            A 0-dim tensor in the embeddings' dtype.
+
+        Raises:
+            InvalidArgumentError: ``indices_tuple`` given although miners were given.
+        """
+        if self.miners is not None and indices_tuple is not None:
+            raise InvalidArgumentError(
+                "indices_tuple must be None when MultipleLosses was given miners"
+            )
+        check_embeddings(embeddings, "embeddings")
+        acc = accumulation_dtype(embeddings.dtype)
+        total: Tensor | None = None
+        for _, loss, miner, weight in self._named_entries():
+            curr = indices_tuple if miner is None else miner(embeddings, labels)
+            term = loss(embeddings, labels, curr).to(acc) * weight
+            total = term if total is None else total + term
+        if total is None:  # no losses at all
+            return zero_loss(embeddings)
+        return total.to(embeddings.dtype)
+
+
+__all__ = ["MultipleLosses", "SelfSupervisedLoss"]

@@ -74,7 +74,10 @@ def _project(pkg_dir: Path) -> dict:
 
 
 def _dep_names(pkg_dir: Path) -> set[str]:
-    return {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower() for d in _project(pkg_dir)["dependencies"]}
+    return {
+        re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower()
+        for d in _project(pkg_dir)["dependencies"]
+    }
 
 
 def _version(pkg_dir: Path) -> str:
@@ -103,7 +106,8 @@ def _imports(pkg_dir: Path) -> tuple[set[str], set[str]]:
         guarded: set[int] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Try) and any(
-                h.type is not None and any(n in ast.unparse(h.type) for n in ("ImportError", "ModuleNotFoundError"))
+                h.type is not None
+                and any(n in ast.unparse(h.type) for n in ("ImportError", "ModuleNotFoundError"))
                 for h in node.handlers
             ):
                 guarded |= {id(n) for n in ast.walk(node)}
@@ -127,7 +131,9 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if uv is None:
         pytest.skip("uv is needed to build wheels and venvs")
     for pkg in PACKAGE_DIRS:
-        subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(pkg)], check=True)
+        subprocess.run(
+            [uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(pkg)], check=True
+        )
     return out
 
 
@@ -143,7 +149,11 @@ def test_wheel_contents(wheel_dir: Path, pkg_dir: Path) -> None:
     code = [f for f in files if not f.split("/")[0].endswith(".dist-info")]
     owned = {f.split("/")[1] for f in code}
     assert all(f.startswith("pml/") for f in code), code
-    expected = {p.name for p in (pkg_dir / "src" / "pml").iterdir() if p.is_dir() and not p.name.startswith("__")}
+    expected = {
+        p.name
+        for p in (pkg_dir / "src" / "pml").iterdir()
+        if p.is_dir() and not p.name.startswith("__")
+    }
     assert owned == expected
     for sub in owned:
         assert f"pml/{sub}/py.typed" in files and f"pml/{sub}/__init__.py" in files
@@ -162,7 +172,9 @@ def test_declares_exactly_what_it_imports(pkg_dir: Path) -> None:
     for mod in sorted(optional - own - stdlib):
         if mod.startswith("pml."):
             assert f"pml-{mod.split('.')[1]}" in declared, f"{pkg_dir.name}: optional sibling {mod}"
-    used_pml = {f"pml-{m.split('.')[1]}" for m in required | optional if m.startswith("pml.")} - {pkg_dir.name}
+    used_pml = {f"pml-{m.split('.')[1]}" for m in required | optional if m.startswith("pml.")} - {
+        pkg_dir.name
+    }
     unused = {d for d in declared if d.startswith("pml-")} - used_pml
     assert not unused, f"{pkg_dir.name} declares siblings it never imports: {unused}"
 
@@ -171,11 +183,15 @@ def test_sibling_ranges_admit_the_repo_versions() -> None:
     versions = {p.name: tuple(int(x) for x in _version(p).split(".")[:2]) for p in PACKAGE_DIRS}
     for pkg in PACKAGE_DIRS:
         for dep in _project(pkg)["dependencies"]:
-            m = re.fullmatch(r"(pml-[a-z]+)>=(\d+)\.(\d+)(?:\.\d+)?,<(\d+)\.(\d+)", dep.replace(" ", ""))
+            m = re.fullmatch(
+                r"(pml-[a-z]+)>=(\d+)\.(\d+)(?:\.\d+)?,<(\d+)\.(\d+)", dep.replace(" ", "")
+            )
             if dep.startswith("pml-"):
                 assert m, f"{pkg.name}: sibling dependency {dep!r} must be a range >=X.Y,<X.Y+1"
                 lo, hi = (int(m[2]), int(m[3])), (int(m[4]), int(m[5]))
-                assert lo <= versions[m[1]] < hi, f"{pkg.name}: {dep} excludes {m[1]} {versions[m[1]]}"
+                assert lo <= versions[m[1]] < hi, (
+                    f"{pkg.name}: {dep} excludes {m[1]} {versions[m[1]]}"
+                )
 
 
 @pytest.mark.parametrize("pkg_dir", PACKAGE_DIRS, ids=NAMES)
@@ -189,32 +205,43 @@ def test_installs_and_works_alone(wheel_dir: Path, pkg_dir: Path, tmp_path: Path
         if os.environ.get(var):
             links += ["--find-links", os.environ[var]]
             break
-    pins = [f"{p.name}=={_version(p)}" for p in PACKAGE_DIRS if p.name in _pml_closure(pkg_dir.name)]
+    pins = [
+        f"{p.name}=={_version(p)}" for p in PACKAGE_DIRS if p.name in _pml_closure(pkg_dir.name)
+    ]
     subprocess.run(
         [uv, "pip", "install", "--quiet", "--python", str(python), *links, "torch==2.13.0", *pins],
         check=True,
     )
     listed = json.loads(
-        subprocess.run([uv, "pip", "list", "--python", str(python), "--format", "json"],
-                       check=True, capture_output=True, text=True).stdout
+        subprocess.run(
+            [uv, "pip", "list", "--python", str(python), "--format", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     )
     installed = {d["name"].lower() for d in listed}
     assert {d for d in installed if d.startswith("pml-")} == _pml_closure(pkg_dir.name)
-    declared = set().union(*(_dep_names(p) for p in PACKAGE_DIRS if p.name in _pml_closure(pkg_dir.name)))
+    declared = set().union(
+        *(_dep_names(p) for p in PACKAGE_DIRS if p.name in _pml_closure(pkg_dir.name))
+    )
     modules = [p.name for p in (pkg_dir / "src" / "pml").iterdir() if p.is_dir()]
-    script = "\n".join([
-        "import importlib, importlib.util, pkgutil",
-        f"for sub in {modules!r}:",
-        "    pkg = importlib.import_module('pml.' + sub)",
-        "    for info in pkgutil.walk_packages(pkg.__path__, 'pml.' + sub + '.'):",
-        "        if not info.name.endswith('.testing'):",
-        "            importlib.import_module(info.name)",
-        *[
-            f"assert importlib.util.find_spec({mod!r}) is None, 'unexpected {mod}'"
-            for mod, dist in FORBIDDEN_UNLESS_DECLARED.items() if dist not in declared
-        ],
-        SMOKE.get(pkg_dir.name, "pass"),
-        "print('ok')",
-    ])
+    script = "\n".join(
+        [
+            "import importlib, importlib.util, pkgutil",
+            f"for sub in {modules!r}:",
+            "    pkg = importlib.import_module('pml.' + sub)",
+            "    for info in pkgutil.walk_packages(pkg.__path__, 'pml.' + sub + '.'):",
+            "        if not info.name.endswith('.testing'):",
+            "            importlib.import_module(info.name)",
+            *[
+                f"assert importlib.util.find_spec({mod!r}) is None, 'unexpected {mod}'"
+                for mod, dist in FORBIDDEN_UNLESS_DECLARED.items()
+                if dist not in declared
+            ],
+            SMOKE.get(pkg_dir.name, "pass"),
+            "print('ok')",
+        ]
+    )
     proc = subprocess.run([str(python), "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -73,13 +73,15 @@ def test_per_anchor_matches_without_duplicates(kind: str, inner: str) -> None:
 
 def test_per_anchor_duplicates_differ_on_purpose() -> None:
     # docs/compatibility.md: duplicates all count in pml; last write wins in the reference
-    d = lambda: {
-        "loss": {
-            "losses": torch.tensor([1.0, 2.0, 3.0, 5.0], dtype=torch.float64),
-            "indices": (torch.tensor([0, 0, 1, 0]), torch.tensor([1, 2, 3, 1])),
-            "reduction_type": "pos_pair",
+    def d():
+        return {
+            "loss": {
+                "losses": torch.tensor([1.0, 2.0, 3.0, 5.0], dtype=torch.float64),
+                "indices": (torch.tensor([0, 0, 1, 0]), torch.tensor([1, 2, 3, 1])),
+                "reduction_type": "pos_pair",
+            }
         }
-    }
+
     emb = torch.zeros(4, 2, dtype=torch.float64)
     assert ref_red.PerAnchorReducer()(d(), emb, None).item() == pytest.approx(1.625)
     assert ours.PerAnchorReducer()(d(), emb, None).item() == pytest.approx(
@@ -89,24 +91,29 @@ def test_per_anchor_duplicates_differ_on_purpose() -> None:
 
 def test_multiple_reducers_match() -> None:
     emb = torch.randn(N, 3, dtype=torch.float64)
-    dd = lambda: {
-        "a": loss_dict("element", 1)["loss"],
-        "b": loss_dict("pos_pair", 2)["loss"],
-        "c": {"losses": 0, "indices": None, "reduction_type": "already_reduced"},
-    }
+
+    def dd():
+        return {
+            "a": loss_dict("element", 1)["loss"],
+            "b": loss_dict("pos_pair", 2)["loss"],
+            "c": {"losses": 0, "indices": None, "reduction_type": "already_reduced"},
+        }
+
     a = ours.MultipleReducers({"a": ours.SumReducer()})(dd(), emb, None)
     b = ref_red.MultipleReducers({"a": ref_red.SumReducer()})(dd(), emb, None)
     torch.testing.assert_close(a, b)
 
 
 def test_threshold_stats_known_issue() -> None:
-    d = lambda: {
-        "loss": {
-            "losses": torch.tensor([0.1, 1, 3, 1.5]),
-            "indices": torch.arange(4),
-            "reduction_type": "element",
+    def d():
+        return {
+            "loss": {
+                "losses": torch.tensor([0.1, 1, 3, 1.5]),
+                "indices": torch.arange(4),
+                "reduction_type": "element",
+            }
         }
-    }
+
     a, b = (
         ours.ThresholdReducer(0.5, 2, collect_stats=True),
         ref_red.ThresholdReducer(0.5, 2, collect_stats=True),

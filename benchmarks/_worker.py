@@ -9,6 +9,7 @@ set after setup (Linux: the mark is reset through /proc/self/clear_refs).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -25,10 +26,8 @@ def _status(field: str) -> int:
 
 
 def _reset_peak() -> None:
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def main() -> None:

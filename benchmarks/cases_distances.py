@@ -45,10 +45,22 @@ def lp_ref(n: int, d: int):  # type: ignore[no-untyped-def]
 
 
 SUITE = [
-    {"name": "LpDistance", "params": {"n": 1024, "d": 128},
-     "pml": f"{__name__}:lp_pml", "ref": f"{__name__}:lp_ref"},
-    {"name": "SNRDistance", "params": {"n": 256, "d": 128},
-     "pml": f"{__name__}:snr_pml", "ref": f"{__name__}:snr_ref"},
-    {"name": "SNRDistance", "params": {"n": 1024, "d": 128},
-     "pml": f"{__name__}:snr_pml", "ref": f"{__name__}:snr_ref"},
+    {
+        "name": "LpDistance",
+        "params": {"n": 1024, "d": 128},
+        "pml": f"{__name__}:lp_pml",
+        "ref": f"{__name__}:lp_ref",
+    },
+    {
+        "name": "SNRDistance",
+        "params": {"n": 256, "d": 128},
+        "pml": f"{__name__}:snr_pml",
+        "ref": f"{__name__}:snr_ref",
+    },
+    {
+        "name": "SNRDistance",
+        "params": {"n": 1024, "d": 128},
+        "pml": f"{__name__}:snr_pml",
+        "ref": f"{__name__}:snr_ref",
+    },
 ]

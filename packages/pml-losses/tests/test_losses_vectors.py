@@ -27,6 +27,7 @@ KNOWN_ISSUES: dict[str, str] = {
     "AngularLoss_mined_pairs": "Angular: normalized negatives (ref: raw)",
     "InstanceLoss_default": "Instance: same-label targets (ref: rank column)",
     "InstanceLoss_gamma10_B": "Instance: same-label targets (ref: rank column)",
+    "LiftedStructureLoss_ref": "Lifted: ref_emb negatives of column p (ref: query row p)",
 }
 
 #: cases whose reference values are only float32-accurate (see the vector README)

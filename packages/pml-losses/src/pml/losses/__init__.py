@@ -11,26 +11,41 @@ from pml.losses._base import (
     WeightMixin,
     WeightRegularizerMixin,
 )
+from pml.losses._contrastive import (
+    ContrastiveLoss,
+    IntraPairVarianceLoss,
+    SignalToNoiseRatioContrastiveLoss,
+)
 from pml.losses._cross_batch_memory import CrossBatchMemory
 from pml.losses._distributed import DistributedLossWrapper
+from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca import InstanceLoss, NCALoss
 from pml.losses._ntxent import NTXentLoss, TupletMarginLoss
+from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
     "AngularLoss",
     "BaseLossWrapper",
     "BaseMetricLossFunction",
+    "CircleLoss",
+    "ContrastiveLoss",
     "CrossBatchMemory",
     "DistributedLossWrapper",
     "EmbeddingRegularizerMixin",
+    "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
     "InstanceLoss",
+    "IntraPairVarianceLoss",
+    "LiftedStructureLoss",
+    "MultiSimilarityLoss",
     "MultipleLosses",
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
     "SelfSupervisedLoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "SupConLoss",
     "TorchInitWrapper",
     "TupletMarginLoss",
     "WeightMixin",

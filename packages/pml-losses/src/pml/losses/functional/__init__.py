@@ -3,6 +3,15 @@
 One private module per family; this file only re-exports their public names.
 """
 
+from pml.losses.functional._pair import (
+    circle_loss,
+    contrastive_loss,
+    generalized_lifted_structure_loss,
+    intra_pair_variance_loss,
+    lifted_structure_loss,
+    multi_similarity_loss,
+    supcon_loss,
+)
 from pml.losses.functional._softmax import (
     angular_average_angle,
     angular_loss,
@@ -16,9 +25,16 @@ from pml.losses.functional._softmax import (
 __all__: list[str] = [
     "angular_average_angle",
     "angular_loss",
+    "circle_loss",
+    "contrastive_loss",
+    "generalized_lifted_structure_loss",
     "instance_loss",
+    "intra_pair_variance_loss",
+    "lifted_structure_loss",
+    "multi_similarity_loss",
     "nca_loss",
     "npairs_loss",
     "ntxent_loss",
+    "supcon_loss",
     "tuplet_margin_loss",
 ]

@@ -1,0 +1,201 @@
+"""Pair-weighting losses over the full (N, M) matrix: MultiSimilarityLoss, CircleLoss, SupConLoss.
+
+Matrix losses: duplicate pairs collapse into cells, one value per query row.
+Math: ``pml.losses.functional``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pml.core.indices import IndicesTuple
+from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
+from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._pair_inputs import check_real, compute_pair_loss
+from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
+from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
+
+
+def _row_entry(losses: Tensor, mat: Tensor) -> LossDict:
+    rows = torch.arange(mat.shape[0], device=mat.device)
+    return {"loss": loss_entry(losses, rows, "element")}
+
+
+class MultiSimilarityLoss(GenericPairLoss):
+    """Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019).
+
+    Per query row: ``(1/alpha) log(1 + sum_pos exp(-alpha (s - base)))
+    + (1/beta) log(1 + sum_neg exp(beta (s - base)))`` (exponents flip for distances). Pair
+    mining is the job of ``MultiSimilarityMiner``.
+    Math: :func:`pml.losses.functional.multi_similarity_loss`.
+
+    Args:
+        alpha: positive scale.
+        beta: negative scale.
+        base: similarity offset.
+        **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default
+            ``MeanReducer``, over all rows), ``collect_stats``, ``embedding_regularizer``,
+            ``embedding_reg_weight``.
+
+    Sub-loss ``loss``: ``(N, 1)``, indices ``arange(N)``, "element".
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0], [0.2, 1.0]])
+        >>> MultiSimilarityLoss()(emb, torch.tensor([0, 0, 1, 1]))
+        tensor(0.1725)
+    """
+
+    def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs: Any):
+        super().__init__(mat_based_loss=True, **kwargs)
+        for name, value in (("alpha", alpha), ("beta", beta), ("base", base)):
+            check_real(name, value)
+        self.alpha = alpha
+        self.beta = beta
+        self.base = base
+        self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
+
+    def compute_loss(  # type: ignore[override]
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> LossDict:
+        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
+        losses = multi_similarity_loss(
+            mat,
+            pos_mask,
+            neg_mask,
+            self.alpha,
+            self.beta,
+            self.base,
+            is_inverted=self.distance.is_inverted,
+        )
+        return _row_entry(losses, mat)
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()
+
+
+class CircleLoss(GenericPairLoss):
+    """Circle loss (Sun, Cheng, Zhang, Zhang, Zheng, Wang & Wei, CVPR 2020).
+
+    Self-paced weights ``alpha_p = relu(1 + m - s)``, ``alpha_n = relu(s + m)`` (no gradient)
+    with optima ``1 - m`` / ``m``; per query row
+    ``softplus(LSE_pos(-gamma alpha_p (s - (1 - m))) + LSE_neg(gamma alpha_n (s - m)))``, 0 for
+    rows without a positive or without a negative. Math: :func:`pml.losses.functional.circle_loss`.
+
+    Args:
+        m: relaxation margin.
+        gamma: scale.
+        **kwargs: ``distance`` (``CosineSimilarity()``, the only one accepted), ``reducer``
+            (default ``AvgNonZeroReducer``), ``collect_stats``, ``embedding_regularizer``,
+            ``embedding_reg_weight``.
+
+    Attributes ``op = 1 + m``, ``on = -m``, ``delta_p = 1 - m``, ``delta_n = m``.
+    Sub-loss ``loss``: ``(N, 1)``, indices ``arange(N)``, "element".
+
+    Raises:
+        InvalidArgumentError: (a ValueError and an AssertionError) the distance is not a
+            ``CosineSimilarity``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0], [0.2, 1.0]])
+        >>> CircleLoss()(emb, torch.tensor([0, 0, 1, 1]))
+        tensor(0.0015)
+    """
+
+    def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
+        super().__init__(mat_based_loss=True, **kwargs)
+        check_real("m", m)
+        check_real("gamma", gamma)
+        self.m = m
+        self.gamma = gamma
+        self.soft_plus = torch.nn.Softplus(beta=1)
+        self.op = 1 + self.m
+        self.on = -self.m
+        self.delta_p = 1 - self.m
+        self.delta_n = self.m
+        self.add_to_recordable_attributes(
+            list_of_names=["m", "gamma", "op", "on", "delta_p", "delta_n"], is_stat=False
+        )
+        assert_distance_type(self, CosineSimilarity)
+
+    def compute_loss(  # type: ignore[override]
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> LossDict:
+        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
+        losses = circle_loss(mat, pos_mask, neg_mask, self.m, self.gamma)
+        return _row_entry(losses, mat)
+
+    def get_default_reducer(self) -> BaseReducer:
+        return AvgNonZeroReducer()
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()
+
+
+class SupConLoss(GenericPairLoss):
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020).
+
+    Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
+    over the row's positive and negative cells. Math: :func:`pml.losses.functional.supcon_loss`.
+
+    Args:
+        temperature: softmax temperature.
+        **kwargs: ``distance`` (default ``CosineSimilarity()``; a distance is negated),
+            ``reducer`` (default ``AvgNonZeroReducer``), ``collect_stats``,
+            ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Sub-loss ``loss``: ``(N,)``, indices ``arange(N)``, "element". Zero loss unless the batch
+    has at least one positive and one negative pair.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0], [0.2, 1.0]])
+        >>> SupConLoss()(emb, torch.tensor([0, 0, 1, 1]))
+        tensor(0.0057)
+    """
+
+    def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(mat_based_loss=True, **kwargs)
+        check_real("temperature", temperature)
+        self.temperature = temperature
+        self.add_to_recordable_attributes(name="temperature", is_stat=False)
+
+    def compute_loss(  # type: ignore[override]
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> LossDict:
+        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
+        # compat: zero unless there is at least one positive and one negative cell.
+        if not bool(pos_mask.bool().any() & neg_mask.bool().any()):
+            return self.zero_losses()
+        losses = supcon_loss(
+            mat, pos_mask, neg_mask, self.temperature, is_inverted=self.distance.is_inverted
+        )
+        return _row_entry(losses, mat)
+
+    def get_default_reducer(self) -> BaseReducer:
+        return AvgNonZeroReducer()
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()

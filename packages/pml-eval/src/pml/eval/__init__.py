@@ -1,0 +1,59 @@
+"""pml-eval: accuracy metrics, exact k-NN, testers and inference for deep metric learning.
+
+Example:
+    >>> import torch
+    >>> from pml.eval import AccuracyCalculator
+    >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    >>> AccuracyCalculator(include=("precision_at_1",)).get_accuracy(x, torch.tensor([0, 0, 1, 1]))
+    {'precision_at_1': 1.0}
+"""
+
+from pml.eval.__about__ import __version__
+from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._metrics import (
+    EQUALITY,
+    get_label_match_counts,
+    get_lone_query_labels,
+    get_relevance_mask,
+    get_unique_labels,
+    maybe_get_avg_of_avgs,
+    mean_average_precision,
+    mean_reciprocal_rank,
+    nan_accuracy,
+    precision_at_k,
+    r_precision,
+    try_getting_not_lone_labels,
+)
+from pml.eval._neighbors import (
+    CustomKNN,
+    FaissKMeans,
+    FaissKNN,
+    IndexNotReadyError,
+    TorchKMeans,
+    TorchKNN,
+    run_pca,
+)
+
+__all__ = [
+    "EQUALITY",
+    "AccuracyCalculator",
+    "CustomKNN",
+    "FaissKMeans",
+    "FaissKNN",
+    "IndexNotReadyError",
+    "TorchKMeans",
+    "TorchKNN",
+    "__version__",
+    "get_label_match_counts",
+    "get_lone_query_labels",
+    "get_relevance_mask",
+    "get_unique_labels",
+    "maybe_get_avg_of_avgs",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+    "nan_accuracy",
+    "precision_at_k",
+    "r_precision",
+    "run_pca",
+    "try_getting_not_lone_labels",
+]

@@ -1,0 +1,446 @@
+"""k-NN and k-means back-ends: plain torch (default) and faiss (when installed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pml.core import config
+from pml.distances import BaseDistance
+from pml.eval import functional as EF
+from pml.eval._faiss import faiss_available, num_gpus, require_faiss
+from pml.eval._io import as_embeddings, as_tensor, atomic_write, to_numpy_f32
+
+__all__ = [
+    "CustomKNN",
+    "FaissKMeans",
+    "FaissKNN",
+    "IndexNotReadyError",
+    "TorchKMeans",
+    "TorchKNN",
+    "default_kmeans_func",
+    "run_pca",
+]
+
+_FORMAT = "pml.eval.TorchKNN"
+
+
+class IndexNotReadyError(ValueError, AttributeError):
+    """The k-NN index is used before ``train``/``load``.
+
+    A ``ValueError``, and an ``AttributeError`` too (what the reference raised from ``add``).
+    """
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer; got {k!r}")
+    return k
+
+
+def _clamp_k(k: int, num_ref: int, ref_includes_query: bool, who: str) -> int:
+    """``k + self`` clamped to the reference size, with a warning (the reference pads with -1)."""
+    wanted = k + int(ref_includes_query)
+    if wanted > num_ref:
+        config.LOGGER.warning(
+            "%s: k=%d (+1 for the query itself) exceeds the %d reference embeddings; "
+            "returning %d neighbours instead of padding with index -1",
+            who,
+            k,
+            num_ref,
+            max(num_ref - int(ref_includes_query), 0),
+        )
+        return num_ref
+    return wanted
+
+
+class TorchKNN:
+    """Exact k-nearest neighbours in plain torch, chunked over queries (bounded memory).
+
+    The default of :class:`AccuracyCalculator`. With ``distance=None`` it returns what faiss's
+    ``IndexFlatL2`` does: squared L2 distances, ascending, ties by ascending reference index
+    (exactly, whatever ``torch.topk`` does with ties). With a pml distance it returns that
+    distance's values (similarities descending when ``distance.is_inverted``).
+
+    It can also hold an index (``train``/``add``/``save``/``load``) so that
+    :class:`InferenceModel` works without faiss; files are plain tensors loaded with
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        distance: a pml distance, or None for squared L2 on the raw embeddings.
+        batch_size: query rows per block; None picks blocks of ~8M distances.
+
+    Example:
+        >>> knn = TorchKNN()
+        >>> x = torch.tensor([[0.0], [1.0], [3.0]])
+        >>> knn(x, 1, x, ref_includes_query=True)
+        (tensor([[1.],
+                [1.],
+                [4.]]), tensor([[1],
+                [0],
+                [1]]))
+    """
+
+    def __init__(self, distance: BaseDistance | None = None, batch_size: int | None = None) -> None:
+        if distance is not None and not callable(distance):
+            raise TypeError(
+                f"distance must be a pml distance or None; got {type(distance).__name__}"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+        self.distance = distance
+        self.batch_size = batch_size
+        self.index: Tensor | None = None
+
+    @property
+    def is_inverted(self) -> bool:
+        """``True`` when larger values mean closer (similarities)."""
+        return bool(getattr(self.distance, "is_inverted", False))
+
+    def distance_fn(self, query: Tensor, reference: Tensor) -> Tensor:
+        """The ``(B, M)`` block this k-NN ranks by."""
+        if self.distance is None:
+            return EF.squared_l2_matrix(query, reference)
+        return self.distance(query, reference)
+
+    def __call__(
+        self,
+        query: Tensor,
+        k: int,
+        reference: Tensor | None = None,
+        ref_includes_query: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The ``k`` nearest reference rows of each query row.
+
+        Args:
+            query: shape ``(N, D)``.
+            k: neighbours per query; clamped (with a warning) to the reference size.
+            reference: shape ``(M, D)``; None searches the trained index.
+            ref_includes_query: query row ``i`` is reference row ``i``: drop self matches.
+
+        Returns:
+            ``(distances (N, k), indices (N, k) int64)`` on ``query``'s device.
+
+        Raises:
+            IndexNotReadyError: no reference and no trained index.
+        """
+        k = _check_k(k)
+        query = as_embeddings(query, "query")
+        if reference is None:
+            if self.index is None:
+                raise IndexNotReadyError(
+                    "the index is not initialised: pass reference, or call train() or load() first"
+                )
+            reference = self.index
+        reference = as_embeddings(reference, "reference", device=query.device)
+        if reference.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"reference must have dim {query.shape[1]} like query; got {reference.shape[1]}"
+            )
+        num_search = _clamp_k(k, reference.shape[0], ref_includes_query, type(self).__name__)
+        with torch.no_grad():
+            return EF.knn(
+                query,
+                reference,
+                num_search - int(ref_includes_query),
+                distance_fn=self.distance_fn,
+                is_inverted=self.is_inverted,
+                ref_includes_query=ref_includes_query,
+                batch_size=self.batch_size,
+            )
+
+    def train(self, embeddings: Tensor) -> None:
+        """Replace the index with ``embeddings`` ``(M, D)``."""
+        self.index = as_embeddings(embeddings, "embeddings").detach()
+
+    def add(self, embeddings: Tensor) -> None:
+        """Append ``embeddings`` to the index.
+
+        Raises:
+            IndexNotReadyError: before ``train``/``load``.
+        """
+        if self.index is None:
+            raise IndexNotReadyError("the index is not initialised: call train() or load() first")
+        emb = as_embeddings(embeddings, "embeddings", device=self.index.device).detach()
+        if emb.shape[1] != self.index.shape[1]:
+            raise ValueError(
+                f"embeddings must have dim {self.index.shape[1]} like the index; got {emb.shape[1]}"
+            )
+        self.index = torch.cat([self.index, emb.to(self.index.dtype)])
+
+    def reset(self) -> None:
+        """Drop the index."""
+        self.index = None
+
+    def save(self, filename: str | os.PathLike[str]) -> None:
+        """Write the index (a plain tensor file) atomically."""
+        if self.index is None:
+            raise IndexNotReadyError("nothing to save: call train() or load() first")
+        payload = {"format": _FORMAT, "version": 1, "index": self.index.cpu()}
+        atomic_write(filename, lambda tmp: torch.save(payload, tmp))
+
+    def load(self, filename: str | os.PathLike[str]) -> None:
+        """Read an index written by :meth:`save` (``weights_only``: no code is unpickled).
+
+        Raises:
+            ValueError: the file is not a TorchKNN index.
+        """
+        payload = torch.load(filename, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"filename {os.fspath(filename)!r} is not a {_FORMAT} index file")
+        self.index = payload["index"]
+
+
+class CustomKNN(TorchKNN):
+    """The reference's plain-torch k-NN: a pml distance, optionally in query blocks.
+
+    Returns the distance's own values (``LpDistance``: unsquared; similarities for inverted
+    distances). Ties are ordered by reference index.
+
+    Args:
+        distance: any pml distance.
+        batch_size: query rows per block (None: automatic, also bounded).
+
+    Example:
+        >>> from pml.distances import LpDistance
+        >>> knn = CustomKNN(LpDistance(normalize_embeddings=False))
+        >>> knn(torch.tensor([[0.0], [3.0]]), 1, torch.tensor([[1.0], [5.0]]))[0]
+        tensor([[1.],
+                [2.]])
+    """
+
+    def __init__(self, distance: BaseDistance, batch_size: int | None = None) -> None:
+        if distance is None:
+            raise ValueError("distance must be a pml distance; got None")
+        super().__init__(distance=distance, batch_size=batch_size)
+
+
+def _gpu_k_limit() -> int:
+    cuda = torch.version.cuda
+    if cuda is not None and tuple(int(v) for v in cuda.split(".")[:2]) < (9, 5):
+        return 1024
+    return 2048
+
+
+class FaissKNN:
+    """k-NN with a faiss index (default ``IndexFlatL2``: squared L2 distances).
+
+    Args:
+        reset_before: build a fresh index (``index_init_fn(dim)``) at each call.
+        reset_after: drop the index after each call.
+        index_init_fn: ``callable(dim) -> faiss index``; None means ``faiss.IndexFlatL2``.
+        gpus: list/tuple of GPU ids to search on (faiss GPU builds only).
+
+    Raises:
+        ImportError: faiss is not installed (the message says how to install it).
+        TypeError: ``gpus`` is not a list or tuple.
+        ValueError: ``gpus`` is empty.
+    """
+
+    def __init__(
+        self,
+        reset_before: bool = True,
+        reset_after: bool = True,
+        index_init_fn: Callable[[int], Any] | None = None,
+        gpus: Sequence[int] | None = None,
+    ) -> None:
+        faiss = require_faiss("FaissKNN")
+        if gpus is not None:
+            if not isinstance(gpus, list | tuple):
+                raise TypeError(
+                    f"gpus must be a list or tuple of GPU ids; got {type(gpus).__name__}"
+                )
+            if len(gpus) == 0:
+                raise ValueError("gpus must not be empty; pass None to use all GPUs")
+        self.reset_before = reset_before
+        self.reset_after = reset_after
+        self.index_init_fn = faiss.IndexFlatL2 if index_init_fn is None else index_init_fn
+        self.gpus = gpus
+        self.index: Any = None
+
+    def __call__(
+        self,
+        query: Tensor,
+        k: int,
+        reference: Tensor | None = None,
+        ref_includes_query: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Search ``k`` neighbours (``k + 1`` then self removal with ``ref_includes_query``).
+
+        Returns:
+            ``(distances (N, k) float32, indices (N, k) int64)`` on ``query``'s device.
+
+        Raises:
+            IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded.
+        """
+        faiss = require_faiss("FaissKNN")
+        k = _check_k(k)
+        query_t = as_tensor(query, "query")
+        device = query_t.device
+        dim = query_t.shape[1]
+        config.LOGGER.info("running k-nn with k=%d", k)
+        config.LOGGER.info("embedding dimensionality is %d", dim)
+        if self.reset_before:
+            self.index = self.index_init_fn(dim)
+        if self.index is None:
+            raise IndexNotReadyError("the index is not initialised: call train() or load() first")
+        if reference is not None:
+            self.index.add(to_numpy_f32(reference))
+        num_search = _clamp_k(k, int(self.index.ntotal), ref_includes_query, "FaissKNN")
+        distances, indices = self._search(faiss, to_numpy_f32(query_t), num_search, device)
+        if self.reset_after:
+            self.index = None
+        d = torch.from_numpy(distances).to(device)
+        i = torch.from_numpy(indices).to(device=device, dtype=torch.long)
+        if ref_includes_query:
+            d, i = EF.remove_self_matches(d, i)
+        return d, i
+
+    def _search(self, faiss: Any, query: Any, k: int, device: torch.device) -> tuple[Any, Any]:
+        wants_gpu = device.type == "cuda" or self.gpus is not None
+        if num_gpus(faiss) > 0 and wants_gpu and k <= _gpu_k_limit():
+            try:
+                if self.gpus is None:
+                    gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+                else:
+                    gpu_index = faiss.index_cpu_to_gpus_list(self.index, gpus=list(self.gpus))
+                return gpu_index.search(query, k)
+            except (AttributeError, RuntimeError) as exc:
+                config.LOGGER.warning("faiss GPU search failed (%s); using the CPU", exc)
+        return self.index.search(query, k)
+
+    def train(self, embeddings: Tensor) -> None:
+        """New index of the embeddings' dim holding ``embeddings``."""
+        emb = to_numpy_f32(embeddings)
+        self.index = self.index_init_fn(emb.shape[1])
+        self.index.add(emb)
+
+    def add(self, embeddings: Tensor) -> None:
+        """Add ``embeddings`` to the current index.
+
+        Raises:
+            IndexNotReadyError: before ``train``/``load`` (also an ``AttributeError``).
+        """
+        if self.index is None:
+            raise IndexNotReadyError("the index is not initialised: call train() or load() first")
+        self.index.add(to_numpy_f32(embeddings))
+
+    def save(self, filename: str | os.PathLike[str]) -> None:
+        """``faiss.write_index``, written to a temporary file and renamed (atomic)."""
+        faiss = require_faiss("FaissKNN.save")
+        if self.index is None:
+            raise IndexNotReadyError("nothing to save: call train() or load() first")
+        atomic_write(filename, lambda tmp: faiss.write_index(self.index, tmp))
+
+    def load(self, filename: str | os.PathLike[str]) -> None:
+        """``faiss.read_index`` (a binary index file; nothing is unpickled)."""
+        faiss = require_faiss("FaissKNN.load")
+        self.index = faiss.read_index(os.fspath(filename))
+
+    def reset(self) -> None:
+        """Drop the index."""
+        self.index = None
+
+
+def _check_clusters(x: Tensor, nmb_clusters: Any) -> int:
+    if isinstance(nmb_clusters, bool) or not isinstance(nmb_clusters, int):
+        raise TypeError(f"nmb_clusters must be an int; got {type(nmb_clusters).__name__}")
+    if not 1 <= nmb_clusters <= x.shape[0]:
+        raise ValueError(
+            f"nmb_clusters must be in [1, {x.shape[0]}] (the number of points); got {nmb_clusters}"
+        )
+    return nmb_clusters
+
+
+class FaissKMeans:
+    """k-means with ``faiss.Kmeans(d, nmb_clusters, **kwargs)``.
+
+    faiss defaults decide the numbers: niter 25 (AccuracyCalculator passes 20), seed 1234,
+    random initial centroids, training on at most 256 points per centroid.
+
+    Raises:
+        ImportError: faiss is not installed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        require_faiss("FaissKMeans")
+        self.kwargs = kwargs
+
+    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
+        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
+        faiss = require_faiss("FaissKMeans")
+        x_t = as_tensor(x, "x")
+        nmb_clusters = _check_clusters(x_t, nmb_clusters)
+        data = to_numpy_f32(x_t)
+        dim = data.shape[1]
+        config.LOGGER.info("running k-means clustering with k=%d", nmb_clusters)
+        config.LOGGER.info("embedding dimensionality is %d", dim)
+        kmeans = faiss.Kmeans(dim, nmb_clusters, **self.kwargs)
+        kmeans.train(data)
+        _, ids = kmeans.index.search(data, 1)
+        return torch.from_numpy(ids[:, 0]).to(device=x_t.device, dtype=torch.long)
+
+
+class TorchKMeans:
+    """k-means in plain torch (k-means++ seeding, Lloyd iterations, chunked assignment).
+
+    Used by :class:`AccuracyCalculator` when faiss is not installed. Deterministic for a seed;
+    its clusters (hence NMI/AMI) can differ slightly from faiss's.
+
+    Args:
+        niter: Lloyd iterations.
+        seed: generator seed.
+        max_points_per_centroid: training sub-sample per centroid (faiss's default 256).
+
+    Example:
+        >>> TorchKMeans()(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2).bincount().tolist()
+        [2, 2]
+    """
+
+    def __init__(
+        self, niter: int = 20, seed: int = 1234, max_points_per_centroid: int = 256
+    ) -> None:
+        self.niter = niter
+        self.seed = seed
+        self.max_points_per_centroid = max_points_per_centroid
+
+    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
+        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
+        x_t = as_embeddings(x, "x")
+        nmb_clusters = _check_clusters(x_t, nmb_clusters)
+        with torch.no_grad():
+            ids, _ = EF.kmeans(
+                x_t,
+                nmb_clusters,
+                niter=self.niter,
+                seed=self.seed,
+                max_points_per_centroid=self.max_points_per_centroid,
+            )
+        return ids
+
+
+def default_kmeans_func(device: torch.device) -> FaissKMeans | TorchKMeans:
+    """``FaissKMeans(niter=20)`` when faiss is installed, else ``TorchKMeans(niter=20)``."""
+    if faiss_available():
+        faiss = require_faiss("FaissKMeans")
+        return FaissKMeans(niter=20, gpu=device.type == "cuda" and num_gpus(faiss) > 0)
+    return TorchKMeans(niter=20)
+
+
+def run_pca(x: Tensor, output_dimensionality: int) -> Tensor:
+    """PCA to ``output_dimensionality`` dims (mean-centred, no whitening), on ``x``'s device.
+
+    Plain torch (no faiss needed); each axis's sign is arbitrary, as with faiss.
+
+    Example:
+        >>> run_pca(torch.randn(10, 4), 2).shape
+        torch.Size([10, 2])
+    """
+    x_t = as_embeddings(x, "x")
+    return EF.pca(x_t, output_dimensionality)

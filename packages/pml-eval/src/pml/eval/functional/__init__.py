@@ -1,0 +1,52 @@
+"""The math of pml-eval: pure functions on tensors.
+
+* k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal.
+* retrieval (:mod:`._retrieval`): per-query precision@k, R-precision, (MAP@R) average
+  precision, reciprocal rank; class means; the exact chunked ranking behind
+  ``AccuracyCalculator``.
+* clustering (:mod:`._clustering`): k-means (k-means++ seeding) and PCA in plain torch.
+"""
+
+from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
+from pml.eval.functional._knn import (
+    DistanceFn,
+    chunk_rows,
+    closest_first,
+    knn,
+    remove_self_matches,
+    smallest_k,
+    squared_l2_matrix,
+)
+from pml.eval.functional._retrieval import (
+    RETRIEVAL_METRICS,
+    average_precision_values,
+    class_means,
+    label_ids,
+    precision_at_k_values,
+    r_precision_values,
+    reciprocal_rank_values,
+    relevance,
+    retrieval_values,
+)
+
+__all__ = [
+    "RETRIEVAL_METRICS",
+    "DistanceFn",
+    "average_precision_values",
+    "chunk_rows",
+    "class_means",
+    "closest_first",
+    "kmeans",
+    "knn",
+    "label_ids",
+    "nearest_centroid",
+    "pca",
+    "precision_at_k_values",
+    "r_precision_values",
+    "reciprocal_rank_values",
+    "relevance",
+    "remove_self_matches",
+    "retrieval_values",
+    "smallest_k",
+    "squared_l2_matrix",
+]

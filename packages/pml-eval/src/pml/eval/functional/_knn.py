@@ -1,0 +1,192 @@
+"""Exact k-nearest-neighbour search in plain torch, chunked over query rows.
+
+Order convention (faiss's): neighbours sorted by distance, equal distances by ascending
+reference index. Ties are resolved exactly, whatever ``torch.topk`` does with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from pml.core.dtypes import accumulation_dtype
+
+__all__ = [
+    "DistanceFn",
+    "chunk_rows",
+    "closest_first",
+    "knn",
+    "remove_self_matches",
+    "smallest_k",
+    "squared_l2_matrix",
+]
+
+#: ``fn(query_chunk (B, D), reference (M, D)) -> (B, M)``
+DistanceFn = Callable[[Tensor, Tensor], Tensor]
+
+#: elements of one ``(B, M)`` distance block; bounds the memory of every chunked pass.
+_BLOCK_ELEMENTS = 1 << 23
+
+
+def chunk_rows(num_ref: int, batch_size: int | None = None) -> int:
+    """Query rows per block: ``batch_size`` or as many as fit a block of ~8M distances.
+
+    Example:
+        >>> chunk_rows(100_000), chunk_rows(10, batch_size=4)
+        (83, 4)
+    """
+    if batch_size is not None:
+        return batch_size
+    return max(1, _BLOCK_ELEMENTS // max(num_ref, 1))
+
+
+def squared_l2_matrix(query: Tensor, reference: Tensor) -> Tensor:
+    """Squared Euclidean distances ``||q_i - r_j||^2`` (faiss ``IndexFlatL2``), shape ``(N, M)``.
+
+    Computed as ``|q|^2 + |r|^2 - 2 q.r`` (one matrix product) in at least float32 and
+    clamped at 0; float64 stays float64.
+
+    Example:
+        >>> squared_l2_matrix(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
+        tensor([[25.,  1.]])
+    """
+    acc = torch.promote_types(accumulation_dtype(query.dtype), reference.dtype)
+    q, r = query.to(acc), reference.to(acc)
+    out = torch.addmm((r * r).sum(1).unsqueeze(0), q, r.T, alpha=-2)
+    out += (q * q).sum(1, keepdim=True)
+    return out.clamp_(min=0)
+
+
+def closest_first(mat: Tensor, is_inverted: bool) -> Tensor:
+    """Turn a distance or similarity block into "smaller is closer" values without NaN.
+
+    Similarities are negated (exact); NaN becomes ``+inf`` (ranked last); ``-0.0`` becomes
+    ``0.0`` so it ties with ``0.0``.
+    """
+    out = -mat if is_inverted else mat.clone()
+    out = torch.nan_to_num_(out, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
+    return out.add_(0.0)
+
+
+def smallest_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest entries of each row, ordered by ``(value, column index)``.
+
+    Exactly what a stable full sort would give (faiss's tie order), at ``topk`` cost: ties
+    inside the selection are reordered by index, and rows where more entries tie with the
+    ``k``-th value than were selected are redone with a stable sort.
+
+    Args:
+        values: shape ``(B, M)``, no NaN.
+        k: ``0 <= k <= M``.
+
+    Returns:
+        ``(vals (B, k), indices (B, k) int64)``.
+
+    Example:
+        >>> smallest_k(torch.tensor([[2.0, 1.0, 1.0, 0.0, 1.0]]), 3)
+        (tensor([[0., 1., 1.]]), tensor([[3, 1, 2]]))
+    """
+    num_cols = values.shape[1]
+    if 4 * k >= num_cols:
+        vals, idx = torch.sort(values, dim=1, stable=True)
+        return vals[:, :k], idx[:, :k]
+    vals, idx = torch.topk(values, k, dim=1, largest=False, sorted=True)
+    idx, order = torch.sort(idx, dim=1)
+    vals, order2 = torch.sort(vals.gather(1, order), dim=1, stable=True)
+    idx = idx.gather(1, order2)
+    kth = vals[:, -1:]
+    redo = (values == kth).sum(1) > (vals == kth).sum(1)
+    fixed_vals, fixed_idx = torch.sort(values[redo], dim=1, stable=True)
+    vals[redo] = fixed_vals[:, :k]
+    idx[redo] = fixed_idx[:, :k]
+    return vals, idx
+
+
+def remove_self_matches(
+    distances: Tensor, indices: Tensor, offset: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Drop each row's own column from ``k + 1`` neighbours, keeping ``k``.
+
+    Row ``i`` is query ``offset + i``, which is reference row ``offset + i`` (the query is a
+    prefix of the reference). Where that index is among the neighbours it is dropped;
+    elsewhere (more than ``k`` items tie ahead of it) the last column is dropped. Order is
+    otherwise kept.
+
+    Args:
+        distances: shape ``(B, k + 1)``.
+        indices: shape ``(B, k + 1)``, int64.
+        offset: index of the first row's query.
+
+    Returns:
+        ``(distances (B, k), indices (B, k))``.
+
+    Example:
+        >>> d = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])
+        >>> i = torch.tensor([[0, 2, 1], [0, 2, 1]])
+        >>> remove_self_matches(d, i)[1]
+        tensor([[2, 1],
+                [0, 2]])
+    """
+    num_rows, width = indices.shape
+    if width == 0:
+        return distances, indices
+    own = torch.arange(offset, offset + num_rows, device=indices.device).unsqueeze(1)
+    is_self = indices == own
+    drop = torch.where(is_self.any(1), is_self.to(torch.uint8).argmax(1), width - 1)
+    keep = torch.arange(width, device=indices.device).unsqueeze(0) != drop.unsqueeze(1)
+    return (
+        distances[keep].view(num_rows, width - 1),
+        indices[keep].view(num_rows, width - 1),
+    )
+
+
+def knn(
+    query: Tensor,
+    reference: Tensor,
+    k: int,
+    *,
+    distance_fn: DistanceFn = squared_l2_matrix,
+    is_inverted: bool = False,
+    ref_includes_query: bool = False,
+    batch_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exact ``k`` nearest reference rows of every query row, chunked over queries.
+
+    Peak memory is one ``(B, M)`` block (``B`` from ``batch_size`` or ~8M entries), never the
+    full ``(N, M)`` matrix unless ``k`` asks for it. With ``ref_includes_query`` (query row
+    ``i`` is reference row ``i``) ``k + 1`` rows are searched and the self match removed
+    (:func:`remove_self_matches`). ``k`` is clamped to what the reference holds.
+
+    Args:
+        query: shape ``(N, D)``.
+        reference: shape ``(M, D)``.
+        k: neighbours per query.
+        distance_fn: ``(B, D), (M, D) -> (B, M)``; default squared L2.
+        is_inverted: ``True`` when larger values of ``distance_fn`` mean closer.
+        ref_includes_query: remove each query's own row.
+        batch_size: query rows per block (default: automatic).
+
+    Returns:
+        ``(distances (N, k'), indices (N, k') int64)``, distances as ``distance_fn`` gives
+        them, ``k' = min(k, M - ref_includes_query)``.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0]])
+        >>> knn(x, x, 1, ref_includes_query=True)[1].flatten().tolist()
+        [1, 0, 1]
+    """
+    num_ref = reference.shape[0]
+    num_search = min(k + int(ref_includes_query), num_ref)
+    rows = chunk_rows(num_ref, batch_size)
+    out_d, out_i = [], []
+    for s in range(0, max(query.shape[0], 1), rows):  # one (empty) block when N == 0
+        mat = distance_fn(query[s : s + rows], reference)
+        _, idx = smallest_k(closest_first(mat, is_inverted), num_search)
+        dist = mat.gather(1, idx)
+        if ref_includes_query:
+            dist, idx = remove_self_matches(dist, idx, offset=s)
+        out_d.append(dist)
+        out_i.append(idx)
+    return torch.cat(out_d), torch.cat(out_i)

@@ -1,0 +1,287 @@
+"""Retrieval metrics: per-query values from relevance rows, and an exact chunked ranking.
+
+A relevance row ``rel`` ``(N, K)`` says which of a query's ``K`` nearest references share its
+class, closest first; ``num_relevant`` ``(N,)`` is how many references share it in all (its
+``R``). Every value is returned per query, so callers can average them any way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from pml.eval.functional._knn import (
+    DistanceFn,
+    chunk_rows,
+    closest_first,
+    remove_self_matches,
+    smallest_k,
+    squared_l2_matrix,
+)
+
+__all__ = [
+    "RETRIEVAL_METRICS",
+    "average_precision_values",
+    "class_means",
+    "label_ids",
+    "precision_at_k_values",
+    "r_precision_values",
+    "reciprocal_rank_values",
+    "relevance",
+    "retrieval_values",
+]
+
+#: the metrics :func:`retrieval_values` returns, besides ``num_relevant``.
+RETRIEVAL_METRICS = (
+    "precision_at_1",
+    "r_precision",
+    "mean_average_precision_at_r",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+)
+
+
+def label_ids(query_labels: Tensor, reference_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Dense class ids shared by query and reference labels, in sorted label order.
+
+    Labels may have any dtype; a label with more than one dimension (``(N, D)``) is one class
+    per distinct row. Integer labels keep their exact values (no float32 collisions).
+
+    Returns:
+        ``(query_ids (N,), reference_ids (M,), unique_labels (C, ...))``, ids int64 in
+        ``[0, C)``.
+
+    Example:
+        >>> label_ids(torch.tensor([7, 3]), torch.tensor([3, 3, 9]))
+        (tensor([1, 0]), tensor([0, 0, 2]), tensor([3, 7, 9]))
+    """
+    both = torch.cat([query_labels, reference_labels.to(query_labels.device)])
+    if both.ndim == 1:
+        unique, inverse = torch.unique(both, sorted=True, return_inverse=True)
+    else:
+        unique, inverse = torch.unique(both, dim=0, sorted=True, return_inverse=True)
+    num_query = query_labels.shape[0]
+    return inverse[:num_query], inverse[num_query:], unique
+
+
+def relevance(
+    gt_labels: Tensor,
+    knn_labels: Tensor,
+    label_comparison_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Which retrieved labels match the query's: ``(N, K)`` bool.
+
+    ``gt_labels`` is ``(N, 1)`` (or ``(N, 1, D)``) against ``knn_labels`` ``(N, K)`` (or
+    ``(N, K, D)``). The default comparison is equality of the whole label (every dimension);
+    a custom ``label_comparison_fn`` must broadcast and reduce any label dimension itself.
+
+    Example:
+        >>> relevance(torch.tensor([[1], [2]]), torch.tensor([[1, 2], [1, 1]]))
+        tensor([[ True, False],
+                [False, False]])
+    """
+    if label_comparison_fn is None or label_comparison_fn is torch.eq:
+        same = gt_labels == knn_labels
+        return same.reshape(*same.shape[:2], -1).all(-1) if same.ndim > 2 else same
+    return label_comparison_fn(gt_labels, knn_labels).bool()
+
+
+def precision_at_k_values(rel: Tensor, k: int) -> Tensor:
+    """Fraction of the first ``k`` neighbours that are relevant, ``(N,)`` float64.
+
+    Example:
+        >>> precision_at_k_values(torch.tensor([[True, False, True]]), 2)
+        tensor([0.5000], dtype=torch.float64)
+    """
+    return rel[:, :k].sum(1, dtype=torch.float64) / k
+
+
+def _ranks(rel: Tensor) -> Tensor:
+    return torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
+
+
+def r_precision_values(rel: Tensor, num_relevant: Tensor, k: int | None = None) -> Tensor:
+    """Precision over the first ``min(R, k)`` neighbours, ``(N,)`` float64.
+
+    ``k`` is how many neighbours were retrieved (default ``rel.shape[1]``); ``rel`` may hold
+    fewer columns when the rest are known to be irrelevant.
+
+    Example:
+        >>> r_precision_values(torch.tensor([[True, False, True]]), torch.tensor([2]))
+        tensor([0.5000], dtype=torch.float64)
+    """
+    k = rel.shape[1] if k is None else k
+    cutoff = num_relevant.clamp(max=k).to(torch.float64)
+    hits = (rel & (_ranks(rel) <= cutoff.unsqueeze(1))).sum(1, dtype=torch.float64)
+    return hits / cutoff
+
+
+def average_precision_values(
+    rel: Tensor, num_relevant: Tensor, at_r: bool = False, k: int | None = None
+) -> Tensor:
+    """``(1/R) sum_j rel_j P(j)`` over the retrieved neighbours (``j <= min(R, k)`` if ``at_r``).
+
+    The sum stops at the ``k`` retrieved neighbours but is always divided by ``R``, so it
+    reaches 1 only when every relevant item was retrieved first.
+
+    Returns:
+        ``(N,)`` float64.
+
+    Example:
+        >>> rel = torch.tensor([[True, False, True]])
+        >>> average_precision_values(rel, torch.tensor([2])).tolist()
+        [0.8333333333333333]
+        >>> average_precision_values(rel, torch.tensor([2]), at_r=True).tolist()
+        [0.5]
+    """
+    k = rel.shape[1] if k is None else k
+    ranks = _ranks(rel)
+    relf = rel.to(torch.float64)
+    contrib = relf.cumsum(1) / ranks * relf
+    if at_r:
+        contrib = contrib * (ranks <= num_relevant.clamp(max=k).unsqueeze(1))
+    return contrib.sum(1) / num_relevant.to(torch.float64)
+
+
+def reciprocal_rank_values(rel: Tensor) -> Tensor:
+    """``1 / (position of the first relevant neighbour)``, 0 if none, ``(N,)`` float32.
+
+    float32 like the reference, so averages print the same digits.
+
+    Example:
+        >>> reciprocal_rank_values(torch.tensor([[False, False, True], [False, False, False]]))
+        tensor([0.3333, 0.0000])
+    """
+    if rel.shape[1] == 0:
+        return torch.zeros(rel.shape[0], dtype=torch.float32, device=rel.device)
+    first = rel.to(torch.uint8).argmax(1)
+    rr = torch.reciprocal((first + 1).to(torch.float32))
+    return torch.where(rel.any(1), rr, torch.zeros_like(rr))
+
+
+def class_means(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of ``values`` per distinct label (rows of ``labels`` when it has more dims).
+
+    Accumulates in float64, returns ``values``' dtype; classes in sorted label order.
+
+    Args:
+        values: shape ``(N,)``.
+        labels: shape ``(N,)`` or ``(N, ...)``.
+
+    Returns:
+        ``(unique_labels (C, ...), means (C,))``.
+
+    Example:
+        >>> class_means(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([5, 2, 5]))
+        (tensor([2, 5]), tensor([0., 1.]))
+    """
+    flat = labels.reshape(labels.shape[0], -1) if labels.ndim > 1 else labels
+    if flat.ndim > 1 and flat.shape[1] == 1:
+        flat = flat[:, 0]
+    if flat.ndim == 1:
+        unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+    else:
+        unique, inverse = torch.unique(flat, dim=0, sorted=True, return_inverse=True)
+    acc = torch.promote_types(values.dtype, torch.float64)
+    sums = torch.zeros(unique.shape[0], dtype=acc, device=values.device)
+    sums.index_add_(0, inverse, values.to(acc))
+    counts = torch.bincount(inverse, minlength=unique.shape[0])
+    return unique, (sums / counts).to(values.dtype)
+
+
+def retrieval_values(
+    query: Tensor,
+    query_ids: Tensor,
+    reference: Tensor,
+    reference_ids: Tensor,
+    k: int | None = None,
+    *,
+    ref_includes_query: bool = False,
+    distance_fn: DistanceFn = squared_l2_matrix,
+    is_inverted: bool = False,
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Per-query retrieval metrics over the exact ranking of the reference, chunked.
+
+    Equal to retrieving ``k`` neighbours (``None``: the whole reference) with
+    :func:`~pml.eval.functional.knn` and scoring the relevance rows, without holding
+    ``(N, k)`` neighbour lists: each block of query rows retrieves only as far as its farthest
+    relevant reference item (at most ``k``), so memory stays one ``(B, M)`` block and time is
+    one distance pass plus a small ``topk`` for well-trained embeddings.
+
+    Args:
+        query: shape ``(N, D)``.
+        query_ids: class ids ``(N,)`` int64 (see :func:`label_ids`).
+        reference: shape ``(M, D)``.
+        reference_ids: class ids ``(M,)`` int64, same id space.
+        k: neighbours retrieved (None: all); clamped to ``M - ref_includes_query``.
+        ref_includes_query: query row ``i`` is reference row ``i``: it is not its own
+            neighbour and does not count in ``R``.
+        distance_fn: ``(B, D), (M, D) -> (B, M)``; default squared L2.
+        is_inverted: ``True`` when larger values mean closer.
+        batch_size: query rows per block (default: ~8M distances per block).
+
+    Returns:
+        ``{name: (N,)}`` for each of :data:`RETRIEVAL_METRICS` (float64, except
+        ``mean_reciprocal_rank`` float32; NaN where ``R == 0``) and ``num_relevant`` (int64).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+        >>> ids = torch.tensor([0, 1, 1, 0])
+        >>> out = retrieval_values(x, ids, x, ids, ref_includes_query=True)
+        >>> out["precision_at_1"].tolist(), out["mean_average_precision"].tolist()
+        ([0.0, 0.0, 0.0, 0.0], [0.3333333333333333, 0.5, 0.5, 0.3333333333333333])
+    """
+    num_query, num_ref = query.shape[0], reference.shape[0]
+    own = int(ref_includes_query)
+    max_k = max(num_ref - own, 0)
+    k_eff = max_k if k is None else min(k, max_k)
+    device = query.device
+    num_classes = int(torch.cat([query_ids, reference_ids]).max()) + 1 if num_query else 0
+    counts = torch.bincount(reference_ids, minlength=num_classes)
+    num_relevant = counts[query_ids] - own
+    by_class = torch.argsort(reference_ids, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    out = {
+        name: torch.full((num_query,), float("nan"), dtype=torch.float64, device=device)
+        for name in RETRIEVAL_METRICS
+    }
+    out["mean_reciprocal_rank"] = out["mean_reciprocal_rank"].float()
+    rows = chunk_rows(num_ref, batch_size)
+    for s in range(0, num_query if num_ref else 0, rows):
+        e = min(s + rows, num_query)
+        ids = query_ids[s:e]
+        mat = closest_first(distance_fn(query[s:e], reference), is_inverted)
+        # The farthest same-class reference item bounds how far each row must be ranked.
+        class_size = counts[ids]
+        offsets = torch.arange(int(class_size.max()), device=device)
+        members = by_class[(starts[ids].unsqueeze(1) + offsets).clamp_(max=num_ref - 1)]
+        member_d = mat.gather(1, members).masked_fill_(
+            offsets >= class_size.unsqueeze(1), float("-inf")
+        )
+        if offsets.numel():
+            farthest = member_d.amax(1, keepdim=True)
+        else:  # no row of this block has a same-class reference item
+            farthest = mat.new_full((e - s, 1), float("-inf"))
+        needed = int((mat <= farthest).sum(1).max())
+        num_search = min(needed + own, k_eff + own, num_ref)
+        _, idx = smallest_k(mat, num_search)
+        del mat
+        if ref_includes_query:
+            _, idx = remove_self_matches(idx, idx, offset=s)
+        rel = reference_ids[idx[:, :k_eff]] == ids.unsqueeze(1)
+        r = num_relevant[s:e]
+        values = {
+            "precision_at_1": precision_at_k_values(rel, 1),
+            "r_precision": r_precision_values(rel, r, k_eff),
+            "mean_average_precision_at_r": average_precision_values(rel, r, True, k_eff),
+            "mean_average_precision": average_precision_values(rel, r, False, k_eff),
+            "mean_reciprocal_rank": reciprocal_rank_values(rel),
+        }
+        lone = r <= 0
+        for name, v in values.items():
+            out[name][s:e] = v.masked_fill(lone, float("nan"))
+    out["num_relevant"] = num_relevant
+    return out

@@ -1,0 +1,285 @@
+"""DistributedLossWrapper, without and with a real two-process gloo group.
+
+The two-process tests fork two CPU processes (file:// rendezvous in tmp_path); each rank saves its loss values and gradients, and the test compares them with a
+single process computing the same loss on the concatenated batch (naive pair loops).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pml.core.testing import assert_close
+from pml.losses import CrossBatchMemory, DistributedLossWrapper, GenericPairLoss
+from pml.losses._base import loss_entry, zero_loss_entry
+
+MARGIN = 1.0
+WORLD = 2
+D = 5
+
+
+class _PairLoss(GenericPairLoss):
+    """pos: d(a, p); neg: relu(1 - d(a, n)); each averaged (MeanReducer)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(mat_based_loss=False, **kwargs)
+
+    def _sub_loss_names(self) -> list[str]:
+        return ["pos_loss", "neg_loss"]
+
+    def _compute_loss(self, pos_pair, neg_pair, indices_tuple):  # type: ignore[no-untyped-def]
+        a1, p, a2, n = indices_tuple
+        pos = loss_entry(pos_pair, (a1, p), "pos_pair") if len(a1) else zero_loss_entry()
+        neg = (
+            loss_entry(torch.relu(MARGIN - neg_pair), (a2, n), "neg_pair")
+            if len(a2)
+            else zero_loss_entry()
+        )
+        return {"pos_loss": pos, "neg_loss": neg}
+
+
+def contrastive() -> _PairLoss:
+    return type("ContrastiveLoss", (_PairLoss,), {})()
+
+
+def _dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(F.normalize(x, dim=0) - F.normalize(y, dim=0))
+
+
+def naive_pair_loss(queries, q_labels, refs, r_labels, skip_self: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    pos, neg = [], []
+    for i in range(len(queries)):
+        for j in range(len(refs)):
+            if skip_self and i == j:
+                continue
+            d = _dist(queries[i], refs[j])
+            if int(q_labels[i]) == int(r_labels[j]):
+                pos.append(d)
+            else:
+                neg.append(torch.relu(MARGIN - d))
+    return torch.stack(pos).mean() + torch.stack(neg).mean()
+
+
+def rank_data(rank: int, n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 100 + rank)
+    return torch.randn(n, D, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=g
+    )
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _grad(out: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
+    return [g.detach() for g in torch.autograd.grad(out, xs)]
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        res: dict[str, Any] = {}
+        emb, labels = rank_data(rank)
+        ref, ref_labels = rank_data(rank, seed=1)
+
+        for efficient in (False, True):
+            x = emb.clone().requires_grad_()
+            out = DistributedLossWrapper(contrastive(), efficient=efficient)(x, labels)
+            res[f"plain_eff{efficient}"] = (out.detach(), *_grad(out, x))
+
+            x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
+            wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
+            out = wrapper(x, labels, ref_emb=r, ref_labels=ref_labels)
+            res[f"ref_eff{efficient}"] = (out.detach(), *_grad(out, x, r))
+
+        # ranks with different batch sizes (the reference needs equal shapes)
+        n = 6 if rank == 0 else 4
+        x = emb[:n].clone().requires_grad_()
+        out = DistributedLossWrapper(contrastive())(x, labels[:n])
+        res["uneven"] = (out.detach(), *_grad(out, x))
+
+        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=20).double()
+        wrapper = DistributedLossWrapper(cbm)
+        for call in range(3):
+            e, lab = rank_data(rank, seed=10 + call)
+            x = e.clone().requires_grad_()
+            mask = (torch.arange(6) % 3 == 0) if call == 2 else None
+            out = wrapper(x, lab, enqueue_mask=mask)
+            res[f"cbm{call}"] = (out.detach(), *_grad(out, x))
+        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    tmp = tmp_path_factory.mktemp("gloo")
+    # fork: the children reuse this process's imports (a spawned child re-imports torch,
+    # which takes longer than the whole test).
+    ctx = mp.get_context("fork")
+    procs = [
+        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
+    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+def _other(rank: int) -> int:
+    return 1 - rank
+
+
+@pytest.mark.distributed
+def test_gloo_plain_mode_equals_one_process_on_concatenated_batch(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(WORLD):
+        (e0, l0), (e1, l1) = rank_data(rank), rank_data(_other(rank))
+        own = e0.clone().requires_grad_()
+        every = torch.cat([own, e1])
+        labels = torch.cat([l0, l1])
+        exp = naive_pair_loss(every, labels, every, labels, skip_self=True)
+        (g_exp,) = _grad(exp, own)
+        value, grad = gloo_results[rank]["plain_effFalse"]
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        # x world_size: DDP averages the ranks' gradients back to one process's gradient
+        torch.testing.assert_close(grad, g_exp * WORLD, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.distributed
+def test_gloo_efficient_mode_local_queries_against_gathered_batch(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(WORLD):
+        (e0, l0), (e1, l1) = rank_data(rank), rank_data(_other(rank))
+        own = e0.clone().requires_grad_()
+        ref = torch.cat([own, e1])  # the local block is live on the reference side too
+        exp = naive_pair_loss(own, l0, ref, torch.cat([l0, l1]), skip_self=True)
+        (g_exp,) = _grad(exp, own)
+        value, grad = gloo_results[rank]["plain_effTrue"]
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, g_exp * WORLD, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("efficient", [False, True])
+def test_gloo_separate_ref_emb(gloo_results, efficient: bool) -> None:  # type: ignore[no-untyped-def]
+    # fix (efficient): no (i, i) removal when the reference set is a separate ref_emb.
+    for rank in range(WORLD):
+        (e0, l0), (e1, l1) = rank_data(rank), rank_data(_other(rank))
+        (r0, rl0), (r1, rl1) = rank_data(rank, seed=1), rank_data(_other(rank), seed=1)
+        own, own_ref = e0.clone().requires_grad_(), r0.clone().requires_grad_()
+        refs, ref_labels = torch.cat([own_ref, r1]), torch.cat([rl0, rl1])
+        if efficient:
+            exp = naive_pair_loss(own, l0, refs, ref_labels, skip_self=False)
+        else:
+            queries, q_labels = torch.cat([own, e1]), torch.cat([l0, l1])
+            exp = naive_pair_loss(queries, q_labels, refs, ref_labels, skip_self=False)
+        g_exp = _grad(exp, own, own_ref)
+        value, *grads = gloo_results[rank][f"ref_eff{efficient}"]
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        for got, want in zip(grads, g_exp):
+            torch.testing.assert_close(got, want * WORLD, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.distributed
+def test_gloo_ranks_with_different_batch_sizes(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    sizes = [6, 4]
+    for rank in range(WORLD):
+        o = _other(rank)
+        e0, l0 = (t[: sizes[rank]] for t in rank_data(rank))
+        e1, l1 = (t[: sizes[o]] for t in rank_data(o))
+        own = e0.clone().requires_grad_()
+        every, labels = torch.cat([own, e1]), torch.cat([l0, l1])
+        exp = naive_pair_loss(every, labels, every, labels, skip_self=True)
+        value, grad = gloo_results[rank]["uneven"]
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.distributed
+def test_gloo_cross_batch_memory_sees_every_rank(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(WORLD):
+        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=20).double()
+        for call in range(3):
+            (e0, l0), (e1, l1) = (
+                rank_data(rank, seed=10 + call),
+                rank_data(_other(rank), seed=10 + call),
+            )
+            own = e0.clone().requires_grad_()
+            mask = None
+            if call == 2:
+                m = torch.arange(6) % 3 == 0
+                mask = torch.cat([m, m])
+            exp = cbm(torch.cat([own, e1]), torch.cat([l0, l1]), enqueue_mask=mask)
+            value, grad = gloo_results[rank][f"cbm{call}"]
+            torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-7, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- no process group
+
+
+def test_not_distributed_warns_and_calls_the_loss() -> None:
+    emb, labels = rank_data(0)
+    loss = contrastive()
+    with pytest.warns(UserWarning, match="non-distributed"):
+        out = DistributedLossWrapper(loss)(emb, labels)
+    torch.testing.assert_close(out, loss(emb, labels), rtol=0, atol=0)
+    ref, ref_labels = rank_data(0, seed=1)
+    with pytest.warns(UserWarning, match="non-distributed"):
+        out = DistributedLossWrapper(loss, efficient=True)(emb, labels, None, ref, ref_labels)
+    torch.testing.assert_close(out, loss(emb, labels, None, ref, ref_labels), rtol=0, atol=0)
+
+
+def test_not_distributed_cross_batch_memory() -> None:
+    # fix: the reference raises TypeError here (ref_emb/ref_labels passed positionally).
+    emb, labels = rank_data(0)
+    wrapped = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=16).double()
+    plain = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=16).double()
+    wrapper = DistributedLossWrapper(wrapped)
+    mask = torch.arange(6) % 2 == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.testing.assert_close(wrapper(emb, labels), plain(emb, labels))
+        torch.testing.assert_close(
+            wrapper(emb, labels, enqueue_mask=mask), plain(emb, labels, enqueue_mask=mask)
+        )
+    assert wrapped.queue_idx == plain.queue_idx == 9
+
+
+def test_dtype_and_device(dtype: torch.dtype, device: torch.device) -> None:
+    emb, labels = rank_data(0)
+    x = emb.to(device, dtype).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = DistributedLossWrapper(contrastive())(x, labels.to(device))
+    out.backward()
+    assert out.dtype == dtype and out.device.type == device.type and x.grad.dtype == dtype
+    assert_close(out, contrastive()(emb.to(dtype).double(), labels).to(dtype))
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="BaseMetricLossFunction or CrossBatchMemory"):
+        DistributedLossWrapper(torch.nn.MSELoss())
+    cbm = CrossBatchMemory(contrastive(), embedding_size=D)
+    with pytest.raises(ValueError, match="efficient"):
+        DistributedLossWrapper(cbm, efficient=True)
+    emb, labels = rank_data(0)
+    with pytest.raises(ValueError, match="ref_emb"):
+        DistributedLossWrapper(cbm)(emb.float(), labels, ref_emb=emb.float())
+    with pytest.raises(ValueError, match="enqueue_mask"):
+        DistributedLossWrapper(contrastive())(emb, labels, enqueue_mask=labels > 0)

@@ -1,0 +1,159 @@
+"""BaseMiner: the template forward shared by every miner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pml.core.indices import IndicesTuple
+from pml.core.validation import InvalidArgumentError, check_embeddings, check_shapes
+from pml.distances import BaseDistance, ModuleWithRecordsAndDistance
+
+
+class BaseMiner(ModuleWithRecordsAndDistance):
+    """Base of every miner: ``forward(embeddings, labels, ref_emb=None, ref_labels=None)``.
+
+    ``forward`` checks the inputs, moves labels to the embeddings' device, resolves the
+    reference set (``ref_emb=None`` means the batch itself; ``ref_labels`` is then ignored),
+    calls :meth:`mine` under ``torch.no_grad()`` and checks the output. It always sets
+    ``num_triplets`` (triplet miners) or ``num_pos_pairs``/``num_neg_pairs`` (pair miners);
+    with ``collect_stats`` these are also registered statistics.
+
+    Args:
+        distance: the distance used to build the ``(N, M)`` matrix; None for the miner's
+            default (a fresh ``LpDistance(p=2)`` unless the miner says otherwise).
+        collect_stats: record per-call statistics (None: the global default).
+    """
+
+    #: whether ``mine`` reads the labels (False only for miners that ignore them)
+    needs_labels: bool = True
+
+    def __init__(
+        self, distance: BaseDistance | None = None, collect_stats: bool | None = None
+    ) -> None:
+        super().__init__(distance=distance, collect_stats=collect_stats)
+        self.add_to_recordable_attributes(
+            list_of_names=["num_pos_pairs", "num_neg_pairs", "num_triplets"], is_stat=True
+        )
+
+    def mine(
+        self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
+    ) -> IndicesTuple:
+        """Return ``(a, p, n)`` or ``(a1, p, a2, n)``; called under ``torch.no_grad()``.
+
+        ``ref_emb is embeddings`` and ``ref_labels is labels`` when no reference set was
+        given (same set: self pairs are excluded).
+        """
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> IndicesTuple:
+        """Mine an index tuple.
+
+        Args:
+            embeddings: shape ``(N, D)``, any float dtype and device.
+            labels: shape ``(N,)``, any dtype supporting ``==``.
+            ref_emb: shape ``(M, D)``; None compares the batch with itself.
+            ref_labels: shape ``(M,)``; required with ``ref_emb``, ignored without it.
+
+        Returns:
+            Triplets ``(a, p, n)`` or pairs ``(a1, p, a2, n)`` of int64 tensors. Anchors index
+            ``embeddings``, ``p``/``n`` index ``ref_emb``.
+
+        Raises:
+            TypeError: an input is not a tensor, or embeddings are not floating point.
+            ValueError: missing labels, or shapes that do not match.
+        """
+        self.reset_stats()
+        with torch.no_grad():
+            embeddings, labels, ref_emb, ref_labels = self._resolve_inputs(
+                embeddings, labels, ref_emb, ref_labels
+            )
+            output = self.mine(embeddings, labels, ref_emb, ref_labels)  # type: ignore[arg-type]
+        self.output_assertion(output)
+        return output
+
+    def _resolve_inputs(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        ref_emb: Tensor | None,
+        ref_labels: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        check_embeddings(embeddings, "embeddings")
+        if labels is None:
+            if self.needs_labels:
+                raise ValueError(f"labels must not be None: {type(self).__name__} needs labels")
+        else:
+            check_shapes(embeddings, labels)
+            labels = labels.to(embeddings.device)
+        if ref_emb is None:
+            return embeddings, labels, embeddings, labels
+        check_embeddings(ref_emb, "ref_emb")
+        if ref_emb.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"ref_emb must have embedding size {embeddings.shape[1]} like embeddings; "
+                f"got {ref_emb.shape[1]}"
+            )
+        if ref_labels is None:
+            if self.needs_labels:
+                # fix: the reference silently reuses `labels` as reference labels
+                raise ValueError(
+                    "ref_labels must be given with ref_emb: the reference set needs its own "
+                    f"labels (shape ({ref_emb.shape[0]},))"
+                )
+        else:
+            check_shapes(ref_emb, ref_labels, names=("ref_emb", "ref_labels"))
+            ref_labels = ref_labels.to(ref_emb.device)
+        return embeddings, labels, ref_emb, ref_labels
+
+    def output_assertion(self, output: IndicesTuple) -> None:
+        """Record the tuple sizes and check that they are consistent.
+
+        Raises:
+            TypeError: ``output`` is not a 3- or 4-tuple.
+            InvalidArgumentError: lengths that do not match (also an ``AssertionError``).
+        """
+        if len(output) == 3:
+            self.num_triplets = len(output[0])
+            if not len(output[0]) == len(output[1]) == len(output[2]):
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} returned triplets (a, p, n) of different lengths "
+                    f"{[len(t) for t in output]}"
+                )
+        elif len(output) == 4:
+            self.num_pos_pairs = len(output[0])
+            self.num_neg_pairs = len(output[2])
+            if len(output[0]) != len(output[1]) or len(output[2]) != len(output[3]):
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} returned pairs (a1, p, a2, n) with "
+                    f"len(a1) != len(p) or len(a2) != len(n): {[len(t) for t in output]}"
+                )
+        else:
+            raise TypeError(
+                f"{type(self).__name__} must return 3 (a, p, n) or 4 (a1, p, a2, n) index "
+                f"tensors; got {len(output)}"
+            )
+
+    def extra_repr(self) -> str:
+        names = getattr(self, "_record_these", [])
+        return ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+
+    def _require_lp_distance(self) -> None:
+        from pml.distances import LpDistance, assert_distance_type
+
+        assert_distance_type(self, LpDistance, p=2, power=1, normalize_embeddings=True)
+
+
+def _records(module: BaseMiner, **values: Any) -> None:
+    """Set hyper-parameters and register them as recordable configuration."""
+    for name, value in values.items():
+        setattr(module, name, value)
+    module.add_to_recordable_attributes(list_of_names=list(values), is_stat=False)

@@ -1,0 +1,192 @@
+"""Pair miners that threshold the distance matrix: multi-similarity, pair margin, HDC."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pml.core.dtypes import accumulation_dtype, neg_inf, pos_inf
+from pml.core.indices import PairsTuple, is_same_set, pos_neg_masks
+
+__all__ = [
+    "hdc_miner",
+    "multi_similarity_miner",
+    "pair_margin_miner",
+    "pair_margin_miner_stats",
+]
+
+
+def _empty_pairs(device: torch.device) -> PairsTuple:
+    e = torch.empty(0, dtype=torch.long, device=device)
+    return e, e.clone(), e.clone(), e.clone()
+
+
+def _sorted_by_anchor_then_value(keep: Tensor, mat: Tensor) -> tuple[Tensor, Tensor]:
+    """Entries of ``keep``, ordered by row, then by ascending ``mat`` value (stable)."""
+    a, j = torch.where(keep)
+    order = torch.sort(mat[a, j], stable=True).indices
+    order = order[torch.sort(a[order], stable=True).indices]
+    return a[order], j[order]
+
+
+def multi_similarity_miner(
+    mat: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor | None = None,
+    *,
+    epsilon: float = 0.1,
+    is_inverted: bool = True,
+    exclude_diagonal: bool | None = None,
+) -> PairsTuple:
+    """Pairs that violate the multi-similarity margin (Wang et al., CVPR 2019).
+
+    For similarities, with ``hn(i)`` the most similar negative and ``hp(i)`` the least
+    similar positive of anchor ``i``: positive ``(i, j)`` is kept iff ``s_ij - eps < hn(i)``,
+    negative ``(i, k)`` iff ``s_ik + eps > hp(i)``. For distances the mirror image:
+    ``d_ij + eps > min_neg``, ``d_ik - eps < max_pos``. An anchor without negatives keeps no
+    positive, one without positives keeps no negative.
+
+    Args:
+        mat: similarity (or distance) matrix, shape ``(N, M)``.
+        labels: shape ``(N,)``.
+        ref_labels: shape ``(M,)``; None or ``labels`` itself for the same set.
+        epsilon: the margin.
+        is_inverted: ``True`` when ``mat`` holds similarities.
+        exclude_diagonal: drop ``(i, i)`` from both sides; None means "same set" (decided
+            from ``ref_labels`` by identity). The reference decides it by ``embeddings is
+            ref_emb``, so the class passes that.
+
+    Returns:
+        ``(a1, p, a2, n)`` int64, by anchor and then by ascending matrix value.
+
+    Example:
+        >>> sim = torch.tensor([[1.0, 0.9, 0.2], [0.9, 1.0, 0.5], [0.2, 0.5, 1.0]])
+        >>> [t.tolist() for t in multi_similarity_miner(sim, torch.tensor([0, 1, 1]))]
+        [[1], [2], [1], [0]]
+    """
+    device = mat.device
+    label_pos, label_neg = pos_neg_masks(labels, ref_labels)
+    if not (bool(label_pos.any()) and bool(label_neg.any())):
+        return _empty_pairs(device)
+    ref = labels if ref_labels is None else ref_labels.to(labels.device)
+    same = labels.unsqueeze(1) == ref.unsqueeze(0)
+    pos, neg = same, ~same
+    if is_same_set(labels, ref_labels) if exclude_diagonal is None else exclude_diagonal:
+        diag = torch.eye(*mat.shape, dtype=torch.bool, device=same.device)
+        pos, neg = pos & ~diag, neg & ~diag
+    pos, neg = pos.to(device), neg.to(device)
+    has_pos, has_neg = pos.any(1, keepdim=True), neg.any(1, keepdim=True)
+    lo, hi = neg_inf(mat.dtype), pos_inf(mat.dtype)
+    if is_inverted:
+        hardest_neg = torch.where(neg, mat, lo).amax(1, keepdim=True)
+        hardest_pos = torch.where(pos, mat, hi).amin(1, keepdim=True)
+        keep_pos = pos & has_neg & (mat - epsilon < hardest_neg)
+        keep_neg = neg & has_pos & (mat + epsilon > hardest_pos)
+    else:
+        hardest_neg = torch.where(neg, mat, hi).amin(1, keepdim=True)
+        hardest_pos = torch.where(pos, mat, lo).amax(1, keepdim=True)
+        keep_pos = pos & has_neg & (mat + epsilon > hardest_neg)
+        keep_neg = neg & has_pos & (mat - epsilon < hardest_pos)
+    a1, p = _sorted_by_anchor_then_value(keep_pos, mat)
+    a2, n = _sorted_by_anchor_then_value(keep_neg, mat)
+    return a1, p, a2, n
+
+
+def pair_margin_miner(
+    mat: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor | None = None,
+    *,
+    pos_margin: float = 0.2,
+    neg_margin: float = 0.8,
+    is_inverted: bool = False,
+) -> PairsTuple:
+    """Positive pairs beyond ``pos_margin`` and negative pairs within ``neg_margin``.
+
+    Distances: positives with ``d > pos_margin``, negatives with ``d < neg_margin``;
+    similarities: ``s < pos_margin`` and ``s > neg_margin``. Row-major order.
+
+    Args:
+        mat: distance or similarity matrix, shape ``(N, M)``.
+        labels: shape ``(N,)``.
+        ref_labels: shape ``(M,)``; None or ``labels`` itself for the same set.
+        pos_margin: threshold for positive pairs.
+        neg_margin: threshold for negative pairs.
+        is_inverted: ``True`` when ``mat`` holds similarities.
+
+    Returns:
+        ``(a1, p, a2, n)`` int64.
+
+    Example:
+        >>> d = torch.tensor([[0.0, 0.5, 0.6], [0.5, 0.0, 0.9], [0.6, 0.9, 0.0]])
+        >>> [t.tolist() for t in pair_margin_miner(d, torch.tensor([0, 0, 1]))]
+        [[0, 1], [1, 0], [0, 2], [2, 0]]
+    """
+    pos, neg = pos_neg_masks(labels, ref_labels)
+    pos, neg = pos.to(mat.device), neg.to(mat.device)
+    if is_inverted:
+        pos, neg = pos & (mat < pos_margin), neg & (mat > neg_margin)
+    else:
+        pos, neg = pos & (mat > pos_margin), neg & (mat < neg_margin)
+    a1, p = torch.where(pos)
+    a2, n = torch.where(neg)
+    return a1, p, a2, n
+
+
+def pair_margin_miner_stats(
+    mat: Tensor, labels: Tensor, ref_labels: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean value over all positive and over all negative pairs (0 where there are none).
+
+    Returns:
+        ``(mean positive, mean negative)``, 0-dim tensors in ``>= float32``.
+    """
+    pos, neg = pos_neg_masks(labels, ref_labels)
+    pos, neg = pos.to(mat.device), neg.to(mat.device)
+    m = mat.to(accumulation_dtype(mat.dtype))
+    means = []
+    for mask in (pos, neg):
+        count = mask.sum()
+        total = torch.where(mask, m, 0.0).sum()
+        means.append(torch.where(count > 0, total / count.clamp_min(1), 0.0))
+    return means[0], means[1]
+
+
+def hdc_miner(
+    mat: Tensor, pairs: PairsTuple, *, filter_percentage: float = 0.5, is_inverted: bool = False
+) -> PairsTuple:
+    """Keep the hardest ``ceil(filter_percentage * count)`` pairs of each side.
+
+    Hardest = largest distance (smallest similarity) for positives, smallest distance
+    (largest similarity) for negatives; the output is in ``torch.topk`` order (hardest
+    first). ``ceil`` is taken in Python float arithmetic, like the reference
+    (``0.07 * 100 -> 8``).
+
+    Args:
+        mat: distance or similarity matrix, shape ``(N, M)``.
+        pairs: ``(a1, p, a2, n)`` candidate pairs.
+        filter_percentage: fraction kept on each side, in ``[0, 1]``.
+        is_inverted: ``True`` when ``mat`` holds similarities.
+
+    Returns:
+        ``(a1, p, a2, n)`` int64.
+
+    Example:
+        >>> d = torch.tensor([[0.0, 0.5, 0.6], [0.5, 0.0, 0.9], [0.6, 0.9, 0.0]])
+        >>> pairs = (torch.tensor([0, 1]), torch.tensor([1, 0]),
+        ...          torch.tensor([0, 1, 2, 2]), torch.tensor([2, 2, 0, 1]))
+        >>> [t.tolist() for t in hdc_miner(d, pairs)]
+        [[0], [1], [0, 2], [2, 0]]
+    """
+    out = list(pairs)
+    for side, largest in ((0, not is_inverted), (2, is_inverted)):
+        anchors, others = out[side], out[side + 1]
+        if len(anchors) == 0:
+            continue
+        values = mat[anchors, others]
+        k = math.ceil(filter_percentage * len(values))
+        idx = torch.topk(values, k, largest=largest).indices
+        out[side], out[side + 1] = anchors[idx], others[idx]
+    return tuple(out)  # type: ignore[return-value]

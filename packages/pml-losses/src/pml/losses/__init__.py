@@ -22,6 +22,7 @@ from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLo
 from pml.losses._nca import InstanceLoss, NCALoss
 from pml.losses._ntxent import NTXentLoss, TupletMarginLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
+from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "InstanceLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
+    "MarginLoss",
     "MultiSimilarityLoss",
     "MultipleLosses",
     "NCALoss",
@@ -47,6 +49,7 @@ __all__ = [
     "SignalToNoiseRatioContrastiveLoss",
     "SupConLoss",
     "TorchInitWrapper",
+    "TripletMarginLoss",
     "TupletMarginLoss",
     "WeightMixin",
     "WeightRegularizerMixin",

@@ -40,7 +40,7 @@ class NCALoss(BaseMetricLossFunction):
     Example:
         >>> emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
         >>> NCALoss()(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
-        tensor(1.9420)
+        tensor(2.5420)
     """
 
     def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
@@ -109,8 +109,8 @@ class InstanceLoss(BaseMetricLossFunction):
 
     Example:
         >>> emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
-        >>> InstanceLoss()(emb, torch.arange(8))
-        tensor(0.0000)
+        >>> InstanceLoss(gamma=8)(emb, torch.arange(8))
+        tensor(0.1901)
     """
 
     def __init__(self, gamma: float = 64, **kwargs: Any) -> None:

@@ -46,6 +46,9 @@ def _pick(mat: Tensor, cand: Tensor, largest: bool) -> tuple[Tensor, Tensor, Ten
 
     Ties go to the lowest column index.
     """
+    if mat.shape[1] == 0:  # no reference rows: nothing to choose from
+        cols = torch.zeros(mat.shape[0], dtype=torch.long, device=mat.device)
+        return mat.new_zeros(mat.shape[0]), cols, cand.any(1)
     if largest:
         values, cols = torch.where(cand, mat, neg_inf(mat.dtype)).max(1)
     else:

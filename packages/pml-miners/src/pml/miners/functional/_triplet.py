@@ -305,6 +305,5 @@ def embeddings_already_packaged_as_triplets(
             "embeddings must hold consecutive (anchor, positive, negative) rows, so their "
             f"number must be a multiple of 3; got {num_embeddings}"
         )
-    return tuple(  # type: ignore[return-value]
-        torch.arange(k, num_embeddings, 3, device=device) for k in range(3)
-    )
+    anchors = torch.arange(0, num_embeddings, 3, device=device)
+    return anchors, anchors + 1, anchors + 2

@@ -372,3 +372,53 @@ def test_distributed_wrapper_constructor_rejections_match() -> None:
             cls(torch.nn.MSELoss())
         with pytest.raises(ValueError):
             cls(cbm, efficient=True)
+
+
+# ----------------------------------------------------------------------------- fixed differences
+
+
+def test_cross_batch_memory_enqueue_nothing_differs() -> None:
+    # fix: the reference marks the memory filled and compares with never-written zero slots.
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=8)
+    emb, labels = data(4, seed=60, classes=2)
+    nothing = torch.zeros(4, dtype=torch.bool)
+    va, vb = fa(emb, labels, enqueue_mask=nothing), fb(emb, labels, enqueue_mask=nothing)
+    assert fb.has_been_filled and not fa.has_been_filled
+    assert vb.item() > 0 and va.item() == 0  # ours: an empty memory, nothing to compare with
+
+
+def test_cross_batch_memory_more_rows_than_slots_differs_only_in_the_filled_flag() -> None:
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=3)
+    emb, labels = data(6, seed=61, classes=2)
+    mask = torch.tensor([True, True, True, True, True, False])
+    fa(emb, labels, enqueue_mask=mask), fb(emb, labels, enqueue_mask=mask)
+    torch.testing.assert_close(fa.embedding_memory, fb.embedding_memory, rtol=0, atol=0)
+    assert fa.queue_idx == fb.queue_idx == 2
+    assert fa.has_been_filled and not fb.has_been_filled  # every slot was written
+
+
+def test_cross_batch_memory_integer_mask_differs() -> None:
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=8)
+    emb, labels = data(4, seed=62, classes=2)
+    int_mask = torch.tensor([1, 0, 1, 0])
+    fb(emb, labels, enqueue_mask=int_mask)  # the reference indexes rows 1, 0, 1, 0 with it
+    with pytest.raises(TypeError, match="enqueue_mask"):
+        fa(emb, labels, enqueue_mask=int_mask)
+
+
+def test_multiple_losses_without_losses_differs() -> None:
+    emb, labels = data(4, seed=63)
+    assert ref_losses.MultipleLosses([])(emb, labels) == 0
+    out = ours.MultipleLosses([])(emb.requires_grad_(), labels)
+    assert isinstance(out, torch.Tensor) and out.requires_grad and out.item() == 0
+
+
+def test_distributed_wrapper_enqueue_mask_with_a_plain_loss_differs() -> None:
+    a, b = both_losses("ContrastiveLoss", {})
+    emb, labels = data(6, seed=64)
+    mask = torch.ones(6, dtype=torch.bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref_dist.DistributedLossWrapper(b)(emb, labels, enqueue_mask=mask)  # silently ignored
+        with pytest.raises(ValueError, match="enqueue_mask"):
+            ours.DistributedLossWrapper(a)(emb, labels, enqueue_mask=mask)

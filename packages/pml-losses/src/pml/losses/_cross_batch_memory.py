@@ -90,9 +90,14 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         ValueError: ``embedding_size`` or ``memory_size`` is smaller than 1.
 
     Example:
-        >>> from pml.losses import ContrastiveLoss, CrossBatchMemory  # doctest: +SKIP
-        >>> loss_func = CrossBatchMemory(ContrastiveLoss(), embedding_size=128)  # doctest: +SKIP
-        >>> loss = loss_func(embeddings, labels)  # doctest: +SKIP
+        >>> from pml.losses import ContrastiveLoss
+        >>> loss_func = CrossBatchMemory(ContrastiveLoss(), embedding_size=2, memory_size=4)
+        >>> loss_func(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), torch.tensor([0, 0, 1]))
+        tensor(1.4142)
+        >>> loss_func(torch.tensor([[0.9, 0.1], [0.2, 1.0]]), torch.tensor([1, 0]))  # wraps around
+        tensor(1.0970)
+        >>> loss_func.queue_idx, loss_func.has_been_filled
+        (1, True)
     """
 
     embedding_memory: Tensor

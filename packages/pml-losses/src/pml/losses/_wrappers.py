@@ -51,9 +51,11 @@ class SelfSupervisedLoss(BaseLossWrapper):
         UnsupportedLossError: (a TypeError) the loss's class name is not supported.
 
     Example:
-        >>> from pml.losses import SelfSupervisedLoss, TripletMarginLoss  # doctest: +SKIP
-        >>> loss_func = SelfSupervisedLoss(TripletMarginLoss())  # doctest: +SKIP
-        >>> loss = loss_func(embeddings, augmented)  # doctest: +SKIP
+        >>> from pml.losses import TripletMarginLoss
+        >>> views = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> augmented = torch.tensor([[0.9, 0.1], [0.2, 1.0], [-1.0, -0.3]])
+        >>> SelfSupervisedLoss(TripletMarginLoss(margin=1.0))(views, augmented)
+        tensor(0.0166)
     """
 
     def __init__(self, loss: nn.Module, symmetric: bool = True, **kwargs: Any) -> None:
@@ -135,9 +137,12 @@ class MultipleLosses(nn.Module):
         TypeError: ``losses`` is neither a list/tuple nor a dict.
 
     Example:
-        >>> from pml.losses import AngularLoss, MultipleLosses, NPairsLoss  # doctest: +SKIP
-        >>> losses = [NPairsLoss(), AngularLoss()]  # doctest: +SKIP
-        >>> loss_func = MultipleLosses(losses, weights=[1, 2])  # doctest: +SKIP
+        >>> from pml.losses import ContrastiveLoss, TripletMarginLoss
+        >>> emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> labels = torch.tensor([0, 0, 1])
+        >>> losses = [TripletMarginLoss(margin=0.5), ContrastiveLoss()]
+        >>> MultipleLosses(losses, weights=[1, 0.5])(emb, labels)
+        tensor(1.2071)
     """
 
     def __init__(

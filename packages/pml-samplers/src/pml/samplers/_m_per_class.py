@@ -1,0 +1,167 @@
+"""MPerClassSampler: ``m`` samples of each chosen class, as contiguous runs."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from pml.core.validation import InvalidArgumentError
+from pml.samplers import functional as SF
+from pml.samplers._sharding import Sharding, check_int
+
+
+class MPerClassSampler(Sampler[int]):
+    """At every iteration, ``m`` items of each class; with ``batch_size``, exact batches.
+
+    Without ``batch_size``, each pass shuffles the classes and writes ``m`` items of every
+    class (drawn without replacement when the class is large enough). With ``batch_size``,
+    each block of ``batch_size`` items holds ``batch_size // m`` distinct classes times
+    ``m`` items: use a DataLoader with the same ``batch_size`` (and ``drop_last=True``).
+
+    The stream equals pytorch-metric-learning's under the same numpy seed (see
+    :mod:`pml.samplers.functional`). Pass ``seed`` for a vectorised, rank-consistent stream,
+    and ``num_replicas``/``rank`` to give each process its share (see the README).
+
+    Args:
+        labels: one label per dataset item (list, numpy array or tensor).
+        m: items per class and group.
+        batch_size: if given, the batch size that must hold exactly ``m`` per class.
+        length_before_new_iter: length of one pass of the iterator (rounded down to a
+            multiple of ``m * num_classes`` or of ``batch_size``).
+        num_replicas: number of processes sharing the stream (DDP world size).
+        rank: this process's index in ``[0, num_replicas)``.
+        seed: seed of a private generator (default: the global numpy RNG, or 0 with
+            ``num_replicas``); combined with :meth:`set_epoch`.
+
+    Raises:
+        InvalidArgumentError: (``ValueError`` and ``AssertionError``) when ``batch_size`` is
+            larger than ``length_before_new_iter`` or than ``m * num_classes``, or not a
+            multiple of ``m``; ``m < 1``; no labels.
+
+    Example:
+        >>> import numpy as np
+        >>> np.random.seed(0)
+        >>> sampler = MPerClassSampler([0, 0, 1, 1, 2, 2], m=2, batch_size=4,
+        ...                            length_before_new_iter=8)
+        >>> len(sampler), [int(i) for i in sampler]
+        (8, [4, 5, 3, 2, 4, 5, 1, 0])
+    """
+
+    def __init__(
+        self,
+        labels: Any,
+        m: int,
+        batch_size: int | None = None,
+        length_before_new_iter: int = 100000,
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.m_per_class = check_int("m", m, 1)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self._keys, self._members, self._offsets = SF.group_by_label(labels)
+        if not self._keys:
+            raise InvalidArgumentError("labels must not be empty")
+        self._sizes = np.diff(self._offsets)
+        self._order = np.arange(len(self._keys))  # shuffled in place, pass after pass
+        self.length_of_single_pass = self.m_per_class * len(self._keys)
+        self.list_size = int(length_before_new_iter)
+        if self.batch_size is None:
+            if self.length_of_single_pass < self.list_size:
+                self.list_size -= self.list_size % self.length_of_single_pass
+        else:
+            if self.list_size < self.batch_size:
+                raise InvalidArgumentError(
+                    f"length_before_new_iter must be >= batch_size = {self.batch_size}; "
+                    f"got {length_before_new_iter}"
+                )
+            if self.length_of_single_pass < self.batch_size:
+                raise InvalidArgumentError(
+                    "m * (number of distinct labels) must be >= batch_size; got "
+                    f"m = {self.m_per_class}, {len(self._keys)} labels, "
+                    f"batch_size = {self.batch_size}"
+                )
+            if self.batch_size % self.m_per_class != 0:
+                raise InvalidArgumentError(
+                    f"batch_size must be divisible by m = {self.m_per_class}; got {self.batch_size}"
+                )
+            self.list_size -= self.list_size % self.batch_size
+        self._shard = Sharding(num_replicas, rank, seed)
+
+    @cached_property
+    def labels_to_indices(self) -> dict[Hashable, np.ndarray]:
+        """Each label's sorted item positions."""
+        return {
+            k: self._members[self._offsets[c] : self._offsets[c + 1]]
+            for c, k in enumerate(self._keys)
+        }
+
+    @property
+    def labels(self) -> list[Hashable]:
+        """The distinct labels, in their current (shuffled) order."""
+        return [self._keys[c] for c in self._order.tolist()]
+
+    def __len__(self) -> int:
+        if not self._shard.sharded:
+            return self.list_size
+        block = self._block
+        return self._shard.num_blocks(self.list_size // block) * block
+
+    @property
+    def _block(self) -> int:
+        return self.batch_size if self.batch_size is not None else self.m_per_class
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the stream of ``epoch`` (only with ``seed``/``num_replicas``)."""
+        self._shard.epoch = int(epoch)
+
+    def calculate_num_iters(self) -> int:
+        """Passes per iterator: groups of classes needed to fill ``len(self)`` items."""
+        divisor = self.length_of_single_pass if self.batch_size is None else self.batch_size
+        return self.list_size // divisor if divisor < self.list_size else 1
+
+    def __iter__(self) -> Iterator[int]:
+        rng = self._shard.rng()
+        legacy = SF._is_legacy(rng)
+        stream = self._reference_stream(rng) if legacy else self._vectorised_stream(rng)
+        # fix: the reference writes a whole pass even when it is longer than len()
+        stream = self._shard.take(stream[: self.list_size], self._block)
+        return iter(stream)
+
+    def _classes_per_iter(self) -> int:
+        if self.batch_size is None:
+            return len(self._keys)
+        return self.batch_size // self.m_per_class
+
+    def _reference_stream(self, rng: Any) -> np.ndarray:
+        """The reference's calls: shuffle the classes, then one choice per chosen class."""
+        m, k = self.m_per_class, self._classes_per_iter()
+        num_iters = self.calculate_num_iters()
+        out = np.empty(num_iters * k * m, dtype=np.int64)
+        members, offsets = self._members, self._offsets
+        i = 0
+        for _ in range(num_iters):
+            rng.shuffle(self._order)
+            for c in self._order[:k].tolist():
+                pop = members[offsets[c] : offsets[c + 1]]
+                out[i : i + m] = SF._choice(rng, pop, m)
+                i += m
+        return out
+
+    def _vectorised_stream(self, rng: np.random.Generator) -> np.ndarray:
+        """Same structure from a ``Generator``: no Python loop over classes or items."""
+        m, k = self.m_per_class, self._classes_per_iter()
+        num_iters = self.calculate_num_iters()
+        num_classes = len(self._keys)
+        if self.batch_size is None:
+            classes = np.argsort(rng.random((num_iters, num_classes)), axis=1)
+        else:
+            classes = SF.sample_distinct(rng, num_classes, num_iters, k)
+        classes = classes.reshape(-1)
+        local = SF.draw_within_groups(rng, self._sizes[classes], m)
+        return self._members[self._offsets[classes][:, None] + local].reshape(-1)

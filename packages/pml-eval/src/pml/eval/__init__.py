@@ -10,6 +10,7 @@ Example:
 
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._metrics import (
     EQUALITY,
     get_label_match_counts,
@@ -33,16 +34,28 @@ from pml.eval._neighbors import (
     TorchKNN,
     run_pca,
 )
+from pml.eval._testers import (
+    BaseTester,
+    GlobalEmbeddingSpaceTester,
+    GlobalTwoStreamEmbeddingSpaceTester,
+    WithSameParentLabelTester,
+)
 
 __all__ = [
     "EQUALITY",
     "AccuracyCalculator",
+    "BaseTester",
     "CustomKNN",
     "FaissKMeans",
     "FaissKNN",
+    "GlobalEmbeddingSpaceTester",
+    "GlobalTwoStreamEmbeddingSpaceTester",
     "IndexNotReadyError",
+    "InferenceModel",
+    "MatchFinder",
     "TorchKMeans",
     "TorchKNN",
+    "WithSameParentLabelTester",
     "__version__",
     "get_label_match_counts",
     "get_lone_query_labels",

@@ -59,15 +59,20 @@ def squared_l2_matrix(query: Tensor, reference: Tensor) -> Tensor:
     return out.clamp_(min=0)
 
 
-def closest_first(mat: Tensor, is_inverted: bool) -> Tensor:
+def closest_first(mat: Tensor, is_inverted: bool, *, inplace: bool = False) -> Tensor:
     """Turn a distance or similarity block into "smaller is closer" values without NaN.
 
-    Similarities are negated (exact); NaN becomes ``+inf`` (ranked last); ``-0.0`` becomes
-    ``0.0`` so it ties with ``0.0``.
+    Similarities are negated (exact); NaN becomes ``+inf`` (ranked last). With ``inplace``
+    the block itself is overwritten (for blocks the caller owns).
+
+    Example:
+        >>> closest_first(torch.tensor([[0.5, float("nan")]]), is_inverted=True)
+        tensor([[-0.5000,    inf]])
     """
-    out = -mat if is_inverted else mat.clone()
-    out = torch.nan_to_num_(out, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
-    return out.add_(0.0)
+    out = mat if inplace else mat.clone()
+    if is_inverted:
+        out.neg_()
+    return torch.nan_to_num_(out, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
 
 
 def smallest_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -12,14 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pml.eval.functional._knn import (
-    DistanceFn,
-    chunk_rows,
-    closest_first,
-    remove_self_matches,
-    smallest_k,
-    squared_l2_matrix,
-)
+from pml.eval.functional._knn import DistanceFn, chunk_rows, closest_first, squared_l2_matrix
 
 __all__ = [
     "RETRIEVAL_METRICS",
@@ -191,6 +184,67 @@ def class_means(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return unique, (sums / counts).to(values.dtype)
 
 
+def _ordered_bits(values: Tensor) -> Tensor:
+    """float32 values -> int64 in ``[0, 2**32)`` with the same order (``-0.0`` == ``0.0``)."""
+    bits = (values.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
+    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)
+
+
+def _ranked_block(
+    mat: Tensor,
+    ids: Tensor,
+    reference_ids: Tensor,
+    num_relevant: Tensor,
+    limit: Tensor,
+    k: int,
+    offset: int,
+    exclude_self: bool,
+) -> dict[str, Tensor]:
+    """Metrics of one block from the entries at or below each row's ``limit``.
+
+    ``mat`` ``(B, M)`` is "smaller is closer"; every relevant entry ranked within ``k`` is at
+    or below ``limit`` ``(B, 1)``. Those entries are ranked by ``(value, column)`` with one
+    sort of their composite keys (a ragged layout: no ``(B, k)`` padding), the query's own
+    column excluded.
+    """
+    rows_n = mat.shape[0]
+    selected = mat <= limit
+    if exclude_self:
+        own = torch.arange(rows_n, device=mat.device)
+        selected[own, own + offset] = False
+    rows, cols = selected.nonzero(as_tuple=True)
+    del selected
+    if mat.dtype == torch.float64:  # two stable sorts keep float64 order exact
+        order = torch.sort(mat[rows, cols], stable=True).indices
+        order = order[torch.sort(rows[order], stable=True).indices]
+    else:
+        order = torch.sort((rows << 32) | _ordered_bits(mat[rows, cols]), stable=True).indices
+    rows, cols = rows[order], cols[order]
+    counts = torch.bincount(rows, minlength=rows_n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(rows.shape[0], device=mat.device) - starts[rows] + 1
+    rel = (reference_ids[cols] == ids[rows]) & (rank <= k)
+    relf = rel.to(torch.float64)
+    csum = torch.cat([relf.new_zeros(1), relf.cumsum(0)])
+    hits_so_far = csum[1:] - csum[starts][rows]
+    prec = hits_so_far / rank
+    cutoff = num_relevant.clamp(max=k)
+    in_r = (rank <= cutoff[rows]).to(torch.float64)
+
+    def per_row(x: Tensor) -> Tensor:
+        return torch.zeros(rows_n, dtype=torch.float64, device=mat.device).index_add_(0, rows, x)
+
+    first = torch.full((rows_n,), float("inf"), dtype=torch.float32, device=mat.device)
+    first.scatter_reduce_(0, rows[rel], rank[rel].to(torch.float32), "amin")
+    return {
+        "precision_at_1": per_row(relf * (rank == 1)),
+        "r_precision": per_row(relf * in_r) / cutoff,
+        "mean_average_precision_at_r": per_row(prec * relf * in_r) / num_relevant,
+        "mean_average_precision": per_row(prec * relf) / num_relevant,
+        "mean_reciprocal_rank": torch.where(first.isinf(), 0.0, torch.reciprocal(first)),
+    }
+
+
 def retrieval_values(
     query: Tensor,
     query_ids: Tensor,
@@ -207,9 +261,10 @@ def retrieval_values(
 
     Equal to retrieving ``k`` neighbours (``None``: the whole reference) with
     :func:`~pml.eval.functional.knn` and scoring the relevance rows, without holding
-    ``(N, k)`` neighbour lists: each block of query rows retrieves only as far as its farthest
-    relevant reference item (at most ``k``), so memory stays one ``(B, M)`` block and time is
-    one distance pass plus a small ``topk`` for well-trained embeddings.
+    ``(N, k)`` neighbour lists. Per block of query rows: one distance block, each row's
+    farthest same-class item (a bound on how far it must be ranked), and one sort of the
+    entries within that bound. Well-trained embeddings need little more than the distances;
+    memory stays one ``(B, M)`` block.
 
     Args:
         query: shape ``(N, D)``.
@@ -249,12 +304,13 @@ def retrieval_values(
         for name in RETRIEVAL_METRICS
     }
     out["mean_reciprocal_rank"] = out["mean_reciprocal_rank"].float()
+    # a small k bounds the ranking more tightly than the farthest same-class item
+    cap_by_k = k_eff > 0 and (k_eff + own) * 64 <= num_ref
     rows = chunk_rows(num_ref, batch_size)
-    for s in range(0, num_query if num_ref else 0, rows):
+    for s in range(0, num_query if num_ref and k_eff else 0, rows):
         e = min(s + rows, num_query)
         ids = query_ids[s:e]
-        mat = closest_first(distance_fn(query[s:e], reference), is_inverted)
-        # The farthest same-class reference item bounds how far each row must be ranked.
+        mat = closest_first(distance_fn(query[s:e], reference), is_inverted, inplace=True)
         class_size = counts[ids]
         offsets = torch.arange(int(class_size.max()), device=device)
         members = by_class[(starts[ids].unsqueeze(1) + offsets).clamp_(max=num_ref - 1)]
@@ -262,24 +318,15 @@ def retrieval_values(
             offsets >= class_size.unsqueeze(1), float("-inf")
         )
         if offsets.numel():
-            farthest = member_d.amax(1, keepdim=True)
+            limit = member_d.amax(1, keepdim=True)
         else:  # no row of this block has a same-class reference item
-            farthest = mat.new_full((e - s, 1), float("-inf"))
-        needed = int((mat <= farthest).sum(1).max())
-        num_search = min(needed + own, k_eff + own, num_ref)
-        _, idx = smallest_k(mat, num_search)
-        del mat
-        if ref_includes_query:
-            _, idx = remove_self_matches(idx, idx, offset=s)
-        rel = reference_ids[idx[:, :k_eff]] == ids.unsqueeze(1)
+            limit = mat.new_full((e - s, 1), float("-inf"))
+        if cap_by_k:
+            kth = torch.topk(mat, k_eff + own, dim=1, largest=False, sorted=True).values[:, -1:]
+            limit = torch.minimum(limit, kth)
         r = num_relevant[s:e]
-        values = {
-            "precision_at_1": precision_at_k_values(rel, 1),
-            "r_precision": r_precision_values(rel, r, k_eff),
-            "mean_average_precision_at_r": average_precision_values(rel, r, True, k_eff),
-            "mean_average_precision": average_precision_values(rel, r, False, k_eff),
-            "mean_reciprocal_rank": reciprocal_rank_values(rel),
-        }
+        values = _ranked_block(mat, ids, reference_ids, r, limit, k_eff, s, ref_includes_query)
+        del mat
         lone = r <= 0
         for name, v in values.items():
             out[name][s:e] = v.masked_fill(lone, float("nan"))

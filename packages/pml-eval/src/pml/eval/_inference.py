@@ -1,0 +1,241 @@
+"""MatchFinder (thresholded matches) and InferenceModel (embed, index, search, match)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pml.distances import BaseDistance, CosineSimilarity
+from pml.eval._faiss import faiss_available
+from pml.eval._neighbors import FaissKNN, TorchKNN
+from pml.eval.functional import chunk_rows
+
+__all__ = ["InferenceModel", "MatchFinder"]
+
+
+def _check_threshold(threshold: Any) -> float:
+    if threshold is None:
+        raise TypeError(
+            "threshold must be a number: pass it to the call or to MatchFinder(threshold=...); "
+            "got None"
+        )
+    return threshold
+
+
+class MatchFinder:
+    """Pairs whose distance is within a threshold (``<=``; ``>=`` for similarities).
+
+    Args:
+        distance: a pml distance.
+        threshold: default threshold for calls that pass none.
+
+    Example:
+        >>> from pml.distances import CosineSimilarity
+        >>> mf = MatchFinder(CosineSimilarity(), threshold=0.9)
+        >>> mf.get_matching_pairs(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])).tolist()
+        [[True, False, True], [False, True, False], [True, False, True]]
+    """
+
+    def __init__(self, distance: BaseDistance, threshold: float | None = None) -> None:
+        if distance is None:
+            raise ValueError("distance must be a pml distance; got None")
+        self.distance = distance
+        self.threshold = threshold
+
+    def _compare(self, mat: Tensor, threshold: float) -> Tensor:
+        return mat >= threshold if self.distance.is_inverted else mat <= threshold
+
+    def get_matching_pairs(
+        self,
+        query_emb: Tensor,
+        ref_emb: Tensor | None = None,
+        threshold: float | None = None,
+        return_tuples: bool = False,
+    ) -> np.ndarray | list[tuple[np.int64, np.int64]]:
+        """Match matrix between query and reference rows (query vs itself when ref is None).
+
+        Computed in blocks of query rows (one ``(B, M)`` distance block at a time).
+
+        Returns:
+            numpy bool ``(N, M)``, or with ``return_tuples`` the ``(i, j)`` pairs in row-major
+            order.
+
+        Raises:
+            TypeError: no threshold here or on the instance.
+        """
+        t = _check_threshold(self.threshold if threshold is None else threshold)
+        ref = query_emb if ref_emb is None else ref_emb
+        rows = chunk_rows(ref.shape[0])
+        blocks = []
+        with torch.no_grad():
+            for s in range(0, max(query_emb.shape[0], 1), rows):
+                mat = self.distance(query_emb[s : s + rows], ref)
+                blocks.append(self._compare(mat, t).cpu().numpy())
+        matches = np.concatenate(blocks) if blocks else np.zeros((0, ref.shape[0]), dtype=bool)
+        if return_tuples:
+            return list(zip(*np.nonzero(matches)))
+        return matches
+
+    def is_match(self, x: Tensor, y: Tensor, threshold: float | None = None) -> bool | np.ndarray:
+        """Whether row ``i`` of ``x`` matches row ``i`` of ``y``.
+
+        Returns:
+            a Python bool for one pair, else a numpy bool array ``(N,)``.
+        """
+        t = _check_threshold(self.threshold if threshold is None else threshold)
+        with torch.no_grad():
+            result = self._compare(self.distance.pairwise_distance(x, y), t).cpu().numpy()
+        return bool(result.item()) if result.size == 1 else result
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class InferenceModel:
+    """Embed inputs with a trained model; index, search and match them.
+
+    Args:
+        trunk: the model.
+        embedder: applied after the trunk (None: identity).
+        match_finder: None: ``MatchFinder(CosineSimilarity(), threshold=0.9)``.
+        normalize_embeddings: L2-normalise every embedding.
+        knn_func: the index; None: ``FaissKNN(reset_before=False, reset_after=False)`` when
+            faiss is installed, else :class:`TorchKNN` (both squared L2).
+        data_device: where inputs go; None: cuda if available.
+        dtype: cast tensor inputs to this dtype.
+
+    Example:
+        >>> im = InferenceModel(torch.nn.Identity(), knn_func=TorchKNN(), data_device="cpu")
+        >>> im.train_knn(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> im.get_nearest_neighbors(torch.tensor([[0.9, 0.1]]), k=1)[1]
+        tensor([[0]])
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        embedder: nn.Module | None = None,
+        match_finder: MatchFinder | None = None,
+        normalize_embeddings: bool = True,
+        knn_func: Any = None,
+        data_device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.trunk = trunk
+        self.embedder = nn.Identity() if embedder is None else embedder
+        self.match_finder = (
+            MatchFinder(distance=CosineSimilarity(), threshold=0.9)
+            if match_finder is None
+            else match_finder
+        )
+        self.normalize_embeddings = normalize_embeddings
+        if knn_func is None:
+            knn_func = (
+                FaissKNN(reset_before=False, reset_after=False) if faiss_available() else TorchKNN()
+            )
+        self.knn_func = knn_func
+        self.data_device = _default_device() if data_device is None else torch.device(data_device)
+        self.dtype = dtype
+
+    def process_if_list(self, x: Any) -> Any:
+        """Stack a list whose elements are all tensors; anything else is returned as is."""
+        if isinstance(x, list) and len(x) > 0 and all(isinstance(e, Tensor) for e in x):
+            return torch.stack(x)
+        return x
+
+    def get_embeddings(self, x: Any) -> Tensor:
+        """``embedder(trunk(x))`` under no_grad, models in eval mode, optionally normalised.
+
+        Tensors are moved to ``data_device`` (and ``dtype``); other inputs (e.g. lists of
+        strings for a text model) are passed through untouched.
+        """
+        x = self.process_if_list(x)
+        if isinstance(x, Tensor):
+            x = x.to(self.data_device)
+            if self.dtype is not None:
+                x = x.to(self.dtype)
+        self.trunk.eval()
+        self.embedder.eval()
+        with torch.no_grad():
+            emb = self.embedder(self.trunk(x))
+        if self.normalize_embeddings:
+            emb = F.normalize(emb, p=2, dim=1)
+        return emb
+
+    def _batches(self, inputs: Any, batch_size: int) -> Iterator[Any]:
+        if isinstance(inputs, Tensor | list):
+            for s in range(0, len(inputs), batch_size):
+                yield inputs[s : s + batch_size]
+        elif isinstance(inputs, Dataset):
+            for batch in DataLoader(inputs, batch_size=batch_size):
+                data, _ = batch
+                yield data
+        else:
+            raise TypeError(
+                "inputs must be a torch.Tensor, a list or a torch.utils.data.Dataset; "
+                f"got {type(inputs).__name__}"
+            )
+
+    def get_embeddings_from_tensor_or_dataset(self, inputs: Any, batch_size: int) -> Tensor:
+        """Embeddings of a tensor/list (sliced in batches) or a Dataset of ``(data, label)``.
+
+        Raises:
+            TypeError: any other input type.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        parts = [self.get_embeddings(b) for b in self._batches(inputs, batch_size)]
+        if not parts:
+            raise ValueError("inputs must not be empty")
+        return torch.cat(parts)
+
+    def call_knn(self, func: Callable[[Tensor], Any], inputs: Any, batch_size: int) -> None:
+        """Embed ``inputs`` and pass the embeddings to ``func`` (``train`` or ``add``)."""
+        func(self.get_embeddings_from_tensor_or_dataset(inputs, batch_size))
+
+    def train_knn(self, inputs: Any, batch_size: int = 64) -> None:
+        """Replace the index with the embeddings of ``inputs``."""
+        self.call_knn(self.knn_func.train, inputs, batch_size)
+
+    def add_to_knn(self, inputs: Any, batch_size: int = 64) -> None:
+        """Add the embeddings of ``inputs`` to the index."""
+        self.call_knn(self.knn_func.add, inputs, batch_size)
+
+    def get_nearest_neighbors(self, query: Any, k: int) -> tuple[Tensor, Tensor]:
+        """``(distances (N, k), indices (N, k))`` of the indexed items nearest to ``query``.
+
+        Default distances are squared L2 between normalised embeddings (``2 - 2 cos``).
+        """
+        return self.knn_func(self.get_embeddings(query), k)
+
+    def get_matches(
+        self,
+        query: Any,
+        ref: Any = None,
+        threshold: float | None = None,
+        return_tuples: bool = False,
+    ) -> np.ndarray | list[tuple[np.int64, np.int64]]:
+        """Match matrix (or pairs) between embedded query and ref (query vs itself if None)."""
+        query_emb = self.get_embeddings(query)
+        ref_emb = query_emb if ref is None else self.get_embeddings(ref)
+        return self.match_finder.get_matching_pairs(query_emb, ref_emb, threshold, return_tuples)
+
+    def is_match(self, x: Any, y: Any, threshold: float | None = None) -> bool | np.ndarray:
+        """Whether embedded ``x[i]`` matches embedded ``y[i]``."""
+        return self.match_finder.is_match(self.get_embeddings(x), self.get_embeddings(y), threshold)
+
+    def save_knn_func(self, filename: str | os.PathLike[str]) -> None:
+        """Save the index (faiss index file, or a TorchKNN tensor file), atomically."""
+        self.knn_func.save(filename)
+
+    def load_knn_func(self, filename: str | os.PathLike[str]) -> None:
+        """Load an index saved by :meth:`save_knn_func`."""
+        self.knn_func.load(filename)

@@ -153,8 +153,8 @@ def triplet_margin_loss_sums(
     tau = 0.0 if low is None or low < 0 else float(low)
     sums, counts = threshold_sums(d, layout, [tau - margin], "gt")
     total = sums[0] + margin * counts[0].to(sums.dtype)
-    count = counts[1] if low is None or low < 0 else counts[0]
-    return total, count, counts[1]
+    count = counts[-1] if low is None or low < 0 else counts[0]
+    return total, count, counts[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +384,8 @@ def dynamic_soft_margin_loss_from_mat(
     """
     layout = _layout(mat.shape[0], labels, ref_labels, pairs, same_set)
     d = _distance_like(mat, False)
-    sums, counts = threshold_sums(d, layout, _dsm_edges(min_val, hist.numel()), "lt")
+    edges = _dsm_edges(min_val, hist.numel())
+    sums, counts = threshold_sums(d, layout, edges, "lt", with_total=True)
     loss, new = _dsm_from_sums(
         sums[:-1], counts[:-1], sums[-1], counts[-1], hist, min_val, momentum
     )

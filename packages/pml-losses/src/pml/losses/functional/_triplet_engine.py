@@ -16,9 +16,11 @@ Two autograd functions consume a layout, both in ``O(N * M)`` memory:
 * :class:`ThresholdSums` (sorting): for thresholds ``e_k``, the count and the sum of ``x`` over
   the triplets with ``x < e_k`` (or ``<=``, ``>``, ``>=``), in ``O(N M log M)`` time. Each
   anchor's negatives are sorted once; a positive's selected negatives are a prefix or suffix
-  found with ``searchsorted``, whose sum is read from a cumulative sum. The gradient of such a
-  sum is an integer count per cell (how many selected triplets use that cell, with sign), so
-  backward recomputes the counts chunk by chunk instead of keeping a graph.
+  of the sorted row found with ``searchsorted``, whose sum is read from a cumulative sum. The
+  gradient of such a sum is an integer count per cell (how many selected triplets use the
+  cell, with a sign): for positives the prefix length, for negatives a cumulative histogram
+  of the positives' split points. These counts are kept for backward (or recomputed, above a
+  memory budget); no autograd graph is built.
 * :class:`BlockSums` (enumeration in bounded blocks): the sum and count of ``f(x + margin)``
   for a non-separable ``f`` (softplus, or the hinge with the "swap" distance), ``O(T)`` time.
 
@@ -45,18 +47,22 @@ Select = Literal["lt", "le", "gt", "ge"]
 CHUNK_ELEMENTS = 1 << 20
 #: elements per (rows x positives x negatives) block of BlockSums
 BLOCK_ELEMENTS = 1 << 21
+#: ThresholdSums keeps its per-cell counts for backward up to this many (else recomputes)
+STORE_ELEMENTS = 1 << 28
+#: ThresholdSums compares directly (no sorting) while edges x positives per anchor <= this
+COMPARE_MAX_POSITIVES = 32
 
 
 @dataclass
 class Chunk:
     """Anchor rows ``rows`` with their positive and negative columns.
 
-    ``*_cols`` is None when the mask spans all ``M`` columns (dense), else a padded
-    ``(R, W)`` column list whose invalid slots point at column 0.
+    Positives are a padded ``(R, Wp)`` column list (invalid slots point at column 0).
+    Negatives are a list too, or, when ``neg_cols`` is None, a mask over all ``M`` columns.
     """
 
     rows: slice | Tensor
-    pos_cols: Tensor | None
+    pos_cols: Tensor
     pos_valid: Tensor
     neg_cols: Tensor | None
     neg_valid: Tensor
@@ -94,8 +100,23 @@ def _mask_to_lists(mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(valid, order, 0), valid
 
 
+def _segment_lists(
+    rows: Tensor, start: Tensor, count: Tensor, members: Tensor, width: int
+) -> tuple[Tensor, Tensor]:
+    """Padded lists ``members[start[r] : start[r] + count[r]]`` for each row ``r``."""
+    slot = torch.arange(width, device=rows.device).unsqueeze(0)
+    valid = slot < count[rows].unsqueeze(1)
+    if len(members) == 0:
+        return torch.zeros_like(valid, dtype=torch.long), valid
+    idx = (start[rows].unsqueeze(1) + slot).clamp(max=len(members) - 1)
+    return torch.where(valid, members[idx], 0), valid
+
+
 class DenseLayout:
     """All triplets from labels: positives ``labels[a] == ref_labels[j]``, negatives ``!=``.
+
+    Positives come as lists (the anchor's label group among the references, found by sorting
+    the reference labels once); negatives as a mask over all columns.
 
     Args:
         labels: ``(N,)``.
@@ -104,11 +125,19 @@ class DenseLayout:
     """
 
     def __init__(self, labels: Tensor, ref_labels: Tensor, same_set: bool) -> None:
-        self.labels, self.ref_labels, self.same_set = labels, ref_labels, same_set
+        dtype = torch.promote_types(labels.dtype, ref_labels.dtype)
+        self.labels, self.ref_labels = labels.to(dtype), ref_labels.to(dtype)
+        self.same_set = same_set
         self.num_rows, self.num_cols = len(labels), len(ref_labels)
+        self.ref_order = torch.argsort(self.ref_labels, stable=True)
+        ref_sorted = self.ref_labels[self.ref_order]
+        self.group_start = torch.searchsorted(ref_sorted, self.labels, side="left")
+        self.group_size = torch.searchsorted(ref_sorted, self.labels, side="right")
+        self.group_size -= self.group_start
+        self._width: int | None = None
 
     def masks(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        """Boolean ``(pos, neg)`` masks of rows ``start:stop``."""
+        """Boolean ``(pos, neg)`` masks of rows ``start:stop`` over all columns."""
         pos = self.labels[start:stop].unsqueeze(1) == self.ref_labels.unsqueeze(0)
         neg = ~pos
         if self.same_set:
@@ -118,23 +147,26 @@ class DenseLayout:
 
     def counts(self) -> tuple[Tensor, Tensor]:
         """Positives and negatives per anchor row, ``(N,)`` each (int64)."""
-        ref_sorted = torch.sort(self.ref_labels).values
-        lo = torch.searchsorted(ref_sorted, self.labels, side="left")
-        hi = torch.searchsorted(ref_sorted, self.labels, side="right")
-        same = hi - lo
-        return same - int(self.same_set), self.num_cols - same
+        return self.group_size - int(self.same_set), self.num_cols - self.group_size
 
-    def chunks(self, lists: bool = False, elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
+    def chunks(self, neg_lists: bool = False, elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
+        if self._width is None:
+            self._width = int(self.group_size.max()) if self.num_rows else 0
         step = max(1, elements // max(self.num_cols, 1))
         for start in range(0, self.num_rows, step):
             stop = min(start + step, self.num_rows)
-            pos, neg = self.masks(start, stop)
-            if not lists:
-                yield Chunk(slice(start, stop), None, pos, None, neg)
-                continue
-            pos_cols, pos_valid = _mask_to_lists(pos)
-            neg_cols, neg_valid = _mask_to_lists(neg)
-            yield Chunk(slice(start, stop), pos_cols, pos_valid, neg_cols, neg_valid)
+            rows = torch.arange(start, stop, device=self.labels.device)
+            pos_cols, pos_valid = _segment_lists(
+                rows, self.group_start, self.group_size, self.ref_order, self._width
+            )
+            if self.same_set:
+                pos_valid &= pos_cols != rows.unsqueeze(1)
+            neg = self.labels[start:stop].unsqueeze(1) != self.ref_labels.unsqueeze(0)
+            if neg_lists:
+                neg_cols, neg_valid = _mask_to_lists(neg)
+                yield Chunk(rows, pos_cols, pos_valid, neg_cols, neg_valid)
+            else:
+                yield Chunk(slice(start, stop), pos_cols, pos_valid, None, neg)
 
 
 class GroupedLayout:
@@ -153,43 +185,34 @@ class GroupedLayout:
         self.num_rows = num_rows
         self.pos_count = torch.bincount(a1, minlength=num_rows)
         self.neg_count = torch.bincount(a2, minlength=num_rows)
-        o1 = torch.argsort(a1, stable=True)
-        o2 = torch.argsort(a2, stable=True)
-        self.p_sorted, self.n_sorted = p[o1], n[o2]
+        self.p_sorted = p[torch.argsort(a1, stable=True)]
+        self.n_sorted = n[torch.argsort(a2, stable=True)]
         self.pos_off = torch.cumsum(self.pos_count, 0) - self.pos_count
         self.neg_off = torch.cumsum(self.neg_count, 0) - self.neg_count
 
     def counts(self) -> tuple[Tensor, Tensor]:
         return self.pos_count, self.neg_count
 
-    def _lists(self, rows: Tensor, count: Tensor, off: Tensor, sorted_cols: Tensor, width: int):
-        slot = torch.arange(width, device=rows.device).unsqueeze(0)
-        valid = slot < count[rows].unsqueeze(1)
-        idx = (off[rows].unsqueeze(1) + slot).clamp(max=max(len(sorted_cols) - 1, 0))
-        cols = torch.where(valid, sorted_cols[idx], 0) if len(sorted_cols) else idx * 0
-        return cols, valid
-
-    def chunks(self, lists: bool = True, elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
-        del lists  # always lists
+    def chunks(self, neg_lists: bool = True, elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
+        del neg_lists  # negatives are always lists here
         active = torch.nonzero((self.pos_count > 0) & (self.neg_count > 0)).flatten()
         if len(active) == 0:
             return
-        widths = torch.maximum(self.pos_count[active], self.neg_count[active]).tolist()
         pos_w = self.pos_count[active].tolist()
         neg_w = self.neg_count[active].tolist()
         start = 0
-        while start < len(widths):
+        while start < len(active):
             stop, wp, wn = start, 0, 0
-            while stop < len(widths):
-                new_w = max(wp, wn, widths[stop])
-                if stop > start and (stop - start + 1) * new_w > elements:
+            while stop < len(active):
+                new_wp, new_wn = max(wp, pos_w[stop]), max(wn, neg_w[stop])
+                if stop > start and (stop - start + 1) * max(new_wp, new_wn) > elements:
                     break
-                wp, wn = max(wp, pos_w[stop]), max(wn, neg_w[stop])
+                wp, wn = new_wp, new_wn
                 stop += 1
             rows = active[start:stop]
-            pos_cols, pos_valid = self._lists(rows, self.pos_count, self.pos_off, self.p_sorted, wp)
-            neg_cols, neg_valid = self._lists(rows, self.neg_count, self.neg_off, self.n_sorted, wn)
-            yield Chunk(rows, pos_cols, pos_valid, neg_cols, neg_valid)
+            pos = _segment_lists(rows, self.pos_off, self.pos_count, self.p_sorted, wp)
+            neg = _segment_lists(rows, self.neg_off, self.neg_count, self.n_sorted, wn)
+            yield Chunk(rows, pos[0], pos[1], neg[0], neg[1])
             start = stop
 
 
@@ -198,16 +221,6 @@ Layout = DenseLayout | GroupedLayout
 
 # ---------------------------------------------------------------------------------------------
 # ThresholdSums
-
-
-def _sorted_with_prefix(vals: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Row-sorted valid values (invalid -> +max at the end), their count and prefix sums."""
-    big = pos_inf(vals.dtype)
-    count = valid.sum(dim=1)
-    srt = torch.sort(torch.where(valid, vals, big), dim=1).values
-    in_range = torch.arange(srt.shape[1], device=srt.device).unsqueeze(0) < count.unsqueeze(1)
-    prefix = F.pad(torch.cumsum(torch.where(in_range, srt, 0), dim=1), (1, 0))
-    return srt, count, prefix
 
 
 def _neg_side(select: Select) -> tuple[str, bool]:
@@ -223,104 +236,163 @@ def _neg_side(select: Select) -> tuple[str, bool]:
     }[select]
 
 
-def _pos_side(select: Select) -> tuple[str, bool]:
-    """Searchsorted side on sorted ``q`` for a negative ``n``, and whether it is the suffix."""
-    return {
-        "lt": ("left", False),  # q < n
-        "le": ("right", False),  # q <= n
-        "gt": ("right", True),  # q > n
-        "ge": ("left", True),  # q >= n
-    }[select]
+@dataclass
+class _ChunkResult:
+    sums: Tensor  # (K,) per edge [+ 1: all triplets, when asked]
+    counts: Tensor  # (K + 1,) int64, the last entry: all triplets
+    pos_counts: Tensor | None = None  # (K, R, Wp): selected triplets using each positive cell
+    neg_counts: Tensor | None = None  # (K, R, Wn): ... each negative cell
 
 
-def _chunk_forward(
-    pos: Tensor, pos_valid: Tensor, neg: Tensor, neg_valid: Tensor, edges: Tensor, select: Select
+_COMPARE = {"lt": torch.gt, "le": torch.ge, "gt": torch.lt, "ge": torch.le}  # n <op> q
+
+
+def _by_comparison(
+    pos: Tensor, pos_valid: Tensor, neg: Tensor, neg_valid: Tensor, e: Tensor, select: Select
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(sums (K+1,), counts (K+1,), finite)`` of one chunk; entry K is all triplets."""
+    """``(c, s, k)`` for one edge by comparing every negative with every positive.
+
+    ``c`` (R, Wp): selected negatives per positive; ``s`` (R, Wp): their sum; ``k`` (R, Wn):
+    selected positives per negative. ``O(R Wp Wn)`` work in blocks, no sorting.
+    """
     acc = pos.dtype
-    srt, n_neg, prefix = _sorted_with_prefix(neg, neg_valid)
-    n_pos = pos_valid.sum(dim=1)
-    pos_z = torch.where(pos_valid, pos, 0)
-    neg_total = prefix.gather(1, n_neg.unsqueeze(1))  # (R, 1)
-    side, suffix = _neg_side(select)
-    sums, counts = [], []
-    for e in edges:
-        q = pos - e
-        j = torch.searchsorted(srt, q, side=side)
-        j = torch.minimum(j, n_neg.unsqueeze(1))
-        below = prefix.gather(1, j)
-        if suffix:
-            c, s = n_neg.unsqueeze(1) - j, neg_total - below
-        else:
-            c, s = j, below
-        c = torch.where(pos_valid, c, 0)
-        sums.append((c.to(acc) * pos_z).sum() - torch.where(pos_valid, s, 0).sum())
-        counts.append(c.sum())
-    sums.append((n_neg.to(acc) * pos_z.sum(dim=1)).sum() - (n_pos.to(acc) * neg_total[:, 0]).sum())
-    counts.append((n_pos * n_neg).sum())
-    finite = torch.isfinite(pos_z).all() & torch.isfinite(torch.where(neg_valid, neg, 0)).all()
-    return torch.stack(sums), torch.stack(counts), finite
+    big = pos_inf(acc)
+    # padding that never compares true: invalid positives are NaN, invalid negatives sit on
+    # the far side of every threshold
+    q = torch.where(pos_valid, pos - e, float("nan"))
+    pad = big if select in ("gt", "ge") else -big
+    n_pad = torch.where(neg_valid, neg, pad)
+    rows, wp = pos.shape
+    wn = neg.shape[1]
+    step = max(1, BLOCK_ELEMENTS // max(wp * wn, 1))
+    # [negative value, 1] per negative: one batched product gives sums and counts
+    val_one = torch.stack([n_pad, torch.ones_like(n_pad)], dim=2)  # (R, Wn, 2)
+    cs, ss, ks = [], [], []
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        nb = n_pad[r0:r1]
+        sel = _COMPARE[select](nb.unsqueeze(1), q[r0:r1].unsqueeze(2)).to(acc)  # (r, Wp, Wn)
+        # padded negatives are finite and never selected: 0 * pad = 0
+        sc = torch.bmm(sel, val_one[r0:r1])
+        ss.append(sc[..., 0])
+        cs.append(sc[..., 1].long())  # exact: integers below 2**24
+        ks.append(sel.sum(dim=1).to(torch.int32))
+    return torch.cat(cs), torch.cat(ss), torch.cat(ks)
 
 
-def _chunk_backward(
+def _by_sorting(
     pos: Tensor,
     pos_valid: Tensor,
     neg: Tensor,
     neg_valid: Tensor,
     edges: Tensor,
     select: Select,
-    g: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Gradients of ``g . sums`` with respect to the chunk's positive and negative values."""
+    with_counts: bool,
+) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """``[(c, s, k)]`` per edge from each row's sorted negatives (``O(Wn log Wn)`` per row).
+
+    Invalid negatives sort last (+max), so prefix sums up to the valid count only read valid
+    values; ``k`` comes from a cumulative histogram of the positives' split points, mapped
+    back through the sort permutation (its entries at invalid negatives are meaningless).
+    """
     acc = pos.dtype
-    srt_neg = torch.sort(torch.where(neg_valid, neg, pos_inf(acc)), dim=1).values
+    rows, width = neg.shape
     n_neg = neg_valid.sum(dim=1, keepdim=True)
-    srt_pos = torch.sort(torch.where(pos_valid, pos, pos_inf(acc)), dim=1).values
     n_pos = pos_valid.sum(dim=1, keepdim=True)
-    pos_in = torch.arange(srt_pos.shape[1], device=pos.device).unsqueeze(0) < n_pos
-    nside, nsuffix = _neg_side(select)
-    pside, psuffix = _pos_side(select)
-    g_pos = n_neg.to(acc) * g[-1]
-    g_neg = n_pos.to(acc) * g[-1]
-    g_pos = g_pos.expand_as(pos).clone()
-    g_neg = g_neg.expand_as(neg).clone()
-    for k, e in enumerate(edges):
-        q = pos - e
-        j = torch.minimum(torch.searchsorted(srt_neg, q, side=nside), n_neg)
-        c = n_neg - j if nsuffix else j
-        g_pos += g[k] * c.to(acc)
-        q_srt = torch.where(pos_in, srt_pos - e, pos_inf(acc))
-        i = torch.minimum(torch.searchsorted(q_srt, neg, side=pside), n_pos)
-        c = n_pos - i if psuffix else i
-        g_neg += g[k] * c.to(acc)
-    return torch.where(pos_valid, g_pos, 0), -torch.where(neg_valid, g_neg, 0)
+    srt, perm = torch.sort(torch.where(neg_valid, neg, pos_inf(acc)), dim=1)
+    prefix = torch.cumsum(srt, dim=1)
+
+    def prefix_at(j: Tensor) -> Tensor:  # sum of the first j sorted values
+        return torch.where(j > 0, prefix.gather(1, (j - 1).clamp(min=0)), 0)
+
+    neg_total = prefix_at(n_neg)
+    side, suffix = _neg_side(select)
+    out = []
+    for e in edges:
+        j = torch.minimum(torch.searchsorted(srt, pos - e, side=side), n_neg)
+        c, s = (n_neg - j, neg_total - prefix_at(j)) if suffix else (j, prefix_at(j))
+        c = torch.where(pos_valid, c, 0)
+        s = torch.where(pos_valid, s, 0)
+        k = None
+        if with_counts:
+            # the negative at sorted position i is selected by positive p iff i >= j_p
+            # (suffix) or i < j_p (prefix)
+            hist = torch.zeros(rows, width + 1, dtype=torch.int32, device=neg.device)
+            hist.scatter_add_(1, j, pos_valid.to(torch.int32))
+            cum = torch.cumsum(hist[:, :width], dim=1, dtype=torch.int32)
+            k_sorted = cum if suffix else n_pos.to(torch.int32) - cum
+            k = torch.empty_like(k_sorted).scatter_(1, perm, k_sorted)
+        out.append((c, s, k))
+    return out
+
+
+def _chunk_stats(
+    pos: Tensor,
+    pos_valid: Tensor,
+    neg: Tensor,
+    neg_valid: Tensor,
+    edges: Tensor,
+    select: Select,
+    with_total: bool,
+    with_counts: bool,
+) -> _ChunkResult:
+    acc = pos.dtype
+    n_neg = neg_valid.sum(dim=1, keepdim=True)
+    n_pos = pos_valid.sum(dim=1, keepdim=True)
+    pos_z = torch.where(pos_valid, pos, 0)
+    if len(edges) * pos.shape[1] <= COMPARE_MAX_POSITIVES:
+        per_edge = [_by_comparison(pos, pos_valid, neg, neg_valid, e, select) for e in edges]
+    else:
+        per_edge = _by_sorting(pos, pos_valid, neg, neg_valid, edges, select, with_counts)
+    sums = [(c.to(acc) * pos_z).sum() - s.sum() for c, s, _ in per_edge]
+    counts = [c.sum() for c, _, _ in per_edge]
+    if with_total:
+        neg_sum = torch.where(neg_valid, neg, 0).sum(dim=1, keepdim=True)
+        sums.append((n_neg.to(acc) * pos_z).sum() - (n_pos.to(acc) * neg_sum).sum())
+    counts.append((n_pos * n_neg).sum())
+    out = _ChunkResult(torch.stack(sums), torch.stack(counts))
+    if with_counts:
+        out.pos_counts = torch.stack([c for c, _, _ in per_edge])
+        out.neg_counts = torch.stack([k for _, _, k in per_edge])  # type: ignore[misc]
+    return out
+
+
+def _count_dtype(max_count: int) -> torch.dtype:
+    return torch.int16 if max_count < (1 << 15) else torch.int32
 
 
 class ThresholdSums(torch.autograd.Function):
     """Per-threshold ``(sums, counts)`` of ``x`` over the triplets of a layout.
 
-    For each edge ``e_k``: ``sum(x)`` and ``#x`` over triplets with ``x <select> e_k``; the
-    last entry covers all triplets. ``sums`` is NaN when a value used by any triplet is not
-    finite. ``counts`` (int64) has no gradient.
+    For each edge ``e_k``: ``sum(x)`` and ``#x`` over triplets with ``x <select> e_k``; with
+    ``with_total`` a last sum covers all triplets (``counts`` always ends with the number of
+    triplets). ``sums`` is NaN when ``d`` has a non-finite entry. ``counts`` (int64) has no
+    gradient.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, d: Tensor, layout: Layout, edges: Tensor, select: Select
+        ctx, d: Tensor, layout: Layout, edges: Tensor, select: Select, with_total: bool
     ) -> tuple[Tensor, Tensor]:
         k = len(edges)
-        sums = torch.zeros(k + 1, dtype=d.dtype, device=d.device)
+        sums = torch.zeros(k + int(with_total), dtype=d.dtype, device=d.device)
         counts = torch.zeros(k + 1, dtype=torch.long, device=d.device)
-        finite = torch.ones((), dtype=torch.bool, device=d.device)
-        for ch in layout.chunks(lists=False):
+        store = ctx.needs_input_grad[0] and k * d.numel() <= STORE_ELEMENTS
+        kept: list[tuple[Tensor, Tensor]] = []
+        for ch in layout.chunks():
             pos, neg = take(d, ch.rows, ch.pos_cols), take(d, ch.rows, ch.neg_cols)
-            s, c, f = _chunk_forward(pos, ch.pos_valid, neg, ch.neg_valid, edges, select)
-            sums += s
-            counts += c
-            finite &= f
-        sums = torch.where(finite, sums, torch.full_like(sums, float("nan")))
+            res = _chunk_stats(
+                pos, ch.pos_valid, neg, ch.neg_valid, edges, select, with_total, store
+            )
+            sums += res.sums
+            counts += res.counts
+            if store:
+                cd = _count_dtype(max(pos.shape[1], neg.shape[1]))
+                kept.append((res.pos_counts.to(cd), res.neg_counts.to(cd)))  # type: ignore[union-attr]
+        sums = torch.where(torch.isfinite(d).all(), sums, torch.full_like(sums, float("nan")))
         ctx.save_for_backward(d, edges)
-        ctx.layout, ctx.select = layout, select
+        ctx.layout, ctx.select, ctx.with_total = layout, select, with_total
+        ctx.kept = kept if store else None
         ctx.mark_non_differentiable(counts)
         return sums, counts
 
@@ -329,22 +401,43 @@ class ThresholdSums(torch.autograd.Function):
     def backward(ctx, g_sums: Tensor, g_counts: Tensor):  # type: ignore[override]
         d, edges = ctx.saved_tensors
         grad = torch.zeros_like(d)
-        for ch in ctx.layout.chunks(lists=False):
-            pos, neg = take(d, ch.rows, ch.pos_cols), take(d, ch.rows, ch.neg_cols)
-            gp, gn = _chunk_backward(
-                pos, ch.pos_valid, neg, ch.neg_valid, edges, ctx.select, g_sums
-            )
-            put(grad, ch.rows, ch.pos_cols, gp)
-            put(grad, ch.rows, ch.neg_cols, gn)
-        return grad, None, None, None
+        k = len(edges)
+        g_edges = g_sums[:k].reshape(-1, 1, 1)
+        for i, ch in enumerate(ctx.layout.chunks()):
+            if ctx.kept is not None:
+                pos_counts, neg_counts = ctx.kept[i]
+            else:
+                pos, neg = take(d, ch.rows, ch.pos_cols), take(d, ch.rows, ch.neg_cols)
+                res = _chunk_stats(
+                    pos, ch.pos_valid, neg, ch.neg_valid, edges, ctx.select, False, True
+                )
+                pos_counts, neg_counts = res.pos_counts, res.neg_counts
+            if k == 1:
+                g_pos = pos_counts[0].to(d.dtype) * g_edges[0]
+                g_neg = neg_counts[0].to(d.dtype) * g_edges[0]
+            else:
+                g_pos = (g_edges * pos_counts.to(d.dtype)).sum(dim=0)
+                g_neg = (g_edges * neg_counts.to(d.dtype)).sum(dim=0)
+            if ctx.with_total:
+                g_pos += g_sums[k] * ch.neg_valid.sum(dim=1, keepdim=True).to(d.dtype)
+                g_neg += g_sums[k] * ch.pos_valid.sum(dim=1, keepdim=True).to(d.dtype)
+            put(grad, ch.rows, ch.pos_cols, g_pos.masked_fill_(~ch.pos_valid, 0))
+            put(grad, ch.rows, ch.neg_cols, g_neg.masked_fill_(~ch.neg_valid, 0).neg_())
+        ctx.kept = None
+        return grad, None, None, None, None
 
 
 def threshold_sums(
-    d: Tensor, layout: Layout, edges: Sequence[float] | Tensor, select: Select
+    d: Tensor,
+    layout: Layout,
+    edges: Sequence[float] | Tensor,
+    select: Select,
+    *,
+    with_total: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Functional entry point of :class:`ThresholdSums`."""
     e = torch.as_tensor(edges, dtype=d.dtype, device=d.device).reshape(-1)
-    return ThresholdSums.apply(d, layout, e, select)  # type: ignore[no-any-return]
+    return ThresholdSums.apply(d, layout, e, select, with_total)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +513,7 @@ class BlockSums(torch.autograd.Function):
 
     @staticmethod
     def _iter(d: Tensor, d_pn: Tensor | None, layout: Layout, margin: float):
-        for ch in layout.chunks(lists=True):
+        for ch in layout.chunks(neg_lists=True):
             rows = _rows_tensor(ch.rows, d.device)
             for rs, ps in _blocks(ch, BLOCK_ELEMENTS):
                 r, pc, nc = rows[rs], ch.pos_cols[rs, ps], ch.neg_cols[rs]  # type: ignore[index]

@@ -28,6 +28,7 @@ KNOWN_ISSUES: dict[str, str] = {
     "InstanceLoss_default": "Instance: same-label targets (ref: rank column)",
     "InstanceLoss_gamma10_B": "Instance: same-label targets (ref: rank column)",
     "LiftedStructureLoss_ref": "Lifted: ref_emb negatives of column p (ref: query row p)",
+    "ThresholdConsistentMarginLoss_ref_quirk": "TCM: p/n read from ref_emb (ref: from embeddings)",
 }
 
 #: cases whose reference values are only float32-accurate (see the vector README)

@@ -18,10 +18,12 @@ from pml.losses._contrastive import (
 )
 from pml.losses._cross_batch_memory import CrossBatchMemory
 from pml.losses._distributed import DistributedLossWrapper
+from pml.losses._histogram import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca import InstanceLoss, NCALoss
 from pml.losses._ntxent import NTXentLoss, TupletMarginLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
+from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
@@ -33,9 +35,11 @@ __all__ = [
     "ContrastiveLoss",
     "CrossBatchMemory",
     "DistributedLossWrapper",
+    "DynamicSoftMarginLoss",
     "EmbeddingRegularizerMixin",
     "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
+    "HistogramLoss",
     "InstanceLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
@@ -48,6 +52,7 @@ __all__ = [
     "SelfSupervisedLoss",
     "SignalToNoiseRatioContrastiveLoss",
     "SupConLoss",
+    "ThresholdConsistentMarginLoss",
     "TorchInitWrapper",
     "TripletMarginLoss",
     "TupletMarginLoss",

@@ -304,7 +304,7 @@ def _dsm_from_sums(
     contrib = torch.cat([contrib[:1] + n_low, contrib[1:]])
     contrib = torch.cat([contrib[:-1], contrib[-1:] + n_high])
     old = hist.to(device=sums.device, dtype=acc)
-    mom = torch.where(old.sum() != 0, momentum, 1.0).to(acc)
+    mom = torch.where(old.sum() != 0, old.new_tensor(momentum), old.new_tensor(1.0))
     new = (1 - mom) * old + mom * contrib
     new = new / new.sum()
     cdf = torch.cumsum(new, 0)
@@ -448,11 +448,12 @@ def soft_histogram(values: Tensor, delta: float) -> Tensor:
     v = values.to(acc).reshape(-1)
     # fix: clamp into the node range instead of indexing past the last node
     v = v.clamp(-1.0, -1.0 + (num_nodes - 1) * delta)
-    # compat: the bin index comes from float32 similarities
-    r = torch.floor((v.float() + 1) / delta).clamp(0, max(num_nodes - 2, 0))
-    r_acc = r.to(acc)
-    up = (v + 1 - r_acc * delta) / delta
-    lo = ((r_acc + 1) * delta - 1 - v) / delta
+    # compat: like the reference, the node index and the node positions ``r * delta`` and
+    # ``(r + 1) * delta - 1`` are float32 (the weights then promote to the input's precision)
+    r = torch.floor((v.float() + 1) / delta)
+    r = torch.nan_to_num(r, nan=0.0).clamp(0, max(num_nodes - 2, 0))
+    up = (v + 1 - r * delta) / delta
+    lo = ((r + 1) * delta - 1 - v) / delta
     ri = r.long()
     hist = torch.zeros(num_nodes + 1, dtype=acc, device=v.device)
     hist = hist.index_add(0, ri + 1, up).index_add(0, ri, lo)
@@ -484,6 +485,23 @@ def histogram_loss(pos_sims: Tensor, neg_sims: Tensor, delta: float) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # ThresholdConsistentMarginLoss
+
+
+def cosine_similarity_matrix(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarities of every row of ``x`` with every row of ``y``, shape ``(N, M)``.
+
+    Like ``torch.nn.functional.cosine_similarity`` on each pair (rows scaled by
+    ``1 / max(norm, eps)``), computed in the accumulation dtype with one matrix product.
+
+    Example:
+        >>> cosine_similarity_matrix(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
+        tensor([[0.7071]])
+    """
+    acc = accumulation_dtype(x.dtype)
+    xa, ya = x.to(acc), y.to(acc)
+    xn = xa / torch.linalg.vector_norm(xa, dim=1, keepdim=True).clamp(min=eps)
+    yn = xn if y is x else ya / torch.linalg.vector_norm(ya, dim=1, keepdim=True).clamp(min=eps)
+    return (xn @ yn.T).to(x.dtype)
 
 
 def threshold_consistent_margin_loss(

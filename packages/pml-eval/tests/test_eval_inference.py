@@ -1,0 +1,235 @@
+"""k-NN back-ends, MatchFinder and InferenceModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from pml.distances import CosineSimilarity, LpDistance
+from pml.eval import (
+    CustomKNN,
+    FaissKMeans,
+    FaissKNN,
+    IndexNotReadyError,
+    InferenceModel,
+    MatchFinder,
+    TorchKMeans,
+    TorchKNN,
+    _faiss,
+    run_pca,
+)
+
+needs_faiss = pytest.mark.skipif(not _faiss.faiss_available(), reason="faiss not installed")
+
+POINTS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0], [0.99, 0.1]])
+
+
+# ---------------------------------------------------------------------------- k-NN back-ends
+def test_torch_knn_index_lifecycle(tmp_path):
+    knn = TorchKNN()
+    with pytest.raises(IndexNotReadyError, match="train"):
+        knn(POINTS, 1)
+    with pytest.raises(AttributeError):  # the reference's error type from add()
+        knn.add(POINTS)
+    knn.train(POINTS[:3])
+    knn.add(POINTS[3:])
+    d, i = knn(POINTS[:1], 2)
+    assert i.tolist() == [[0, 4]]
+    path = tmp_path / "index.pt"
+    knn.save(path)
+    loaded = TorchKNN()
+    loaded.load(path)
+    assert torch.equal(loaded.index, knn.index)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+    knn.reset()
+    assert knn.index is None
+
+
+def test_torch_knn_load_rejects_other_files(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="filename"):
+        TorchKNN().load(path)
+
+
+def test_torch_knn_validation():
+    with pytest.raises(ValueError, match="batch_size"):
+        TorchKNN(batch_size=0)
+    with pytest.raises(ValueError, match="k must"):
+        TorchKNN()(POINTS, -1, POINTS)
+    with pytest.raises(ValueError, match="dim"):
+        TorchKNN()(POINTS, 1, torch.zeros(3, 4))
+
+
+def test_custom_knn_distance_values():
+    knn = CustomKNN(LpDistance(normalize_embeddings=False), batch_size=2)
+    d, i = knn(POINTS, 1, POINTS, True)
+    assert i.flatten().tolist() == [4, 2, 4, 1, 0]
+    assert d[0, 0] == pytest.approx(((POINTS[0] - POINTS[4]) ** 2).sum().sqrt().item())
+    sim = CustomKNN(CosineSimilarity())
+    d, i = sim(POINTS[:1], 2, POINTS)
+    assert i.tolist() == [[0, 4]] and d[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="distance"):
+        CustomKNN(None)  # type: ignore[arg-type]
+
+
+@needs_faiss
+def test_faiss_knn_matches_torch_knn(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 8, generator=g)
+    fd, fi = FaissKNN()(x, 5, x, True)
+    td, ti = TorchKNN()(x, 5, x, True)
+    assert torch.equal(fi, ti)
+    torch.testing.assert_close(fd, td, rtol=1e-4, atol=1e-4)
+    assert fd.dtype == torch.float32 and fi.dtype == torch.int64
+
+
+@needs_faiss
+def test_faiss_knn_index_and_files(tmp_path):
+    knn = FaissKNN(reset_before=False, reset_after=False)
+    with pytest.raises(ValueError, match="train"):
+        knn(POINTS, 1)
+    with pytest.raises(AttributeError):
+        knn.add(POINTS)
+    knn.train(POINTS)
+    path = tmp_path / "index.faiss"
+    knn.save(path)
+    other = FaissKNN(reset_before=False, reset_after=False)
+    other.load(path)
+    assert torch.equal(other(POINTS, 2)[1], knn(POINTS, 2)[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss"]
+
+
+@needs_faiss
+def test_faiss_knn_k_clamped_not_padded():
+    d, i = FaissKNN()(POINTS, 10, POINTS, True)
+    assert i.shape == (5, 4) and (i >= 0).all()
+
+
+@needs_faiss
+def test_faiss_gpus_validation():
+    with pytest.raises(TypeError, match="gpus"):
+        FaissKNN(gpus=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gpus"):
+        FaissKNN(gpus=[])
+
+
+@needs_faiss
+def test_faiss_kmeans():
+    x = torch.cat([torch.zeros(20, 2), torch.ones(20, 2) * 5]) + 0.01 * torch.randn(40, 2)
+    ids = FaissKMeans(niter=5)(x, 2)
+    assert ids.dtype == torch.long and len(set(zip(ids.tolist(), [0] * 20 + [1] * 20))) == 2
+    with pytest.raises(ValueError, match="nmb_clusters"):
+        FaissKMeans()(x, 41)
+
+
+def test_without_faiss_clear_import_errors(monkeypatch):
+    monkeypatch.setattr(_faiss, "get_faiss", lambda: None)
+    with pytest.raises(ImportError, match="FaissKNN.*faiss-cpu.*pml-eval\\[faiss\\]"):
+        FaissKNN()
+    with pytest.raises(ImportError, match="FaissKMeans"):
+        FaissKMeans()
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu")
+    assert isinstance(im.knn_func, TorchKNN)
+
+
+def test_torch_kmeans_and_pca():
+    x = torch.cat([torch.zeros(10, 3), torch.ones(10, 3) * 5]) + 0.01 * torch.randn(20, 3)
+    ids = TorchKMeans()(x.numpy(), 2)
+    assert ids.tolist() == [ids[0].item()] * 10 + [ids[10].item()] * 10
+    with pytest.raises(TypeError, match="nmb_clusters"):
+        TorchKMeans()(x, 2.0)  # type: ignore[arg-type]
+    reduced = run_pca(x, 1)
+    assert reduced.shape == (20, 1)
+    assert (reduced[:10].sign() != reduced[10:].sign()).all()
+
+
+# ---------------------------------------------------------------------------- MatchFinder
+def test_match_finder_pairs_and_tuples():
+    mf = MatchFinder(CosineSimilarity(), threshold=0.9)
+    matches = mf.get_matching_pairs(POINTS)
+    assert matches.dtype == bool and matches.shape == (5, 5) and matches.diagonal().all()
+    assert matches[0, 4] and not matches[0, 1]
+    pairs = mf.get_matching_pairs(POINTS, return_tuples=True)
+    assert pairs[:3] == [(0, 0), (0, 4), (1, 1)]
+    loose = mf.get_matching_pairs(POINTS[:1], POINTS, threshold=0.5)
+    assert loose.tolist() == [[True, False, True, False, True]]
+
+
+def test_match_finder_distance_direction_and_is_match():
+    mf = MatchFinder(LpDistance(normalize_embeddings=False), threshold=0.5)
+    assert mf.get_matching_pairs(POINTS[:1], POINTS).tolist() == [[True, False, False, False, True]]
+    assert mf.is_match(POINTS[:1], POINTS[4:5]) is True
+    result = mf.is_match(POINTS[:2], POINTS[3:5])
+    assert result.tolist() == [False, False]
+
+
+def test_match_finder_needs_threshold():
+    mf = MatchFinder(CosineSimilarity())
+    with pytest.raises(TypeError, match="threshold"):
+        mf.get_matching_pairs(POINTS)
+    assert mf.is_match(POINTS[:1], POINTS[:1], threshold=0.9) is True
+
+
+# ---------------------------------------------------------------------------- InferenceModel
+class Doubler(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def test_inference_model_embeddings_and_matches():
+    im = InferenceModel(Doubler(), data_device="cpu", knn_func=TorchKNN())
+    emb = im.get_embeddings([POINTS[0], POINTS[1]])
+    torch.testing.assert_close(emb, POINTS[:2])  # normalised
+    assert im.trunk.training is False
+    assert im.get_matches(POINTS).shape == (5, 5)
+    assert im.get_matches(POINTS[:1], POINTS, return_tuples=True) == [(0, 0), (0, 4)]
+    assert im.is_match(POINTS[:1], POINTS[4:5]) is True
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=needs_faiss)])
+def test_inference_model_knn(backend, tmp_path):
+    knn = TorchKNN() if backend == "torch" else None  # None -> FaissKNN persistent index
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=knn)
+    if backend == "faiss":
+        assert isinstance(im.knn_func, FaissKNN)
+    with pytest.raises(ValueError, match="train"):
+        im.get_nearest_neighbors(POINTS, 1)
+    im.train_knn(POINTS[:3], batch_size=2)
+    im.add_to_knn(TensorDataset(POINTS[3:], torch.zeros(2)), batch_size=1)
+    d, i = im.get_nearest_neighbors(POINTS[:1], 2)
+    assert i.tolist() == [[0, 4]]
+    # squared L2 of normalised embeddings = 2 - 2 cos
+    cos = torch.nn.functional.cosine_similarity(POINTS[:1], POINTS[4:5]).item()
+    assert d[0, 1].item() == pytest.approx(2 - 2 * cos, abs=1e-5)
+    path = tmp_path / "knn.index"
+    im.save_knn_func(path)
+    fresh = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=knn and TorchKNN())
+    fresh.load_knn_func(path)
+    assert fresh.get_nearest_neighbors(POINTS[:1], 2)[1].tolist() == [[0, 4]]
+
+
+def test_inference_model_bad_inputs():
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=TorchKNN())
+    with pytest.raises(TypeError, match="inputs.*dict"):
+        im.train_knn({"x": POINTS})
+    with pytest.raises(ValueError, match="batch_size"):
+        im.train_knn(POINTS, batch_size=0)
+
+
+def test_inference_model_passes_non_tensors_through():
+    class Lengths(torch.nn.Module):
+        def forward(self, words):
+            return torch.tensor([[float(len(w)), 1.0] for w in words])
+
+    im = InferenceModel(
+        Lengths(), data_device="cpu", normalize_embeddings=False, knn_func=TorchKNN()
+    )
+    im.train_knn(["a", "abc", "abcdef"], batch_size=2)
+    assert im.get_nearest_neighbors(["ab"], 1)[1].tolist() == [[0]]
+
+
+def test_inference_model_dtype():
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu", dtype=torch.float64)
+    assert im.get_embeddings(POINTS).dtype == torch.float64

@@ -13,6 +13,7 @@ from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import InstanceLoss, NCALoss
 from pml.losses.functional import instance_loss, nca_loss
+from pml.losses.functional._softmax import same_label_cells
 from pml.reducers import DoNothingReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
@@ -120,14 +121,13 @@ def test_nca_scale_zero_unmasks_the_diagonal():
 def test_nca_functional_gradcheck_and_zero_gradient_on_dropped_rows():
     mat = sq_l2(data(6, 4)).detach().requires_grad_()
     labels = torch.tensor([0, 0, 1, 1, 2, 3])
-    same = labels.unsqueeze(1) == labels.unsqueeze(0)
 
     def kept_sum(m):
-        losses, kept = nca_loss(m, same, 1.5, mask_diagonal=True)
+        losses, kept = nca_loss(m, labels, labels, 1.5, mask_diagonal=True)
         return losses[kept]
 
     assert gradcheck(kept_sum, (mat,))
-    losses, kept = nca_loss(mat, same, mask_diagonal=True)
+    losses, kept = nca_loss(mat, labels, labels, mask_diagonal=True)
     assert kept.tolist() == [True, True, True, True, False, False]
     losses.sum().backward()
     assert torch.isfinite(mat.grad).all()
@@ -147,6 +147,18 @@ def test_nca_nonfinite_gives_nan():
     emb = data()
     emb[2] = float("inf")
     assert NCALoss()(emb, LABELS).isnan()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_same_label_cells_matches_the_mask(seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-3, 4, (13,), generator=g)
+    ref_labels = torch.randint(-3, 5, (9,), generator=g)
+    rows, cols = same_label_cells(labels, ref_labels)
+    got = sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+    mask_rows, mask_cols = torch.where(labels.unsqueeze(1) == ref_labels.unsqueeze(0))
+    assert got == list(zip(mask_rows.tolist(), mask_cols.tolist(), strict=True))
+    assert rows.tolist() == sorted(rows.tolist())
 
 
 # --------------------------------------------------------------------------- InstanceLoss

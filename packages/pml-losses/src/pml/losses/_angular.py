@@ -69,13 +69,17 @@ class AngularLoss(BaseMetricLossFunction):
         assert labels is not None
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: AngularLoss needs labels")
-        neg_mask = labels.unsqueeze(1) != ref_labels.to(labels.device).unsqueeze(0)
         # Only the positive pairs are used; the negatives only need to exist.
-        a1, p, _, num_neg = positives_and_negatives(
+        a1, p, neg, num_neg = positives_and_negatives(
             indices_tuple, labels, ref_labels, embeddings.device
         )
         if len(a1) == 0 or num_neg == 0:
             return self.zero_losses()
+        # compat: the negatives of an anchor are every reference with another label
+        if isinstance(neg, Tensor):
+            neg_mask = neg
+        else:
+            neg_mask = labels.unsqueeze(1) != ref_labels.to(labels.device).unsqueeze(0)
         acc = accumulation_dtype(embeddings.dtype)
         x = self.distance.normalize(embeddings.to(acc))
         x_ref = x if ref_emb is embeddings else self.distance.normalize(ref_emb.to(acc))

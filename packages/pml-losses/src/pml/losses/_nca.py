@@ -68,11 +68,11 @@ class NCALoss(BaseMetricLossFunction):
             raise ValueError("ref_labels must be given with ref_emb: NCALoss needs labels")
         same_set = ref_emb is embeddings
         mat = acc_matrix(self.distance, embeddings, ref_emb)
-        same = labels.unsqueeze(1) == ref_labels.to(labels.device).unsqueeze(0)
         weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=not same_set)
         losses, kept = nca_loss(
             mat,
-            same,
+            labels,
+            ref_labels.to(labels.device),
             self.softmax_scale,
             is_inverted=self.distance.is_inverted,
             mask_diagonal=same_set,

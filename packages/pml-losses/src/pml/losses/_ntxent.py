@@ -15,11 +15,16 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
+from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses.functional._softmax import Negatives, ntxent_loss, tuplet_margin_loss
+from pml.losses.functional._softmax import (
+    Negatives,
+    ntxent_loss,
+    same_label_cells,
+    tuplet_margin_loss,
+)
 from pml.reducers import LossDict
 
 
@@ -45,9 +50,14 @@ def positives_and_negatives(
     """
     if indices_tuple is None:
         assert labels is not None  # checked by the caller
-        pos, neg = pos_neg_masks(labels, ref_labels)
-        a1, p = torch.where(pos)
-        return a1, p, neg, int(neg.sum())
+        ref = labels if ref_labels is None else ref_labels.to(labels.device)
+        # same-label cells in row-major order, without an (N, M) nonzero
+        a1, p = same_label_cells(labels, ref)
+        num_neg = len(labels) * len(ref) - len(a1)
+        if is_same_set(labels, ref_labels):  # compat: self pairs dropped by identity only
+            keep = a1 != p
+            a1, p = a1[keep], p[keep]
+        return a1, p, labels.unsqueeze(1) != ref.unsqueeze(0), num_neg
     a1, p, a2, n = (
         t.to(device=device, dtype=torch.long)
         for t in convert_to_pairs(indices_tuple, labels, ref_labels)

@@ -58,9 +58,16 @@ def masked_row_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
         >>> masked_row_logsumexp(x, torch.tensor([[True, False, True], [False] * 3]))
         tensor([2.1269,   -inf])
     """
-    kept = x.masked_fill(~mask, neg_inf(x.dtype))
-    out = torch.logsumexp(kept, dim=1)
-    return torch.where(mask.any(dim=1), out, float("-inf"))
+    return torch.where(mask.any(dim=1), _row_logsumexp_or_min(x, mask), float("-inf"))
+
+
+def _row_logsumexp_or_min(x: Tensor, mask: Tensor) -> Tensor:
+    """:func:`masked_row_logsumexp` with ``≈ finfo.min`` (not -inf) for rows with no entry.
+
+    ``finfo.min`` acts as ``-inf`` in the ``softplus``/``sigmoid`` that follow (0 and exact
+    zero gradients) and saves a pass over the mask.
+    """
+    return torch.logsumexp(torch.where(mask, x, neg_inf(x.dtype)), dim=1)
 
 
 def segment_logsumexp(values: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
@@ -99,10 +106,10 @@ def negative_logsumexp(z: Tensor, neg: Negatives) -> Tensor:
             entry once: duplicates count several times).
 
     Returns:
-        Shape ``(N,)``; ``-inf`` for anchors without negatives.
+        Shape ``(N,)``; ``-inf`` (or ``finfo.min`` for a mask) for anchors without negatives.
     """
     if isinstance(neg, Tensor):
-        return masked_row_logsumexp(z, neg.bool())
+        return _row_logsumexp_or_min(z, neg.bool())
     a2, n = neg
     return segment_logsumexp(z[a2, n], a2, z.shape[0])
 
@@ -259,7 +266,7 @@ def angular_loss(
     dots = _angular_dots(xa, xr, a1, p, r)
     ap = (xa[a1] * xr[p]).sum(dim=1, keepdim=True)
     f = dots * (4 * t) - ap * (2 * (1 + t))
-    return _softplus(masked_row_logsumexp(f, neg_mask[a1])).to(x.dtype)
+    return _softplus(_row_logsumexp_or_min(f, neg_mask[a1])).to(x.dtype)
 
 
 @torch.no_grad()
@@ -313,9 +320,34 @@ def npairs_loss(sim: Tensor) -> Tensor:
     return F.cross_entropy(sim.to(acc), target, reduction="none").to(sim.dtype)
 
 
+def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
+
+    Sort-based: O(N log N + number of cells), no ``(N, M)`` mask. Rows come in ascending
+    order; within a row the columns are ordered by reference label, then index.
+
+    Example:
+        >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
+        [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
+    """
+    order = torch.argsort(ref_labels, stable=True)
+    sorted_ref = ref_labels[order]
+    query = labels.to(sorted_ref.dtype)
+    lo = torch.searchsorted(sorted_ref, query, side="left")
+    counts = torch.searchsorted(sorted_ref, query, side="right") - lo
+    total = int(counts.sum())
+    rows = torch.repeat_interleave(
+        torch.arange(len(labels), device=labels.device), counts, output_size=total
+    )
+    offsets = torch.cumsum(counts, 0) - counts
+    within = torch.arange(total, device=labels.device) - offsets[rows]
+    return rows, order[lo[rows] + within]
+
+
 def nca_loss(
     mat: Tensor,
-    same_mask: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
     softmax_scale: float = 1,
     *,
     is_inverted: bool = False,
@@ -324,14 +356,15 @@ def nca_loss(
 ) -> tuple[Tensor, Tensor]:
     """Neighbourhood components analysis loss per query row (Goldberger et al., 2004).
 
-    ``p_i = Σ_j softmax(softmax_scale·u_i)_j·same_mask[i, j]`` with ``u = -mat`` for a
+    ``p_i = Σ_{j: labels_i = ref_labels_j} softmax(softmax_scale·u_i)_j`` with ``u = -mat`` for a
     distance (``mat`` for a similarity) and, with ``mask_diagonal``, ``u_ii = finfo.min``;
     ``loss_i = -log(p_i)·weights_i``. Rows whose ``p_i`` is exactly 0 are not kept (the
     reference drops them).
 
     Args:
         mat: distances or similarities, shape ``(N, M)``.
-        same_mask: ``labels[i] == ref_labels[j]``, boolean ``(N, M)``.
+        labels: query labels, shape ``(N,)``.
+        ref_labels: reference labels, shape ``(M,)``.
         softmax_scale: multiplier of the logits.
         is_inverted: ``True`` when ``mat`` holds similarities.
         mask_diagonal: exclude ``j == i`` (the query set is the reference set).
@@ -343,17 +376,20 @@ def nca_loss(
 
     Example:
         >>> mat = torch.tensor([[0.0, 1.0, 4.0], [1.0, 0.0, 4.0], [4.0, 4.0, 0.0]])
-        >>> same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
-        >>> nca_loss(mat, same, mask_diagonal=True)
+        >>> labels = torch.tensor([0, 0, 1])
+        >>> nca_loss(mat, labels, labels, mask_diagonal=True)
         (tensor([0.0486, 0.0486, 0.0000]), tensor([ True,  True, False]))
     """
     acc = accumulation_dtype(mat.dtype)
-    u = mat.to(acc) if is_inverted else -mat.to(acc)
+    logits = mat.to(acc) * (softmax_scale if is_inverted else -softmax_scale)
     if mask_diagonal:
-        eye = torch.eye(u.shape[0], u.shape[1], dtype=torch.bool, device=u.device)
-        u = u.masked_fill(eye, neg_inf(acc))
-    prob = torch.softmax(u * softmax_scale, dim=1)
-    p = (prob * same_mask).sum(dim=1)
+        # compat: finfo.min, then scaled (-inf for a scale > 1, 0 for a scale of 0)
+        logits.diagonal().fill_(neg_inf(acc) * softmax_scale)
+    # p_i = Σ_same exp(logit_ij - lse_i): the softmax mass is gathered at the same-label
+    # cells only, instead of a masked (N, M) product
+    log_prob = torch.log_softmax(logits, dim=1)
+    rows, cols = same_label_cells(labels, ref_labels)
+    p = logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
     kept = p != 0
     losses = torch.where(kept, -torch.log(torch.where(kept, p, 1)), 0)
     if weights is not None:
@@ -383,6 +419,9 @@ def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
     """
     acc = accumulation_dtype(sim.dtype)
     logits = sim.to(acc) * gamma
-    same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    kept = logits.masked_fill(~same, neg_inf(acc))
-    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(kept, dim=1)).to(sim.dtype)
+    log_prob = torch.log_softmax(logits, dim=1)
+    # the targets' mass from the same-label cells only; the own column is one of them and
+    # holds the largest logit, so the mass is at least 1/N (no underflow, no shift needed)
+    rows, cols = same_label_cells(labels, labels)
+    mass = logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
+    return (-torch.log(mass)).to(sim.dtype)

@@ -368,3 +368,20 @@ def test_dot_product_distance_accepted_by_triplet_margin():
     out = miner(emb, labels)
     mat = emb @ emb.T
     assert as_rows(out) == naive_triplet_margin(mat, labels, labels, True, 0.2, "all", True)
+
+
+@pytest.mark.parametrize("degrees", [-5, 0, 1e-3, 60, 85, 89.9, 90, 120])
+def test_angular_extreme_thresholds(degrees):
+    emb, labels = data(3, 3, 4, spread=0.1)  # tight clusters: angles close to 90 degrees
+    for e in (emb, emb * 0.3 + 1):
+        got = AngularMiner(angle=degrees)(e, labels)
+        expected, _ = naive_angular(e, labels, e, labels, True, math.radians(degrees))
+        assert as_rows(got) == expected
+
+
+def test_angular_zero_gap_pairs():
+    emb = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 3.0], [1.0 + 1e-6, 1.0 + 1e-6]])
+    labels = torch.tensor([0, 0, 1, 1])
+    for degrees in (0, 10):
+        expected, _ = naive_angular(emb, labels, emb, labels, True, math.radians(degrees))
+        assert as_rows(AngularMiner(angle=degrees)(emb, labels)) == expected

@@ -29,40 +29,96 @@ __all__ = [
 
 TripletType = Literal["all", "hard", "semihard", "easy"]
 
-_DEFAULT_MAX_ELEMENTS = 1 << 22
+_DEFAULT_MAX_ELEMENTS = 1 << 21
 
 
-def _empty_triplets(device: torch.device) -> TripletsTuple:
-    e = torch.empty(0, dtype=torch.long, device=device)
-    return e, e.clone(), e.clone()
+class _TripletParts:
+    """Blocks of selected triplets, stored compactly until the output is assembled.
+
+    A block keeps its positive pairs ``(a1, p)`` and either its boolean selection mask
+    (1 byte per candidate) or, when fewer than 1 in 8 candidates are selected, the selected
+    ``(row, negative)`` pairs as int32. :meth:`assemble` writes the int64 output block by
+    block into lazily committed memory and frees each block as it goes, so the peak is about
+    the output itself plus one block.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.blocks: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, int]] = []
+
+    def add(self, a1: Tensor, p: Tensor, keep: Tensor) -> None:
+        count = int(keep.sum())
+        if count == 0:
+            return
+        if 8 * count < keep.numel() and max(keep.shape) < 2**31:
+            rows, n = torch.where(keep)
+            self.blocks.append((a1, p, rows.to(torch.int32), n.to(torch.int32), count))
+        else:
+            self.blocks.append((a1, p, keep.clone(), None, count))
+
+    def assemble(self) -> TripletsTuple:
+        total = sum(b[4] for b in self.blocks)
+        out = [torch.empty(total, dtype=torch.long, device=self.device) for _ in range(3)]
+        start = 0
+        self.blocks.reverse()
+        while self.blocks:
+            a1, p, rows, n, count = self.blocks.pop()
+            if n is None:  # a stored mask
+                rows, n = torch.where(rows)  # type: ignore[arg-type]
+            stop = start + count
+            rows = rows.long()  # type: ignore[union-attr]
+            torch.index_select(a1, 0, rows, out=out[0][start:stop])
+            torch.index_select(p, 0, rows, out=out[1][start:stop])
+            out[2][start:stop] = n
+            start = stop
+            del a1, p, rows, n
+        return out[0], out[1], out[2]
 
 
-def _cat_triplets(parts: list[TripletsTuple], device: torch.device) -> TripletsTuple:
-    if not parts:
-        return _empty_triplets(device)
-    if len(parts) == 1:
-        return parts[0]
-    return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
+class _Workspace:
+    """Reusable ``(rows, M)`` buffers: blocks write into them instead of allocating.
+
+    Repeated allocation of block-sized temporaries fragments the heap, so the resident
+    memory would keep growing over the blocks; reusing buffers keeps it at one block.
+    """
+
+    def __init__(self, rows: int, cols: int, device: torch.device) -> None:
+        self.rows, self.cols, self.device = rows, cols, device
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, rows: int, dtype: torch.dtype) -> Tensor:
+        buf = self.buffers.get(name)
+        if buf is None or buf.dtype != dtype:
+            buf = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
+            self.buffers[name] = buf
+        return buf[:rows]
+
+
+def _block_rows(m: int, max_elements: int) -> int:
+    if max_elements < 1:
+        raise ValueError(f"max_elements must be >= 1; got {max_elements}")
+    return max(1, max_elements // max(m, 1))
 
 
 def _pos_pair_chunks(pos: Tensor, m: int, max_elements: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Positive pairs ``(a1, p)`` in row-major order, in chunks of ``~max_elements / m``."""
-    if max_elements < 1:
-        raise ValueError(f"max_elements must be >= 1; got {max_elements}")
     a1, p = torch.where(pos)
-    step = max(1, max_elements // max(m, 1))
+    step = _block_rows(m, max_elements)
     for s in range(0, len(a1), step):
         yield a1[s : s + step], p[s : s + step]
 
 
-def _margin_keep(tm: Tensor, margin: float, type_of_triplets: str) -> Tensor:
+def _margin_keep(
+    tm: Tensor, margin: float, type_of_triplets: str, keep: Tensor, tmp: Tensor
+) -> Tensor:
+    """Write the selection into ``keep`` (``tmp``: a scratch bool buffer)."""
     if type_of_triplets == "easy":
-        return tm > margin
-    keep = tm <= margin
+        return torch.gt(tm, margin, out=keep)
+    torch.le(tm, margin, out=keep)
     if type_of_triplets == "hard":
-        keep &= tm <= 0
+        keep &= torch.le(tm, 0, out=tmp)
     elif type_of_triplets == "semihard":
-        keep &= tm > 0
+        keep &= torch.gt(tm, 0, out=tmp)
     return keep
 
 
@@ -103,14 +159,27 @@ def triplet_margin_miner(
     """
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(mat.device), neg.to(mat.device)
-    parts = []
+    parts = _TripletParts(mat.device)
+    step = _block_rows(mat.shape[1], max_elements)
+    ws = _Workspace(min(step, int(pos.sum())), mat.shape[1], mat.device)
     for ca, cp in _pos_pair_chunks(pos, mat.shape[1], max_elements):
-        an = mat[ca]
+        c = len(ca)
+        tm = torch.index_select(mat, 0, ca, out=ws.get("tm", c, mat.dtype))  # an
         ap = mat[ca, cp].unsqueeze(1)
-        tm = ap - an if is_inverted else an - ap
-        rows, n = torch.where(neg[ca] & _margin_keep(tm, margin, type_of_triplets))
-        parts.append((ca[rows], cp[rows], n))
-    return _cat_triplets(parts, mat.device)
+        if is_inverted:
+            tm.neg_().add_(ap)  # ap - an
+        else:
+            tm.sub_(ap)  # an - ap
+        keep = _margin_keep(
+            tm,
+            margin,
+            type_of_triplets,
+            ws.get("keep", c, torch.bool),
+            ws.get("tmp", c, torch.bool),
+        )
+        keep &= torch.index_select(neg, 0, ca, out=ws.get("neg", c, torch.bool))
+        parts.add(ca, cp, keep)
+    return parts.assemble()
 
 
 def triplet_margin_miner_stats(
@@ -143,34 +212,38 @@ def _angular_blocks(
     ref_emb: Tensor,
     ref_labels: Tensor | None,
     max_elements: int,
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
-    """Per block of positive pairs: ``(a1, p, neg rows, angle (P_c, M), error bound (P_c, M))``.
+    ws: _Workspace | None = None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Per block of positive pairs: ``(a1, p, neg rows, ap, d2, err, centres)``.
 
-    The angle ``atan(||a - p|| / (2 ||n - (a + p) / 2||))`` uses the reference's
-    ``pairwise_distance`` semantics (``||x - y + 1e-6||``). ``||n - c||`` comes from a Gram
-    matrix, so every entry also gets a bound on its error; entries closer to a threshold than
-    that bound are recomputed exactly by the caller.
+    ``ap = ||a - p + 1e-6||`` (per pair, exact ``pairwise_distance``); ``d2 (P_c, M)`` is
+    ``||n - c + 1e-6||^2`` for the pair's centre ``c = (a + p) / 2`` and every reference row,
+    from a Gram matrix, with ``err`` a bound on its error (including the rounding of the
+    exact per-triplet formula); entries that close to a threshold are recomputed exactly.
+    ``neg``, ``d2`` and ``err`` live in ``ws``'s buffers: valid until the next block.
     """
     acc = accumulation_dtype(embeddings.dtype)
     emb, ref = embeddings.to(acc), ref_emb.to(acc)
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(emb.device), neg.to(emb.device)
-    eps = torch.finfo(acc).eps
-    ref_sq = (ref * ref).sum(1)
-    kappa = (2 * emb.shape[1] + 16) * eps
-    for ca, cp in _pos_pair_chunks(pos, ref.shape[0], max_elements):
+    ref_sq = (ref * ref).sum(1).unsqueeze(0)
+    kappa = (2 * emb.shape[1] + 16) * torch.finfo(acc).eps
+    m = ref.shape[0]
+    if ws is None:
+        ws = _Workspace(min(_block_rows(m, max_elements), int(pos.sum())), m, emb.device)
+    for ca, cp in _pos_pair_chunks(pos, m, max_elements):
+        rows = len(ca)
         a, p = emb[ca], ref[cp]
-        ap = F.pairwise_distance(a, p)
-        # ||n - c + eps|| == ||n - u|| with u = c - eps
-        u = (a + p) / 2 - 1e-6
+        ap = F.pairwise_distance(a, p).unsqueeze(1)
+        c = (a + p) / 2
+        u = c - 1e-6  # ||n - c + eps|| == ||n - u||
         u_sq = (u * u).sum(1, keepdim=True)
-        d2 = torch.addmm(ref_sq.unsqueeze(0) + u_sq, u, ref.T, alpha=-2).clamp_min_(0)
-        nc = d2.sqrt()
-        angle = torch.atan(ap.unsqueeze(1) / (2 * nc))
-        # d angle / d(d2) <= 1 / (4 d2); the error of d2 is below kappa * (|n|^2 + |u|^2 + d2)
-        err_d2 = kappa * (ref_sq.unsqueeze(0) + u_sq + d2)
-        bound = torch.where(d2 > 2 * err_d2, err_d2 / (4 * d2), math.inf) + 8 * eps
-        yield ca, cp, neg[ca], angle, bound
+        d2 = torch.mm(u, ref.T, out=ws.get("d2", rows, acc))
+        d2.mul_(-2).add_(ref_sq).add_(u_sq).clamp_min_(0)
+        err = torch.add(ref_sq, u_sq, out=ws.get("err", rows, acc))
+        err.add_(d2).mul_(kappa)
+        neg_rows = torch.index_select(neg, 0, ca, out=ws.get("neg", rows, torch.bool))
+        yield ca, cp, neg_rows, ap, d2, err, c
 
 
 def angular_miner(
@@ -188,9 +261,11 @@ def angular_miner(
     the angle is ``atan(||a - p|| / (2 ||n - c||))`` (distances in ``pairwise_distance``
     semantics, ``||x - y + 1e-6||``). Kept when strictly greater than ``angle``.
 
-    Memory is ``O(max_elements)`` plus the output: ``||n - c||`` for all negatives of a block
-    of positive pairs comes from one matrix product; entries whose angle is within rounding
-    error of the threshold are recomputed with the exact per-triplet formula.
+    Memory is ``O(max_elements)`` plus the output: the test ``angle_t > angle`` is
+    ``||n - c||^2 < ||a - p||^2 / (4 tan^2(angle))``, evaluated for all negatives of a block
+    of positive pairs from one matrix product; entries within rounding error of the
+    threshold are recomputed with the exact per-triplet formula, so the selection is the
+    reference's.
 
     Args:
         embeddings: shape ``(N, D)``.
@@ -211,23 +286,44 @@ def angular_miner(
     if ref_emb is None:
         ref_emb, ref_labels = embeddings, labels
     acc = accumulation_dtype(embeddings.dtype)
-    emb, ref = embeddings.to(acc), ref_emb.to(acc)
-    parts = []
-    for ca, cp, neg, theta, bound in _angular_blocks(
-        embeddings, labels, ref_emb, ref_labels, max_elements
+    ref = ref_emb.to(acc)
+    parts = _TripletParts(embeddings.device)
+    if angle >= math.pi / 2:  # atan(x) < pi / 2 for finite x: nothing passes
+        return parts.assemble()
+    tan = math.tan(angle) if angle > 0 else 1.0
+    scale = 1 / (4 * tan**2)
+    # the reference rounds in angle space; d(d2)/d2 = 2 (1 + tan^2) / tan * angle * d(angle)/angle
+    rel = torch.finfo(acc).eps * (8 + 8 * 2 * (1 + tan**2) / tan * max(angle, 0))
+    ws = _Workspace(
+        min(_block_rows(ref.shape[0], max_elements), max(len(labels) * ref.shape[0], 1)),
+        ref.shape[0],
+        embeddings.device,
+    )
+    for ca, cp, neg, ap, d2, err, c in _angular_blocks(
+        embeddings, labels, ref_emb, ref_labels, max_elements, ws
     ):
-        gap = theta - angle
-        keep = gap > bound
-        band = neg & ((gap.abs() <= bound) | gap.isnan())
+        rows = len(ca)
+        keep = ws.get("keep", rows, torch.bool)
+        band = ws.get("band", rows, torch.bool)
+        if angle > 0:
+            limit = ap * ap * scale  # angle_t > angle  <=>  d2 < limit
+            gap = d2.neg_().add_(limit)  # limit - d2, in place
+            err.add_(limit * rel)
+            torch.gt(gap, err, out=keep)
+            torch.le(gap.abs_(), err, out=band)
+            band |= torch.ne(gap, gap, out=ws.get("nan", rows, torch.bool))
+            band &= neg
+        else:  # every angle is >= 0: only ap == 0 can fail a zero threshold
+            keep.fill_(True)
+            torch.logical_and(neg, ap == 0, out=band)
         bi, bn = torch.where(band)
         if len(bi):
-            a, p = emb[ca[bi]], ref[cp[bi]]
-            ap = F.pairwise_distance(a, p)
-            nc = F.pairwise_distance(ref[bn], (a + p) / 2)
-            keep[bi, bn] = torch.atan(ap / (2 * nc)) > angle
-        rows, n = torch.where(neg & keep)
-        parts.append((ca[rows], cp[rows], n))
-    return _cat_triplets(parts, embeddings.device)
+            ap_exact = ap[bi, 0]
+            nc = F.pairwise_distance(ref[bn], c[bi])
+            keep[bi, bn] = torch.atan(ap_exact / (2 * nc)) > angle
+        keep &= neg
+        parts.add(ca, cp, keep)
+    return parts.assemble()
 
 
 def angular_miner_stats(
@@ -252,10 +348,10 @@ def angular_miner_stats(
     count, mean, m2 = (torch.zeros((), **f64) for _ in range(3))  # type: ignore[arg-type]
     lo, hi = torch.tensor(math.inf, **f64), torch.tensor(-math.inf, **f64)  # type: ignore[arg-type]
     count_above, sum_above = torch.zeros((), **f64), torch.zeros((), **f64)  # type: ignore[arg-type]
-    for _, _, neg, theta, _ in _angular_blocks(
+    for _, _, neg, ap, d2, _, _ in _angular_blocks(
         embeddings, labels, ref_emb, ref_labels, max_elements
     ):
-        v = theta[neg].to(torch.float64)
+        v = torch.atan(ap / (2 * d2.sqrt()))[neg].to(torch.float64)  # d2 is a buffer: use now
         if v.numel() == 0:
             continue
         n_b = torch.tensor(float(v.numel()), **f64)  # type: ignore[arg-type]

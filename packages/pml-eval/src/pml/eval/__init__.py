@@ -42,10 +42,10 @@ from pml.eval._testers import (
 )
 
 __all__ = [
-    "EQUALITY",
     "AccuracyCalculator",
     "BaseTester",
     "CustomKNN",
+    "EQUALITY",
     "FaissKMeans",
     "FaissKNN",
     "GlobalEmbeddingSpaceTester",

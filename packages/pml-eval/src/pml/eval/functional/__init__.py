@@ -30,8 +30,8 @@ from pml.eval.functional._retrieval import (
 )
 
 __all__ = [
-    "RETRIEVAL_METRICS",
     "DistanceFn",
+    "RETRIEVAL_METRICS",
     "average_precision_values",
     "chunk_rows",
     "class_means",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, SNRDistance, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
@@ -33,6 +35,12 @@ def _empty_like_other(pair: Tensor | list, other: Tensor | list) -> Tensor:
     if isinstance(pair, Tensor):
         return pair
     return other.new_empty(0)  # type: ignore[union-attr]
+
+
+def _masked_mean(mat: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the cells in ``mask`` in >= float32 (0 for an empty mask), 0-dim."""
+    total = torch.where(mask, mat, 0).sum(dtype=accumulation_dtype(mat.dtype))
+    return total / mask.sum().clamp_min(1)
 
 
 class ContrastiveLoss(GenericPairLoss):
@@ -74,7 +82,17 @@ class ContrastiveLoss(GenericPairLoss):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        return compute_pair_loss(
+            self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self._dense_pair_losses
+        )
+
+    def _dense_pair_losses(
+        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Losses of the positive pairs ``(P,)`` and of every cell as a negative ``(N, M)``."""
+        return contrastive_loss(
+            pos_pair, mat, self.pos_margin, self.neg_margin, is_inverted=self.distance.is_inverted
+        )
 
     def _compute_loss(  # type: ignore[override]
         self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple
@@ -160,7 +178,22 @@ class IntraPairVarianceLoss(GenericPairLoss):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        return compute_pair_loss(
+            self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self._dense_pair_losses
+        )
+
+    def _dense_pair_losses(
+        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Losses of the positive pairs ``(P,)`` and of every cell as a negative ``(N, M)``."""
+        return intra_pair_variance_loss(
+            pos_pair,
+            mat,
+            self.pos_eps,
+            self.neg_eps,
+            is_inverted=self.distance.is_inverted,
+            neg_mean=_masked_mean(mat, neg_mask),
+        )
 
     def _compute_loss(  # type: ignore[override]
         self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple

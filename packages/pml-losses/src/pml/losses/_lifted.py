@@ -126,7 +126,7 @@ class LiftedStructureLoss(GenericPairLoss):
             pos, neg = pos_neg_masks(labels, ref_labels)  # type: ignore[arg-type]
             a1, p = torch.where(pos)
             # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
-            if has_too_few_pairs(pos, neg) or len(a1) == 0 or not bool(neg.any()):
+            if has_too_few_pairs(pos, neg) or len(a1) == 0 or not bool(neg.amax()):
                 return self.zero_losses()
             mat = self.distance(embeddings, ref_emb)
             neg_weight = neg

@@ -10,14 +10,23 @@ order are the same (row-major, like ``torch.where``).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, pos_neg_masks
-from pml.losses._base import GenericPairLoss
-from pml.reducers import LossDict
+from pml.losses._base import GenericPairLoss, loss_entry
+from pml.reducers import (
+    AvgNonZeroReducer,
+    BaseReducer,
+    LossDict,
+    MeanReducer,
+    MultipleReducers,
+    ThresholdReducer,
+)
 
 
 def check_real(name: str, value: Any) -> None:
@@ -47,14 +56,75 @@ def poison_nonfinite(loss_dict: LossDict, *tensors: Tensor) -> LossDict:
     Reducers that filter (AvgNonZero, Threshold) drop NaN entries, which would turn a broken
     batch into a finite loss computed from its healthy pairs; this keeps it NaN. No sync.
     """
-    unique = list({id(t): t for t in tensors}.values())
-    finite = torch.stack([torch.isfinite(t).all() for t in unique]).all()
+    checks = [torch.isfinite(t).all() for t in {id(t): t for t in tensors}.values()]
+    finite = checks[0] if len(checks) == 1 else torch.stack(checks).all()
     for entry in loss_dict.values():
         losses = entry["losses"]
         if isinstance(losses, Tensor) and losses.numel() > 0:
             # fix: a NaN/inf input never gives a finite loss (docs/compatibility.md).
             entry["losses"] = torch.where(finite, losses, torch.nan)
     return loss_dict
+
+
+#: reducers whose result needs only the sum and count of the kept losses of a sub-loss
+_DENSE_REDUCERS = (MeanReducer, AvgNonZeroReducer, ThresholdReducer)
+
+#: ``f(pos_pair (P,), mat (N, M), neg_mask (N, M)) -> (pos_losses (P,), neg_losses (N, M))``:
+#: the losses of the listed positive pairs and of every cell as a negative pair
+DenseLosses = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def dense_reducers(loss: GenericPairLoss) -> list[BaseReducer] | None:
+    """The reducers of ``loss``'s own sub-losses if each needs only sums and counts.
+
+    That is: a MultipleReducers whose reducer of every own sub-loss is exactly a
+    MeanReducer, AvgNonZeroReducer or ThresholdReducer, none collecting stats (with stats on,
+    the reducers see every per-pair loss, so ``losses_size`` / ``num_past_filter`` are exact).
+    """
+    reducer = loss.reducer
+    if type(reducer) is not MultipleReducers or reducer.collect_stats:
+        return None
+    found = []
+    for name in loss._sub_loss_names():
+        sub = reducer.reducers[name] if name in reducer.reducers else reducer.default_reducer  # noqa: SIM401
+        if type(sub) not in _DENSE_REDUCERS or sub.collect_stats:
+            return None
+        found.append(sub)
+    return found
+
+
+def dense_reduce(
+    losses: Tensor, mask: Tensor | None, reducer: BaseReducer, *, nonneg: bool = False
+) -> Tensor:
+    """What ``reducer`` gives for the losses of the cells in ``mask`` (any order), 0-dim.
+
+    The mean of the kept entries; 0 (on the graph of ``losses``, zero gradient) when none is
+    kept, like the reducers' zero loss. No device sync. Kept = in ``mask`` (every entry when
+    None) and, for threshold reducers, strictly between ``low`` and ``high``.
+
+    ``nonneg`` (the losses are hinges, never negative) allows the cheap form for AvgNonZero:
+    the sum over the mask equals the sum over the non-zero entries. Otherwise the threshold
+    mask multiplies the losses (``where`` on a data-dependent mask is slow on CPU).
+    """
+    low = high = None
+    if isinstance(reducer, ThresholdReducer):
+        low, high = reducer.low, reducer.high
+    acc = accumulation_dtype(losses.dtype)
+    kept = losses if mask is None else torch.where(mask, losses, 0)
+    if high is None and (low is None or (nonneg and low < 0)):
+        count = torch.count_nonzero(mask) if mask is not None else losses.new_tensor(kept.numel())
+    elif high is None and nonneg and low == 0:
+        count = torch.count_nonzero(kept > 0)
+    else:
+        keep = torch.ones_like(losses, dtype=torch.bool) if mask is None else mask
+        if low is not None:
+            keep = keep & (losses > low)
+        if high is not None:
+            keep = keep & (losses < high)
+        kept = losses * keep
+        count = torch.count_nonzero(keep)
+    total = kept.sum(dtype=acc)
+    return (total / count.clamp_min(1)).to(losses.dtype)
 
 
 def compute_pair_loss(
@@ -64,12 +134,20 @@ def compute_pair_loss(
     indices_tuple: IndicesTuple | None,
     ref_emb: Tensor,
     ref_labels: Tensor | None,
+    dense_losses: DenseLosses | None = None,
 ) -> LossDict:
     """``GenericPairLoss.compute_loss`` reading label-built pairs from boolean masks.
 
     Miner outputs take GenericPairLoss's path (pair lists, overlap check). Either way
     ``loss._compute_loss`` gets ``(mat, pos_mask, neg_mask)`` (matrix losses) or
     ``(pos_pair, neg_pair, (a1, p, a2, n))`` (pair-list losses), and non-finite inputs give NaN.
+
+    Fast path: for a pair-list loss with ``dense_losses`` and reducers that need only sums and
+    counts (:func:`dense_reducers`), the negative pairs built from labels (nearly every cell)
+    are never listed: their per-cell losses are reduced over the mask, the (few) positive
+    pairs are gathered, and both sub-losses are handed over as "already_reduced" values (the
+    same numbers up to summation order). Any other reducer gets every per-pair loss in the
+    reference's order.
     """
     if indices_tuple is not None or labels is None:
         loss_dict = GenericPairLoss.compute_loss(
@@ -81,12 +159,22 @@ def compute_pair_loss(
     if has_too_few_pairs(pos, neg):
         return loss.zero_losses()
     mat = loss.distance(embeddings, ref_emb)
+    reducers = None if dense_losses is None else dense_reducers(loss)
     if loss.mat_based_loss:
         loss_dict = loss._compute_loss(mat, pos, neg)
+    elif reducers is not None:
+        a1, p = torch.where(pos)
+        pos_losses, neg_losses = dense_losses(mat[a1, p], mat, neg)  # type: ignore[misc]
+        values = [
+            dense_reduce(pos_losses, None, reducers[0], nonneg=True),
+            dense_reduce(neg_losses, neg, reducers[1], nonneg=True),
+        ]
+        names = loss._sub_loss_names()
+        loss_dict = {k: loss_entry(v, None, "already_reduced") for k, v in zip(names, values)}
     else:
         a1, p = torch.where(pos)
         a2, n = torch.where(neg)
-        pos_pair: Tensor | list = mat[pos] if len(a1) > 0 else []
-        neg_pair: Tensor | list = mat[neg] if len(a2) > 0 else []
+        pos_pair: Tensor | list = mat[a1, p] if len(a1) > 0 else []
+        neg_pair: Tensor | list = mat[a2, n] if len(a2) > 0 else []
         loss_dict = loss._compute_loss(pos_pair, neg_pair, (a1, p, a2, n))
     return poison_nonfinite(loss_dict, embeddings, ref_emb)

@@ -187,7 +187,7 @@ class SupConLoss(GenericPairLoss):
 
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         # compat: zero unless there is at least one positive and one negative cell.
-        if not bool(pos_mask.bool().any() & neg_mask.bool().any()):
+        if not bool(pos_mask.bool().amax() & neg_mask.bool().amax()):
             return self.zero_losses()
         losses = supcon_loss(
             mat, pos_mask, neg_mask, self.temperature, is_inverted=self.distance.is_inverted

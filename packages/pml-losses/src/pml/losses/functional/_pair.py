@@ -42,20 +42,22 @@ def _margin(x: Tensor | float, y: Tensor | float, is_inverted: bool) -> Tensor:
 def _masked_lse(x: Tensor, keep: Tensor, dim: int = 1, add_one: bool = False) -> Tensor:
     """``log(sum(exp(x[keep])))`` along ``dim`` (``log(1 + ...)`` with ``add_one``).
 
-    Slices without a kept entry give exactly 0. ``x`` must already be in the accumulation
-    dtype; the reduced dimension is dropped. Same semantics as ``pml.core.functional.logsumexp``
-    (masked entries become ``finfo.min``) without materialising the concatenated zero column.
+    Slices without a kept entry give exactly 0; the reduced dimension is dropped. Same values
+    as the reference's masked log-sum-exp (``pml.core.functional.logsumexp``), but masked
+    entries are ``-inf`` instead of ``finfo.min``: ``exp`` of huge negative finite numbers
+    takes a slow underflow path on CPU (about 10x slower), ``exp(-inf)`` does not. ``where``
+    and ``amax`` are used instead of ``masked_fill`` and ``any`` (several times faster on
+    CPU). ``x`` must already be in the accumulation dtype; ``keep`` is boolean.
     """
-    low = neg_inf(x.dtype)
-    xm = x.masked_fill(~keep, low)
+    has = keep.amax(dim=dim, keepdim=True)
+    xm = torch.where(keep, x, float("-inf"))
     mx = xm.amax(dim=dim, keepdim=True).detach()
-    if add_one:
-        mx = mx.clamp_min(0)
+    # empty slices: shift by 0 (not -inf) and sum to 1, so that nothing is NaN, not even grads
+    mx = mx.clamp_min(0) if add_one else torch.where(has, mx, 0)
     total = torch.exp(xm - mx).sum(dim=dim, keepdim=True)
-    if add_one:
-        total = total + torch.exp(-mx)
-    out = (mx + torch.log(total)).squeeze(dim)
-    return out.masked_fill(~keep.any(dim=dim), 0)
+    total = total + torch.exp(-mx) if add_one else total + (~has).to(total.dtype)
+    out = mx + torch.log(total)
+    return torch.where(has, out, 0).squeeze(dim)
 
 
 def _acc(x: Tensor) -> Tensor:
@@ -103,6 +105,8 @@ def intra_pair_variance_loss(
     neg_eps: float = 0.01,
     *,
     is_inverted: bool = True,
+    pos_mean: Tensor | None = None,
+    neg_mean: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-pair intra-pair variance losses (Yu & Tao, ICCV 2019, tuplet margin paper).
 
@@ -116,9 +120,12 @@ def intra_pair_variance_loss(
         pos_eps: relative slack around the positive mean.
         neg_eps: relative slack around the negative mean.
         is_inverted: ``True`` when the values are similarities.
+        pos_mean: ``mu_p`` to use instead of the mean of ``pos_pair`` (0-dim); lets callers
+            pass whole matrices as ``pos_pair`` / ``neg_pair`` (any shape) with masked means.
+        neg_mean: likewise ``mu_n``.
 
     Returns:
-        ``(pos_losses (P,), neg_losses (Nn,))`` in the inputs' dtypes.
+        ``(pos_losses, neg_losses)``, shaped and typed like ``pos_pair`` and ``neg_pair``.
 
     Example:
         >>> pos, neg = intra_pair_variance_loss(torch.tensor([0.9, 0.5]), torch.tensor([0.1, 0.3]))
@@ -127,7 +134,8 @@ def intra_pair_variance_loss(
     """
     pos = _acc(pos_pair)
     neg = _acc(neg_pair)
-    mu_p, mu_n = pos.mean(), neg.mean()
+    mu_p = pos.mean() if pos_mean is None else _acc(pos_mean)
+    mu_n = neg.mean() if neg_mean is None else _acc(neg_mean)
     if is_inverted:
         pos_loss = torch.relu((1 - pos_eps) * mu_p - pos) ** 2
         neg_loss = torch.relu(neg - (1 + neg_eps) * mu_n) ** 2
@@ -179,16 +187,12 @@ def _weighted_lse(z: Tensor, weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
     Returns the values and a bool "slice has a positive weight" tensor.
     """
-    keep = weight > 0
-    low = neg_inf(z.dtype)
+    keep = weight if weight.dtype == torch.bool else weight > 0
     if weight.dtype != torch.bool:
         z = z + torch.log(weight.to(z.dtype).clamp_min(1))  # counts >= 1 where kept
-    zm = z.masked_fill(~keep, low)
-    mx = zm.amax(dim=dim, keepdim=True).detach()
-    total = torch.exp(zm - mx).sum(dim=dim, keepdim=True)
-    has = keep.any(dim=dim)
-    out = (mx + torch.log(total)).squeeze(dim)
-    return out.masked_fill(~has, low), has
+    has = keep.amax(dim=dim)
+    out = _masked_lse(z, keep, dim=dim)
+    return torch.where(has, out, neg_inf(z.dtype)), has
 
 
 def lifted_structure_loss(
@@ -242,7 +246,7 @@ def lifted_structure_loss(
     if same_set:
         # compat: the reference takes the negative pairs of rows a and p (p indexes rows).
         distinct = a1 != p
-        rb = row_lse[p].masked_fill(~distinct, neg_inf(x.dtype))
+        rb = torch.where(distinct, row_lse[p], neg_inf(x.dtype))
         has_b = row_has[p] & distinct
         mx = torch.maximum(ra, rb).detach()
         total = torch.exp(ra - mx) + torch.exp(rb - mx)
@@ -336,8 +340,7 @@ def circle_loss(
     logit_p = -gamma * torch.relu(1 + m - sd) * (s - (1 - m))
     logit_n = gamma * torch.relu(sd + m) * (s - m)
     total = _masked_lse(logit_p, pos) + _masked_lse(logit_n, neg)
-    loss = F.softplus(total)
-    loss = loss.masked_fill(~(pos.any(dim=1) & neg.any(dim=1)), 0)
+    loss = torch.where(pos.amax(dim=1) & neg.amax(dim=1), F.softplus(total), 0)
     return loss.unsqueeze(1).to(mat.dtype)
 
 

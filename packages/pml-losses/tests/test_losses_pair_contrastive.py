@@ -1,0 +1,443 @@
+"""ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss.
+
+Naive per-pair loops written from the spec, the fast (dense) path against the exact per-pair
+path, reducers, edge cases, dtypes and devices, gradcheck of the functional code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from pml.core.testing import assert_close
+from pml.core.validation import InvalidArgumentError
+from pml.distances import CosineSimilarity, LpDistance, SNRDistance
+from pml.losses import (
+    ContrastiveLoss,
+    GenericPairLoss,
+    IntraPairVarianceLoss,
+    SignalToNoiseRatioContrastiveLoss,
+)
+from pml.losses.functional import contrastive_loss, intra_pair_variance_loss
+from pml.reducers import (
+    AvgNonZeroReducer,
+    DoNothingReducer,
+    MeanReducer,
+    MultipleReducers,
+    PerAnchorReducer,
+    SumReducer,
+    ThresholdReducer,
+)
+from pml.regularizers import LpRegularizer
+
+LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
+
+
+def data(n: int = 10, d: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype)
+
+
+def naive_pairs(labels, ref_labels=None):
+    """All pairs from labels, row-major, self pairs removed in the same set (spec §2.1)."""
+    same = ref_labels is None
+    ref = labels if same else ref_labels
+    a1, p, a2, n = [], [], [], []
+    for i, li in enumerate(labels.tolist()):
+        for j, lj in enumerate(ref.tolist()):
+            if li == lj and not (same and i == j):
+                a1.append(i)
+                p.append(j)
+            elif li != lj:
+                a2.append(i)
+                n.append(j)
+    return tuple(torch.tensor(t, dtype=torch.long) for t in (a1, p, a2, n))
+
+
+def naive_contrastive(mat, pairs, pos_margin, neg_margin, is_inverted):
+    a1, p, a2, n = (t.tolist() for t in pairs)
+    pos, neg = [], []
+    for a, b in zip(a1, p):
+        v = mat[a, b].item()
+        pos.append(max(pos_margin - v, 0.0) if is_inverted else max(v - pos_margin, 0.0))
+    for a, b in zip(a2, n):
+        v = mat[a, b].item()
+        neg.append(max(v - neg_margin, 0.0) if is_inverted else max(neg_margin - v, 0.0))
+    return torch.tensor(pos, dtype=torch.float64), torch.tensor(neg, dtype=torch.float64)
+
+
+def naive_ipv(mat, pairs, pos_eps, neg_eps, is_inverted):
+    a1, p, a2, n = (t.tolist() for t in pairs)
+    pv = [mat[a, b].item() for a, b in zip(a1, p)]
+    nv = [mat[a, b].item() for a, b in zip(a2, n)]
+    mu_p, mu_n = sum(pv) / len(pv), sum(nv) / len(nv)
+    if is_inverted:
+        pos = [max((1 - pos_eps) * mu_p - v, 0.0) ** 2 for v in pv]
+        neg = [max(v - (1 + neg_eps) * mu_n, 0.0) ** 2 for v in nv]
+    else:
+        pos = [max(v - (1 + pos_eps) * mu_p, 0.0) ** 2 for v in pv]
+        neg = [max((1 - neg_eps) * mu_n - v, 0.0) ** 2 for v in nv]
+    return torch.tensor(pos, dtype=torch.float64), torch.tensor(neg, dtype=torch.float64)
+
+
+def avg_nonzero(x):
+    nz = x[x > 0]
+    return nz.mean() if len(nz) else torch.zeros((), dtype=x.dtype)
+
+
+def mined_pairs(seed: int = 3, n: int = 10, m: int = 10, k: int = 25):
+    """Random (a1, p, a2, n) with duplicates, valid for LABELS (positives share the label)."""
+    g = torch.Generator().manual_seed(seed)
+    a1, p, a2, nn = [], [], [], []
+    while len(a1) < k:
+        i, j = torch.randint(0, n, (2,), generator=g).tolist()
+        if i != j and LABELS[i] == LABELS[j % m]:
+            a1.append(i)
+            p.append(j)
+    while len(a2) < k:
+        i, j = torch.randint(0, n, (2,), generator=g).tolist()
+        if LABELS[i] != LABELS[j]:
+            a2.append(i)
+            nn.append(j)
+    return tuple(torch.tensor(t) for t in (a1, p, a2, nn))
+
+
+def mined_triplets(seed: int = 9):
+    """Valid (a, p, n) for LABELS built on the mined positive pairs (duplicates included)."""
+    g = torch.Generator().manual_seed(seed)
+    a, p, _, _ = mined_pairs()
+    negs = []
+    for ai in a.tolist():
+        j = int(torch.randint(0, 10, (1,), generator=g))
+        while LABELS[j] == LABELS[ai]:
+            j = int(torch.randint(0, 10, (1,), generator=g))
+        negs.append(j)
+    return a, p, torch.tensor(negs)
+
+
+CASES = [
+    (ContrastiveLoss, {}, LpDistance(), naive_contrastive, (0, 1)),
+    (
+        ContrastiveLoss,
+        {"pos_margin": 0.3, "neg_margin": 1.2},
+        LpDistance(),
+        naive_contrastive,
+        (0.3, 1.2),
+    ),
+    (
+        ContrastiveLoss,
+        {"pos_margin": 0.9, "neg_margin": 0.1, "distance": CosineSimilarity()},
+        CosineSimilarity(),
+        naive_contrastive,
+        (0.9, 0.1),
+    ),
+    (
+        SignalToNoiseRatioContrastiveLoss,
+        {"neg_margin": 1.1},
+        SNRDistance(),
+        naive_contrastive,
+        (0, 1.1),
+    ),
+    (IntraPairVarianceLoss, {}, CosineSimilarity(), naive_ipv, (0.01, 0.01)),
+    (
+        IntraPairVarianceLoss,
+        {"pos_eps": 0.05, "neg_eps": 0.1, "distance": LpDistance()},
+        LpDistance(),
+        naive_ipv,
+        (0.05, 0.1),
+    ),
+]
+IDS = ["contrastive", "contrastive_margins", "contrastive_cos", "snr", "ipv", "ipv_lp"]
+
+
+def _total(cls, pos, neg):
+    if cls is IntraPairVarianceLoss:
+        return pos.mean() + neg.mean()
+    return avg_nonzero(pos) + avg_nonzero(neg)
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
+def test_matches_naive_loop_with_labels(cls, kwargs, dist, naive, args):
+    emb = data()
+    pairs = naive_pairs(LABELS)
+    pos, neg = naive(dist(emb), pairs, *args, dist.is_inverted)
+    loss = cls(**kwargs)(emb, LABELS)
+    torch.testing.assert_close(loss, _total(cls, pos, neg), rtol=1e-12, atol=1e-15)
+    out = cls(**kwargs, reducer=DoNothingReducer())(emb, LABELS)
+    assert list(out) == ["pos_loss", "neg_loss"]
+    torch.testing.assert_close(out["pos_loss"]["losses"], pos, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(out["neg_loss"]["losses"], neg, rtol=1e-12, atol=1e-15)
+    for got, want in zip((*out["pos_loss"]["indices"], *out["neg_loss"]["indices"]), pairs):
+        assert torch.equal(got, want)
+    assert out["pos_loss"]["reduction_type"] == "pos_pair"
+    assert out["neg_loss"]["reduction_type"] == "neg_pair"
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
+def test_matches_naive_loop_with_mined_pairs_and_triplets(cls, kwargs, dist, naive, args):
+    emb = data()
+    mat = dist(emb)
+    pairs = mined_pairs()
+    pos, neg = naive(mat, pairs, *args, dist.is_inverted)
+    torch.testing.assert_close(
+        cls(**kwargs)(emb, LABELS, pairs), _total(cls, pos, neg), rtol=1e-12, atol=1e-15
+    )
+    # triplets become (a, p, a, n): duplicates count; labels are not needed
+    trip = mined_triplets()
+    as_pairs = (trip[0], trip[1], trip[0], trip[2])
+    pos, neg = naive(mat, as_pairs, *args, dist.is_inverted)
+    torch.testing.assert_close(
+        cls(**kwargs)(emb, None, trip), _total(cls, pos, neg), rtol=1e-12, atol=1e-15
+    )
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
+def test_matches_naive_loop_with_ref_emb(cls, kwargs, dist, naive, args):
+    emb, ref = data(), data(7, seed=1)
+    ref_labels = torch.tensor([0, 1, 1, 2, 5, 4, 0])
+    pairs = naive_pairs(LABELS, ref_labels)
+    pos, neg = naive(dist(emb, ref), pairs, *args, dist.is_inverted)
+    loss = cls(**kwargs)(emb, LABELS, None, ref, ref_labels)
+    torch.testing.assert_close(loss, _total(cls, pos, neg), rtol=1e-12, atol=1e-15)
+
+
+def test_copied_ref_labels_keep_self_pairs():
+    """Identity rule: a copy of the labels is another set, so (i, i) is a positive pair."""
+    emb = data()
+    out = ContrastiveLoss(reducer=DoNothingReducer())(emb, LABELS, None, emb, LABELS.clone())
+    a1, p = out["pos_loss"]["indices"]
+    assert bool((a1 == p).any())
+    same = ContrastiveLoss(reducer=DoNothingReducer())(emb, LABELS, None, emb, LABELS)
+    assert not bool((same["pos_loss"]["indices"][0] == same["pos_loss"]["indices"][1]).any())
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+REDUCERS = [
+    None,
+    MeanReducer(),
+    AvgNonZeroReducer(),
+    ThresholdReducer(low=0.05, high=0.6),
+    ThresholdReducer(high=0.5),
+    ThresholdReducer(low=-1.0),
+    SumReducer(),
+    PerAnchorReducer(),
+]
+
+
+@pytest.mark.parametrize("reducer", REDUCERS, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
+def test_every_reducer_sees_the_reference_per_pair_losses(cls, reducer):
+    """Whatever path is taken, the result is the reducer applied to the per-pair losses."""
+    emb = data(12, 5, seed=4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
+    loss_fn = cls(reducer=reducer)
+    per_pair = cls(reducer=DoNothingReducer())(emb, labels)
+    expected = loss_fn.reducer(per_pair, emb, labels)
+    torch.testing.assert_close(loss_fn(emb, labels), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_fast_path_gradients_match_exact_path():
+    emb = data(12, 5, seed=5).requires_grad_()
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
+    for cls in (ContrastiveLoss, IntraPairVarianceLoss):
+        fast = cls()
+        exact = cls(reducer=DoNothingReducer())
+        g_fast = torch.autograd.grad(fast(emb, labels), emb)[0]
+        g_exact = torch.autograd.grad(fast.reducer(exact(emb, labels), emb, labels), emb)[0]
+        torch.testing.assert_close(g_fast, g_exact, rtol=1e-10, atol=1e-14)
+
+
+def test_collect_stats_reducer_sees_every_pair():
+    """With stats on, the reducers get every per-pair loss: losses_size and counts are exact."""
+    emb = data()
+    reducer = MultipleReducers(
+        {
+            "pos_loss": AvgNonZeroReducer(collect_stats=True),
+            "neg_loss": AvgNonZeroReducer(collect_stats=True),
+        }
+    )
+    loss_fn = ContrastiveLoss(reducer=reducer)
+    value = loss_fn(emb, LABELS)
+    pairs = naive_pairs(LABELS)
+    pos, neg = naive_contrastive(LpDistance()(emb), pairs, 0, 1, False)
+    torch.testing.assert_close(value, avg_nonzero(pos) + avg_nonzero(neg), rtol=1e-12, atol=0)
+    assert loss_fn.reducer.reducers["pos_loss"].losses_size == len(pairs[0])
+    assert loss_fn.reducer.reducers["neg_loss"].losses_size == len(pairs[2])
+    assert loss_fn.reducer.reducers["neg_loss"].num_past_filter == int((neg > 0).sum())
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize(
+    "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
+)
+def test_no_positives_gives_negative_part_only(cls):
+    emb = data(6, 5).requires_grad_()
+    labels = torch.arange(6)
+    out = cls(reducer=DoNothingReducer())(emb, labels)
+    assert out["pos_loss"]["losses"] == 0 and len(out["pos_loss"]["indices"][0]) == 0
+    assert out["neg_loss"]["losses"].shape == (30,)
+    loss = cls()(emb, labels)
+    expected = cls().reducer({"neg_loss": out["neg_loss"]}, emb, labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-15)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+@pytest.mark.parametrize(
+    "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
+)
+def test_single_class_gives_positive_part_only(cls):
+    emb = data(6, 5).requires_grad_()
+    labels = torch.zeros(6, dtype=torch.long)
+    out = cls(reducer=DoNothingReducer())(emb, labels)
+    assert out["neg_loss"]["losses"] == 0 and out["pos_loss"]["losses"].shape == (30,)
+    loss = cls()(emb, labels)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and loss > 0
+
+
+@pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
+def test_single_sample_and_one_pair_each_give_graph_connected_zero(cls):
+    emb = data(1, 5).requires_grad_()
+    loss = cls()(emb, torch.tensor([3]))
+    assert loss == 0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(emb.grad, torch.zeros_like(emb))
+    # compat: one positive pair and one negative pair (every list has length <= 1) is no loss
+    emb2 = data(4, 5).requires_grad_()
+    tup = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2]))
+    assert cls()(emb2, None, tup) == 0
+    out = cls(reducer=DoNothingReducer())(emb2, None, tup)
+    assert all(v["losses"] == 0 and v["reduction_type"] == "already_reduced" for v in out.values())
+    # labels [0, 0, 1]: 2 positive and 4 negative pairs -> a real loss
+    assert cls()(data(3, 5), torch.tensor([0, 0, 1])) > 0
+
+
+def test_empty_indices_tuple_gives_zero():
+    emb = data().requires_grad_()
+    empty = torch.empty(0, dtype=torch.long)
+    for tup in ((empty, empty, empty), (empty, empty, empty, empty)):
+        loss = ContrastiveLoss()(emb, LABELS, tup)
+        assert loss == 0 and loss.requires_grad
+
+
+@pytest.mark.parametrize(
+    "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_embeddings_give_nan(cls, bad):
+    emb = data()
+    emb[3, 2] = bad
+    assert torch.isnan(cls()(emb, LABELS))
+    assert torch.isnan(cls()(emb, LABELS, mined_pairs()))
+    assert torch.isnan(cls()(data(), LABELS, None, emb, LABELS.clone()))
+
+
+def test_regularizer_and_reducer_composition():
+    emb = data()
+    base = ContrastiveLoss()(emb, LABELS)
+    with_reg = ContrastiveLoss(embedding_regularizer=LpRegularizer(), embedding_reg_weight=0.5)
+    expected = base + 0.5 * emb.norm(dim=1).mean()
+    torch.testing.assert_close(with_reg(emb, LABELS), expected, rtol=1e-12, atol=0)
+    assert with_reg.sub_loss_names() == ["pos_loss", "neg_loss", "embedding_reg_loss"]
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_defaults_hierarchy_and_records():
+    c = ContrastiveLoss()
+    assert isinstance(c, GenericPairLoss) and not c.mat_based_loss
+    assert (c.pos_margin, c.neg_margin) == (0, 1)
+    assert isinstance(c.distance, LpDistance) and c.distance.p == 2 and c.distance.power == 1
+    assert isinstance(c.reducer, MultipleReducers)
+    assert all(type(r) is AvgNonZeroReducer for r in c.reducer.reducers.values())
+    assert {"pos_margin", "neg_margin"} <= set(c._record_these)
+    s = SignalToNoiseRatioContrastiveLoss(pos_margin=0.2)
+    assert isinstance(s, ContrastiveLoss) and isinstance(s.distance, SNRDistance)
+    assert s.pos_margin == 0.2 and s.neg_margin == 1
+    ipv = IntraPairVarianceLoss()
+    assert isinstance(ipv.distance, CosineSimilarity)
+    assert all(type(r) is MeanReducer for r in ipv.reducer.reducers.values())
+    assert (ipv.pos_eps, ipv.neg_eps) == (0.01, 0.01)
+    assert {"pos_eps", "neg_eps"} <= set(ipv._record_these)
+
+
+def test_bad_arguments():
+    with pytest.raises(InvalidArgumentError, match="SNRDistance"):
+        SignalToNoiseRatioContrastiveLoss(distance=LpDistance())
+    with pytest.raises(AssertionError):  # code written against the reference keeps working
+        SignalToNoiseRatioContrastiveLoss(distance=CosineSimilarity())
+    with pytest.raises(TypeError, match="pos_margin"):
+        ContrastiveLoss(pos_margin="0.5")
+    with pytest.raises(TypeError, match="neg_eps"):
+        IntraPairVarianceLoss(neg_eps=None)
+    with pytest.raises(ValueError, match="labels"):
+        ContrastiveLoss()(data())
+    with pytest.raises(ValueError, match="labels"):
+        ContrastiveLoss()(data(), LABELS[:5])
+    with pytest.raises(TypeError, match="indices_tuple"):
+        ContrastiveLoss()(data(), LABELS, (torch.tensor([0.0]),) * 4)
+
+
+# --------------------------------------------------------------------------- functional
+
+
+def test_functional_matches_formulas_and_class():
+    v = torch.tensor([0.0, 0.4, 1.3], dtype=torch.float64)
+    pos, neg = contrastive_loss(v, v, 0.2, 1.0)
+    assert pos.tolist() == pytest.approx([0.0, 0.2, 1.1])
+    assert neg.tolist() == pytest.approx([1.0, 0.6, 0.0])
+    pos, neg = contrastive_loss(v, v, 0.9, 0.3, is_inverted=True)
+    assert pos.tolist() == pytest.approx([0.9, 0.5, 0.0])
+    assert neg.tolist() == pytest.approx([0.0, 0.1, 1.0])
+    p, n = intra_pair_variance_loss(v, v, 0.1, 0.1, is_inverted=False)
+    mu = v.mean().item()
+    assert p.tolist() == pytest.approx([max(x - 1.1 * mu, 0) ** 2 for x in v.tolist()])
+    assert n.tolist() == pytest.approx([max(0.9 * mu - x, 0) ** 2 for x in v.tolist()])
+
+
+def test_functional_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(7, generator=g, dtype=torch.float64).requires_grad_()
+    neg = torch.rand(9, generator=g, dtype=torch.float64).requires_grad_()
+    assert gradcheck(lambda a, b: contrastive_loss(a, b, 0.3, 0.6), (pos, neg))
+    assert gradcheck(lambda a, b: contrastive_loss(a, b, 0.6, 0.3, is_inverted=True), (pos, neg))
+    assert gradcheck(lambda a, b: intra_pair_variance_loss(a, b, 0.05, 0.1), (pos, neg))
+    assert gradcheck(
+        lambda a, b: intra_pair_variance_loss(a, b, 0.05, 0.1, is_inverted=False), (pos, neg)
+    )
+
+
+def test_class_gradcheck_through_fast_path():
+    emb = data(8, 4, seed=7).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    assert gradcheck(lambda e: IntraPairVarianceLoss()(e, labels), (emb,))
+    assert gradcheck(lambda e: ContrastiveLoss(neg_margin=1.5)(e, labels), (emb,))
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize(
+    "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
+)
+def test_dtype_and_device(cls, dtype, device):
+    emb64 = data(16, 8, seed=2)
+    labels = torch.arange(4).repeat_interleave(4)
+    loss_fn = cls(neg_margin=0.5) if cls is not IntraPairVarianceLoss else cls()
+    emb = emb64.to(device=device, dtype=dtype).requires_grad_()
+    loss = loss_fn(emb, labels.to(device))
+    assert loss.dtype == dtype and loss.device == emb.device
+    expected = loss_fn(emb.detach().double(), labels.to(device))
+    assert_close(loss.detach(), expected)  # tolerance keyed by dtype
+    loss.backward()
+    assert emb.grad.dtype == dtype and torch.isfinite(emb.grad).all()

@@ -264,3 +264,14 @@ def test_bad_input():
         MarginLoss(triplets_per_anchor="x")
     with pytest.raises(ValueError, match="labels"):
         MarginLoss()(data())
+
+
+def test_per_class_beta_labels_out_of_range():
+    emb = data(5)
+    # anchors without triplets may carry any label
+    loss = MarginLoss(num_classes=2)(emb, torch.tensor([0, 0, 1, 1, 7]))
+    assert torch.isfinite(loss)
+    for fast in (True, False):
+        reducer = None if fast else DoNothingReducer()
+        with pytest.raises(ValueError, match="num_classes"):
+            MarginLoss(num_classes=2, reducer=reducer)(emb, torch.tensor([0, 0, 1, 7, 7]))

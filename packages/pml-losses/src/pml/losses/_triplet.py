@@ -403,7 +403,7 @@ class MarginLoss(BaseMetricLossFunction):
         a, p, n = list_triplets(source, labels, ref_labels)
         if len(a) == 0:
             return self.zero_losses()
-        beta_t = beta[labels[a]] if per_class else beta  # type: ignore[index]
+        beta_t = self._class_beta(beta, labels[a]) if per_class else beta  # type: ignore[index]
         pos, neg = margin_loss(
             mat[a, p], mat[a, n], beta_t, self.margin, is_inverted=self.distance.is_inverted
         )
@@ -414,6 +414,19 @@ class MarginLoss(BaseMetricLossFunction):
         else:
             out["beta_reg_loss"] = self._scalar_beta_reg(beta)
         return out
+
+    @staticmethod
+    def _class_beta(beta: Tensor, anchor_labels: Tensor) -> Tensor:
+        """``beta[anchor_labels]``; ValueError for labels outside ``[0, num_classes)``."""
+        if len(anchor_labels) and not bool(
+            ((anchor_labels >= 0) & (anchor_labels < len(beta))).all()
+        ):
+            raise ValueError(
+                f"labels must lie in [0, num_classes) = [0, {len(beta)}) when num_classes is "
+                f"set (beta is indexed by the anchor's label); got "
+                f"[{int(anchor_labels.min())}, {int(anchor_labels.max())}]"
+            )
+        return beta[anchor_labels]
 
     def _scalar_beta_reg(self, beta: Tensor) -> dict[str, Any]:
         if self.learn_beta:
@@ -431,7 +444,11 @@ class MarginLoss(BaseMetricLossFunction):
         reg_reducer: BaseReducer,
     ) -> LossDict:
         per_class = self.num_classes is not None
-        beta_row = beta[labels] if per_class else beta  # type: ignore[index]
+        beta_row = beta
+        if per_class:  # rows without triplets may carry any label (they are never used)
+            assert labels is not None
+            in_range = (labels >= 0) & (labels < len(beta))
+            beta_row = beta[torch.where(in_range, labels, 0)]
         losses, divisor, num_row = margin_loss_sums(
             mat,
             beta_row,
@@ -445,6 +462,8 @@ class MarginLoss(BaseMetricLossFunction):
         num = num_row.sum()
         if not bool(num > 0):
             return self.zero_losses()
+        if per_class and not bool(in_range[num_row > 0].all()):
+            self._class_beta(beta, labels[num_row > 0])  # type: ignore[index]  # raises
         rows = torch.arange(len(losses), device=losses.device)
         out = {"margin_loss": loss_entry(losses, rows, "element", divisor=divisor)}
         if margin_reducer.collect_stats:

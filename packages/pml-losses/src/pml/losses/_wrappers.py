@@ -165,7 +165,7 @@ class MultipleLosses(nn.Module):
         if miners is not None:
             self.miners = _as_container(miners, "miners", self.is_dict, allow_none=True)
             if self.is_dict:
-                extra = sorted(set(self.miners) - set(self.losses))
+                extra = sorted(set(self.miners.keys()) - set(self.losses.keys()))  # type: ignore[operator]
                 if extra:
                     raise InvalidArgumentError(
                         f"miners keys must be a subset of the losses keys {list(self.losses)}; "
@@ -183,16 +183,17 @@ class MultipleLosses(nn.Module):
     ) -> list[float] | dict[str, float]:
         if weights is None:
             if self.is_dict:
-                return {k: 1 for k in self.losses}
+                return dict.fromkeys(self.losses.keys(), 1)  # type: ignore[operator]
             return [1] * len(self.losses)
         if self.is_dict:
             if not isinstance(weights, Mapping):
                 raise InvalidArgumentError(
                     f"weights must be a dict like losses; got {type(weights).__name__}"
                 )
-            if set(weights) != set(self.losses):
+            loss_keys: list[str] = list(self.losses.keys())  # type: ignore[operator]
+            if set(weights) != set(loss_keys):
                 raise InvalidArgumentError(
-                    f"weights must have exactly the losses keys {sorted(self.losses)}; "
+                    f"weights must have exactly the losses keys {sorted(loss_keys)}; "
                     f"got {sorted(weights)}"
                 )
             return dict(weights)
@@ -206,18 +207,19 @@ class MultipleLosses(nn.Module):
             )
         return list(weights)
 
-    def _named_entries(self) -> list[tuple[Any, nn.Module, nn.Module | None, float]]:
-        if self.is_dict:
-            miners = dict(self.miners.items()) if self.miners is not None else {}  # type: ignore[union-attr]
-            return [
-                (k, loss, miners.get(k), self.weights[k])  # type: ignore[index]
-                for k, loss in self.losses.items()  # type: ignore[union-attr]
-            ]
-        miners_list = list(self.miners) if self.miners is not None else [None] * len(self.losses)
-        return [
-            (i, loss, miners_list[i], self.weights[i])  # type: ignore[index]
-            for i, loss in enumerate(self.losses)
-        ]
+    def _named_entries(self) -> list[tuple[nn.Module, nn.Module | None, float]]:
+        """``(loss, miner or None, weight)`` in list order / dict insertion order."""
+        losses: Any = self.losses  # ModuleList (int keys) or ModuleDict (str keys)
+        miners: Any = self.miners
+        weights: Any = self.weights
+        keys = list(losses.keys()) if self.is_dict else list(range(len(losses)))
+        entries = []
+        for k in keys:
+            miner = None
+            if miners is not None and (not self.is_dict or k in miners):
+                miner = miners[k]
+            entries.append((losses[k], miner, weights[k]))
+        return entries
 
     def forward(
         self,
@@ -246,7 +248,7 @@ class MultipleLosses(nn.Module):
         check_embeddings(embeddings, "embeddings")
         acc = accumulation_dtype(embeddings.dtype)
         total: Tensor | None = None
-        for _, loss, miner, weight in self._named_entries():
+        for loss, miner, weight in self._named_entries():
             curr = indices_tuple if miner is None else miner(embeddings, labels)
             term = loss(embeddings, labels, curr).to(acc) * weight
             total = term if total is None else total + term

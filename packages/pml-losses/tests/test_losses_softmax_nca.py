@@ -12,7 +12,7 @@ from pml.core.testing import assert_close, load_vectors
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import InstanceLoss, NCALoss
-from pml.losses.functional import instance_loss, nca_loss
+from pml.losses.functional import _softmax, instance_loss, nca_loss
 from pml.losses.functional._softmax import same_label_cells
 from pml.reducers import DoNothingReducer
 
@@ -159,6 +159,26 @@ def test_same_label_cells_matches_the_mask(seed):
     mask_rows, mask_cols = torch.where(labels.unsqueeze(1) == ref_labels.unsqueeze(0))
     assert got == list(zip(mask_rows.tolist(), mask_cols.tolist(), strict=True))
     assert rows.tolist() == sorted(rows.tolist())
+
+
+@pytest.mark.parametrize("cls", [NCALoss, InstanceLoss])
+def test_gathered_path_for_large_batches_matches_dense_path(cls, monkeypatch):
+    emb, ref = data(), data(7, seed=1)
+    ref_labels = torch.tensor([0, 1, 1, 2, 4, 4, 5])
+    calls = [((emb, LABELS), {})]
+    if cls is NCALoss:
+        calls.append(((emb, LABELS), {"ref_emb": ref, "ref_labels": ref_labels}))
+    for args, kwargs in calls:
+        e = args[0].clone().requires_grad_()
+        dense = cls()(e, args[1], **kwargs)
+        dense.backward()
+        monkeypatch.setattr(_softmax, "_DENSE_CELLS", 0)
+        g = args[0].clone().requires_grad_()
+        gathered = cls()(g, args[1], **kwargs)
+        gathered.backward()
+        monkeypatch.undo()
+        torch.testing.assert_close(gathered, dense, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(g.grad, e.grad, rtol=1e-10, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- InstanceLoss

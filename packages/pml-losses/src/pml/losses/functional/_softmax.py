@@ -34,6 +34,9 @@ __all__ = [
 
 Negatives = Tensor | tuple[Tensor, Tensor]
 
+#: up to this many (N x M) cells a dense mask is cheaper than gathering same-label cells
+_DENSE_CELLS = 1 << 18
+
 
 def _softplus(x: Tensor) -> Tensor:
     """``log(1 + exp(x))`` without torch's linear cut-off at 20 (exact for every ``x``)."""
@@ -323,8 +326,8 @@ def npairs_loss(sim: Tensor) -> Tensor:
 def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor]:
     """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
 
-    Sort-based: O(N log N + number of cells), no ``(N, M)`` mask. Rows come in ascending
-    order; within a row the columns are ordered by reference label, then index.
+    Sort-based: O(N log N + number of cells), no ``(N, M)`` mask or ``nonzero``. Row-major
+    order (rows ascending, then columns ascending).
 
     Example:
         >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
@@ -342,6 +345,20 @@ def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor
     offsets = torch.cumsum(counts, 0) - counts
     within = torch.arange(total, device=labels.device) - offsets[rows]
     return rows, order[lo[rows] + within]
+
+
+def _same_label_mass(logits: Tensor, labels: Tensor, ref_labels: Tensor) -> Tensor:
+    """``Σ_{j: labels_i = ref_labels_j} softmax(logits_i)_j`` per row, shape ``(N,)``.
+
+    Small inputs: a dense masked sum (few, cheap ops). Large inputs: the log-softmax is
+    gathered at the same-label cells only (no masked ``(N, M)`` product in either pass).
+    """
+    if logits.numel() <= _DENSE_CELLS:
+        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        return torch.where(same, torch.softmax(logits, dim=1), 0).sum(dim=1)
+    log_prob = torch.log_softmax(logits, dim=1)
+    rows, cols = same_label_cells(labels, ref_labels)
+    return logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
 
 
 def nca_loss(
@@ -385,11 +402,7 @@ def nca_loss(
     if mask_diagonal:
         # compat: finfo.min, then scaled (-inf for a scale > 1, 0 for a scale of 0)
         logits.diagonal().fill_(neg_inf(acc) * softmax_scale)
-    # p_i = Σ_same exp(logit_ij - lse_i): the softmax mass is gathered at the same-label
-    # cells only, instead of a masked (N, M) product
-    log_prob = torch.log_softmax(logits, dim=1)
-    rows, cols = same_label_cells(labels, ref_labels)
-    p = logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
+    p = _same_label_mass(logits, labels, ref_labels)
     kept = p != 0
     losses = torch.where(kept, -torch.log(torch.where(kept, p, 1)), 0)
     if weights is not None:
@@ -419,9 +432,5 @@ def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
     """
     acc = accumulation_dtype(sim.dtype)
     logits = sim.to(acc) * gamma
-    log_prob = torch.log_softmax(logits, dim=1)
-    # the targets' mass from the same-label cells only; the own column is one of them and
-    # holds the largest logit, so the mass is at least 1/N (no underflow, no shift needed)
-    rows, cols = same_label_cells(labels, labels)
-    mass = logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
-    return (-torch.log(mass)).to(sim.dtype)
+    # the own column holds the largest logit: the mass is at least 1/N (no underflow)
+    return (-torch.log(_same_label_mass(logits, labels, labels))).to(sim.dtype)

@@ -12,8 +12,8 @@ from pml.core.testing import assert_close, load_vectors
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import InstanceLoss, NCALoss
-from pml.losses.functional import _softmax, instance_loss, nca_loss
-from pml.losses.functional._softmax import same_label_cells
+from pml.losses.functional import _softmax_ops, instance_loss, nca_loss
+from pml.losses.functional._softmax_ops import same_label_cells
 from pml.reducers import DoNothingReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
@@ -172,7 +172,7 @@ def test_gathered_path_for_large_batches_matches_dense_path(cls, monkeypatch):
         e = args[0].clone().requires_grad_()
         dense = cls()(e, args[1], **kwargs)
         dense.backward()
-        monkeypatch.setattr(_softmax, "_DENSE_CELLS", 0)
+        monkeypatch.setattr(_softmax_ops, "_DENSE_CELLS", 0)
         g = args[0].clone().requires_grad_()
         gathered = cls()(g, args[1], **kwargs)
         gathered.backward()

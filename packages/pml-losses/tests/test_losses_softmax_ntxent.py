@@ -15,7 +15,7 @@ from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import GenericPairLoss, NTXentLoss, TupletMarginLoss
 from pml.losses.functional import ntxent_loss, tuplet_margin_loss
-from pml.losses.functional._softmax import masked_row_logsumexp, segment_logsumexp
+from pml.losses.functional._softmax_ops import masked_row_logsumexp, segment_logsumexp
 from pml.reducers import DoNothingReducer, SumReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])

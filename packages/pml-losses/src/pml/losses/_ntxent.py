@@ -19,12 +19,8 @@ from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses.functional._softmax import (
-    Negatives,
-    ntxent_loss,
-    same_label_cells,
-    tuplet_margin_loss,
-)
+from pml.losses.functional._softmax import ntxent_loss, tuplet_margin_loss
+from pml.losses.functional._softmax_ops import Negatives, same_label_cells
 from pml.reducers import LossDict
 
 

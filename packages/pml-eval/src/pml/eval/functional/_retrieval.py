@@ -190,31 +190,80 @@ def _ordered_bits(values: Tensor) -> Tensor:
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)
 
 
-def _ranked_block(
-    mat: Tensor,
-    ids: Tensor,
-    reference_ids: Tensor,
-    num_relevant: Tensor,
-    limit: Tensor,
-    k: int,
-    offset: int,
-    exclude_self: bool,
-) -> dict[str, Tensor]:
-    """Metrics of one block from the entries at or below each row's ``limit``.
+def _from_ranks(rank: Tensor, num_relevant: Tensor, k: int) -> dict[str, Tensor]:
+    """Metrics from the ranks ``(B, W)`` of each row's relevant items, in rank order.
 
-    ``mat`` ``(B, M)`` is "smaller is closer"; every relevant entry ranked within ``k`` is at
-    or below ``limit`` ``(B, 1)``. Those entries are ranked by ``(value, column)`` with one
-    sort of their composite keys (a ragged layout: no ``(B, k)`` padding), the query's own
-    column excluded.
+    Entries ``t >= R`` of a row are ignored. Item ``t`` (0-based) counts in MAP as
+    ``(t + 1) / rank`` when its rank is within ``k`` (within ``min(R, k)`` for MAP@R).
+    """
+    rank = rank.to(torch.float64)
+    t1 = torch.arange(1, rank.shape[1] + 1, device=rank.device, dtype=torch.float64)
+    valid = t1 <= num_relevant.unsqueeze(1)
+    cutoff = num_relevant.clamp(max=k)
+    in_k = valid & (rank <= k)
+    in_r = valid & (rank <= cutoff.unsqueeze(1))
+    prec = t1 / rank
+    first = rank[:, 0] if rank.shape[1] else rank.new_full((rank.shape[0],), float("inf"))
+    has_first = (num_relevant > 0) & (first <= k)
+    return {
+        "precision_at_1": (has_first & (first == 1)).to(torch.float64),
+        "r_precision": in_r.sum(1, dtype=torch.float64) / cutoff,
+        "mean_average_precision_at_r": (prec * in_r).sum(1) / num_relevant,
+        "mean_average_precision": (prec * in_k).sum(1) / num_relevant,
+        "mean_reciprocal_rank": torch.where(
+            has_first, torch.reciprocal(first.to(torch.float32)), 0.0
+        ),
+    }
+
+
+def _dense_ranks(
+    mat: Tensor, members: Tensor, is_member: Tensor, own_cols: Tensor, exclude_self: bool
+) -> tuple[Tensor, Tensor]:
+    """Ranks of each row's relevant items without sorting the row.
+
+    The relevant values are sorted (``(value, column)`` order: ``members`` are
+    column-ascending); one ``searchsorted`` puts every entry of the row in the bucket of the
+    relevant items below it, and the running count of the buckets is the rank of each
+    relevant item. Exact unless an entry ties with a relevant value (then the column order
+    decides): such rows are flagged for :func:`_ragged_ranks`.
+
+    Returns:
+        ``(ranks (B, W) int64, tied (B,) bool)``.
+    """
+    rows_n, width = members.shape
+    ok = is_member & (members != own_cols.unsqueeze(1)) if exclude_self else is_member
+    rel_vals = mat.gather(1, members).masked_fill_(~ok, float("inf"))
+    rel_vals, order = torch.sort(rel_vals, dim=1, stable=True)
+    ok = ok.gather(1, order)
+    bucket = torch.searchsorted(rel_vals, mat)  # relevant values strictly below each entry
+    at_bucket = rel_vals.gather(1, bucket.clamp(max=width - 1))
+    equal = (at_bucket == mat).sum(1)
+    repeated = ((rel_vals[:, 1:] == rel_vals[:, :-1]) & ok[:, 1:]).any(1)
+    tied = (equal > ok.sum(1)) | repeated
+    flat = bucket + (torch.arange(rows_n, device=mat.device) * (width + 1)).unsqueeze(1)
+    counts = torch.bincount(flat.view(-1), minlength=rows_n * (width + 1)).view(rows_n, width + 1)
+    if exclude_self:
+        own_bucket = bucket.gather(1, own_cols.unsqueeze(1))
+        counts.scatter_add_(1, own_bucket, torch.full_like(own_bucket, -1))
+    return counts.cumsum(1)[:, :width], tied
+
+
+def _ragged_ranks(
+    mat: Tensor, selected: Tensor, ids: Tensor, reference_ids: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """Ranks of each row's relevant items among the ``selected`` entries (exact, any ties).
+
+    The selected entries (every relevant item within ``k`` must be selected; the query's own
+    column must not) are ranked by ``(value, column)`` with one sort of composite keys
+    (float64: two stable sorts), in a ragged layout.
+
+    Returns:
+        ``(ranks (B, W), in_order (B, W) bool)``: row ``i``'s first entries are the ranks of
+        its relevant items, ascending; ``W`` = most relevant items found in a row.
     """
     rows_n = mat.shape[0]
-    selected = mat <= limit
-    if exclude_self:
-        own = torch.arange(rows_n, device=mat.device)
-        selected[own, own + offset] = False
     rows, cols = selected.nonzero(as_tuple=True)
-    del selected
-    if mat.dtype == torch.float64:  # two stable sorts keep float64 order exact
+    if mat.dtype == torch.float64:
         order = torch.sort(mat[rows, cols], stable=True).indices
         order = order[torch.sort(rows[order], stable=True).indices]
     else:
@@ -223,26 +272,63 @@ def _ranked_block(
     counts = torch.bincount(rows, minlength=rows_n)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(rows.shape[0], device=mat.device) - starts[rows] + 1
-    rel = (reference_ids[cols] == ids[rows]) & (rank <= k)
-    relf = rel.to(torch.float64)
-    csum = torch.cat([relf.new_zeros(1), relf.cumsum(0)])
-    hits_so_far = csum[1:] - csum[starts][rows]
-    prec = hits_so_far / rank
-    cutoff = num_relevant.clamp(max=k)
-    in_r = (rank <= cutoff[rows]).to(torch.float64)
+    rel = reference_ids[cols] == ids[rows]
+    rel_rows, rel_rank = rows[rel], rank[rel]
+    found = torch.bincount(rel_rows, minlength=rows_n)
+    width = int(found.max()) if rows_n else 0
+    slot = (
+        torch.arange(rel_rows.shape[0], device=mat.device)
+        - (torch.cumsum(found, 0) - found)[rel_rows]
+    )
+    ranks = torch.full((rows_n, width), k + 1, dtype=torch.long, device=mat.device)
+    ranks[rel_rows, slot] = rel_rank
+    return ranks, found
 
-    def per_row(x: Tensor) -> Tensor:
-        return torch.zeros(rows_n, dtype=torch.float64, device=mat.device).index_add_(0, rows, x)
 
-    first = torch.full((rows_n,), float("inf"), dtype=torch.float32, device=mat.device)
-    first.scatter_reduce_(0, rows[rel], rank[rel].to(torch.float32), "amin")
-    return {
-        "precision_at_1": per_row(relf * (rank == 1)),
-        "r_precision": per_row(relf * in_r) / cutoff,
-        "mean_average_precision_at_r": per_row(prec * relf * in_r) / num_relevant,
-        "mean_average_precision": per_row(prec * relf) / num_relevant,
-        "mean_reciprocal_rank": torch.where(first.isinf(), 0.0, torch.reciprocal(first)),
-    }
+def _block_values(
+    mat: Tensor,
+    ids: Tensor,
+    reference_ids: Tensor,
+    members: Tensor,
+    is_member: Tensor,
+    num_relevant: Tensor,
+    limit: Tensor,
+    k: int,
+    offset: int,
+    exclude_self: bool,
+) -> dict[str, Tensor]:
+    """Metrics of one block of query rows (``mat`` is "smaller is closer", ``(B, M)``).
+
+    Rows that must rank most of the reference go through :func:`_dense_ranks`; the others,
+    and dense rows with ties, through :func:`_ragged_ranks` on the entries up to ``limit``.
+    """
+    rows_n, num_ref = mat.shape
+    own_cols = torch.arange(offset, offset + rows_n, device=mat.device)
+    selected = mat <= limit
+    if exclude_self:
+        selected[torch.arange(rows_n, device=mat.device), own_cols] = False
+    dense = selected.sum(1) * 8 > num_ref
+    rank = torch.full(
+        (rows_n, members.shape[1]), k + 1, dtype=torch.long, device=mat.device
+    )  # "not within k" unless set below
+    if bool(dense.any()):
+        dense_rows = dense.nonzero(as_tuple=True)[0]
+        ranks, tied = _dense_ranks(
+            mat[dense_rows],
+            members[dense_rows],
+            is_member[dense_rows],
+            own_cols[dense_rows],
+            exclude_self,
+        )
+        rank[dense_rows[~tied], : ranks.shape[1]] = ranks[~tied]
+        dense[dense_rows[tied]] = False
+    sparse_rows = (~dense).nonzero(as_tuple=True)[0]
+    if sparse_rows.numel():
+        ranks, _ = _ragged_ranks(
+            mat[sparse_rows], selected[sparse_rows], ids[sparse_rows], reference_ids, k
+        )
+        rank[sparse_rows, : ranks.shape[1]] = ranks
+    return _from_ranks(rank, num_relevant, k)
 
 
 def retrieval_values(
@@ -325,7 +411,18 @@ def retrieval_values(
             kth = torch.topk(mat, k_eff + own, dim=1, largest=False, sorted=True).values[:, -1:]
             limit = torch.minimum(limit, kth)
         r = num_relevant[s:e]
-        values = _ranked_block(mat, ids, reference_ids, r, limit, k_eff, s, ref_includes_query)
+        values = _block_values(
+            mat,
+            ids,
+            reference_ids,
+            members,
+            offsets < class_size.unsqueeze(1),
+            r,
+            limit,
+            k_eff,
+            s,
+            ref_includes_query,
+        )
         del mat
         lone = r <= 0
         for name, v in values.items():

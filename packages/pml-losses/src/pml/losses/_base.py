@@ -48,7 +48,7 @@ def resolve_ref(
     ref_emb: Tensor | None,
     ref_labels: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
-    """The reference set: ``(embeddings, labels)`` themselves (same objects) when ``ref_emb`` is None.
+    """The reference set; ``(embeddings, labels)`` themselves (same objects) without ``ref_emb``.
 
     A ``ref_labels`` given without ``ref_emb`` is ignored (like the reference). With a
     ``ref_emb``, ``ref_labels`` is moved to its device and checked.
@@ -211,7 +211,8 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         check_shapes(embeddings, labels)
         if labels is not None:
             labels = to_device(labels, embeddings)
-        if ref_emb is not None and ref_labels is None and labels is not None and indices_tuple is None:
+        needs_ref_labels = labels is not None and indices_tuple is None
+        if ref_emb is not None and ref_labels is None and needs_ref_labels:
             # fix: the reference silently paired labels with themselves here (spec 00 §5).
             raise ValueError(
                 "ref_labels must be given with ref_emb when pairs are built from labels "

@@ -161,10 +161,23 @@ def test_label_ids_exact_above_2_pow_24():
     assert unique.tolist() == [16777216, 16777217]
 
 
+def _data(kind: str):
+    if kind == "clustered":  # mostly the ragged route (few entries ranked per row)
+        return clustered_embeddings(6, 7, 4, seed=3, spread=1.5, dtype=torch.float64)
+    g = _gen(8)
+    labels = torch.randint(0, 4, (42,), generator=g)
+    if kind == "random":  # no class structure: the dense route (searchsorted of whole rows)
+        return torch.randn(42, 3, generator=g, dtype=torch.float64), labels
+    # integer coordinates: many exact ties (exact in float32 too), flagged by the dense route
+    dtype = torch.float32 if kind == "ties32" else torch.float64
+    return torch.randint(-1, 2, (42, 3), generator=g).to(dtype), labels
+
+
+@pytest.mark.parametrize("kind", ["clustered", "random", "ties", "ties32"])
 @pytest.mark.parametrize("k", [None, 1, 3, 7, 1000])
 @pytest.mark.parametrize("ref_includes_query", [True, False])
-def test_retrieval_values_match_naive(k, ref_includes_query):
-    emb, labels = clustered_embeddings(6, 7, 4, seed=3, spread=1.5, dtype=torch.float64)
+def test_retrieval_values_match_naive(k, ref_includes_query, kind):
+    emb, labels = _data(kind)
     if ref_includes_query:
         query, q_lab, reference, r_lab = emb, labels, emb, labels
     else:

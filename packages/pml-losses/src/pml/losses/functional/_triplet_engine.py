@@ -265,17 +265,15 @@ def _by_comparison(
     rows, wp = pos.shape
     wn = neg.shape[1]
     step = max(1, BLOCK_ELEMENTS // max(wp * wn, 1))
-    # [negative value, 1] per negative: one batched product gives sums and counts
-    val_one = torch.stack([n_pad, torch.ones_like(n_pad)], dim=2)  # (R, Wn, 2)
     cs, ss, ks = [], [], []
     for r0 in range(0, rows, step):
         r1 = min(r0 + step, rows)
-        nb = n_pad[r0:r1]
-        sel = _COMPARE[select](nb.unsqueeze(1), q[r0:r1].unsqueeze(2)).to(acc)  # (r, Wp, Wn)
-        # padded negatives are finite and never selected: 0 * pad = 0
-        sc = torch.bmm(sel, val_one[r0:r1])
-        ss.append(sc[..., 0])
-        cs.append(sc[..., 1].long())  # exact: integers below 2**24
+        nb = n_pad[r0:r1].unsqueeze(1)
+        sel = _COMPARE[select](nb, q[r0:r1].unsqueeze(2)).to(acc)  # (r, Wp, Wn)
+        # elementwise, not a matrix product: TF32 / reduced-precision matmul settings must
+        # not round the sums; padded negatives are finite and never selected (0 * pad = 0)
+        ss.append((sel * nb).sum(dim=2))
+        cs.append(sel.sum(dim=2).long())  # exact: integers below 2**24
         ks.append(sel.sum(dim=1).to(torch.int32))
     return torch.cat(cs), torch.cat(ss), torch.cat(ks)
 

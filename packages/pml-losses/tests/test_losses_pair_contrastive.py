@@ -441,3 +441,39 @@ def test_dtype_and_device(cls, dtype, device):
     assert_close(loss.detach(), expected)  # tolerance keyed by dtype
     loss.backward()
     assert emb.grad.dtype == dtype and torch.isfinite(emb.grad).all()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    "case", ["same", "copy", "ref", "int32", "float", "one", "empty_ref", "distinct"]
+)
+def test_label_positive_pairs_equal_mask_scan(case):
+    from pml.core.indices import get_all_pairs_indices
+    from pml.losses._pair_inputs import label_positive_pairs
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 50, (400,), generator=g)  # 400 x 400 cells: the sorting path
+    ref_labels = {
+        "same": None,
+        "copy": labels.clone(),
+        "ref": torch.randint(0, 70, (370,), generator=g),
+        "int32": None,
+        "float": None,
+        "one": None,
+        "empty_ref": torch.empty(0, dtype=torch.long),
+        "distinct": None,
+    }[case]
+    if case == "int32":
+        labels = labels.int()
+    if case == "float":
+        labels = labels.double()
+        labels[3] = float("nan")
+    if case == "one":
+        labels = labels[:1]
+    if case == "distinct":
+        labels = torch.randperm(400, generator=g)
+    got = label_positive_pairs(labels, ref_labels)
+    want = get_all_pairs_indices(labels, ref_labels)[:2]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

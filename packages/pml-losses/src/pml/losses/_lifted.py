@@ -19,6 +19,7 @@ from pml.losses._pair_inputs import (
     check_real,
     compute_pair_loss,
     has_too_few_pairs,
+    label_positive_pairs,
     poison_nonfinite,
 )
 from pml.losses.functional._pair import generalized_lifted_structure_loss, lifted_structure_loss
@@ -124,7 +125,7 @@ class LiftedStructureLoss(GenericPairLoss):
         labels_or_indices_tuple_required(labels, indices_tuple)
         if indices_tuple is None:
             pos, neg = pos_neg_masks(labels, ref_labels)  # type: ignore[arg-type]
-            a1, p = torch.where(pos)
+            a1, p = label_positive_pairs(labels, ref_labels, pos)  # type: ignore[arg-type]
             # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
             if has_too_few_pairs(pos, neg) or len(a1) == 0 or not bool(neg.amax()):
                 return self.zero_losses()

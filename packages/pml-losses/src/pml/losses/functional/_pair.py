@@ -54,7 +54,7 @@ def _masked_lse(x: Tensor, keep: Tensor, dim: int = 1, add_one: bool = False) ->
     mx = xm.amax(dim=dim, keepdim=True).detach()
     # empty slices: shift by 0 (not -inf) and sum to 1, so that nothing is NaN, not even grads
     mx = mx.clamp_min(0) if add_one else torch.where(has, mx, 0)
-    total = torch.exp(xm - mx).sum(dim=dim, keepdim=True)
+    total = (xm - mx).exp_().sum(dim=dim, keepdim=True)  # in place: one allocation less
     total = total + torch.exp(-mx) if add_one else total + (~has).to(total.dtype)
     out = mx + torch.log(total)
     return torch.where(has, out, 0).squeeze(dim)
@@ -93,8 +93,9 @@ def contrastive_loss(
         >>> pos.tolist(), neg.tolist()
         ([0.20000000298023224, 0.0], [0.5, 0.0])
     """
-    pos = torch.relu(_margin(pos_pair, pos_margin, is_inverted))
-    neg = torch.relu(_margin(neg_margin, neg_pair, is_inverted))
+    # in-place relu on the fresh margin tensors: one allocation per side, not two
+    pos = _margin(pos_pair, pos_margin, is_inverted).relu_()
+    neg = _margin(neg_margin, neg_pair, is_inverted).relu_()
     return pos, neg
 
 
@@ -137,11 +138,11 @@ def intra_pair_variance_loss(
     mu_p = pos.mean() if pos_mean is None else _acc(pos_mean)
     mu_n = neg.mean() if neg_mean is None else _acc(neg_mean)
     if is_inverted:
-        pos_loss = torch.relu((1 - pos_eps) * mu_p - pos) ** 2
-        neg_loss = torch.relu(neg - (1 + neg_eps) * mu_n) ** 2
+        pos_loss = ((1 - pos_eps) * mu_p - pos).relu_().square()
+        neg_loss = (neg - (1 + neg_eps) * mu_n).relu_().square()
     else:
-        pos_loss = torch.relu(pos - (1 + pos_eps) * mu_p) ** 2
-        neg_loss = torch.relu((1 - neg_eps) * mu_n - neg) ** 2
+        pos_loss = (pos - (1 + pos_eps) * mu_p).relu_().square()
+        neg_loss = ((1 - neg_eps) * mu_n - neg).relu_().square()
     return pos_loss.to(pos_pair.dtype), neg_loss.to(neg_pair.dtype)
 
 
@@ -299,8 +300,8 @@ def multi_similarity_loss(
         tensor([0.2187, 0.3189])
     """
     x = _acc(mat)
-    pos_term = _masked_lse(alpha * _margin(x, base, is_inverted), pos_mask.bool(), add_one=True)
-    neg_term = _masked_lse(beta * _margin(base, x, is_inverted), neg_mask.bool(), add_one=True)
+    pos_term = _masked_lse(_margin(x, base, is_inverted).mul_(alpha), pos_mask.bool(), add_one=True)
+    neg_term = _masked_lse(_margin(base, x, is_inverted).mul_(beta), neg_mask.bool(), add_one=True)
     loss = (1.0 / alpha) * pos_term + (1.0 / beta) * neg_term
     return loss.unsqueeze(1).to(mat.dtype)
 

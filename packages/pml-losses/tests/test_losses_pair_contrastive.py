@@ -447,7 +447,8 @@ def test_dtype_and_device(cls, dtype, device):
 
 
 @pytest.mark.parametrize(
-    "case", ["same", "copy", "ref", "int32", "float", "one", "empty_ref", "distinct"]
+    "case",
+    ["same", "copy", "ref", "int32", "mixed", "bool", "float", "one", "empty_ref", "distinct"],
 )
 def test_label_positive_pairs_equal_mask_scan(case):
     from pml.core.indices import get_all_pairs_indices
@@ -460,6 +461,8 @@ def test_label_positive_pairs_equal_mask_scan(case):
         "copy": labels.clone(),
         "ref": torch.randint(0, 70, (370,), generator=g),
         "int32": None,
+        "mixed": torch.randint(0, 70, (370,), generator=g).int(),
+        "bool": None,
         "float": None,
         "one": None,
         "empty_ref": torch.empty(0, dtype=torch.long),
@@ -467,6 +470,8 @@ def test_label_positive_pairs_equal_mask_scan(case):
     }[case]
     if case == "int32":
         labels = labels.int()
+    if case == "bool":
+        labels = labels > 20
     if case == "float":
         labels = labels.double()
         labels[3] = float("nan")

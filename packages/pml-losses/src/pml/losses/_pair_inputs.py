@@ -38,6 +38,10 @@ def check_real(name: str, value: Any) -> None:
     raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r:.40}")
 
 
+def _is_integer(t: Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 #: below this many cells, scanning the positive mask is cheaper than sorting the labels
 _SCAN_CELLS = 1 << 17
 
@@ -57,10 +61,12 @@ def label_positive_pairs(
     same = is_same_set(labels, ref_labels)
     ref = labels if ref_labels is None else ref_labels.to(labels.device)
     small = len(labels) * len(ref) <= _SCAN_CELLS
-    if small or labels.dtype.is_floating_point or ref.dtype.is_floating_point:
+    if small or not (_is_integer(labels) and _is_integer(ref)):
         if pos_mask is None:
             pos_mask = pos_neg_masks(labels, ref_labels)[0]
         return torch.where(pos_mask)
+    common = torch.promote_types(labels.dtype, ref.dtype)
+    labels, ref = labels.to(common), ref.to(common)
     sorted_ref, order = torch.sort(ref, stable=True)
     lo = torch.searchsorted(sorted_ref, labels, side="left")
     counts = torch.searchsorted(sorted_ref, labels, side="right") - lo

@@ -11,7 +11,8 @@ PER_CLASS = 8
 def _data(n: int, d: int = D, per_class: int = PER_CLASS):
     from pml.core.testing import clustered_embeddings
 
-    return clustered_embeddings(max(n // per_class, 1), per_class, d, seed=0, spread=1.0)
+    num_classes = -(-n // per_class)  # enough classes for n rows; sliced to n below
+    return clustered_embeddings(num_classes, per_class, d, seed=0, spread=1.0)
 
 
 def _step(miner, n: int):  # type: ignore[no-untyped-def]

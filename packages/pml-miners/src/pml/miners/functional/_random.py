@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import PairsTuple, TripletsTuple, get_random_triplet_indices, pos_neg_masks
+from pml.core.indices import PairsTuple, TripletsTuple, is_same_set, pos_neg_masks
 
 __all__ = [
     "distance_weighted_miner",
@@ -102,7 +102,82 @@ def distance_weighted_miner(
         cutoff=cutoff,
         nonzero_loss_cutoff=nonzero_loss_cutoff,
     )
-    return get_random_triplet_indices(labels, ref_labels=ref_labels, weights=weights)
+    return _weighted_random_triplets(labels, ref_labels, weights)
+
+
+def _weighted_random_triplets(
+    labels: Tensor, ref_labels: Tensor | None, weights: Tensor
+) -> TripletsTuple:
+    """``get_random_triplet_indices(labels, ref_labels, weights=weights)``, same draws.
+
+    The random calls must stay one ``randint`` (positives) and one ``multinomial``
+    (negatives) per label, in ascending label order, to reproduce the reference's stream.
+    Everything else is done once for all labels, so the loop body is only the two draws and
+    the arg-max that ``multinomial(w, 1)`` performs (``argmax(w / q)`` with ``q`` exponential).
+    Weights must be non-negative where finite; rows summing to 0 or NaN are skipped.
+    """
+    device = weights.device
+    same = is_same_set(labels, ref_labels)
+    ref = labels if ref_labels is None else ref_labels
+    common = torch.promote_types(labels.dtype, ref.dtype)
+    lab, refl = labels.cpu().to(common), ref.cpu().to(common)
+    uniq = torch.unique(lab)
+    ref_order = torch.argsort(refl, stable=True)
+    ref_sorted = refl[ref_order]
+    p_start = torch.searchsorted(ref_sorted, uniq)
+    p_count = torch.searchsorted(ref_sorted, uniq, right=True) - p_start
+    if same:
+        q_order, a_start, a_count = ref_order, p_start, p_count
+    else:
+        q_order = torch.argsort(lab, stable=True)
+        q_sorted = lab[q_order]
+        a_start = torch.searchsorted(q_sorted, uniq)
+        a_count = torch.searchsorted(q_sorted, uniq, right=True) - a_start
+    valid = (p_count >= (2 if same else 1)) & (len(refl) - p_count > 0)
+    uniq, p_start, p_count = uniq[valid], p_start[valid], p_count[valid]
+    a_start, a_count = a_start[valid], a_count[valid]
+    if len(uniq) == 0:
+        e = torch.empty(0, dtype=torch.long, device=labels.device)
+        return e, e.clone(), e.clone()
+    # every triplet slot: label index, anchor, local positive draw
+    per_label = a_count * p_count  # k = len(P) triplets per anchor
+    slot_label = torch.repeat_interleave(torch.arange(len(uniq)), per_label)
+    slot_row = torch.arange(int(per_label.sum())) - torch.repeat_interleave(
+        torch.cumsum(per_label, 0) - per_label, per_label
+    )
+    anchor_rank = slot_row // p_count[slot_label]  # which anchor of the label
+    anchors = q_order[a_start[slot_label] + anchor_rank]
+    # an anchor row is kept when its weights over the label's negatives sum to > 0
+    neg = (lab.unsqueeze(1) != refl.unsqueeze(0)).to(device)
+    row_ok = (torch.where(neg, weights, 0).sum(1) > 0).cpu()
+    keep = row_ok[anchors]
+    kept_per_label = torch.zeros(len(uniq), dtype=torch.long).index_add_(0, slot_label, keep.long())
+    kept_anchors = anchors[keep].to(device)
+    kept_start = (torch.cumsum(kept_per_label, 0) - kept_per_label).tolist()
+    draws, negatives = [], []
+    for label, n_slots, n_cand, n_kept, start in zip(
+        uniq.tolist(),
+        per_label.tolist(),
+        (p_count - 1 if same else p_count).tolist(),
+        kept_per_label.tolist(),
+        kept_start,
+    ):
+        draws.append(torch.randint(0, n_cand, (n_slots,)))
+        if n_kept == 0:
+            continue
+        neg_cols = torch.where(refl != label)[0]
+        w = weights.index_select(0, kept_anchors[start : start + n_kept])
+        w = w.index_select(1, neg_cols.to(device))
+        if w.dtype == torch.float16:
+            w = w.float()
+        q = torch.empty_like(w).exponential_()
+        negatives.append(neg_cols[torch.div(w, q, out=q).argmax(1).cpu()])
+    r_p = torch.cat(draws)
+    if same:  # the anchor itself is not a candidate: skip its slot
+        r_p = r_p + (r_p >= anchor_rank).long()
+    positives = ref_order[p_start[slot_label] + r_p]
+    out = (anchors[keep], positives[keep], torch.cat(negatives) if negatives else anchors[:0])
+    return tuple(t.to(device=labels.device, dtype=torch.long) for t in out)  # type: ignore[return-value]
 
 
 def _first_cdf_reaching(u: Tensor, sizes: Tensor) -> Tensor:
@@ -178,10 +253,13 @@ def histogram_sample(values: Tensor, num_bins: int, per_bin: int) -> Tensor:
     edges = torch.linspace(
         values.min(), values.max(), num_bins + 1, dtype=values.dtype, device=device
     )
-    bins = (torch.bucketize(values, edges, right=True) - 1).clamp_(0, num_bins - 1)
+    small = torch.int32 if num_bins < 2**31 - 1 else torch.long
+    bins = torch.bucketize(values, edges, right=True, out_int32=small == torch.int32)
+    bins = bins.sub_(1).clamp_(0, num_bins - 1)
     counts = torch.bincount(bins, minlength=num_bins)
     nonempty = torch.where(counts > 0)[0]
     members = torch.sort(bins, stable=True).indices  # grouped by bin, ascending index
+    del bins
     starts = (torch.cumsum(counts, 0) - counts)[nonempty]
     sizes = counts[nonempty]
     local = _draw_uniform(sizes.cpu() if device.type == "cpu" else sizes, per_bin, device)
@@ -206,12 +284,12 @@ def uniform_histogram_miner(
         ``(a1, p, a2, n)`` int64; duplicates are expected.
     """
     pos, neg = pos_neg_masks(labels, ref_labels)
-    a1, p = torch.where(pos.to(mat.device))
-    a2, n = torch.where(neg.to(mat.device))
-    if len(a1):
-        idx = histogram_sample(mat[a1, p], num_bins, pos_per_bin)
-        a1, p = a1[idx], p[idx]
-    if len(a2):
-        idx = histogram_sample(mat[a2, n], num_bins, neg_per_bin)
-        a2, n = a2[idx], n[idx]
-    return a1, p, a2, n
+    out: list[Tensor] = []
+    flat_mat = mat.reshape(-1)
+    for mask, per_bin in ((pos, pos_per_bin), (neg, neg_per_bin)):
+        # positions in the flattened matrix, row-major: the all-pairs order
+        flat = torch.nonzero(mask.to(mat.device).reshape(-1)).squeeze(1)
+        if len(flat):
+            flat = flat[histogram_sample(flat_mat[flat], num_bins, per_bin)]
+        out += [torch.div(flat, mat.shape[1], rounding_mode="floor"), flat % mat.shape[1]]
+    return out[0], out[1], out[2], out[3]

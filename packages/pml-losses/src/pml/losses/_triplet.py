@@ -13,6 +13,7 @@ order.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -124,7 +125,7 @@ def check_triplets_per_anchor(value: Any) -> None:
     """``"all"``, None or a non-negative integer (ValueError naming the argument otherwise)."""
     if value == "all" or value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f'triplets_per_anchor must be "all" or an integer >= 0; got {value!r}')
 
 
@@ -171,8 +172,10 @@ def list_triplets(
 
 
 def apply_pending_stats(pending: list[tuple[BaseReducer, dict[str, Tensor]]]) -> None:
+    """Write the fast path's statistics into the reducers (after they ran), then forget them."""
     for reducer, stats in pending:
         reducer.set_stats(**stats)
+    pending.clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,36 +216,76 @@ def _from_ranks(rank: Tensor, num_relevant: Tensor, k: int) -> dict[str, Tensor]
     }
 
 
-def _dense_ranks(
+#: value bins per relevant item in :func:`_binned_ranks`
+_BINS_PER_ITEM = 16
+
+
+def _binned_ranks(
     mat: Tensor, members: Tensor, is_member: Tensor, own_cols: Tensor, exclude_self: bool
 ) -> tuple[Tensor, Tensor]:
-    """Ranks of each row's relevant items without sorting the row.
+    """Ranks of each row's relevant items without sorting or binary-searching the row.
 
-    The relevant values are sorted (``(value, column)`` order: ``members`` are
-    column-ascending); one ``searchsorted`` puts every entry of the row in the bucket of the
-    relevant items below it, and the running count of the buckets is the rank of each
-    relevant item. Exact unless an entry ties with a relevant value (then the column order
-    decides): such rows are flagged for :func:`_ragged_ranks`.
+    The range from a row's closest to its farthest relevant value is cut into ``16 * W``
+    equal bins (``(v - lo) * scale``: separate, correctly rounded operations, so binning is
+    monotone and does not depend on an entry's position). An entry's number of relevant
+    items below it is then a table lookup (relevant items in lower bins), corrected exactly
+    only for the few entries that share a bin with a relevant item, by comparing
+    ``(value, column)``. Counting entries per result gives each relevant item's rank. Rows
+    whose relevant values are not finite are flagged for :func:`_ragged_ranks`.
 
     Returns:
-        ``(ranks (B, W) int64, tied (B,) bool)``.
+        ``(ranks (B, W) int64, flagged (B,) bool)``: row ``i``'s relevant items in
+        ``(value, column)`` order.
     """
     rows_n, width = members.shape
+    device = mat.device
     ok = is_member & (members != own_cols.unsqueeze(1)) if exclude_self else is_member
     rel_vals = mat.gather(1, members).masked_fill_(~ok, float("inf"))
     rel_vals, order = torch.sort(rel_vals, dim=1, stable=True)
+    rel_cols = members.gather(1, order)
     ok = ok.gather(1, order)
-    bucket = torch.searchsorted(rel_vals, mat)  # relevant values strictly below each entry
-    at_bucket = rel_vals.gather(1, bucket.clamp(max=width - 1))
-    equal = (at_bucket == mat).sum(1)
-    repeated = ((rel_vals[:, 1:] == rel_vals[:, :-1]) & ok[:, 1:]).any(1)
-    tied = (equal > ok.sum(1)) | repeated
-    flat = bucket + (torch.arange(rows_n, device=mat.device) * (width + 1)).unsqueeze(1)
+    has = ok.any(1, keepdim=True)
+    lo = torch.where(has, rel_vals[:, :1], 0.0)
+    hi = torch.where(has, rel_vals.masked_fill(~ok, float("-inf")).amax(1, keepdim=True), 0.0)
+    flagged = ~(torch.isfinite(lo) & torch.isfinite(hi)).squeeze(1)
+    lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    num_bins = _BINS_PER_ITEM * max(width, 1)
+    span = hi - lo
+    # slightly fewer than num_bins bins per span: the farthest relevant value stays in bin
+    # num_bins, clear of the "beyond" bin num_bins + 1 that collects farther entries
+    scale = torch.where(span > 0, num_bins * (1 - 2**-16) / span, 0.0).nan_to_num_(0.0, 0.0, 0.0)
+    slots = num_bins + 2  # 0: below the closest, 1..num_bins, num_bins + 1: beyond
+    cells = (mat - lo).mul_(scale).floor_().clamp_(min=-1, max=num_bins).nan_to_num_(0.0)
+    cells = cells.to(torch.int32).add_(1)  # (B, M) in [0, num_bins + 1]
+    offsets = (torch.arange(rows_n, device=device, dtype=torch.int32) * slots).unsqueeze(1)
+    rel_cells = cells.gather(1, rel_cols)  # the same numbers as the entries' own cells
+    per_bin = torch.bincount((rel_cells + offsets)[ok], minlength=rows_n * slots)
+    per_bin = per_bin.view(rows_n, slots)
+    before = per_bin.cumsum(1) - per_bin
+    table = (before * 2 + (per_bin > 0)).to(torch.int32).view(-1)
+    entry = table.index_select(0, (cells + offsets).view(-1)).view(rows_n, -1)
+    rows, cols = (entry & 1).bool().nonzero(as_tuple=True)
+    bucket = entry.bitwise_right_shift_(1)  # relevant items in lower bins
+    if rows.numel():
+        values = mat[rows, cols]
+        cell = cells[rows, cols].long()
+        first, count = before[rows, cell], per_bin[rows, cell]
+        extra = torch.zeros_like(first)
+        for step in range(int(count.max())):  # relevant items sharing the bin (usually 1)
+            t = (first + step).clamp_(max=width - 1)
+            rel_v, rel_c = rel_vals[rows, t], rel_cols[rows, t]
+            below = (rel_v < values) | ((rel_v == values) & (rel_c < cols))
+            extra += below & (step < count)
+        bucket[rows, cols] += extra.to(torch.int32)
+    del cells, entry
+    own_bucket = bucket.gather(1, own_cols.unsqueeze(1)).long() if exclude_self else None
+    flat = bucket.add_(
+        (torch.arange(rows_n, device=device, dtype=torch.int32) * (width + 1)).unsqueeze(1)
+    )
     counts = torch.bincount(flat.view(-1), minlength=rows_n * (width + 1)).view(rows_n, width + 1)
-    if exclude_self:
-        own_bucket = bucket.gather(1, own_cols.unsqueeze(1))
+    if own_bucket is not None:  # the query's own entry is not a neighbour
         counts.scatter_add_(1, own_bucket, torch.full_like(own_bucket, -1))
-    return counts.cumsum(1)[:, :width], tied
+    return counts.cumsum(1)[:, :width], flagged
 
 
 def _ragged_ranks(
@@ -299,8 +339,9 @@ def _block_values(
 ) -> dict[str, Tensor]:
     """Metrics of one block of query rows (``mat`` is "smaller is closer", ``(B, M)``).
 
-    Rows that must rank most of the reference go through :func:`_dense_ranks`; the others,
-    and dense rows with ties, through :func:`_ragged_ranks` on the entries up to ``limit``.
+    Rows that must rank much of the reference go through :func:`_binned_ranks`; the others
+    (and rows with non-finite values) through :func:`_ragged_ranks` on the entries up to
+    ``limit``.
     """
     rows_n, num_ref = mat.shape
     own_cols = torch.arange(offset, offset + rows_n, device=mat.device)
@@ -313,7 +354,7 @@ def _block_values(
     )  # "not within k" unless set below
     if bool(dense.any()):
         dense_rows = dense.nonzero(as_tuple=True)[0]
-        ranks, tied = _dense_ranks(
+        ranks, tied = _binned_ranks(
             mat[dense_rows],
             members[dense_rows],
             is_member[dense_rows],

@@ -9,7 +9,7 @@ import torch
 ref = pytest.importorskip("pytorch_metric_learning.samplers")
 import pml.samplers as ours  # noqa: E402
 
-pytestmark = pytest.mark.compat
+pytestmark = [pytest.mark.compat, pytest.mark.filterwarnings("ignore:.*fewer than m")]
 
 
 def _labels(kind: str) -> object:

@@ -10,6 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from pml.core.validation import InvalidArgumentError
 from pml.samplers import MPerClassSampler
 
+# classes smaller than m are sampled with replacement, with a warning (tested in test_errors)
+pytestmark = pytest.mark.filterwarnings("ignore:.*fewer than m")
+
 
 def labels_of(num_classes=10, seed=0, n=200):
     rs = np.random.RandomState(seed)
@@ -125,8 +128,9 @@ def test_errors():
         MPerClassSampler([], 2)
     with pytest.raises(TypeError, match="labels"):
         MPerClassSampler(None, 2)
-    # m larger than a class is fine: draws with replacement
-    sampler = MPerClassSampler([0, 1, 1], 4, batch_size=8, length_before_new_iter=8)
+    # m larger than a class is allowed (like the reference): draws with replacement, warned
+    with pytest.warns(UserWarning, match="2 of 2 classes have fewer than m = 4"):
+        sampler = MPerClassSampler([0, 1, 1], 4, batch_size=8, length_before_new_iter=8)
     got = sorted(int(i) for i in sampler)
     assert got[:4] == [0, 0, 0, 0] and set(got[4:]) <= {1, 2}
 

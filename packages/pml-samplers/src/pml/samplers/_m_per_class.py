@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Iterator
 from functools import cached_property
 from typing import Any
@@ -68,6 +69,14 @@ class MPerClassSampler(Sampler[int]):
         if not self._keys:
             raise InvalidArgumentError("labels must not be empty")
         self._sizes = np.diff(self._offsets)
+        small = int((self._sizes < self.m_per_class).sum())
+        if small:
+            warnings.warn(
+                f"{small} of {len(self._keys)} classes have fewer than m = {self.m_per_class} "
+                "items: they are sampled with replacement (duplicates within a batch)",
+                UserWarning,
+                stacklevel=2,
+            )
         self._order = np.arange(len(self._keys))  # shuffled in place, pass after pass
         self.length_of_single_pass = self.m_per_class * len(self._keys)
         self.list_size = int(length_before_new_iter)

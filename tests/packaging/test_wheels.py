@@ -60,7 +60,7 @@ SMOKE = {
     "m = getattr(M, 'MultiSimilarityMiner', None); assert m is None or len(m()(e, y)) == 4",
     "pml-samplers": "import torch, pml.samplers as S; "
     "c = getattr(S, 'MPerClassSampler', None); "
-    "assert c is None or len(list(iter(c(torch.arange(4).repeat(4), m=2)))) == 16",
+    "assert c is None or len(list(iter(c(torch.arange(4).repeat(4), m=2, length_before_new_iter=16)))) == 16",
     "pml-eval": "import numpy as np, torch, pml.eval as E; "
     "c = getattr(E, 'AccuracyCalculator', None); "
     "x = torch.randn(20, 4); y = torch.arange(4).repeat(5); "

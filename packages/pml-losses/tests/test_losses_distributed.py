@@ -82,6 +82,8 @@ def _grad(out: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
+    # a forked child must not enter the parent's OpenMP thread pool (it can hang)
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         res: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from pml.losses import (
     SignalToNoiseRatioContrastiveLoss,
 )
 from pml.losses.functional import contrastive_loss, intra_pair_variance_loss
+from pml.losses.functional._pair import masked_hinge_mean
 from pml.reducers import (
     AvgNonZeroReducer,
     DoNothingReducer,
@@ -482,3 +483,51 @@ def test_label_positive_pairs_equal_mask_scan(case):
     got = label_positive_pairs(labels, ref_labels)
     want = get_all_pairs_indices(labels, ref_labels)[:2]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+MASKED_HINGE_ARGS = [
+    {"offset": 1.0, "sign": -1, "low": 0},  # AvgNonZero of relu(1 - d)
+    {"offset": 0.3, "sign": 1},  # Mean of relu(s - 0.3)
+    {"offset": 0.5, "sign": -1, "low": 0.05, "high": 0.6},  # ThresholdReducer
+    {"offset": 1.0, "sign": -1, "low": -0.5},
+    {"sign": 1, "power": 2, "center_coef": 1.01},  # intra-pair variance, similarity
+    {"sign": -1, "power": 2, "center_coef": 0.99},  # intra-pair variance, distance
+    {"sign": 1, "power": 2, "center_coef": 1.1, "low": 0.01, "high": 0.3},
+    {"offset": 5.0, "sign": 1, "low": 0},  # nothing kept: 0 with zero gradient
+]
+
+
+@pytest.mark.parametrize("kwargs", MASKED_HINGE_ARGS)
+def test_masked_hinge_mean_matches_formula_and_gradcheck(kwargs):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(7, 6, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    mask = torch.rand(7, 6, generator=g) > 0.3
+    center = kwargs.get("offset", 0.0)
+    if "center_coef" in kwargs:
+        center = kwargs["center_coef"] * x[mask].mean()
+    losses = (torch.relu(kwargs["sign"] * (x - center)) ** kwargs.get("power", 1))[mask]
+    keep = torch.ones_like(losses, dtype=torch.bool)
+    if kwargs.get("low") is not None:
+        keep &= losses > kwargs["low"]
+    if kwargs.get("high") is not None:
+        keep &= losses < kwargs["high"]
+    want = losses[keep].mean() if keep.any() else (x * 0).sum()
+    got = masked_hinge_mean(x, mask, **kwargs)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    g_got, g_want = (torch.autograd.grad(v, x)[0] for v in (got, want))
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-15)
+    assert gradcheck(lambda t: masked_hinge_mean(t, mask, **kwargs), (x,))
+
+
+def test_masked_hinge_mean_half_precision_and_class_fallback_for_learnable_margins():
+    x = torch.rand(6, 5, dtype=torch.float64)
+    mask = torch.rand(6, 5) > 0.2
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        v = masked_hinge_mean(x.to(dtype), mask, offset=1.0, sign=-1, low=0)
+        assert v.dtype == dtype
+        assert_close(v, masked_hinge_mean(x, mask, offset=1.0, sign=-1, low=0))
+    # a learnable margin takes the per-pair path, so its gradient exists
+    margin = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    loss = ContrastiveLoss(neg_margin=margin)(data(), LABELS)
+    (g,) = torch.autograd.grad(loss, margin)
+    assert g != 0

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, SNRDistance, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import check_real, compute_pair_loss
-from pml.losses.functional._pair import contrastive_loss, intra_pair_variance_loss
+from pml.losses._pair_inputs import check_real, compute_pair_loss, threshold_bounds
+from pml.losses.functional._pair import (
+    contrastive_loss,
+    intra_pair_variance_loss,
+    masked_hinge_mean,
+)
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
 
@@ -37,10 +39,8 @@ def _empty_like_other(pair: Tensor | list, other: Tensor | list) -> Tensor:
     return other.new_empty(0)  # type: ignore[union-attr]
 
 
-def _masked_mean(mat: Tensor, mask: Tensor) -> Tensor:
-    """Mean of the cells in ``mask`` in >= float32 (0 for an empty mask), 0-dim."""
-    total = torch.where(mask, mat, 0).sum(dtype=accumulation_dtype(mat.dtype))
-    return total / mask.sum().clamp_min(1)
+def _learnable(*values: Any) -> bool:
+    return any(isinstance(v, Tensor) and v.requires_grad for v in values)
 
 
 class ContrastiveLoss(GenericPairLoss):
@@ -87,12 +87,24 @@ class ContrastiveLoss(GenericPairLoss):
         )
 
     def _dense_pair_losses(
-        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Losses of the positive pairs ``(P,)`` and of every cell as a negative ``(N, M)``."""
-        return contrastive_loss(
-            pos_pair, mat, self.pos_margin, self.neg_margin, is_inverted=self.distance.is_inverted
+        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer
+    ) -> tuple[Tensor, Tensor] | None:
+        """Positive-pair losses ``(P,)`` and the reduced negative part (every cell of the mask).
+
+        None (per-pair path) when a margin is a tensor that requires grad.
+        """
+        if _learnable(self.pos_margin, self.neg_margin):
+            return None
+        inverted = self.distance.is_inverted
+        pos_losses, _ = contrastive_loss(
+            pos_pair, pos_pair[:0], self.pos_margin, self.neg_margin, is_inverted=inverted
         )
+        low, high = threshold_bounds(neg_reducer)
+        # negative losses relu(neg_margin - d) (distance) or relu(s - neg_margin) (similarity)
+        neg_value = masked_hinge_mean(
+            mat, neg_mask, offset=self.neg_margin, sign=1 if inverted else -1, low=low, high=high
+        )
+        return pos_losses, neg_value
 
     def _compute_loss(  # type: ignore[override]
         self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple
@@ -183,17 +195,30 @@ class IntraPairVarianceLoss(GenericPairLoss):
         )
 
     def _dense_pair_losses(
-        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Losses of the positive pairs ``(P,)`` and of every cell as a negative ``(N, M)``."""
-        return intra_pair_variance_loss(
-            pos_pair,
-            mat,
-            self.pos_eps,
-            self.neg_eps,
-            is_inverted=self.distance.is_inverted,
-            neg_mean=_masked_mean(mat, neg_mask),
+        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer
+    ) -> tuple[Tensor, Tensor] | None:
+        """Positive-pair losses ``(P,)`` and the reduced negative part (every cell of the mask).
+
+        None (per-pair path) when an epsilon is a tensor that requires grad.
+        """
+        if _learnable(self.pos_eps, self.neg_eps):
+            return None
+        inverted = self.distance.is_inverted
+        pos_losses, _ = intra_pair_variance_loss(
+            pos_pair, pos_pair[:0], self.pos_eps, self.neg_eps, is_inverted=inverted
         )
+        low, high = threshold_bounds(neg_reducer)
+        # similarity: relu(s - (1 + neg_eps) mu_n)^2; distance: relu((1 - neg_eps) mu_n - d)^2
+        neg_value = masked_hinge_mean(
+            mat,
+            neg_mask,
+            sign=1 if inverted else -1,
+            power=2,
+            center_coef=1 + self.neg_eps if inverted else 1 - self.neg_eps,
+            low=low,
+            high=high,
+        )
+        return pos_losses, neg_value
 
     def _compute_loss(  # type: ignore[override]
         self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple

@@ -125,9 +125,10 @@ def poison_nonfinite(loss_dict: LossDict, *tensors: Tensor) -> LossDict:
 #: reducers whose result needs only the sum and count of the kept losses of a sub-loss
 _DENSE_REDUCERS = (MeanReducer, AvgNonZeroReducer, ThresholdReducer)
 
-#: ``f(pos_pair (P,), mat (N, M), neg_mask (N, M)) -> (pos_losses (P,), neg_losses (N, M))``:
-#: the losses of the listed positive pairs and of every cell as a negative pair
-DenseLosses = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+#: ``f(pos_pair (P,), mat (N, M), neg_mask (N, M), neg_reducer)`` ->
+#: ``(pos_losses (P,), neg_value 0-dim)`` or None to take the per-pair path: the losses of the
+#: listed positive pairs, and what ``neg_reducer`` gives for every cell of ``neg_mask``
+DenseLosses = Callable[[Tensor, Tensor, Tensor, BaseReducer], tuple[Tensor, Tensor] | None]
 
 
 def dense_reducers(loss: GenericPairLoss) -> list[BaseReducer] | None:
@@ -149,37 +150,32 @@ def dense_reducers(loss: GenericPairLoss) -> list[BaseReducer] | None:
     return found
 
 
-def dense_reduce(
-    losses: Tensor, mask: Tensor | None, reducer: BaseReducer, *, nonneg: bool = False
-) -> Tensor:
-    """What ``reducer`` gives for the losses of the cells in ``mask`` (any order), 0-dim.
-
-    The mean of the kept entries; 0 (on the graph of ``losses``, zero gradient) when none is
-    kept, like the reducers' zero loss. No device sync. Kept = in ``mask`` (every entry when
-    None) and, for threshold reducers, strictly between ``low`` and ``high``.
-
-    ``nonneg`` (the losses are hinges, never negative) allows the cheap form for AvgNonZero:
-    the sum over the mask equals the sum over the non-zero entries. Otherwise the threshold
-    mask multiplies the losses (``where`` on a data-dependent mask is slow on CPU).
-    """
-    low = high = None
+def threshold_bounds(reducer: BaseReducer) -> tuple[float | None, float | None]:
+    """``(low, high)`` of a threshold reducer; ``(None, None)`` for a plain mean."""
     if isinstance(reducer, ThresholdReducer):
-        low, high = reducer.low, reducer.high
+        return reducer.low, reducer.high
+    return None, None
+
+
+def reduce_values(losses: Tensor, reducer: BaseReducer) -> Tensor:
+    """What a mean/threshold ``reducer`` gives for ``losses`` (1-D), without a device sync.
+
+    The mean of the kept entries (strictly between the reducer's ``low`` and ``high``), or 0
+    on the graph of ``losses`` (zero gradient) when none is kept, like the reducers' zero loss.
+    """
+    low, high = threshold_bounds(reducer)
     acc = accumulation_dtype(losses.dtype)
-    kept = losses if mask is None else torch.where(mask, losses, 0)
-    if high is None and (low is None or (nonneg and low < 0)):
-        count = torch.count_nonzero(mask) if mask is not None else losses.new_tensor(kept.numel())
-    elif high is None and nonneg and low == 0:
-        count = torch.count_nonzero(kept)  # kept >= 0: non-zero means kept and > 0
+    if low is None and high is None:
+        count = losses.new_tensor(losses.numel(), dtype=torch.long)
+        total = losses.sum(dtype=acc)
     else:
-        keep = torch.ones_like(losses, dtype=torch.bool) if mask is None else mask
+        keep = torch.ones_like(losses, dtype=torch.bool)
         if low is not None:
             keep = keep & (losses > low)
         if high is not None:
             keep = keep & (losses < high)
-        kept = losses * keep
         count = torch.count_nonzero(keep)
-    total = kept.sum(dtype=acc)
+        total = torch.where(keep, losses, 0).sum(dtype=acc)
     return (total / count.clamp_min(1)).to(losses.dtype)
 
 
@@ -200,10 +196,10 @@ def compute_pair_loss(
 
     Fast path: for a pair-list loss with ``dense_losses`` and reducers that need only sums and
     counts (:func:`dense_reducers`), the negative pairs built from labels (nearly every cell)
-    are never listed: their per-cell losses are reduced over the mask, the (few) positive
-    pairs are gathered, and both sub-losses are handed over as "already_reduced" values (the
-    same numbers up to summation order). Any other reducer gets every per-pair loss in the
-    reference's order.
+    are never listed: ``dense_losses`` reduces them over the mask (fused, see
+    ``functional.masked_hinge_mean``), the (few) positive pairs are gathered and reduced, and
+    both sub-losses are handed over as "already_reduced" values (the same numbers up to
+    summation order). Any other reducer gets every per-pair loss in the reference's order.
     """
     if indices_tuple is not None or labels is None:
         loss_dict = GenericPairLoss.compute_loss(
@@ -215,20 +211,16 @@ def compute_pair_loss(
     if has_too_few_pairs(pos, neg):
         return loss.zero_losses()
     mat = loss.distance(embeddings, ref_emb)
-    reducers = None if dense_losses is None else dense_reducers(loss)
     if loss.mat_based_loss:
-        loss_dict = loss._compute_loss(mat, pos, neg)
-    elif reducers is not None:
-        a1, p = label_positive_pairs(labels, ref_labels, pos)
-        pos_losses, neg_losses = dense_losses(mat[a1, p], mat, neg)  # type: ignore[misc]
-        values = [
-            dense_reduce(pos_losses, None, reducers[0], nonneg=True),
-            dense_reduce(neg_losses, neg, reducers[1], nonneg=True),
-        ]
+        return poison_nonfinite(loss._compute_loss(mat, pos, neg), embeddings, ref_emb)
+    a1, p = label_positive_pairs(labels, ref_labels, pos)
+    reducers = None if dense_losses is None else dense_reducers(loss)
+    dense = None if reducers is None else dense_losses(mat[a1, p], mat, neg, reducers[1])  # type: ignore[misc]
+    if dense is not None:
+        values = [reduce_values(dense[0], reducers[0]), dense[1]]  # type: ignore[index]
         names = loss._sub_loss_names()
         loss_dict = {k: loss_entry(v, None, "already_reduced") for k, v in zip(names, values)}
     else:
-        a1, p = label_positive_pairs(labels, ref_labels, pos)
         a2, n = torch.where(neg)
         pos_pair: Tensor | list = mat[a1, p] if len(a1) > 0 else []
         neg_pair: Tensor | list = mat[a2, n] if len(a2) > 0 else []

@@ -146,6 +146,113 @@ def intra_pair_variance_loss(
     return pos_loss.to(pos_pair.dtype), neg_loss.to(neg_pair.dtype)
 
 
+class _MaskedHingeMean(torch.autograd.Function):
+    """Mean over kept cells of ``relu(sign * (x - center)) ** power``; fused backward.
+
+    Autograd would keep and replay about six ``(N, M)`` passes (sub, relu, pow, where and
+    their backward); here the gradient is one to three vectorised passes. ``where`` is only
+    used with ``mask`` (label masks are regular); a data-dependent ``where`` (hinge active or
+    not) is several times slower on CPU, so the active cells are read from the kept losses'
+    sign instead. See :func:`masked_hinge_mean`.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        mask: Tensor,
+        offset: float,
+        sign: int,
+        power: int,
+        center_coef: float | None,
+        low: float | None,
+        high: float | None,
+    ) -> Tensor:
+        xa = _acc(x)
+        mask_count = torch.count_nonzero(mask)
+        if center_coef is None:
+            center: Tensor | float = offset
+        else:
+            center = center_coef * (torch.where(mask, xa, 0).sum() / mask_count.clamp_min(1))
+        r = (xa - center if sign > 0 else center - xa).relu_()
+        loss = r if power == 1 else r.square()
+        if high is None and (low is None or low <= 0):
+            # losses are >= 0: a threshold at or below 0 only drops zeros, which add nothing
+            kept = torch.where(mask, loss, 0)
+            count = mask_count if low is None or low < 0 else torch.count_nonzero(kept)
+        else:
+            keep = mask
+            if low is not None:
+                keep = keep & (loss > low)
+            if high is not None:
+                keep = keep & (loss < high)
+            kept = loss * keep
+            count = torch.count_nonzero(keep)
+        value = kept.sum() / count.clamp_min(1)
+        ctx.save_for_backward(kept, count, mask, mask_count)
+        ctx.sign, ctx.power, ctx.center_coef = sign, power, center_coef
+        ctx.dtypes = (x.dtype, xa.dtype)
+        return value.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        dtype, acc = ctx.dtypes  # type: ignore[attr-defined]
+        sign, power, coef = ctx.sign, ctx.power, ctx.center_coef  # type: ignore[attr-defined]
+        kept, count, mask, mask_count = ctx.saved_tensors  # type: ignore[attr-defined]
+        scale = grad.to(acc) * sign / count.clamp_min(1)
+        if power == 1:
+            # d relu / dx on kept cells: 1 where the kept loss is > 0, else 0
+            grad_x = torch.sign(kept).mul_(scale)
+        else:
+            kept_r = kept.sqrt()  # relu(...) on kept cells, 0 elsewhere
+            grad_x = kept_r * (2 * scale)
+            if coef is not None:  # through the center: coef * mean over the mask
+                shift = 2 * scale * coef * kept_r.sum() / mask_count.clamp_min(1)
+                grad_x = grad_x - torch.where(mask, shift, 0)
+        return grad_x.to(dtype), None, None, None, None, None, None, None
+
+
+def masked_hinge_mean(
+    x: Tensor,
+    mask: Tensor,
+    *,
+    offset: float = 0.0,
+    sign: int = 1,
+    power: int = 1,
+    center_coef: float | None = None,
+    low: float | None = None,
+    high: float | None = None,
+) -> Tensor:
+    """Mean of ``relu(sign * (x - center)) ** power`` over the kept cells of ``mask``, 0-dim.
+
+    ``center`` is ``offset``, or ``center_coef * mean(x[mask])`` (differentiated) when
+    ``center_coef`` is given. Kept cells: in ``mask`` and, when given, ``> low`` / ``< high``
+    (a reducer's threshold on the per-cell losses). 0 when no cell is kept. This is what the
+    mean/threshold reducers give for a pair-list loss whose pairs are the cells of ``mask``
+    (contrastive: ``power=1``; intra-pair variance: ``power=2`` with a centre at a mean),
+    without listing the pairs, in >= float32, with a fused backward.
+
+    Args:
+        x: values, shape ``(N, M)``.
+        mask: boolean cells, shape ``(N, M)``.
+        offset: fixed centre (ignored with ``center_coef``).
+        sign: ``1`` for ``relu(x - center)``, ``-1`` for ``relu(center - x)``.
+        power: 1 or 2.
+        center_coef: centre = ``center_coef * mean(x[mask])``.
+        low: keep losses strictly above (None: no bound).
+        high: keep losses strictly below (None: no bound).
+
+    Returns:
+        0-dim tensor, dtype of ``x``.
+
+    Example:
+        >>> x = torch.tensor([[0.2, 1.5], [0.9, 0.4]])
+        >>> masked_hinge_mean(x, torch.ones(2, 2, dtype=torch.bool), offset=1.0, sign=-1, low=0)
+        tensor(0.5000)
+    """
+    return _MaskedHingeMean.apply(x, mask, offset, sign, power, center_coef, low, high)
+
+
 def generalized_lifted_structure_loss(
     mat: Tensor,
     pos_mask: Tensor,
@@ -379,7 +486,7 @@ def supcon_loss(
     z = x / temperature if is_inverted else -x / temperature
     pos = pos_mask.bool()
     den = _masked_lse(z, pos | neg_mask.bool())
-    num_pos = pos.sum(dim=1).to(x.dtype)
+    num_pos = torch.count_nonzero(pos, dim=1).to(x.dtype)
     log_prob_sum = torch.where(pos, z - den.unsqueeze(1), 0).sum(dim=1)
     loss = -log_prob_sum / (num_pos + small_val(x.dtype))
     return loss.to(mat.dtype)

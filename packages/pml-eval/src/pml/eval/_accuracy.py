@@ -503,7 +503,7 @@ class AccuracyCalculator:
                 reference_ids,
                 num_k,
                 ref_includes_query=ref_includes_query,
-                distance_fn=knn.distance_fn,
+                distance_fn=knn.distance,
                 is_inverted=knn.is_inverted,
                 batch_size=knn.batch_size,
             )

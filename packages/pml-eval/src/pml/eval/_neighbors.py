@@ -149,7 +149,7 @@ class TorchKNN:
                 query,
                 reference,
                 num_search - int(ref_includes_query),
-                distance_fn=self.distance_fn,
+                distance_fn=self.distance,
                 is_inverted=self.is_inverted,
                 ref_includes_query=ref_includes_query,
                 batch_size=self.batch_size,

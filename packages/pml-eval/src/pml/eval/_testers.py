@@ -614,7 +614,9 @@ class GlobalTwoStreamEmbeddingSpaceTester(BaseTester):
         embedder_model = nn.Identity() if embedder_model is None else embedder_model
         trunk_model.eval()
         embedder_model.eval()
-        anchors, posnegs, labels = [], [], []
+        anchors: list[Tensor] = []
+        posnegs: list[Tensor] = []
+        labels: list[Tensor] = []
         with torch.no_grad():
             for batch in self._dataloader(dataset, collate_fn):
                 anchor_data, posneg_data, batch_labels = self.data_and_label_getter(batch)

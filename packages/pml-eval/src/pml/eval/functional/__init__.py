@@ -10,6 +10,7 @@
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
 from pml.eval.functional._knn import (
     DistanceFn,
+    block_distance,
     chunk_rows,
     closest_first,
     knn,
@@ -33,6 +34,7 @@ __all__ = [
     "DistanceFn",
     "RETRIEVAL_METRICS",
     "average_precision_values",
+    "block_distance",
     "chunk_rows",
     "class_means",
     "closest_first",

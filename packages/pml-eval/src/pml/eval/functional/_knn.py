@@ -12,9 +12,11 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
+from pml.distances import BaseDistance
 
 __all__ = [
     "DistanceFn",
+    "block_distance",
     "chunk_rows",
     "closest_first",
     "knn",
@@ -27,26 +29,34 @@ __all__ = [
 DistanceFn = Callable[[Tensor, Tensor], Tensor]
 
 #: elements of one ``(B, M)`` distance block; bounds the memory of every chunked pass.
-_BLOCK_ELEMENTS = 1 << 23
+_BLOCK_ELEMENTS = 1 << 24
 
 
 def chunk_rows(num_ref: int, batch_size: int | None = None) -> int:
-    """Query rows per block: ``batch_size`` or as many as fit a block of ~8M distances.
+    """Query rows per block: ``batch_size`` or as many as fit a block of ~16M distances.
 
     Example:
         >>> chunk_rows(100_000), chunk_rows(10, batch_size=4)
-        (83, 4)
+        (167, 4)
     """
     if batch_size is not None:
         return batch_size
     return max(1, _BLOCK_ELEMENTS // max(num_ref, 1))
 
 
-def squared_l2_matrix(query: Tensor, reference: Tensor) -> Tensor:
+def squared_l2_matrix(
+    query: Tensor, reference: Tensor, reference_sq_norms: Tensor | None = None
+) -> Tensor:
     """Squared Euclidean distances ``||q_i - r_j||^2`` (faiss ``IndexFlatL2``), shape ``(N, M)``.
 
     Computed as ``|q|^2 + |r|^2 - 2 q.r`` (one matrix product) in at least float32 and
     clamped at 0; float64 stays float64.
+
+    Args:
+        query: shape ``(N, D)``.
+        reference: shape ``(M, D)``.
+        reference_sq_norms: ``|r|^2`` ``(M,)`` in the computation dtype, when already known
+            (blocks of queries against one reference).
 
     Example:
         >>> squared_l2_matrix(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [1.0, 0.0]]))
@@ -54,9 +64,37 @@ def squared_l2_matrix(query: Tensor, reference: Tensor) -> Tensor:
     """
     acc = torch.promote_types(accumulation_dtype(query.dtype), reference.dtype)
     q, r = query.to(acc), reference.to(acc)
-    out = torch.addmm((r * r).sum(1).unsqueeze(0), q, r.T, alpha=-2)
+    if reference_sq_norms is None:
+        reference_sq_norms = (r * r).sum(1)
+    out = torch.addmm(reference_sq_norms.to(acc).unsqueeze(0), q, r.T, alpha=-2)
     out += (q * q).sum(1, keepdim=True)
     return out.clamp_(min=0)
+
+
+def block_distance(
+    reference: Tensor, distance_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+) -> Callable[[Tensor], Tensor]:
+    """``fn(query_block) -> (B, M)`` against a fixed reference, with per-reference work done once.
+
+    ``distance_fn=None`` is squared L2 (reference norms computed once); a pml distance has its
+    reference normalised once (same values as calling it on each block); any other callable
+    is called as ``distance_fn(query_block, reference)``.
+    """
+    if distance_fn is None:
+        acc = torch.promote_types(accumulation_dtype(reference.dtype), torch.float32)
+        ref = reference.to(acc)
+        norms = (ref * ref).sum(1)
+        return lambda q: squared_l2_matrix(q, ref, norms)
+    if isinstance(distance_fn, BaseDistance):
+        dist = distance_fn
+        ref_n = dist.maybe_normalize(reference)
+
+        def blocks(q: Tensor) -> Tensor:
+            mat = dist.compute_mat(dist.maybe_normalize(q), ref_n)
+            return mat**dist.power if dist.power != 1 else mat
+
+        return blocks
+    return lambda q: distance_fn(q, reference)
 
 
 def closest_first(mat: Tensor, is_inverted: bool, *, inplace: bool = False) -> Tensor:
@@ -152,14 +190,14 @@ def knn(
     reference: Tensor,
     k: int,
     *,
-    distance_fn: DistanceFn = squared_l2_matrix,
+    distance_fn: DistanceFn | None = None,
     is_inverted: bool = False,
     ref_includes_query: bool = False,
     batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact ``k`` nearest reference rows of every query row, chunked over queries.
 
-    Peak memory is one ``(B, M)`` block (``B`` from ``batch_size`` or ~8M entries), never the
+    Peak memory is one ``(B, M)`` block (``B`` from ``batch_size`` or ~16M entries), never the
     full ``(N, M)`` matrix unless ``k`` asks for it. With ``ref_includes_query`` (query row
     ``i`` is reference row ``i``) ``k + 1`` rows are searched and the self match removed
     (:func:`remove_self_matches`). ``k`` is clamped to what the reference holds.
@@ -168,7 +206,7 @@ def knn(
         query: shape ``(N, D)``.
         reference: shape ``(M, D)``.
         k: neighbours per query.
-        distance_fn: ``(B, D), (M, D) -> (B, M)``; default squared L2.
+        distance_fn: ``(B, D), (M, D) -> (B, M)`` (e.g. a pml distance); None: squared L2.
         is_inverted: ``True`` when larger values of ``distance_fn`` mean closer.
         ref_includes_query: remove each query's own row.
         batch_size: query rows per block (default: automatic).
@@ -185,9 +223,10 @@ def knn(
     num_ref = reference.shape[0]
     num_search = min(k + int(ref_includes_query), num_ref)
     rows = chunk_rows(num_ref, batch_size)
+    blocks = block_distance(reference, distance_fn)
     out_d, out_i = [], []
     for s in range(0, max(query.shape[0], 1), rows):  # one (empty) block when N == 0
-        mat = distance_fn(query[s : s + rows], reference)
+        mat = blocks(query[s : s + rows])
         _, idx = smallest_k(closest_first(mat, is_inverted), num_search)
         dist = mat.gather(1, idx)
         if ref_includes_query:

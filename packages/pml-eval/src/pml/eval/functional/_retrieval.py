@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pml.eval.functional._knn import DistanceFn, chunk_rows, closest_first, squared_l2_matrix
+from pml.eval.functional._knn import DistanceFn, block_distance, chunk_rows, closest_first
 
 __all__ = [
     "RETRIEVAL_METRICS",
@@ -221,17 +221,27 @@ _BINS_PER_ITEM = 16
 
 
 def _binned_ranks(
-    mat: Tensor, members: Tensor, is_member: Tensor, own_cols: Tensor, exclude_self: bool
+    mat: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    members: Tensor,
+    is_member: Tensor,
+    limit: Tensor,
+    k: int,
+    own_cols: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Ranks of each row's relevant items without sorting or binary-searching the row.
+    """Ranks of each row's relevant items among the selected entries, without sorting them.
 
-    The range from a row's closest to its farthest relevant value is cut into ``16 * W``
-    equal bins (``(v - lo) * scale``: separate, correctly rounded operations, so binning is
-    monotone and does not depend on an entry's position). An entry's number of relevant
-    items below it is then a table lookup (relevant items in lower bins), corrected exactly
-    only for the few entries that share a bin with a relevant item, by comparing
-    ``(value, column)``. Counting entries per result gives each relevant item's rank. Rows
-    whose relevant values are not finite are flagged for :func:`_ragged_ranks`.
+    ``(rows, cols)`` are the entries of ``mat`` at or below each row's ``limit`` (the query's
+    own entry left out). A row's relevant values within its limit are sorted (``(value,
+    column)`` order: ``members`` are column-ascending) and the range from the closest to the
+    farthest is cut into ``16 * W`` equal bins, ``(v - lo) * scale``: two correctly rounded
+    operations, so binning is monotone and the same wherever a value is computed. An entry's
+    number of relevant items below it is then a table lookup (relevant items in lower bins),
+    corrected exactly, by comparing ``(value, column)``, only for the few entries sharing a
+    bin with a relevant item. Counting entries per result gives each relevant item's rank;
+    relevant items beyond the limit get rank ``k + 1``. Rows whose relevant values are not
+    finite are flagged for :func:`_ragged_ranks`.
 
     Returns:
         ``(ranks (B, W) int64, flagged (B,) bool)``: row ``i``'s relevant items in
@@ -239,12 +249,18 @@ def _binned_ranks(
     """
     rows_n, width = members.shape
     device = mat.device
-    ok = is_member & (members != own_cols.unsqueeze(1)) if exclude_self else is_member
-    rel_vals = mat.gather(1, members).masked_fill_(~ok, float("inf"))
+    if width == 0:  # no row of this block has a relevant item
+        return members.new_zeros((rows_n, 0)), torch.zeros(rows_n, dtype=torch.bool, device=device)
+    rel_vals = mat.gather(1, members)
+    ok = is_member & (rel_vals <= limit)
+    if own_cols is not None:  # the query's own entry is neither selected nor relevant
+        ok &= members != own_cols.unsqueeze(1)
+    rel_vals = rel_vals.masked_fill_(~ok, float("inf"))
     rel_vals, order = torch.sort(rel_vals, dim=1, stable=True)
     rel_cols = members.gather(1, order)
     ok = ok.gather(1, order)
-    has = ok.any(1, keepdim=True)
+    num_ok = ok.sum(1)
+    has = (num_ok > 0).unsqueeze(1)
     lo = torch.where(has, rel_vals[:, :1], 0.0)
     hi = torch.where(has, rel_vals.masked_fill(~ok, float("-inf")).amax(1, keepdim=True), 0.0)
     flagged = ~(torch.isfinite(lo) & torch.isfinite(hi)).squeeze(1)
@@ -252,40 +268,38 @@ def _binned_ranks(
     num_bins = _BINS_PER_ITEM * max(width, 1)
     span = hi - lo
     # slightly fewer than num_bins bins per span: the farthest relevant value stays in bin
-    # num_bins, clear of the "beyond" bin num_bins + 1 that collects farther entries
+    # num_bins, clear of the bin num_bins + 1 that collects farther entries
     scale = torch.where(span > 0, num_bins * (1 - 2**-16) / span, 0.0).nan_to_num_(0.0, 0.0, 0.0)
     slots = num_bins + 2  # 0: below the closest, 1..num_bins, num_bins + 1: beyond
-    cells = (mat - lo).mul_(scale).floor_().clamp_(min=-1, max=num_bins).nan_to_num_(0.0)
-    cells = cells.to(torch.int32).add_(1)  # (B, M) in [0, num_bins + 1]
-    offsets = (torch.arange(rows_n, device=device, dtype=torch.int32) * slots).unsqueeze(1)
-    rel_cells = cells.gather(1, rel_cols)  # the same numbers as the entries' own cells
-    per_bin = torch.bincount((rel_cells + offsets)[ok], minlength=rows_n * slots)
-    per_bin = per_bin.view(rows_n, slots)
-    before = per_bin.cumsum(1) - per_bin
-    table = (before * 2 + (per_bin > 0)).to(torch.int32).view(-1)
-    entry = table.index_select(0, (cells + offsets).view(-1)).view(rows_n, -1)
-    rows, cols = (entry & 1).bool().nonzero(as_tuple=True)
-    bucket = entry.bitwise_right_shift_(1)  # relevant items in lower bins
-    if rows.numel():
-        values = mat[rows, cols]
-        cell = cells[rows, cols].long()
-        first, count = before[rows, cell], per_bin[rows, cell]
+
+    def cells_of(values: Tensor, lo: Tensor, scale: Tensor) -> Tensor:
+        f = (values - lo).mul_(scale).floor_().clamp_(min=-1, max=num_bins).nan_to_num_(0.0)
+        return f.to(torch.int64).add_(1)
+
+    rel_cells = cells_of(rel_vals, lo, scale)
+    offsets = torch.arange(rows_n, device=device) * slots
+    per_bin = torch.bincount((rel_cells + offsets.unsqueeze(1))[ok], minlength=rows_n * slots)
+    before = per_bin.view(rows_n, slots).cumsum(1).view(-1) - per_bin
+    table = (before * 2 + (per_bin > 0)).to(torch.int32)
+    values = mat[rows, cols]
+    cells = cells_of(values, lo[rows, 0], scale[rows, 0]).add_(offsets[rows])
+    entry = table.index_select(0, cells)  # 2 * (relevant items in lower bins) + shares a bin
+    bucket = entry.bitwise_right_shift(1).long()
+    cand = (entry & 1).nonzero(as_tuple=True)[0]
+    if cand.numel():
+        c_rows, c_vals, c_cols = rows[cand], values[cand], cols[cand]
+        first, count = before[cells[cand]], per_bin[cells[cand]]
         extra = torch.zeros_like(first)
         for step in range(int(count.max())):  # relevant items sharing the bin (usually 1)
             t = (first + step).clamp_(max=width - 1)
-            rel_v, rel_c = rel_vals[rows, t], rel_cols[rows, t]
-            below = (rel_v < values) | ((rel_v == values) & (rel_c < cols))
+            rel_v, rel_c = rel_vals[c_rows, t], rel_cols[c_rows, t]
+            below = (rel_v < c_vals) | ((rel_v == c_vals) & (rel_c < c_cols))
             extra += below & (step < count)
-        bucket[rows, cols] += extra.to(torch.int32)
-    del cells, entry
-    own_bucket = bucket.gather(1, own_cols.unsqueeze(1)).long() if exclude_self else None
-    flat = bucket.add_(
-        (torch.arange(rows_n, device=device, dtype=torch.int32) * (width + 1)).unsqueeze(1)
-    )
-    counts = torch.bincount(flat.view(-1), minlength=rows_n * (width + 1)).view(rows_n, width + 1)
-    if own_bucket is not None:  # the query's own entry is not a neighbour
-        counts.scatter_add_(1, own_bucket, torch.full_like(own_bucket, -1))
-    return counts.cumsum(1)[:, :width], flagged
+        bucket[cand] += extra
+    counts = torch.bincount(bucket + rows * (width + 1), minlength=rows_n * (width + 1))
+    ranks = counts.view(rows_n, width + 1).cumsum(1)[:, :width]
+    t = torch.arange(width, device=device).unsqueeze(0)
+    return torch.where(t < num_ok.unsqueeze(1), ranks, k + 1), flagged
 
 
 def _ragged_ranks(
@@ -339,36 +353,24 @@ def _block_values(
 ) -> dict[str, Tensor]:
     """Metrics of one block of query rows (``mat`` is "smaller is closer", ``(B, M)``).
 
-    Rows that must rank much of the reference go through :func:`_binned_ranks`; the others
-    (and rows with non-finite values) through :func:`_ragged_ranks` on the entries up to
-    ``limit``.
+    Only the entries at or below each row's ``limit`` are ranked (every relevant item within
+    ``k`` is among them), by :func:`_binned_ranks`, or :func:`_ragged_ranks` for rows with
+    non-finite values.
     """
-    rows_n, num_ref = mat.shape
-    own_cols = torch.arange(offset, offset + rows_n, device=mat.device)
+    rows_n = mat.shape[0]
     selected = mat <= limit
+    own_cols = None
     if exclude_self:
-        selected[torch.arange(rows_n, device=mat.device), own_cols] = False
-    dense = selected.sum(1) * 8 > num_ref
-    rank = torch.full(
-        (rows_n, members.shape[1]), k + 1, dtype=torch.long, device=mat.device
-    )  # "not within k" unless set below
-    if bool(dense.any()):
-        dense_rows = dense.nonzero(as_tuple=True)[0]
-        ranks, tied = _binned_ranks(
-            mat[dense_rows],
-            members[dense_rows],
-            is_member[dense_rows],
-            own_cols[dense_rows],
-            exclude_self,
-        )
-        rank[dense_rows[~tied], : ranks.shape[1]] = ranks[~tied]
-        dense[dense_rows[tied]] = False
-    sparse_rows = (~dense).nonzero(as_tuple=True)[0]
-    if sparse_rows.numel():
-        ranks, _ = _ragged_ranks(
-            mat[sparse_rows], selected[sparse_rows], ids[sparse_rows], reference_ids, k
-        )
-        rank[sparse_rows, : ranks.shape[1]] = ranks
+        own = torch.arange(rows_n, device=mat.device)
+        own_cols = own + offset
+        selected[own, own_cols] = False
+    rows, cols = selected.nonzero(as_tuple=True)
+    rank, flagged = _binned_ranks(mat, rows, cols, members, is_member, limit, k, own_cols)
+    if bool(flagged.any()):
+        redo = flagged.nonzero(as_tuple=True)[0]
+        ranks, _ = _ragged_ranks(mat[redo], selected[redo], ids[redo], reference_ids, k)
+        rank[redo] = k + 1
+        rank[redo, : ranks.shape[1]] = ranks
     return _from_ranks(rank, num_relevant, k)
 
 
@@ -380,7 +382,7 @@ def retrieval_values(
     k: int | None = None,
     *,
     ref_includes_query: bool = False,
-    distance_fn: DistanceFn = squared_l2_matrix,
+    distance_fn: DistanceFn | None = None,
     is_inverted: bool = False,
     batch_size: int | None = None,
 ) -> dict[str, Tensor]:
@@ -401,9 +403,9 @@ def retrieval_values(
         k: neighbours retrieved (None: all); clamped to ``M - ref_includes_query``.
         ref_includes_query: query row ``i`` is reference row ``i``: it is not its own
             neighbour and does not count in ``R``.
-        distance_fn: ``(B, D), (M, D) -> (B, M)``; default squared L2.
+        distance_fn: ``(B, D), (M, D) -> (B, M)`` (e.g. a pml distance); None: squared L2.
         is_inverted: ``True`` when larger values mean closer.
-        batch_size: query rows per block (default: ~8M distances per block).
+        batch_size: query rows per block (default: ~16M distances per block).
 
     Returns:
         ``{name: (N,)}`` for each of :data:`RETRIEVAL_METRICS` (float64, except
@@ -434,10 +436,11 @@ def retrieval_values(
     # a small k bounds the ranking more tightly than the farthest same-class item
     cap_by_k = k_eff > 0 and (k_eff + own) * 64 <= num_ref
     rows = chunk_rows(num_ref, batch_size)
+    blocks = block_distance(reference, distance_fn)
     for s in range(0, num_query if num_ref and k_eff else 0, rows):
         e = min(s + rows, num_query)
         ids = query_ids[s:e]
-        mat = closest_first(distance_fn(query[s:e], reference), is_inverted, inplace=True)
+        mat = closest_first(blocks(query[s:e]), is_inverted, inplace=True)
         class_size = counts[ids]
         offsets = torch.arange(int(class_size.max()), device=device)
         members = by_class[(starts[ids].unsqueeze(1) + offsets).clamp_(max=num_ref - 1)]

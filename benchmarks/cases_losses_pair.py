@@ -74,7 +74,7 @@ _LIFTED_1024 = "P x Nn = 7168 x 1.04M = 7.5e9 cells: > 30 GB as float32 (2.4 GB 
 _LIFTED_4096 = "P x Nn = 28672 x 16.7M = 4.8e11 cells: > 1.9 TB as float32"
 
 #: many repeats: the machine is shared, and the median of few steps is easily disturbed
-_R256, _R1024 = 25, 9
+_R256, _R1024 = 41, 21
 
 SUITE = [
     _case("ContrastiveLoss", "contrastive", 256, repeats=_R256),

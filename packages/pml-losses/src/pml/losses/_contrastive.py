@@ -13,7 +13,7 @@ from torch import Tensor
 from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, SNRDistance, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import check_real, compute_pair_loss, threshold_bounds
+from pml.losses._pair_inputs import LabelMasksMixin, check_real, threshold_bounds
 from pml.losses.functional._pair import (
     contrastive_loss,
     intra_pair_variance_loss,
@@ -43,7 +43,7 @@ def _learnable(*values: Any) -> bool:
     return any(isinstance(v, Tensor) and v.requires_grad for v in values)
 
 
-class ContrastiveLoss(GenericPairLoss):
+class ContrastiveLoss(LabelMasksMixin, GenericPairLoss):
     """Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006).
 
     Positive pairs farther than ``pos_margin`` and negative pairs closer than ``neg_margin``
@@ -73,18 +73,6 @@ class ContrastiveLoss(GenericPairLoss):
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
         self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(
-            self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self._dense_pair_losses
-        )
 
     def _dense_pair_losses(
         self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer
@@ -153,7 +141,7 @@ class SignalToNoiseRatioContrastiveLoss(ContrastiveLoss):
         return SNRDistance()
 
 
-class IntraPairVarianceLoss(GenericPairLoss):
+class IntraPairVarianceLoss(LabelMasksMixin, GenericPairLoss):
     """Intra-pair variance loss (Yu & Tao, "Deep Metric Learning with Tuplet Margin Loss", 2019).
 
     Pushes each positive (negative) pair's value towards the mean positive (negative) value
@@ -181,18 +169,6 @@ class IntraPairVarianceLoss(GenericPairLoss):
         self.pos_eps = pos_eps
         self.neg_eps = neg_eps
         self.add_to_recordable_attributes(list_of_names=["pos_eps", "neg_eps"], is_stat=False)
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(
-            self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self._dense_pair_losses
-        )
 
     def _dense_pair_losses(
         self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer

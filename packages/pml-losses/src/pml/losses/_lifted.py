@@ -16,8 +16,8 @@ from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses._pair_inputs import (
+    LabelMasksMixin,
     check_real,
-    compute_pair_loss,
     has_too_few_pairs,
     label_positive_pairs,
     poison_nonfinite,
@@ -26,7 +26,7 @@ from pml.losses.functional._pair import generalized_lifted_structure_loss, lifte
 from pml.reducers import LossDict
 
 
-class GeneralizedLiftedStructureLoss(GenericPairLoss):
+class GeneralizedLiftedStructureLoss(LabelMasksMixin, GenericPairLoss):
     """Generalized lifted structure loss (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss").
 
     Per query row: ``relu(LSE_pos(d - pos_margin) + LSE_neg(neg_margin - d))`` (margins flip
@@ -54,16 +54,6 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         self.neg_margin = neg_margin
         self.pos_margin = pos_margin
         self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         losses = generalized_lifted_structure_loss(

@@ -118,34 +118,15 @@ def no_valid_pairs(num_pos: int, num_neg: int) -> bool:
     return num_pos == 0 or num_neg == 0 or (num_pos <= 1 and num_neg <= 1)
 
 
-class NTXentLoss(GenericPairLoss):
-    """NT-Xent / InfoNCE loss (Chen et al., ICML 2020; Oord et al., 2018).
+class PositivePairsMixin:
+    """``compute_loss`` of a loss with one value per positive pair over its anchor's negatives.
 
-    For every positive pair ``(a, p)``: ``-log(exp(z_ap) / (exp(z_ap) + Σ_n exp(z_an)))``,
-    ``z = similarity / temperature``, ``n`` over the negatives of anchor ``a``. Math:
-    :func:`pml.losses.functional.ntxent_loss`.
-
-    Args:
-        temperature: softmax temperature.
-        **kwargs: ``distance`` (default :class:`CosineSimilarity`; a distance is negated),
-            ``reducer`` (default ``MeanReducer``), ``collect_stats``,
-            ``embedding_regularizer``, ``embedding_reg_weight``.
-
-    Example:
-        >>> emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
-        >>> NTXentLoss(temperature=0.1)(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
-        tensor(8.4703)
+    List it before ``GenericPairLoss`` in the bases; the class defines
+    ``_loss_dict(mat, a1, p, negatives, dtype)``. Pairs from labels are read from the label
+    masks (no negative-pair list); miner outputs go through the pair list.
     """
 
-    def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
-        super().__init__(mat_based_loss=False, **kwargs)
-        self.temperature = temperature
-        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
-
-    def compute_loss(  # type: ignore[override]
+    def compute_loss(  # type: ignore[no-untyped-def]
         self,
         embeddings: Tensor,
         labels: Tensor | None,
@@ -175,13 +156,46 @@ class NTXentLoss(GenericPairLoss):
     def _loss_dict(
         self, mat: Tensor, a1: Tensor, p: Tensor, neg: Negatives, dtype: torch.dtype
     ) -> LossDict:
+        raise NotImplementedError
+
+
+class NTXentLoss(PositivePairsMixin, GenericPairLoss):
+    """NT-Xent / InfoNCE loss (Chen et al., ICML 2020; Oord et al., 2018).
+
+    For every positive pair ``(a, p)``: ``-log(exp(z_ap) / (exp(z_ap) + Σ_n exp(z_an)))``,
+    ``z = similarity / temperature``, ``n`` over the negatives of anchor ``a``. Math:
+    :func:`pml.losses.functional.ntxent_loss`.
+
+    Args:
+        temperature: softmax temperature.
+        **kwargs: ``distance`` (default :class:`CosineSimilarity`; a distance is negated),
+            ``reducer`` (default ``MeanReducer``), ``collect_stats``,
+            ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+        >>> NTXentLoss(temperature=0.1)(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+        tensor(8.4703)
+    """
+
+    def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
+        super().__init__(mat_based_loss=False, **kwargs)
+        self.temperature = temperature
+        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()
+
+    def _loss_dict(
+        self, mat: Tensor, a1: Tensor, p: Tensor, neg: Negatives, dtype: torch.dtype
+    ) -> LossDict:
         losses = ntxent_loss(
             mat, a1, p, neg, self.temperature, is_inverted=self.distance.is_inverted
         )
         return {"loss": loss_entry(losses.to(dtype), (a1, p), "pos_pair")}
 
 
-class TupletMarginLoss(GenericPairLoss):
+class TupletMarginLoss(PositivePairsMixin, GenericPairLoss):
     """Tuplet margin loss (Yu & Tao, "Deep Metric Learning with Tuplet Margin Loss", ICCV 2019).
 
     For every positive pair ``(a, p)``:
@@ -217,33 +231,6 @@ class TupletMarginLoss(GenericPairLoss):
 
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        labels_or_indices_tuple_required(labels, indices_tuple)
-        a1, p, neg, num_neg = positives_and_negatives(
-            indices_tuple, labels, ref_labels, embeddings.device
-        )
-        if no_valid_pairs(len(a1), num_neg):
-            return self.zero_losses()
-        mat = acc_matrix(self.distance, embeddings, ref_emb)
-        loss_dict = self._loss_dict(mat, a1, p, neg, embeddings.dtype)
-        entry = loss_dict["loss"]
-        entry["losses"] = nan_if_nonfinite(entry["losses"], embeddings, ref_emb)
-        return loss_dict
-
-    def pair_based_loss(self, mat: Tensor, pairs: IndicesTuple) -> LossDict:
-        """The loss dict from ``mat`` and a pair list (the GenericPairLoss hook)."""
-        a1, p, a2, n = pairs
-        if no_valid_pairs(len(a1), len(a2)):
-            return self.zero_losses()
-        return self._loss_dict(mat, a1, p, (a2, n), mat.dtype)
 
     def _loss_dict(
         self, mat: Tensor, a1: Tensor, p: Tensor, neg: Negatives, dtype: torch.dtype

@@ -226,3 +226,26 @@ def compute_pair_loss(
         neg_pair: Tensor | list = mat[a2, n] if len(a2) > 0 else []
         loss_dict = loss._compute_loss(pos_pair, neg_pair, (a1, p, a2, n))
     return poison_nonfinite(loss_dict, embeddings, ref_emb)
+
+
+class LabelMasksMixin:
+    """``compute_loss`` of a :class:`GenericPairLoss` through :func:`compute_pair_loss`.
+
+    List it before ``GenericPairLoss`` in the bases. A pair-list loss with a fused path for
+    the label-built negative pairs defines ``_dense_pair_losses`` (a :data:`DenseLosses`).
+    """
+
+    _dense_pair_losses: DenseLosses | None = None
+
+    def compute_loss(  # type: ignore[no-untyped-def]
+        self, embeddings, labels, indices_tuple, ref_emb, ref_labels
+    ) -> LossDict:
+        return compute_pair_loss(
+            self,  # type: ignore[arg-type]
+            embeddings,
+            labels,
+            indices_tuple,
+            ref_emb,
+            ref_labels,
+            self._dense_pair_losses,
+        )

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import check_real, compute_pair_loss
+from pml.losses._pair_inputs import LabelMasksMixin, check_real
 from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
@@ -24,7 +23,7 @@ def _row_entry(losses: Tensor, mat: Tensor) -> LossDict:
     return {"loss": loss_entry(losses, rows, "element")}
 
 
-class MultiSimilarityLoss(GenericPairLoss):
+class MultiSimilarityLoss(LabelMasksMixin, GenericPairLoss):
     """Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019).
 
     Per query row: ``(1/alpha) log(1 + sum_pos exp(-alpha (s - base)))
@@ -57,16 +56,6 @@ class MultiSimilarityLoss(GenericPairLoss):
         self.base = base
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
 
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
-
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         losses = multi_similarity_loss(
             mat,
@@ -83,7 +72,7 @@ class MultiSimilarityLoss(GenericPairLoss):
         return CosineSimilarity()
 
 
-class CircleLoss(GenericPairLoss):
+class CircleLoss(LabelMasksMixin, GenericPairLoss):
     """Circle loss (Sun, Cheng, Zhang, Zhang, Zheng, Wang & Wei, CVPR 2020).
 
     Self-paced weights ``alpha_p = relu(1 + m - s)``, ``alpha_n = relu(s + m)`` (no gradient)
@@ -127,16 +116,6 @@ class CircleLoss(GenericPairLoss):
         )
         assert_distance_type(self, CosineSimilarity)
 
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
-
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         losses = circle_loss(mat, pos_mask, neg_mask, self.m, self.gamma)
         return _row_entry(losses, mat)
@@ -148,7 +127,7 @@ class CircleLoss(GenericPairLoss):
         return CosineSimilarity()
 
 
-class SupConLoss(GenericPairLoss):
+class SupConLoss(LabelMasksMixin, GenericPairLoss):
     """Supervised contrastive loss (Khosla et al., NeurIPS 2020).
 
     Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
@@ -174,16 +153,6 @@ class SupConLoss(GenericPairLoss):
         check_real("temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(name="temperature", is_stat=False)
-
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        return compute_pair_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         # compat: zero unless there is at least one positive and one negative cell.

@@ -178,10 +178,34 @@ def apply_pending_stats(pending: list[tuple[BaseReducer, dict[str, Tensor]]]) ->
     pending.clear()
 
 
+class PendingStatsMixin:
+    """Reducer statistics of the fast paths, written after the reducers ran.
+
+    List it before ``BaseMetricLossFunction``; ``__init__`` sets ``self._pending_stats = []``
+    and ``compute_loss`` appends ``(reducer, stats)`` to it.
+    """
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """See :meth:`BaseMetricLossFunction.forward`."""
+        self._pending_stats = []
+        loss = super().forward(  # type: ignore[misc]
+            embeddings, labels, indices_tuple, ref_emb, ref_labels
+        )
+        apply_pending_stats(self._pending_stats)
+        return loss
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-class TripletMarginLoss(BaseMetricLossFunction):
+class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
     """Triplet margin loss (Schroff et al., 2015; Weinberger & Saul, 2009).
 
     Per triplet ``relu(d_ap - d_an + margin)`` (``softplus`` when ``smooth_loss``), written
@@ -223,20 +247,6 @@ class TripletMarginLoss(BaseMetricLossFunction):
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """See :meth:`BaseMetricLossFunction.forward`."""
-        self._pending_stats = []
-        loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        apply_pending_stats(self._pending_stats)
-        return loss
 
     def compute_loss(
         self,
@@ -298,7 +308,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
         return {"loss": loss_entry(value, None, "already_reduced")}
 
 
-class MarginLoss(BaseMetricLossFunction):
+class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
     """Margin loss of "Sampling Matters in Deep Embedding Learning" (Wu et al., 2017).
 
     Per triplet ``pos = relu(d_ap - beta + margin)`` and ``neg = relu(beta - d_an + margin)``,
@@ -361,20 +371,6 @@ class MarginLoss(BaseMetricLossFunction):
 
     def get_default_reducer(self) -> BaseReducer:
         return DivisorReducer()
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """See :meth:`BaseMetricLossFunction.forward`."""
-        self._pending_stats = []
-        loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        apply_pending_stats(self._pending_stats)
-        return loss
 
     def compute_loss(
         self,

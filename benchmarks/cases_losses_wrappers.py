@@ -2,13 +2,17 @@
 
 CrossBatchMemory cases start from a full memory (filled during setup), so every step
 compares the batch with ``memory_size`` stored embeddings, as in steady-state training.
+Both libraries run with ``torch.set_num_threads(1)``, like the other loss suites.
 """
 
 from __future__ import annotations
 
 import torch
 
-TITLE = "Loss wrappers: forward + backward (CrossBatchMemory with a full memory, SelfSupervised)"
+TITLE = (
+    "Loss wrappers: forward + backward, 1 thread "
+    "(CrossBatchMemory with a full memory, SelfSupervised)"
+)
 
 
 def _batch(n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,6 +23,7 @@ def _batch(n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, t
 
 
 def _cbm_step(lib, loss_name: str, loss_kwargs: dict, n: int, d: int, memory: int, classes: int):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
     loss = getattr(lib, loss_name)(**loss_kwargs)
     cbm = lib.CrossBatchMemory(loss, embedding_size=d, memory_size=memory)
     with torch.no_grad():
@@ -35,6 +40,7 @@ def _cbm_step(lib, loss_name: str, loss_kwargs: dict, n: int, d: int, memory: in
 
 
 def _ss_step(lib, loss_name: str, loss_kwargs: dict, n: int, d: int):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     view_1 = torch.randn(n, d, generator=g).requires_grad_()
     view_2 = (view_1.detach() + 0.3 * torch.randn(n, d, generator=g)).requires_grad_()
@@ -106,6 +112,8 @@ SUITE = [
         "params": {"n": 256, "d": 128, "memory": 4096, "classes": 100},
         "pml": f"{M}:cbm_contrastive_pml",
         "ref": f"{M}:cbm_contrastive_ref",
+        "repeats": 11,
+        "rounds": 3,
     },
     {
         "name": "CrossBatchMemory(NTXentLoss)",

@@ -56,6 +56,14 @@ def _fmt_mem(r: dict | None) -> str:
     return f"{r['peak_mb']:.0f} MB"
 
 
+def _combine(runs: list[dict]) -> dict:
+    """One result from several rounds: the median of their times, the largest peak."""
+    if not runs or any("error" in r for r in runs):
+        return next((r for r in runs if "error" in r), {"error": "no run"})
+    times = sorted(r["time_s"] for r in runs)
+    return {"time_s": times[len(times) // 2], "peak_mb": max(r["peak_mb"] for r in runs)}
+
+
 def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | None = None) -> Path:
     """Measure every case of ``suite`` and write ``benchmarks/results/<area>.md``."""
     rows = []
@@ -64,10 +72,15 @@ def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | No
             continue
         repeats = case.get("repeats", 3)
         print(f"[{area}] {case['name']} {case['params']}", flush=True)
-        ours = measure(case["pml"], case["params"], repeats)
-        ref = None
-        if case.get("ref") and not case.get("ref_skip"):
-            ref = measure(case["ref"], case["params"], repeats)
+        with_ref = bool(case.get("ref")) and not case.get("ref_skip")
+        runs: list[tuple[dict, dict | None]] = []
+        for _ in range(case.get("rounds", 1)):  # alternate the libraries, fresh processes
+            ours_run = measure(case["pml"], case["params"], repeats)
+            runs.append(
+                (ours_run, measure(case["ref"], case["params"], repeats) if with_ref else None)
+            )
+        ours = _combine([o for o, _ in runs])
+        ref = _combine([r for _, r in runs if r is not None]) if with_ref else None
         ratio = "—"
         if ref and "error" not in ref and "error" not in ours:
             ratio = f"{ref['time_s'] / ours['time_s']:.1f}x"
@@ -87,8 +100,9 @@ def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | No
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         "`hatch run bench:run` regenerates this file.",
         "Time: median of repeated `step()` calls after one warm-up call, each library in its own",
-        "fresh process. Peak: resident-memory high-water mark during the warm-up call above the",
-        "memory held after setup. Speed-up = reference time / pml time.",
+        "fresh process (cases with several rounds alternate the libraries, one fresh process per",
+        "round, and report the median round). Peak: resident-memory high-water mark during the",
+        "warm-up call above the memory held after setup. Speed-up = reference time / pml time.",
         "",
         "| case | parameters | pml | reference 2.9 | speed-up | pml peak | reference peak |",
         "|---|---|---|---|---|---|---|",

@@ -29,12 +29,13 @@ def threshold_mask(losses: Tensor, low: float | None = None, high: float | None 
         >>> threshold_mask(torch.tensor([3.0, 7.0, 1.0, 13.0]), low=2, high=10).tolist()
         [True, True, False, False]
     """
-    mask = torch.ones_like(losses, dtype=torch.bool)
-    if low is not None:
-        mask &= losses > low
-    if high is not None:
-        mask &= losses < high
-    return mask
+    if low is None and high is None:
+        return torch.ones_like(losses, dtype=torch.bool)
+    if high is None:
+        return losses > low
+    if low is None:
+        return losses < high
+    return (losses > low) & (losses < high)
 
 
 def mean_or_fallback(losses: Tensor, mask: Tensor, fallback: Tensor) -> Tensor:

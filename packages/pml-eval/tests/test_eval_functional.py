@@ -117,6 +117,50 @@ def test_smallest_k_ties_by_index():
     assert vals.tolist() == [[0.0, 0.0, 1.0]]
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 9])
+def test_smallest_k_equals_stable_sort_with_boundary_ties(k):
+    # integer values in a narrow range: the k-th value ties outside the selection in most rows
+    values = torch.randint(0, 4, (64, 40), generator=_gen(2)).float()
+    vals, idx = EF.smallest_k(values, k)
+    want_vals, want_idx = torch.sort(values, dim=1, stable=True)
+    assert idx.tolist() == want_idx[:, :k].tolist()
+    assert torch.equal(vals, want_vals[:, :k])
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_knn_nan_rows_rank_last_and_report_nan(inverted):
+    from pml.distances import CosineSimilarity
+
+    x = torch.randn(12, 3, generator=_gen(3))
+    x[4] = float("nan")
+    fn = CosineSimilarity() if inverted else None
+    d, i = EF.knn(x, x, 11, distance_fn=fn, is_inverted=inverted, ref_includes_query=True)
+    clean = [r for r in range(12) if r != 4]
+    assert (i[clean, -1] == 4).all()  # the NaN item is everyone's last neighbour
+    assert torch.isnan(d[clean, -1]).all() and not torch.isnan(d[clean, :-1]).any()
+    assert torch.isnan(d[4]).all()
+    # the block's own NaN-free values come back exactly (negation undone bit for bit)
+    d_clean, i_clean = EF.knn(
+        x[clean], x[clean], 3, distance_fn=fn, is_inverted=inverted, ref_includes_query=True
+    )
+    mat = fn(x[clean], x[clean]) if inverted else EF.squared_l2_matrix(x[clean], x[clean])
+    assert torch.equal(d_clean, mat.gather(1, i_clean))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_accuracy_small_k_route_matches_naive_metrics(k):
+    # 4k < reference size: AccuracyCalculator takes the k-NN route, not the ranking route
+    from pml.eval import AccuracyCalculator
+
+    emb, labels = _data("ties")
+    calc = AccuracyCalculator(k=k, exclude=("NMI", "AMI"))
+    got = calc.get_accuracy(emb, labels)
+    rows = [r for r in naive_metrics(emb, labels, emb, labels, k, True) if r is not None]
+    for name, value in got.items():
+        want = sum(r[name] for r in rows) / len(rows)
+        assert value == pytest.approx(want, rel=1e-6), name  # float32 averages
+
+
 def test_remove_self_matches_drops_last_when_self_missing():
     d = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
     i = torch.tensor([[5, 6, 7], [1, 0, 2]])  # row 0: self (0) not retrieved

@@ -436,8 +436,11 @@ class AccuracyCalculator:
             "label_comparison_fn": self.label_comparison_fn,
         }
         if any(m in self.requires_knn() for m in function_dict):
+            ranked = None
             if self._can_rank_exactly(function_dict):
-                function_dict.update(self._ranked_metrics(function_dict, **kwargs))
+                ranked = self._ranked_metrics(function_dict, **kwargs)
+            if ranked is not None:
+                function_dict.update(ranked)
             else:
                 kwargs.update(self._knn_kwargs(**kwargs))
         if any(m in self.requires_clustering() for m in function_dict):
@@ -489,11 +492,18 @@ class AccuracyCalculator:
         reference_labels: Tensor,
         ref_includes_query: bool,
         **kwargs: Any,
-    ) -> dict[str, Callable[..., Any]]:
+    ) -> dict[str, Callable[..., Any]] | None:
+        """Metrics from exact ranks of the same-class items; None when ``k`` is small.
+
+        Ranking costs about the same for any ``k``; the k-NN lists cost ``O(k)`` per query, so
+        for ``4 * k`` below the reference size the k-NN route is taken (same numbers).
+        """
         query_ids, reference_ids, classes = EF.label_ids(query_labels, reference_labels)
         counts = torch.bincount(reference_ids, minlength=classes.shape[0])
         bin_counts = counts[torch.unique(query_ids)]
         num_k = self.determine_k(bin_counts, reference.shape[0], ref_includes_query)
+        if 4 * num_k < reference.shape[0]:
+            return None
         knn = cast(TorchKNN, self.knn_func)  # checked by _can_rank_exactly
         with torch.no_grad():
             values = EF.retrieval_values(

@@ -132,15 +132,17 @@ def smallest_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
         (tensor([[0., 1., 1.]]), tensor([[3, 1, 2]]))
     """
     num_cols = values.shape[1]
-    if 4 * k >= num_cols:
+    if 4 * k >= num_cols or k == 0:
         vals, idx = torch.sort(values, dim=1, stable=True)
         return vals[:, :k], idx[:, :k]
-    vals, idx = torch.topk(values, k, dim=1, largest=False, sorted=True)
+    # one extra column: an entry outside the selection ties with the k-th exactly when the
+    # (k+1)-th smallest value equals the k-th (no pass over the whole row to count ties)
+    vals, idx = torch.topk(values, k + 1, dim=1, largest=False, sorted=True)
+    redo = vals[:, k] == vals[:, k - 1]
+    vals, idx = vals[:, :k], idx[:, :k]
     idx, order = torch.sort(idx, dim=1)
     vals, order2 = torch.sort(vals.gather(1, order), dim=1, stable=True)
     idx = idx.gather(1, order2)
-    kth = vals[:, -1:]
-    redo = (values == kth).sum(1) > (vals == kth).sum(1)
     fixed_vals, fixed_idx = torch.sort(values[redo], dim=1, stable=True)
     vals[redo] = fixed_vals[:, :k]
     idx[redo] = fixed_idx[:, :k]
@@ -224,11 +226,19 @@ def knn(
     num_search = min(k + int(ref_includes_query), num_ref)
     rows = chunk_rows(num_ref, batch_size)
     blocks = block_distance(reference, distance_fn)
+    # blocks computed here are ours to overwrite; a custom callable's output is copied
+    owned = distance_fn is None or isinstance(distance_fn, BaseDistance)
     out_d, out_i = [], []
     for s in range(0, max(query.shape[0], 1), rows):  # one (empty) block when N == 0
         mat = blocks(query[s : s + rows])
-        _, idx = smallest_k(closest_first(mat, is_inverted), num_search)
-        dist = mat.gather(1, idx)
+        # a NaN anywhere makes the sum NaN (so does +inf with -inf: then the general path)
+        if owned and not bool(mat.sum().isnan()):
+            # no NaN: the transform is an exact negation (or nothing), undone on k values
+            vals, idx = smallest_k(mat.neg_() if is_inverted else mat, num_search)
+            dist = vals.neg_() if is_inverted else vals
+        else:
+            _, idx = smallest_k(closest_first(mat, is_inverted), num_search)
+            dist = mat.gather(1, idx)
         if ref_includes_query:
             dist, idx = remove_self_matches(dist, idx, offset=s)
         out_d.append(dist)

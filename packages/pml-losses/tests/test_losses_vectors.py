@@ -118,14 +118,20 @@ def _check_call(obj: torch.nn.Module, inputs: dict, expected: dict, case: dict) 
     if expected.get("grad") is not None:
         got = grads[0] if grads[0] is not None else torch.zeros_like(wrt[0])
         torch.testing.assert_close(
-            got, torch.tensor(expected["grad"], dtype=torch.float64), rtol=rtol, atol=1e-12,
+            got,
+            torch.tensor(expected["grad"], dtype=torch.float64),
+            rtol=rtol,
+            atol=1e-12,
             msg=lambda m: f"grad: {m}",
         )
     if expected.get("grad_ref_emb") is not None:
         got = grads[1] if grads[1] is not None else torch.zeros_like(wrt[1])
         torch.testing.assert_close(
-            got, torch.tensor(expected["grad_ref_emb"], dtype=torch.float64), rtol=rtol,
-            atol=1e-12, msg=lambda m: f"grad_ref_emb: {m}",
+            got,
+            torch.tensor(expected["grad_ref_emb"], dtype=torch.float64),
+            rtol=rtol,
+            atol=1e-12,
+            msg=lambda m: f"grad_ref_emb: {m}",
         )
     for name, value in (expected.get("param_grads") or {}).items():
         if value is None:
@@ -133,8 +139,11 @@ def _check_call(obj: torch.nn.Module, inputs: dict, expected: dict, case: dict) 
         idx = len(wrt) + list(params).index(name)
         got = grads[idx] if grads[idx] is not None else torch.zeros_like(params[name])
         torch.testing.assert_close(
-            got.reshape(-1), torch.tensor(value, dtype=torch.float64).reshape(-1), rtol=rtol,
-            atol=1e-12, msg=lambda m, name=name: f"param grad {name}: {m}",
+            got.reshape(-1),
+            torch.tensor(value, dtype=torch.float64).reshape(-1),
+            rtol=rtol,
+            atol=1e-12,
+            msg=lambda m, name=name: f"param grad {name}: {m}",
         )
 
 
@@ -144,7 +153,9 @@ def _keyed(entry: dict) -> list[tuple[tuple, float]]:
     indices = entry["indices"]
     if indices is None:
         return [((), v) for v in values]
-    if isinstance(indices, torch.Tensor) or (indices and not isinstance(indices[0], list | tuple | torch.Tensor)):
+    if isinstance(indices, torch.Tensor) or (
+        indices and not isinstance(indices[0], list | tuple | torch.Tensor)
+    ):
         cols = [torch.as_tensor(indices).reshape(-1).tolist()]
     else:
         cols = [torch.as_tensor(t).reshape(-1).tolist() for t in indices]
@@ -166,7 +177,9 @@ def _check_loss_dict(obj: torch.nn.Module, inputs: dict, expected: dict, case: d
         torch.testing.assert_close(
             torch.tensor([v for _, v in g], dtype=torch.float64),
             torch.tensor([v for _, v in e], dtype=torch.float64),
-            rtol=_rtol(case), atol=1e-12, msg=lambda m, name=name: f"loss_dict[{name}]: {m}",
+            rtol=_rtol(case),
+            atol=1e-12,
+            msg=lambda m, name=name: f"loss_dict[{name}]: {m}",
         )
         if "divisor" in exp:
             torch.testing.assert_close(
@@ -189,8 +202,10 @@ def test_loss_value_and_gradients(case: dict) -> None:
         inputs = _inputs(case["inputs"], case["class"])
         loss = obj(**inputs)
         torch.testing.assert_close(
-            loss.detach().double(), torch.tensor(case["expected"]["loss"], dtype=torch.float64),
-            rtol=_rtol(case), atol=1e-12,
+            loss.detach().double(),
+            torch.tensor(case["expected"]["loss"], dtype=torch.float64),
+            rtol=_rtol(case),
+            atol=1e-12,
         )
         loss.backward()
         assert torch.isfinite(inputs["embeddings"].grad).all()
@@ -212,7 +227,9 @@ def test_unreduced_loss_dict(case: dict) -> None:
     _maybe_xfail(case)
     obj = _build(case, reducer=DoNothingReducer())
     torch.manual_seed(0)
-    _check_loss_dict(obj, _inputs(case["inputs"], case["class"]), case["expected"]["loss_dict"], case)
+    _check_loss_dict(
+        obj, _inputs(case["inputs"], case["class"]), case["expected"]["loss_dict"], case
+    )
 
 
 def test_vector_file_is_complete() -> None:

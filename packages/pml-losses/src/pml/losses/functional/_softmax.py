@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
 from pml.losses.functional._softmax_ops import (
     Negatives,
+    neg_log_same_label_mass,
     negative_logsumexp,
     row_logsumexp_or_min,
     same_label_mass,
@@ -316,6 +317,5 @@ def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
         tensor([0.1269, 0.1269])
     """
     acc = accumulation_dtype(sim.dtype)
-    logits = sim.to(acc) * gamma
     # the own column holds the largest logit: the mass is at least 1/N (no underflow)
-    return (-torch.log(same_label_mass(logits, labels, labels))).to(sim.dtype)
+    return neg_log_same_label_mass(sim.to(acc), labels, labels, gamma).to(sim.dtype)

@@ -128,3 +128,59 @@ def same_label_mass(logits: Tensor, labels: Tensor, ref_labels: Tensor) -> Tenso
     log_prob = torch.log_softmax(logits, dim=1)
     rows, cols = same_label_cells(labels, ref_labels)
     return logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
+
+
+class _NegLogCellMass(torch.autograd.Function):
+    """``-log Σ_{cells of row i} softmax(logits_i)`` = ``LSE_all - LSE_cells``; fused backward.
+
+    The gradient is ``softmax(logits)`` minus the within-cells softmax at the (few) cells:
+    one ``(N, M)`` pass, no zero-filled index gradient and no log-softmax replay.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        values: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        scale: float,
+    ) -> Tensor:
+        logits = values * scale
+        num_rows = logits.shape[0]
+        lse_all = torch.logsumexp(logits, dim=1)
+        cell = logits[rows, cols]
+        peak = torch.full((num_rows,), float("-inf"), dtype=logits.dtype, device=logits.device)
+        peak = peak.scatter_reduce(0, rows, cell, "amax")
+        peak = torch.where(torch.isfinite(peak), peak, 0)
+        total = logits.new_zeros(num_rows).index_add_(0, rows, torch.exp(cell - peak[rows]))
+        lse_cells = peak + torch.log(total)
+        ctx.save_for_backward(logits, lse_all, rows, cols, cell, lse_cells)
+        ctx.scale = scale
+        return lse_all - lse_cells
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        logits, lse_all, rows, cols, cell, lse_cells = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = grad.to(logits.dtype) * ctx.scale  # type: ignore[attr-defined]
+        out = torch.sub(logits, lse_all.unsqueeze(1)).exp_().mul_(g.unsqueeze(1))
+        out.index_put_((rows, cols), -g[rows] * torch.exp(cell - lse_cells[rows]), accumulate=True)
+        return out, None, None, None
+
+
+def neg_log_same_label_mass(
+    values: Tensor, labels: Tensor, ref_labels: Tensor, scale: float = 1.0
+) -> Tensor:
+    """``-log Σ_{j: labels_i = ref_labels_j} softmax(scale·values_i)_j`` per row, ``(N,)``.
+
+    Computed as ``LSE_all - LSE_same`` (never underflows; a row without a same-label cell gives
+    ``inf``), with a fused backward for large inputs.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+        >>> neg_log_same_label_mass(logits, torch.tensor([0, 1]), torch.tensor([0, 1, 0]))
+        tensor([0.0943, 0.2395])
+    """
+    if values.numel() <= _DENSE_CELLS:
+        return -torch.log(same_label_mass(values * scale, labels, ref_labels))
+    rows, cols = same_label_cells(labels, ref_labels)
+    return _NegLogCellMass.apply(values, rows, cols, scale)

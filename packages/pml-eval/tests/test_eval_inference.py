@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -132,6 +135,31 @@ def test_without_faiss_clear_import_errors(monkeypatch):
         FaissKMeans()
     im = InferenceModel(torch.nn.Identity(), data_device="cpu")
     assert isinstance(im.knn_func, TorchKNN)
+
+
+_NO_FAISS = """
+import sys
+sys.modules["faiss"] = None  # any `import faiss` now raises ImportError
+import torch
+from pml.eval import AccuracyCalculator, FaissKNN, InferenceModel
+x = torch.eye(4).repeat_interleave(3, 0) + 0.01 * torch.arange(12.0)[:, None]
+acc = AccuracyCalculator(include=("precision_at_1", "NMI"), k=2).get_accuracy(
+    x, torch.arange(4).repeat_interleave(3)
+)
+assert acc["precision_at_1"] == 1.0 and abs(acc["NMI"] - 1.0) < 1e-6, acc
+try:
+    FaissKNN()
+except ImportError as exc:
+    print("ImportError:", exc)
+"""
+
+
+def test_package_imports_and_evaluates_without_faiss():
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_FAISS], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImportError:" in out.stdout and "faiss-cpu" in out.stdout
 
 
 def test_torch_kmeans_and_pca():

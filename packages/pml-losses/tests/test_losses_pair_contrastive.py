@@ -531,3 +531,50 @@ def test_masked_hinge_mean_half_precision_and_class_fallback_for_learnable_margi
     loss = ContrastiveLoss(neg_margin=margin)(data(), LABELS)
     (g,) = torch.autograd.grad(loss, margin)
     assert g != 0
+
+
+@pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_long_negative_list_dense_path_matches_pair_list_path(cls, with_ref, monkeypatch):
+    # CrossBatchMemory-style input: every pair listed explicitly (minus a few), so the
+    # negatives are scattered into a mask and reduced densely; must equal the list path.
+    from pml.core.indices import get_all_pairs_indices
+    from pml.losses import _pair_inputs
+
+    g = torch.Generator().manual_seed(11)
+    emb = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (12,), generator=g)
+    ref = torch.randn(20, 5, generator=g, dtype=torch.float64) if with_ref else emb
+    ref_labels = torch.randint(0, 3, (20,), generator=g) if with_ref else labels
+    a1, p, a2, n = get_all_pairs_indices(labels, ref_labels)
+    tup = (a1[1:], p[1:], a2[2:], n[2:])  # not exactly the label cells
+    results = []
+    for route in ("dense", "list"):
+        if route == "list":
+            monkeypatch.setattr(_pair_inputs, "_listed_negatives_densely", lambda *a: None)
+        x = emb.clone().requires_grad_()
+        r = ref.clone().requires_grad_() if with_ref else None
+        loss_fn = cls(distance=LpDistance()) if cls is IntraPairVarianceLoss else cls()
+        out = loss_fn(x, labels, tup, r, ref_labels if with_ref else None)
+        out.backward()
+        results.append((out.detach(), x.grad, None if r is None else r.grad))
+    (d_loss, d_gx, d_gr), (l_loss, l_gx, l_gr) = results
+    assert_close(d_loss, l_loss)
+    assert_close(d_gx, l_gx)
+    if with_ref:
+        assert_close(d_gr, l_gr)
+
+
+def test_long_negative_list_with_duplicates_keeps_every_pair():
+    from pml.core.indices import get_all_pairs_indices
+
+    g = torch.Generator().manual_seed(12)
+    emb = torch.randn(10, 4, generator=g, dtype=torch.float64) * 0.2
+    labels = torch.randint(0, 2, (10,), generator=g)
+    a1, p, a2, n = get_all_pairs_indices(labels)
+    dup = (a1, p, torch.cat([a2, a2[:3]]), torch.cat([n, n[:3]]))
+    got = ContrastiveLoss(reducer=MeanReducer())(emb, labels, dup)
+    mat = LpDistance()(emb)
+    pos = torch.relu(mat[a1, p]).mean()
+    neg = torch.relu(1 - mat[dup[2], dup[3]]).mean()
+    assert_close(got, pos + neg)

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import IndicesTuple, is_same_set, pos_neg_masks
+from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set, pos_neg_masks
+from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.reducers import (
     AvgNonZeroReducer,
@@ -179,6 +180,49 @@ def reduce_values(losses: Tensor, reducer: BaseReducer) -> Tensor:
     return (total / count.clamp_min(1)).to(losses.dtype)
 
 
+def _dense_entries(loss: GenericPairLoss, values: list[Tensor]) -> LossDict:
+    names = loss._sub_loss_names()
+    return {k: loss_entry(v, None, "already_reduced") for k, v in zip(names, values, strict=True)}
+
+
+def _listed_negatives_densely(
+    loss: GenericPairLoss,
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices_tuple: IndicesTuple | None,
+    ref_emb: Tensor,
+    ref_labels: Tensor | None,
+    dense_losses: DenseLosses | None,
+) -> LossDict | None:
+    """The fast path of :func:`compute_pair_loss` for a long, duplicate-free negative list.
+
+    A given tuple that lists most cells as negative pairs (e.g. CrossBatchMemory's all pairs
+    against its memory) is scattered into a boolean mask and reduced like label-built pairs:
+    same numbers up to summation order (mean reducers ignore pair order). None: take the
+    pair-list path (short lists, duplicates, other reducers, matrix losses).
+    """
+    if dense_losses is None or indices_tuple is None or loss.mat_based_loss:
+        return None
+    reducers = dense_reducers(loss)
+    if reducers is None:
+        return None
+    labels_or_indices_tuple_required(labels, indices_tuple)
+    pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
+    a1, p, a2, n = pairs
+    num_rows, num_cols = embeddings.shape[0], ref_emb.shape[0]
+    if all(len(t) <= 1 for t in pairs) or 8 * len(a2) < num_rows * num_cols:
+        return None
+    neg = torch.zeros(num_rows * num_cols, dtype=torch.bool, device=a2.device)
+    neg[a2 * num_cols + n] = True
+    if int(neg.sum()) != len(a2):  # a duplicate pair counts twice in the list
+        return None
+    mat = loss.distance(embeddings, ref_emb)
+    dense = dense_losses(mat[a1, p], mat, neg.view(num_rows, num_cols), reducers[1])
+    if dense is None:
+        return None
+    return _dense_entries(loss, [reduce_values(dense[0], reducers[0]), dense[1]])
+
+
 def compute_pair_loss(
     loss: GenericPairLoss,
     embeddings: Tensor,
@@ -202,9 +246,13 @@ def compute_pair_loss(
     summation order). Any other reducer gets every per-pair loss in the reference's order.
     """
     if indices_tuple is not None or labels is None:
-        loss_dict = GenericPairLoss.compute_loss(
-            loss, embeddings, labels, indices_tuple, ref_emb, ref_labels
+        loss_dict = _listed_negatives_densely(
+            loss, embeddings, labels, indices_tuple, ref_emb, ref_labels, dense_losses
         )
+        if loss_dict is None:
+            loss_dict = GenericPairLoss.compute_loss(
+                loss, embeddings, labels, indices_tuple, ref_emb, ref_labels
+            )
         return poison_nonfinite(loss_dict, embeddings, ref_emb)
     pos, neg = pos_neg_masks(labels, ref_labels)
     # compat: the reference returns zero when every index list has length <= 1.
@@ -218,8 +266,7 @@ def compute_pair_loss(
     dense = None if reducers is None else dense_losses(mat[a1, p], mat, neg, reducers[1])  # type: ignore[misc]
     if dense is not None:
         values = [reduce_values(dense[0], reducers[0]), dense[1]]  # type: ignore[index]
-        names = loss._sub_loss_names()
-        loss_dict = {k: loss_entry(v, None, "already_reduced") for k, v in zip(names, values)}
+        loss_dict = _dense_entries(loss, values)
     else:
         a2, n = torch.where(neg)
         pos_pair: Tensor | list = mat[a1, p] if len(a1) > 0 else []

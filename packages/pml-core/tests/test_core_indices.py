@@ -261,3 +261,29 @@ def test_no_cubic_memory_in_all_triplets() -> None:
         for c in itertools.islice(I.iter_all_triplets_indices(labels, max_triplets=10**5), 5)
     ]
     assert all(s <= 10**5 for s in sizes) and sizes[0] == 299 * 300 * (10**5 // (299 * 300))
+
+
+@pytest.mark.parametrize("with_ref", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tpa", [None, 3])
+def test_weighted_random_triplets_match_the_literal_loop(with_ref, seed, dtype, tpa):
+    # the vectorised path does only the random draws in its loop; the literal loop is the spec
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 5, (23,), generator=g)
+    labels[:3] = torch.tensor([7, 8, 8])  # a singleton label, a label without negatives rows
+    ref_labels = torch.randint(0, 6, (17,), generator=g) if with_ref else None
+    m = 17 if with_ref else 23
+    weights = torch.rand(23, m, generator=g, dtype=dtype)
+    weights[4] = 0  # an anchor without any weight
+    weights[5, :] = float("nan")  # a NaN row
+    same = labels.unsqueeze(1) == (labels if ref_labels is None else ref_labels).unsqueeze(0)
+    weights[same] = 0
+    for s in range(3):
+        torch.manual_seed(s)
+        got = I.get_random_triplet_indices(labels, ref_labels, tpa, weights=weights)
+        after = torch.rand(1)
+        torch.manual_seed(s)
+        expected = I._random_triplets_loop(labels, ref_labels, tpa, weights=weights)
+        assert all(torch.equal(x, y) for x, y in zip(got, expected))
+        assert torch.equal(after, torch.rand(1))

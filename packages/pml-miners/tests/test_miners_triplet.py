@@ -385,31 +385,3 @@ def test_angular_zero_gap_pairs():
     for degrees in (0, 10):
         expected, _ = naive_angular(emb, labels, emb, labels, True, math.radians(degrees))
         assert as_rows(AngularMiner(angle=degrees)(emb, labels)) == expected
-
-
-@pytest.mark.parametrize("with_ref", [False, True])
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_weighted_triplets_match_core_draws(with_ref, seed, dtype):
-    # the miner's loop does only the random draws; pml-core's function is the spec, literally
-    from pml.core.indices import get_random_triplet_indices
-    from pml.miners.functional._random import _weighted_random_triplets
-
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 5, (23,), generator=g)
-    labels[:3] = torch.tensor([7, 8, 8])  # a singleton label, a label without negatives rows
-    ref_labels = torch.randint(0, 6, (17,), generator=g) if with_ref else None
-    m = 17 if with_ref else 23
-    weights = torch.rand(23, m, generator=g, dtype=dtype)
-    weights[4] = 0  # an anchor without any weight
-    weights[5, :] = float("nan")  # a NaN row
-    same = labels.unsqueeze(1) == (labels if ref_labels is None else ref_labels).unsqueeze(0)
-    weights[same] = 0
-    for s in range(3):
-        torch.manual_seed(s)
-        got = _weighted_random_triplets(labels, ref_labels, weights)
-        after = torch.rand(1)
-        torch.manual_seed(s)
-        expected = get_random_triplet_indices(labels, ref_labels, weights=weights)
-        assert all(torch.equal(x, y) for x, y in zip(got, expected))
-        assert torch.equal(after, torch.rand(1))

@@ -12,7 +12,12 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import PairsTuple, TripletsTuple, is_same_set, pos_neg_masks
+from pml.core.indices import (
+    PairsTuple,
+    TripletsTuple,
+    get_random_triplet_indices,
+    pos_neg_masks,
+)
 
 __all__ = [
     "distance_weighted_miner",
@@ -102,82 +107,7 @@ def distance_weighted_miner(
         cutoff=cutoff,
         nonzero_loss_cutoff=nonzero_loss_cutoff,
     )
-    return _weighted_random_triplets(labels, ref_labels, weights)
-
-
-def _weighted_random_triplets(
-    labels: Tensor, ref_labels: Tensor | None, weights: Tensor
-) -> TripletsTuple:
-    """``get_random_triplet_indices(labels, ref_labels, weights=weights)``, same draws.
-
-    The random calls must stay one ``randint`` (positives) and one ``multinomial``
-    (negatives) per label, in ascending label order, to reproduce the reference's stream.
-    Everything else is done once for all labels, so the loop body is only the two draws and
-    the arg-max that ``multinomial(w, 1)`` performs (``argmax(w / q)`` with ``q`` exponential).
-    Weights must be non-negative where finite; rows summing to 0 or NaN are skipped.
-    """
-    device = weights.device
-    same = is_same_set(labels, ref_labels)
-    ref = labels if ref_labels is None else ref_labels
-    common = torch.promote_types(labels.dtype, ref.dtype)
-    lab, refl = labels.cpu().to(common), ref.cpu().to(common)
-    uniq = torch.unique(lab)
-    ref_order = torch.argsort(refl, stable=True)
-    ref_sorted = refl[ref_order]
-    p_start = torch.searchsorted(ref_sorted, uniq)
-    p_count = torch.searchsorted(ref_sorted, uniq, right=True) - p_start
-    if same:
-        q_order, a_start, a_count = ref_order, p_start, p_count
-    else:
-        q_order = torch.argsort(lab, stable=True)
-        q_sorted = lab[q_order]
-        a_start = torch.searchsorted(q_sorted, uniq)
-        a_count = torch.searchsorted(q_sorted, uniq, right=True) - a_start
-    valid = (p_count >= (2 if same else 1)) & (len(refl) - p_count > 0)
-    uniq, p_start, p_count = uniq[valid], p_start[valid], p_count[valid]
-    a_start, a_count = a_start[valid], a_count[valid]
-    if len(uniq) == 0:
-        e = torch.empty(0, dtype=torch.long, device=labels.device)
-        return e, e.clone(), e.clone()
-    # every triplet slot: label index, anchor, local positive draw
-    per_label = a_count * p_count  # k = len(P) triplets per anchor
-    slot_label = torch.repeat_interleave(torch.arange(len(uniq)), per_label)
-    slot_row = torch.arange(int(per_label.sum())) - torch.repeat_interleave(
-        torch.cumsum(per_label, 0) - per_label, per_label
-    )
-    anchor_rank = slot_row // p_count[slot_label]  # which anchor of the label
-    anchors = q_order[a_start[slot_label] + anchor_rank]
-    # an anchor row is kept when its weights over the label's negatives sum to > 0
-    neg = (lab.unsqueeze(1) != refl.unsqueeze(0)).to(device)
-    row_ok = (torch.where(neg, weights, 0).sum(1) > 0).cpu()
-    keep = row_ok[anchors]
-    kept_per_label = torch.zeros(len(uniq), dtype=torch.long).index_add_(0, slot_label, keep.long())
-    kept_anchors = anchors[keep].to(device)
-    kept_start = (torch.cumsum(kept_per_label, 0) - kept_per_label).tolist()
-    draws, negatives = [], []
-    for label, n_slots, n_cand, n_kept, start in zip(
-        uniq.tolist(),
-        per_label.tolist(),
-        (p_count - 1 if same else p_count).tolist(),
-        kept_per_label.tolist(),
-        kept_start,
-    ):
-        draws.append(torch.randint(0, n_cand, (n_slots,)))
-        if n_kept == 0:
-            continue
-        neg_cols = torch.where(refl != label)[0]
-        w = weights.index_select(0, kept_anchors[start : start + n_kept])
-        w = w.index_select(1, neg_cols.to(device))
-        if w.dtype == torch.float16:
-            w = w.float()
-        q = torch.empty_like(w).exponential_()
-        negatives.append(neg_cols[torch.div(w, q, out=q).argmax(1).cpu()])
-    r_p = torch.cat(draws)
-    if same:  # the anchor itself is not a candidate: skip its slot
-        r_p = r_p + (r_p >= anchor_rank).long()
-    positives = ref_order[p_start[slot_label] + r_p]
-    out = (anchors[keep], positives[keep], torch.cat(negatives) if negatives else anchors[:0])
-    return tuple(t.to(device=labels.device, dtype=torch.long) for t in out)  # type: ignore[return-value]
+    return get_random_triplet_indices(labels, ref_labels=ref_labels, weights=weights)
 
 
 def _first_cdf_reaching(u: Tensor, sizes: Tensor) -> Tensor:

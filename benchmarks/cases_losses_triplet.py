@@ -3,7 +3,7 @@
 The reference enumerates all triplets with an N x M x M mask (TripletMargin, Margin,
 DynamicSoftMargin, Histogram) and, given a pair miner's 4-tuple, a positive pairs x negative
 pairs matrix. pml reduces per-anchor sums without listing triplets (O(N M) memory).
-Both libraries run with ``torch.set_num_threads(1)`` (the benchmark machine is shared).
+Shared set-up (one thread, data): ``benchmarks/_loss_cases.py``.
 """
 
 from __future__ import annotations
@@ -12,31 +12,15 @@ from typing import Any
 
 import torch
 
+from benchmarks._loss_cases import case, data, factories, libs
+
 TITLE = "Triplet family: forward + backward (1 thread, 8 samples per class, D = 128)"
 
 
-def _data(n: int, d: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n // per_class).repeat_interleave(per_class)
-    labels = labels[torch.randperm(n, generator=g)]
-    emb = torch.randn(n, d, generator=g).requires_grad_()
-    return emb, labels
-
-
-def _libs(lib: str):  # type: ignore[no-untyped-def]
-    if lib == "pml":
-        import pml.losses as losses
-        import pml.miners as miners
-    else:
-        import pytorch_metric_learning.losses as losses  # type: ignore[no-redef]
-        import pytorch_metric_learning.miners as miners  # type: ignore[no-redef]
-    return losses, miners
-
-
-def _make(lib: str, name: str, n: int, d: int, per_class: int, miner: str | None = None):  # type: ignore[no-untyped-def]
-    losses, miners = _libs(lib)
+def _make(lib: str, name: str, miner: str | None, n: int, d: int, per_class: int):  # type: ignore[no-untyped-def]
+    losses, miners = libs(lib)
     torch.set_num_threads(1)
-    emb, labels = _data(n, d, per_class)
+    emb, labels = data(n, d, per_class)
     loss_fn: Any = getattr(losses, name)()
     miner_fn: Any = getattr(miners, miner)() if miner else None
 
@@ -52,32 +36,16 @@ def _make(lib: str, name: str, n: int, d: int, per_class: int, miner: str | None
     return step
 
 
-def _pair(name: str, miner: str | None = None):  # type: ignore[no-untyped-def]
-    def ours(n: int, d: int, per_class: int):  # type: ignore[no-untyped-def]
-        return _make("pml", name, n, d, per_class, miner)
-
-    def ref(n: int, d: int, per_class: int):  # type: ignore[no-untyped-def]
-        return _make("ref", name, n, d, per_class, miner)
-
-    return ours, ref
-
-
-triplet_pml, triplet_ref = _pair("TripletMarginLoss")
-ms_triplet_pml, ms_triplet_ref = _pair("TripletMarginLoss", "MultiSimilarityMiner")
-margin_pml, margin_ref = _pair("MarginLoss")
-tcm_pml, tcm_ref = _pair("ThresholdConsistentMarginLoss")
-dsm_pml, dsm_ref = _pair("DynamicSoftMarginLoss")
-histogram_pml, histogram_ref = _pair("HistogramLoss")
+triplet_pml, triplet_ref = factories(_make, "TripletMarginLoss", None)
+ms_triplet_pml, ms_triplet_ref = factories(_make, "TripletMarginLoss", "MultiSimilarityMiner")
+margin_pml, margin_ref = factories(_make, "MarginLoss", None)
+tcm_pml, tcm_ref = factories(_make, "ThresholdConsistentMarginLoss", None)
+dsm_pml, dsm_ref = factories(_make, "DynamicSoftMarginLoss", None)
+histogram_pml, histogram_ref = factories(_make, "HistogramLoss", None)
 
 
 def _case(name: str, prefix: str, n: int, **extra: Any) -> dict:
-    return {
-        "name": name,
-        "params": {"n": n, "d": 128, "per_class": 8},
-        "pml": f"{__name__}:{prefix}_pml",
-        "ref": f"{__name__}:{prefix}_ref",
-        **extra,
-    }
+    return case(__name__, name, prefix, n, **extra)
 
 
 _CUBIC_8192 = "all-triplet mask N x M x M = 550 G elements (550 GB as uint8)"

@@ -28,6 +28,7 @@ from pml.reducers import (
     MultipleReducers,
     ThresholdReducer,
 )
+from pml.reducers.functional import threshold_mask
 
 
 def check_real(name: str, value: Any) -> None:
@@ -170,11 +171,7 @@ def reduce_values(losses: Tensor, reducer: BaseReducer) -> Tensor:
         count = losses.new_tensor(losses.numel(), dtype=torch.long)
         total = losses.sum(dtype=acc)
     else:
-        keep = torch.ones_like(losses, dtype=torch.bool)
-        if low is not None:
-            keep = keep & (losses > low)
-        if high is not None:
-            keep = keep & (losses < high)
+        keep = threshold_mask(losses, low, high)
         count = torch.count_nonzero(keep)
         total = torch.where(keep, losses, 0).sum(dtype=acc)
     return (total / count.clamp_min(1)).to(losses.dtype)

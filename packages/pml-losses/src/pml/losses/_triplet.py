@@ -47,6 +47,7 @@ from pml.reducers import (
     SumReducer,
     ThresholdReducer,
 )
+from pml.reducers.functional import threshold_mask
 
 TripletsPerAnchor = int | Literal["all"] | None
 
@@ -114,7 +115,7 @@ def plan_stats(plan: ReductionPlan, count: Tensor, num: Tensor) -> dict[str, Ten
 
 def explicit_sums(losses: Tensor, low: float | None) -> tuple[Tensor, Tensor, Tensor]:
     """``(sum of losses > low, their count, len)``; the sum is NaN if any loss is NaN."""
-    sel = torch.ones_like(losses, dtype=torch.bool) if low is None else losses > low
+    sel = threshold_mask(losses, low)
     total = torch.where(sel, losses, 0).sum(dtype=accumulation_dtype(losses.dtype))
     # fix: a NaN loss is not silently dropped by the filter (robustness rule)
     total = torch.where(torch.isnan(losses).any(), torch.full_like(total, float("nan")), total)

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
+from pml.reducers.functional import threshold_mask
 
 __all__ = [
     "circle_loss",
@@ -181,11 +182,7 @@ class _MaskedHingeMean(torch.autograd.Function):
             kept = torch.where(mask, loss, 0)
             count = mask_count if low is None or low < 0 else torch.count_nonzero(kept)
         else:
-            keep = mask
-            if low is not None:
-                keep = keep & (loss > low)
-            if high is not None:
-                keep = keep & (loss < high)
+            keep = mask & threshold_mask(loss, low, high)
             kept = loss * keep
             count = torch.count_nonzero(keep)
         value = kept.sum() / count.clamp_min(1)

@@ -157,7 +157,7 @@ def test_queue_state_and_state_dict() -> None:
     assert cbm.embedding_memory.shape == (8, 4) and cbm.embedding_memory.dtype == torch.float32
     assert cbm.label_memory.shape == (8,) and cbm.label_memory.dtype == torch.int64
     assert (cbm.queue_idx, cbm.has_been_filled) == (0, False)
-    assert set(cbm.state_dict()) == {"embedding_memory", "label_memory"}
+    assert set(cbm.state_dict()) == {"embedding_memory", "label_memory", "queue_state"}
     emb, labels = _batch(0, n=5)
     cbm(emb.float(), labels)
     assert (cbm.queue_idx, cbm.has_been_filled) == (5, False)
@@ -333,7 +333,9 @@ def test_dtype_and_device(dtype: torch.dtype, device: torch.device) -> None:
         out = cbm(x, labels.to(device))
         out.backward()
         assert out.dtype == dtype and out.device.type == device.type
-        assert cbm.embedding_memory.dtype == dtype and cbm.embedding_memory.device == x.device
+        # the float32 memory is never narrowed: half-precision batches are computed in float32
+        mem_dtype = torch.promote_types(torch.float32, dtype)
+        assert cbm.embedding_memory.dtype == mem_dtype and cbm.embedding_memory.device == x.device
         assert x.grad is not None and x.grad.dtype == dtype
         assert_close(out, ref(emb.to(dtype).double(), labels).to(dtype))
 
@@ -411,3 +413,270 @@ def test_nan_embeddings_give_nan() -> None:
     emb = emb.float()
     emb[0, 0] = float("nan")
     assert torch.isnan(cbm(emb, labels))
+
+
+# ----------------------------------------------------------------------------- issue 9 regressions
+
+
+def _state(cbm: CrossBatchMemory) -> tuple[Any, ...]:
+    return (
+        cbm.queue_idx,
+        cbm.has_been_filled,
+        cbm.embedding_memory.clone(),
+        cbm.label_memory.clone(),
+    )
+
+
+def _assert_same_state(got: tuple[Any, ...], exp: tuple[Any, ...]) -> None:
+    assert got[:2] == exp[:2]
+    torch.testing.assert_close(got[2], exp[2], rtol=0, atol=0)
+    assert got[3].tolist() == exp[3].tolist()
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_negative_index_in_indices_tuple_is_rejected(position: int) -> None:
+    # fix: index -1 silently meant the last query / the last memory slot.
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    emb, labels = _batch(0)
+    triplet_ = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])]
+    triplet_[position] = torch.tensor([0, -1])
+    before = _state(cbm)
+    with pytest.raises(ValueError, match="indices_tuple"):
+        cbm(emb, labels, indices_tuple=tuple(triplet_))
+    _assert_same_state(_state(cbm), before)
+
+
+def test_index_past_the_reference_set_in_indices_tuple_is_rejected() -> None:
+    # fix: p/n indices >= the reference-set size raised an IndexError inside the loss (after
+    # the batch had been enqueued); anchors >= the batch size likewise.
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    emb, labels = _batch(0)  # 6 rows: the reference set after enqueueing has 6 slots
+    z, last = torch.tensor([0]), torch.tensor([5])
+    cbm(emb, labels, indices_tuple=(last, last, last))  # the largest valid indices
+    cbm.reset_queue()
+    bad = [
+        (torch.tensor([6]), z, z),  # anchor == N
+        (z, torch.tensor([6]), z),  # positive == reference size
+        (z, z, torch.tensor([6])),  # negative == reference size
+        (z, z, torch.tensor([0, 1]), torch.tensor([1, 6])),  # pairs
+        (z, z, torch.tensor([7]), z),  # pair anchor
+    ]
+    for t in bad:
+        with pytest.raises(ValueError, match="indices_tuple"):
+            cbm(emb, labels, indices_tuple=t)
+        assert (cbm.queue_idx, cbm.has_been_filled) == (0, False)
+    # once the memory is filled, the reference set is the whole memory
+    cbm(emb, labels)
+    cbm(emb[:4], labels[:4])  # 10 slots filled
+    cbm(emb[:2], labels[:2], indices_tuple=(torch.tensor([1]), torch.tensor([9]), z))
+    with pytest.raises(ValueError, match="indices_tuple"):
+        cbm(emb[:2], labels[:2], indices_tuple=(z, torch.tensor([10]), z))
+
+
+class _FailingMiner(torch.nn.Module):
+    def forward(self, *args: Any) -> Any:
+        raise RuntimeError("miner failed")
+
+
+def test_failed_call_does_not_enqueue_the_batch() -> None:
+    # fix: a call that raised after enqueueing left the batch in the memory and moved the queue.
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    emb, labels = _batch(0)
+    cbm(emb, labels)
+    before, before_idx = _state(cbm), cbm.curr_batch_idx.clone()
+    cbm.miner = _FailingMiner()
+    with pytest.raises(RuntimeError, match="miner failed"):
+        cbm(_batch(1)[0], labels)
+    _assert_same_state(_state(cbm), before)
+    assert cbm.curr_batch_idx.tolist() == before_idx.tolist()
+    with pytest.raises(ValueError, match="indices_tuple"):
+        cbm(emb, labels, indices_tuple=(torch.tensor([6]),) * 3)
+    _assert_same_state(_state(cbm), before)
+
+
+@pytest.mark.parametrize("calls_before_save", [1, 2])
+def test_state_dict_round_trips_the_queue_position(calls_before_save: int) -> None:
+    # fix: queue_idx/has_been_filled were not saved, so a resumed run hid the restored memory
+    # (1 call: 6 of 10 slots, not filled; 2 calls: wrapped, filled).
+    run = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    for call in range(calls_before_save):
+        run(*_batch(call))
+    state = run.state_dict()
+    resumed = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    resumed.load_state_dict(state)
+    _assert_same_state(_state(resumed), _state(run))
+    nxt = _batch(7)
+    exp = run(*nxt)
+    assert exp.item() > 0
+    torch.testing.assert_close(resumed(*nxt), exp, rtol=0, atol=0)
+    _assert_same_state(_state(resumed), _state(run))
+
+
+def test_queue_state_is_in_the_state_dict() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=8)
+    assert set(cbm.state_dict()) == {"embedding_memory", "label_memory", "queue_state"}
+    cbm(*_batch(0, n=5))
+    assert cbm.state_dict()["queue_state"].tolist() == [5, 0]
+    cbm(*_batch(1, n=5))
+    assert cbm.state_dict()["queue_state"].tolist() == [2, 1]
+    cbm.reset_queue()
+    assert cbm.state_dict()["queue_state"].tolist() == [0, 0]
+
+
+def test_reference_state_dict_without_queue_state_still_loads() -> None:
+    # A state_dict of pytorch-metric-learning (or of pml before the fix) has only the two
+    # memories; it loads with strict=True and the queue position is inferred from the memory.
+    run = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    run(*_batch(0))
+    old = {k: v for k, v in run.state_dict().items() if k != "queue_state"}
+    resumed = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    resumed.load_state_dict(old)  # strict
+    _assert_same_state(_state(resumed), _state(run))  # 6 slots written: exact
+
+    run(*_batch(1))  # wraps: the memory is full, the position cannot be known
+    old = {k: v for k, v in run.state_dict().items() if k != "queue_state"}
+    resumed = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    with pytest.warns(UserWarning, match="queue_state"):
+        resumed.load_state_dict(old)
+    assert (resumed.queue_idx, resumed.has_been_filled) == (0, True)
+    nxt = _batch(7)
+    assert resumed(*nxt).item() > 0  # the restored memory takes part
+
+    empty = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    fresh = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    empty.load_state_dict({k: v for k, v in fresh.state_dict().items() if k != "queue_state"})
+    assert (empty.queue_idx, empty.has_been_filled) == (0, False)
+
+
+def test_state_dict_with_an_invalid_queue_state_is_rejected() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    state = cbm.state_dict()
+    state["queue_state"] = torch.tensor([10, 0])
+    with pytest.raises(ValueError, match="queue_state"):
+        cbm.load_state_dict(state)
+    assert (cbm.queue_idx, cbm.has_been_filled) == (0, False)
+
+
+def test_stored_labels_are_not_narrowed_to_a_later_batch_dtype() -> None:
+    # fix: the label memory was cast to each batch's dtype: int64 label 300 became uint8 44
+    # and collided with a real label 44.
+    loss = contrastive()
+    cbm = CrossBatchMemory(loss, embedding_size=4, memory_size=10).double()
+    emb, _ = _batch(0, n=4)
+    cbm(emb[:2], torch.tensor([300, 1]))
+    cbm(emb[2:], torch.tensor([44, 2], dtype=torch.uint8))
+    assert cbm.label_memory.dtype == torch.int64
+    assert cbm.label_memory[:4].tolist() == [300, 1, 44, 2]
+    a1, p, _, _ = loss.seen["indices_tuple"]
+    assert len(a1) == 0  # query 44 has no positive: slot 0 holds 300, not 44
+
+
+def test_float64_memory_is_not_narrowed_by_a_float16_batch() -> None:
+    # fix: a float64 memory was cast to the dtype of a float16 batch, truncating stored rows.
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+    first, l1 = _batch(0, n=4)
+    cbm(first, l1)
+    second, l2 = _batch(1, n=4)
+    x = second.half().requires_grad_()
+    out = cbm(x, l2)
+    assert out.dtype == torch.float16
+    assert cbm.embedding_memory.dtype == torch.float64
+    torch.testing.assert_close(cbm.embedding_memory[:4], first, rtol=0, atol=0)
+    torch.testing.assert_close(cbm.embedding_memory[4:8], x.detach().double(), rtol=0, atol=0)
+    naive = NaiveMemory(10)
+    naive.enqueue(first, l1)
+    q = x.detach().double()
+    exp = naive.pair_loss(q, l2, naive.enqueue(q, l2))
+    torch.testing.assert_close(out, exp.half())  # computed in float64, returned in float16
+    out.backward()
+    assert x.grad is not None and x.grad.dtype == torch.float16
+
+
+def test_float32_memory_computes_in_float32_for_bfloat16_batches() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    emb, labels = _batch(0, n=4)
+    x = emb.bfloat16()
+    out = cbm(x, labels)
+    assert out.dtype == torch.bfloat16 and cbm.embedding_memory.dtype == torch.float32
+    ref = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    torch.testing.assert_close(out, ref(x.float(), labels).bfloat16(), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- reference API
+
+
+def test_add_to_memory_writes_slots_and_sets_curr_batch_idx() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=2, memory_size=5)
+    assert cbm.curr_batch_idx is None
+    e = torch.arange(8.0).view(4, 2)
+    labels = torch.tensor([1, 2, 3, 4])
+    assert cbm.add_to_memory(e, labels, 4) is None
+    assert cbm.curr_batch_idx.tolist() == [0, 1, 2, 3]
+    assert (cbm.queue_idx, cbm.has_been_filled) == (4, False)
+    cbm.add_to_memory(e[:3] + 100, labels[:3] + 10, 3)
+    assert cbm.curr_batch_idx.tolist() == [4, 0, 1]
+    assert (cbm.queue_idx, cbm.has_been_filled) == (2, True)
+    assert cbm.label_memory.tolist() == [12, 13, 3, 4, 11]
+    torch.testing.assert_close(cbm.embedding_memory[[4, 0, 1]], e[:3] + 100)
+    x = e.clone().requires_grad_()
+    cbm.add_to_memory(x, labels, 4)
+    assert not cbm.embedding_memory.requires_grad
+    assert cbm.state_dict()["queue_state"].tolist() == [1, 1]
+
+
+def test_add_to_memory_validates_its_arguments() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=2, memory_size=5)
+    e, labels = torch.zeros(4, 2), torch.arange(4)
+    with pytest.raises(ValueError, match="batch_size"):
+        cbm.add_to_memory(e, labels, 3)
+    with pytest.raises(ValueError, match="labels"):
+        cbm.add_to_memory(e, labels[:3], 4)
+    with pytest.raises(ValueError, match="embedding_size"):
+        cbm.add_to_memory(torch.zeros(4, 3), labels, 4)
+    assert (cbm.queue_idx, cbm.curr_batch_idx) == (0, None)
+
+
+def test_add_to_memory_more_rows_than_slots_keeps_the_last_ones() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=2, memory_size=3)
+    e = torch.arange(8.0).view(4, 2)
+    cbm.add_to_memory(e, torch.tensor([1, 2, 3, 4]), 4)
+    assert cbm.curr_batch_idx.tolist() == [0, 1, 2, 0]
+    torch.testing.assert_close(cbm.embedding_memory, e[[3, 1, 2]])
+    assert cbm.label_memory.tolist() == [4, 2, 3]
+    assert (cbm.queue_idx, cbm.has_been_filled) == (1, True)
+
+
+def test_create_indices_tuple_matches_forward() -> None:
+    loss = contrastive()
+    cbm = CrossBatchMemory(loss, embedding_size=4, memory_size=10).double()
+    emb, labels = _batch(0)
+    cbm(emb, labels)
+    emb, labels = _batch(1)
+    user = (torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([5, 2]))
+    cbm(emb, labels, indices_tuple=user)
+    seen = loss.seen["indices_tuple"]
+    mem, mem_labels = cbm.embedding_memory, cbm.label_memory
+    got = cbm.create_indices_tuple(emb, labels, mem, mem_labels, user, True)
+    assert [t.tolist() for t in got] == [t.tolist() for t in seen]
+    own = cbm.curr_batch_idx.tolist()
+    assert own == [6, 7, 8, 9, 0, 1]
+    no_removal = cbm.create_indices_tuple(emb, labels, mem, mem_labels, None, False)
+    a1, p = no_removal[0].tolist(), no_removal[1].tolist()
+    assert all((i, own[i]) in set(zip(a1, p)) for i in range(6))
+    with pytest.raises(ValueError, match="indices_tuple"):
+        cbm.create_indices_tuple(emb, labels, mem, mem_labels, (torch.tensor([-1]),) * 3, True)
+    fresh = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10)
+    with pytest.raises(ValueError, match="curr_batch_idx"):
+        fresh.create_indices_tuple(emb, labels, mem, mem_labels, None, True)
+
+
+def test_module_built_under_inference_mode_trains_outside_it() -> None:
+    # the queue_state buffer is written in place: an inference tensor is replaced first
+    with torch.inference_mode():
+        cbm = CrossBatchMemory(contrastive(), embedding_size=4, memory_size=10).double()
+        cbm(*_batch(0))
+    emb, labels = _batch(1)
+    out = cbm(emb.requires_grad_(), labels)
+    out.backward()
+    assert emb.grad is not None
+    assert cbm.state_dict()["queue_state"].tolist() == [2, 1]

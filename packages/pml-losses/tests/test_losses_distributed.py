@@ -79,6 +79,51 @@ def _grad(out: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
     return [g.detach() for g in torch.autograd.grad(out, xs)]
 
 
+#: (name, memory_size, batch size of rank 0 and rank 1): the global batch is 12 (10 uneven);
+#: 24 is a multiple of it, 20 and 18 are not (the queue wraps mid-batch), 16 with uneven ranks.
+CBM_CASES = [("m24", 24, (6, 6)), ("m20", 20, (6, 6)), ("m18", 18, (6, 6)), ("uneven", 16, (6, 4))]
+CBM_CALLS = 5
+
+
+def cbm_mask(call: int, n: int) -> torch.Tensor | None:
+    """The last call enqueues every third row and uses the others as queries."""
+    return torch.arange(n) % 3 == 0 if call == CBM_CALLS - 1 else None
+
+
+def _error(fn: Any) -> str:
+    """``"ok"`` or ``"<ExceptionType>: <message>"``."""
+    try:
+        fn()
+    except Exception as e:  # recorded for the parent process to assert on
+        return f"{type(e).__name__}: {e}"
+    return "ok"
+
+
+def _bounds_errors(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """indices_tuple bounds under the wrapper: gathered sizes (12), local anchors (6)."""
+    z = torch.tensor([0])
+
+    def t(a: int, p: int) -> tuple[torch.Tensor, ...]:
+        return torch.tensor([a]), torch.tensor([p]), z
+
+    plain = DistributedLossWrapper(contrastive())
+    efficient = DistributedLossWrapper(contrastive(), efficient=True)
+    cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=30).double()
+    out = {
+        "plain_ok": _error(lambda: plain(emb, labels, t(11, 11))),
+        "plain_anchor": _error(lambda: plain(emb, labels, t(12, 0))),
+        "plain_negative": _error(lambda: plain(emb, labels, t(0, -1))),
+        "efficient_ok": _error(lambda: efficient(emb, labels, t(5, 11))),
+        "efficient_anchor": _error(lambda: efficient(emb, labels, t(6, 0))),
+        "efficient_ref": _error(lambda: efficient(emb, labels, t(0, 12))),
+        "cbm_ok": _error(lambda: DistributedLossWrapper(cbm)(emb, labels, t(11, 11))),
+        "cbm_anchor": _error(lambda: DistributedLossWrapper(cbm)(emb, labels, t(12, 0))),
+        "cbm_ref": _error(lambda: DistributedLossWrapper(cbm)(emb, labels, t(0, 24))),
+    }
+    out["cbm_queue_idx"] = cbm.queue_idx  # only the valid call was enqueued
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -106,14 +151,23 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         out = DistributedLossWrapper(contrastive())(x, labels[:n])
         res["uneven"] = (out.detach(), *_grad(out, x))
 
-        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=20).double()
-        wrapper = DistributedLossWrapper(cbm)
-        for call in range(3):
-            e, lab = rank_data(rank, seed=10 + call)
-            x = e.clone().requires_grad_()
-            mask = (torch.arange(6) % 3 == 0) if call == 2 else None
-            out = wrapper(x, lab, enqueue_mask=mask)
-            res[f"cbm{call}"] = (out.detach(), *_grad(out, x))
+        for name, memory_size, sizes in CBM_CASES:
+            n = sizes[rank]
+            cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size)
+            wrapper = DistributedLossWrapper(cbm.double())
+            for call in range(CBM_CALLS):
+                e, lab = rank_data(rank, n=n, seed=10 + call)
+                x = e.clone().requires_grad_()
+                out = wrapper(x, lab, enqueue_mask=cbm_mask(call, n))
+                res[f"cbm_{name}_{call}"] = (out.detach(), *_grad(out, x))
+                res[f"cbm_{name}_{call}_state"] = (
+                    cbm.queue_idx,
+                    cbm.has_been_filled,
+                    cbm.embedding_memory.clone(),
+                    cbm.label_memory.clone(),
+                )
+
+        res["bounds"] = _bounds_errors(emb, labels)
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -213,23 +267,49 @@ def test_gloo_ranks_with_different_batch_sizes(gloo_results) -> None:  # type: i
 
 
 @pytest.mark.distributed
-def test_gloo_cross_batch_memory_sees_every_rank(gloo_results) -> None:  # type: ignore[no-untyped-def]
-    for rank in range(WORLD):
-        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=20).double()
-        for call in range(3):
-            (e0, l0), (e1, l1) = (
-                rank_data(rank, seed=10 + call),
-                rank_data(_other(rank), seed=10 + call),
-            )
-            own = e0.clone().requires_grad_()
-            mask = None
-            if call == 2:
-                m = torch.arange(6) % 3 == 0
-                mask = torch.cat([m, m])
-            exp = cbm(torch.cat([own, e1]), torch.cat([l0, l1]), enqueue_mask=mask)
-            value, grad = gloo_results[rank][f"cbm{call}"]
+@pytest.mark.parametrize(("name", "memory_size", "sizes"), CBM_CASES)
+def test_gloo_cross_batch_memory_ranks_hold_the_memory_of_one_process(  # type: ignore[no-untyped-def]
+    gloo_results, name: str, memory_size: int, sizes: tuple[int, int]
+) -> None:
+    # fix: every rank enqueued the gathered batch local-rank-first, so with a memory size
+    # that is not a multiple of the global batch the ranks held different rows (and rank
+    # 1's loss differed). Now every rank holds the memory of one process fed the
+    # concatenated batch in rank order, and returns world_size x that process's loss.
+    single = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size).double()
+    for call in range(CBM_CALLS):
+        blocks = [rank_data(r, n=sizes[r], seed=10 + call) for r in range(WORLD)]
+        live = [e.clone().requires_grad_() for e, _ in blocks]
+        masks = [cbm_mask(call, sizes[r]) for r in range(WORLD)]
+        mask = None if masks[0] is None else torch.cat(masks)  # type: ignore[arg-type]
+        exp = single(torch.cat(live), torch.cat([lab for _, lab in blocks]), enqueue_mask=mask)
+        grads = _grad(exp, *live)
+        for rank in range(WORLD):
+            value, grad = gloo_results[rank][f"cbm_{name}_{call}"]
             torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
-            torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-7, atol=1e-10)
+            torch.testing.assert_close(grad, grads[rank] * WORLD, rtol=1e-7, atol=1e-10)
+            q, filled, mem, mem_labels = gloo_results[rank][f"cbm_{name}_{call}_state"]
+            assert (q, filled) == (single.queue_idx, single.has_been_filled)
+            torch.testing.assert_close(mem, single.embedding_memory, rtol=0, atol=0)
+            assert mem_labels.tolist() == single.label_memory.tolist()
+
+
+@pytest.mark.distributed
+def test_gloo_out_of_range_indices_tuple_is_rejected(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    # fix: indices_tuple bounds were never checked (-1 silently meant the last row).
+    for rank in range(WORLD):
+        got = gloo_results[rank]["bounds"]
+        for key in ("plain_ok", "efficient_ok", "cbm_ok"):
+            assert got[key] == "ok", (rank, key, got[key])
+        for key in (
+            "plain_anchor",
+            "plain_negative",
+            "efficient_anchor",
+            "efficient_ref",
+            "cbm_anchor",
+            "cbm_ref",
+        ):
+            assert got[key].startswith("ValueError") and "indices_tuple" in got[key], (rank, key)
+        assert got["cbm_queue_idx"] == 2 * 6
 
 
 # ----------------------------------------------------------------------------- no process group
@@ -261,6 +341,35 @@ def test_not_distributed_cross_batch_memory() -> None:
             wrapper(emb, labels, enqueue_mask=mask), plain(emb, labels, enqueue_mask=mask)
         )
     assert wrapped.queue_idx == plain.queue_idx == 9
+
+
+def test_out_of_range_indices_tuple_is_rejected_outside_a_process_group() -> None:
+    # fix: -1 silently meant the last row; an index past the end raised deep inside.
+    emb, labels = rank_data(0)  # 6 rows
+    ref, ref_labels = rank_data(0, n=4, seed=1)
+    z = torch.tensor([0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for efficient in (False, True):
+            wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
+            wrapper(emb, labels, (torch.tensor([5]), torch.tensor([5]), z))  # in range
+            for bad in ((torch.tensor([-1]), z, z), (z, z, torch.tensor([6]))):
+                with pytest.raises(ValueError, match="indices_tuple"):
+                    wrapper(emb, labels, bad)
+            with pytest.raises(ValueError, match="indices_tuple"):
+                wrapper(emb, labels, (z, torch.tensor([4]), z), ref, ref_labels)
+        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=16).double()
+        with pytest.raises(ValueError, match="indices_tuple"):
+            DistributedLossWrapper(cbm)(emb, labels, (z, torch.tensor([-1]), z))
+        assert cbm.queue_idx == 0
+
+
+def test_gather_in_rank_order_without_process_group() -> None:
+    from pml.core.distributed import gather_in_rank_order
+
+    x = torch.randn(3, 2, requires_grad=True)
+    got, offset = gather_in_rank_order(x)
+    assert got is x and offset == 0
 
 
 def test_dtype_and_device(dtype: torch.dtype, device: torch.device) -> None:

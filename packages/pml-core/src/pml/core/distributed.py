@@ -3,6 +3,9 @@
 Convention (the reference's): gathered tensors put the local block first, then the other
 ranks in ascending rank order, so local index ``i`` is global index ``i``. Gathered copies of
 other ranks carry no autograd graph; the local block keeps its graph.
+:func:`gather_in_rank_order` is the exception: rank 0's block first on every rank, the layout
+of one process holding the concatenated batch (for stateful consumers such as a memory queue,
+which must hold the same rows on every rank).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "gather",
     "gather_emb_and_ref",
     "gather_enqueue_mask",
+    "gather_in_rank_order",
     "get_indices_tuple",
     "get_world_size",
     "is_distributed",
@@ -38,16 +42,11 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def all_gather(x: Tensor) -> Tensor | None:
-    """Gather ``x`` from every rank, drop the caller's own copy, concatenate the others.
-
-    Every rank must pass a tensor of the same shape except along dim 0 (sizes are exchanged
-    first, so ranks may hold different batch sizes). Returns None when the world size is 1.
-    """
+def _all_gather_blocks(x: Tensor) -> list[Tensor] | None:
+    """Every rank's ``x`` (detached), indexed by rank; None when the world size is 1."""
     world_size = get_world_size()
     if world_size <= 1:
         return None
-    rank = dist.get_rank()
     is_bool = x.dtype == torch.bool
     x = x.contiguous().to(torch.uint8) if is_bool else x.contiguous()
     local_size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
@@ -60,9 +59,41 @@ def all_gather(x: Tensor) -> Tensor | None:
         padded = torch.cat([x, pad])
     buffers = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(buffers, padded.detach())
-    others = [buf[: int(sizes[r])] for r, buf in enumerate(buffers) if r != rank]
-    out = torch.cat(others, dim=0)
-    return out.bool() if is_bool else out
+    blocks = [buf[: int(sizes[r])] for r, buf in enumerate(buffers)]
+    return [b.bool() for b in blocks] if is_bool else blocks
+
+
+def all_gather(x: Tensor) -> Tensor | None:
+    """Gather ``x`` from every rank, drop the caller's own copy, concatenate the others.
+
+    Every rank must pass a tensor of the same shape except along dim 0 (sizes are exchanged
+    first, so ranks may hold different batch sizes). Returns None when the world size is 1.
+    """
+    blocks = _all_gather_blocks(x)
+    if blocks is None:
+        return None
+    rank = dist.get_rank()
+    return torch.cat([b for r, b in enumerate(blocks) if r != rank], dim=0)
+
+
+def gather_in_rank_order(x: Tensor) -> tuple[Tensor, int]:
+    """Every rank's ``x`` concatenated in ascending rank order (rank 0 first).
+
+    Unlike :func:`gather` (local block first), every rank gets the same layout: that of one
+    process holding the concatenated batch. The caller's block is ``x`` itself (it keeps its
+    autograd graph and device); the other blocks are detached copies.
+
+    Returns:
+        ``(gathered, offset)``: ``gathered[offset : offset + len(x)]`` is the caller's block.
+        Not distributed (or world size 1): ``(x, 0)``.
+    """
+    blocks = _all_gather_blocks(x)
+    if blocks is None:
+        return x, 0
+    rank = dist.get_rank()
+    offset = sum(len(b) for b in blocks[:rank])
+    blocks[rank] = x
+    return torch.cat([b.to(x.device) for b in blocks], dim=0), offset
 
 
 def all_gather_embeddings_and_labels(

@@ -2,7 +2,10 @@
 
 The reference has this class in ``utils.distributed``; pml keeps it with the losses.
 Gathering helpers are pml-core's (:mod:`pml.core.distributed`): the local block comes first,
-then the other ranks in ascending order; only the local block carries gradients.
+then the other ranks in ascending order; only the local block carries gradients. A wrapped
+CrossBatchMemory is the exception: it gets the batches in rank order (rank 0 first) on every
+rank, so that every rank's memory holds the same rows as one process fed the concatenated
+batch.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 
 from pml.core import distributed as D
 from pml.core.indices import IndicesTuple, get_all_pairs_indices, remove_self_comparisons
+from pml.core.validation import check_indices_tuple
 from pml.losses._base import BaseMetricLossFunction
 from pml.losses._cross_batch_memory import CrossBatchMemory
 
@@ -24,6 +28,12 @@ class DistributedLossWrapper(nn.Module):
     The multiplication compensates DistributedDataParallel's averaging of gradients over
     ranks, so the gradient of the local embeddings equals that of one process computing the
     loss on the concatenated batch.
+
+    With a :class:`CrossBatchMemory`, every rank enqueues the gathered batch in rank order
+    (rank 0's rows first) and computes the loss of all gathered queries, so every rank holds
+    the memory of one process fed the concatenated batch and returns ``world_size`` times
+    that process's loss (the gradient of each rank's embeddings is ``world_size`` times that
+    process's gradient of those rows).
 
     Args:
         loss: a :class:`BaseMetricLossFunction` or a :class:`CrossBatchMemory`.
@@ -69,7 +79,9 @@ class DistributedLossWrapper(nn.Module):
             embeddings: local embeddings ``(N, D)``.
             labels: local labels ``(N,)``.
             indices_tuple: pairs/triplets indexing the *gathered* arrays (efficient: anchors
-                index the local batch, ``p``/``n`` the gathered reference).
+                index the local batch, ``p``/``n`` the gathered reference; CrossBatchMemory:
+                anchors index the batches concatenated in rank order, ``p``/``n`` the memory).
+                Every index must lie in range (ValueError), checked on every call.
             ref_emb: local reference embeddings ``(M, D)`` (gathered too).
             ref_labels: local reference labels ``(M,)``.
             enqueue_mask: CrossBatchMemory only: local bool mask ``(N,)``.
@@ -79,7 +91,8 @@ class DistributedLossWrapper(nn.Module):
 
         Raises:
             ValueError: ``ref_emb``/``ref_labels`` with a CrossBatchMemory, ``enqueue_mask``
-                with another loss, or missing labels in efficient mode.
+                with another loss, missing labels in efficient mode, or ``indices_tuple``
+                indices out of range.
         """
         if isinstance(self.loss, CrossBatchMemory):
             return self._cross_batch_memory(
@@ -87,21 +100,24 @@ class DistributedLossWrapper(nn.Module):
             )
         if enqueue_mask is not None:
             raise ValueError("enqueue_mask is only supported when wrapping a CrossBatchMemory")
-        if not D.is_distributed():
-            _warn_not_distributed()
+        if not D.is_distributed() or D.get_world_size() <= 1:
+            if not D.is_distributed():
+                _warn_not_distributed()
+            _check_bounds(indices_tuple, embeddings, embeddings if ref_emb is None else ref_emb)
             return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         world_size = D.get_world_size()
-        if world_size <= 1:
-            return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         all_emb, all_labels, all_ref_emb, all_ref_labels, labels = D.gather_emb_and_ref(
             embeddings, labels, ref_emb, ref_labels
         )
         if not self.efficient:
+            _check_bounds(indices_tuple, all_emb, all_emb if all_ref_emb is None else all_ref_emb)
             loss = self.loss(all_emb, all_labels, indices_tuple, all_ref_emb, all_ref_labels)
             return loss * world_size
         has_ref = ref_emb is not None
         ref = all_ref_emb if has_ref else all_emb
         ref_lab = all_ref_labels if has_ref else all_labels
+        # fix: the reference checks no bounds (-1 silently meant the last row).
+        _check_bounds(indices_tuple, embeddings, ref)
         if indices_tuple is None:
             if labels is None:
                 raise ValueError(
@@ -136,9 +152,25 @@ class DistributedLossWrapper(nn.Module):
         world_size = D.get_world_size()
         if world_size <= 1:
             return self.loss(embeddings, labels, indices_tuple, enqueue_mask)
-        all_emb, all_labels, _ = D.gather(embeddings, labels)
-        all_mask = D.gather_enqueue_mask(enqueue_mask, embeddings.device)
+        if labels is None:
+            raise ValueError("labels must not be None: CrossBatchMemory needs labels")
+        # fix: the reference gathers local-rank-first, so every rank enqueued the rows in
+        # another order and, with a memory size that is not a multiple of the global batch,
+        # the ranks' memories (and losses) diverged. Rank order is the same on every rank:
+        # that of one process holding the concatenated batch.
+        all_emb, _ = D.gather_in_rank_order(embeddings)
+        all_labels, _ = D.gather_in_rank_order(labels.to(embeddings.device))
+        all_mask = None
+        if enqueue_mask is not None:
+            all_mask, _ = D.gather_in_rank_order(enqueue_mask.to(embeddings.device))
+        # The memory checks indices_tuple itself (against the gathered sizes).
         return self.loss(all_emb, all_labels, indices_tuple, all_mask) * world_size
+
+
+def _check_bounds(indices_tuple: IndicesTuple | None, queries: Tensor, ref: Tensor) -> None:
+    """Anchors in ``[0, len(queries))``, positives/negatives in ``[0, len(ref))``."""
+    if indices_tuple is not None:
+        check_indices_tuple(indices_tuple, len(queries), len(ref), check_bounds=True)
 
 
 def _warn_not_distributed() -> None:

@@ -311,15 +311,76 @@ def test_cross_batch_memory_rejections_match() -> None:
 
 
 def test_cross_batch_memory_state_dict_interchange() -> None:
+    # ours has one more buffer, queue_state (fix: the queue position is saved); a reference
+    # state_dict loads into ours with strict=True, ours into the reference with strict=False.
     fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=16)
     emb, labels = data(10, seed=5)
     fb(emb, labels)
     fa.load_state_dict(fb.state_dict())
+    torch.testing.assert_close(fa.embedding_memory, fb.embedding_memory, rtol=0, atol=0)
     fb2 = ref_losses.CrossBatchMemory(
         ref_losses.ContrastiveLoss(), embedding_size=6, memory_size=16
     )
-    fb2.load_state_dict(fa.state_dict())
-    assert set(fa.state_dict()) == set(fb.state_dict())
+    result = fb2.load_state_dict(fa.state_dict(), strict=False)
+    assert list(result.unexpected_keys) == ["queue_state"] and not result.missing_keys
+    assert set(fa.state_dict()) == set(fb.state_dict()) | {"queue_state"}
+
+
+def _cbm_state(f: Any) -> tuple[Any, ...]:
+    return (
+        f.queue_idx,
+        f.has_been_filled,
+        f.curr_batch_idx.tolist(),
+        f.embedding_memory.tolist(),
+        f.label_memory.tolist(),
+    )
+
+
+def test_cross_batch_memory_add_to_memory_matches() -> None:
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=10)
+    fa, fb = fa.float(), fb.float()
+    # 4, 4, 4 (wraps), 2 (exactly fills), then forward calls interleaved
+    for step, n in enumerate([4, 4, 4, 2, 3, 7]):
+        emb, labels = data(n, seed=70 + step)
+        emb = emb.float()
+        if step < 4:
+            assert fa.add_to_memory(emb, labels, n) is None
+            fb.add_to_memory(emb, labels, n)
+        else:
+            torch.testing.assert_close(fa(emb, labels), fb(emb, labels), rtol=1e-6, atol=1e-7)
+        assert _cbm_state(fa) == _cbm_state(fb)
+
+
+@pytest.mark.parametrize("with_miner", [False, True])
+def test_cross_batch_memory_create_indices_tuple_matches(with_miner: bool) -> None:
+    miner = (
+        ref_miners.TripletMarginMiner(margin=0.5, type_of_triplets="all") if with_miner else None
+    )
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=12, miner=miner)
+    fa, fb = fa.float(), fb.float()
+    for step, n in enumerate([8, 8]):  # the second batch wraps around
+        emb, labels = data(n, seed=80 + step, classes=3)
+        emb = emb.float()
+        fa.add_to_memory(emb, labels, n)
+        fb.add_to_memory(emb, labels, n)
+        mem_a = (fa.embedding_memory, fa.label_memory)
+        mem_b = (fb.embedding_memory, fb.label_memory)
+        if not fb.has_been_filled:
+            mem_a = tuple(t[: fa.queue_idx] for t in mem_a)
+            mem_b = tuple(t[: fb.queue_idx] for t in mem_b)
+        m = len(mem_b[1])
+        triplets = (torch.tensor([0, 1, 7]), torch.tensor([2, m - 1, 0]), torch.tensor([3, 0, 1]))
+        pairs = (
+            torch.tensor([0, 0, 5]),
+            torch.tensor([1, 2, 3]),
+            torch.tensor([0, 5, 0]),
+            torch.tensor([m - 1, 4, 6]),
+        )
+        for user in (None, triplets, pairs):
+            for remove in (True, False):
+                got = fa.create_indices_tuple(emb, labels, *mem_a, user, remove)
+                exp = fb.create_indices_tuple(emb, labels, *mem_b, user, remove)
+                assert [t.tolist() for t in got] == [t.tolist() for t in exp], (step, remove)
 
 
 # ----------------------------------------------------------------------------- Distributed
@@ -422,3 +483,85 @@ def test_distributed_wrapper_enqueue_mask_with_a_plain_loss_differs() -> None:
         ref_dist.DistributedLossWrapper(b)(emb, labels, enqueue_mask=mask)  # silently ignored
         with pytest.raises(ValueError, match="enqueue_mask"):
             ours.DistributedLossWrapper(a)(emb, labels, enqueue_mask=mask)
+
+
+def test_cross_batch_memory_state_dict_restores_the_queue_position_differs() -> None:
+    # fix: the reference saves no queue position, so a resumed run hides the restored memory
+    # (loss 0 here); ours saves queue_state, and infers it from a reference state_dict.
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=16)
+    emb, labels = data(10, seed=90, classes=2)
+    nxt, nxt_labels = data(4, seed=91, classes=2)
+    fa(emb, labels), fb(emb, labels)
+    ra, rb = _cbm_pair("ContrastiveLoss", {}, memory_size=16)
+    ra.load_state_dict(fa.state_dict())
+    rb.load_state_dict(fb.state_dict())
+    assert (rb.queue_idx, ra.queue_idx) == (0, 10)
+    uninterrupted = fa(nxt, nxt_labels)
+    torch.testing.assert_close(ra(nxt, nxt_labels), uninterrupted, rtol=0, atol=0)
+    assert rb(nxt, nxt_labels).item() != pytest.approx(uninterrupted.item())
+    from_reference = _cbm_pair("ContrastiveLoss", {}, memory_size=16)[0]
+    from_reference.load_state_dict(fb.state_dict())  # strict; no queue_state: inferred
+    assert (from_reference.queue_idx, from_reference.has_been_filled) == (10, False)
+
+
+def test_cross_batch_memory_out_of_range_indices_tuple_differs() -> None:
+    # fix: the reference reads index -1 as the last row, and enqueues the batch before an
+    # out-of-range index fails with an IndexError; ours raises ValueError before enqueueing.
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=8)
+    emb, labels = data(4, seed=92, classes=2)
+    z = torch.tensor([0])
+    negative = (torch.tensor([-1]), torch.tensor([1]), z)
+    assert torch.isfinite(fb(emb, labels, negative))
+    with pytest.raises(ValueError, match="indices_tuple"):
+        fa(emb, labels, negative)
+    past_end = (z, torch.tensor([8]), z)  # the reference set has 8 rows after this batch
+    with pytest.raises(IndexError):
+        fb(emb, labels, past_end)
+    with pytest.raises(ValueError, match="indices_tuple"):
+        fa(emb, labels, past_end)
+    assert (fb.queue_idx, fb.has_been_filled, fa.queue_idx) == (0, True, 0)
+
+
+def test_cross_batch_memory_narrowing_dtypes_differs() -> None:
+    # fix: the reference casts the memories to each batch's dtypes: int64 label 300 becomes
+    # uint8 44 (and pairs with a real 44); a float64 memory is truncated to float16.
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=8)
+    emb, _ = data(4, seed=93)
+    for f in (fa, fb):
+        f(emb[:2], torch.tensor([300, 1]))
+    va = fa(emb[2:], torch.tensor([44, 2], dtype=torch.uint8))
+    vb = fb(emb[2:], torch.tensor([44, 2], dtype=torch.uint8))
+    assert fb.label_memory[:4].tolist() == [44, 1, 44, 2]
+    assert fa.label_memory[:4].tolist() == [300, 1, 44, 2]
+    assert va.item() != pytest.approx(vb.item())
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=8)
+    for f in (fa, fb):
+        f(emb[:2], torch.tensor([0, 1]))
+        out = f(emb[2:].half(), torch.tensor([0, 1]))
+        assert out.dtype == torch.float16
+    assert fb.embedding_memory.dtype == torch.float16
+    assert fa.embedding_memory.dtype == torch.float64
+    torch.testing.assert_close(fa.embedding_memory[:2], emb[:2], rtol=0, atol=0)
+
+
+def test_cross_batch_memory_add_to_memory_differences() -> None:
+    # ours promotes dtypes (the reference raises on a float64 batch into its float32 memory),
+    # rejects a batch_size that is not len(embeddings) with a ValueError (the reference: a
+    # RuntimeError), and marks a memory filled once every slot was written (also with more
+    # rows than slots; the reference does not).
+    fa, fb = _cbm_pair("ContrastiveLoss", {}, memory_size=3)
+    fa, fb = fa.float(), fb.float()
+    emb, labels = data(4, seed=94)
+    with pytest.raises(RuntimeError):
+        fb.add_to_memory(emb, labels, 4)
+    with pytest.raises(RuntimeError):
+        fb.add_to_memory(emb.float(), labels, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        fa.add_to_memory(emb, labels, 2)
+    fa.add_to_memory(emb, labels, 4)
+    fb.add_to_memory(emb.float(), labels, 4)
+    assert fa.curr_batch_idx.tolist() == fb.curr_batch_idx.tolist() == [0, 1, 2, 0]
+    assert fa.queue_idx == fb.queue_idx == 1
+    assert fa.has_been_filled and not fb.has_been_filled
+    assert fa.embedding_memory.dtype == torch.float64
+    torch.testing.assert_close(fa.embedding_memory.float(), fb.embedding_memory, rtol=0, atol=0)

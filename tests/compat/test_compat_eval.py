@@ -366,3 +366,75 @@ def test_fix_pca_shared_across_compared_splits():
     assert not torch.allclose(our_emb["b"].mean(0), torch.zeros(2), atol=1e-2)
     joint = torch.cat([our_emb["a"], our_emb["b"]])
     assert torch.allclose(joint.mean(0), torch.zeros(2), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- reliability
+def test_kmeans_func_gets_the_same_arguments():
+    seen: dict[str, list] = {"ref": [], "pml": []}
+
+    def recorder(key):
+        def kmeans(x, n):
+            seen[key].append((type(x), x.dtype, x.device, tuple(x.shape), type(n), n))
+            return torch.zeros(len(x), dtype=torch.long)
+
+        return kmeans
+
+    emb, labels = data(13)
+    ref = ref_ac.AccuracyCalculator(include=("NMI",), kmeans_func=recorder("ref"), device=CPU)
+    pml = ours.AccuracyCalculator(include=("NMI",), kmeans_func=recorder("pml"), device=CPU)
+    for query in (emb.double().numpy(), emb.double(), emb):
+        ref.get_accuracy(query, labels)
+        pml.get_accuracy(query, labels)
+    assert seen["pml"] == seen["ref"]
+    assert seen["ref"][0][:2] == (torch.Tensor, torch.float32)
+
+
+def test_fix_bool_k():
+    assert ref_ac.AccuracyCalculator(k=True, device=CPU).k is True  # accepted as k=1
+    with pytest.raises(TypeError, match="k"):
+        ours.AccuracyCalculator(k=True, device=CPU)
+
+
+def test_fix_unknown_metric_name_per_call():
+    emb, labels = data(14)
+    ref, pml = both()
+    assert ref.get_accuracy(emb, labels, include=("precision_at_2",)) == {}  # a typo
+    with pytest.raises(ValueError, match="include.*precision_at_2"):
+        pml.get_accuracy(emb, labels, include=("precision_at_2",))
+
+
+def test_fix_nan_query_row():
+    emb, labels = data(15, classes=4, per_class=6, dim=4, spread=0.05)
+    query = emb[:8].clone()
+    query[3] = float("nan")
+    ref, pml = both(include=("precision_at_1",))
+    out = ref.get_accuracy(query, labels[:8], emb, labels)["precision_at_1"]
+    assert math.isfinite(out)  # the NaN row is scored with reference_labels[-1]
+    with pytest.raises(ValueError, match="query must be finite"):
+        pml.get_accuracy(query, labels[:8], emb, labels)
+
+
+def test_fix_faiss_knn_nan_query():
+    emb = torch.randn(6, 3)
+    query = emb.clone()
+    query[1] = float("nan")
+    _, idx = ref_inf.FaissKNN()(query, 2, emb, False)
+    assert (idx[1] == -1).all()  # then read as reference_labels[-1]
+    with pytest.raises(ValueError, match="query must be finite"):
+        ours.FaissKNN()(query, 2, emb, False)
+
+
+def test_fix_match_finder_is_match_lengths():
+    from pytorch_metric_learning.distances import CosineSimilarity as RefCosine
+
+    x, y = torch.randn(2, 3), torch.randn(3, 3)
+    with pytest.raises(RuntimeError):
+        ref_inf.MatchFinder(RefCosine(), threshold=0.5).is_match(x, y)
+    with pytest.raises(ValueError, match="x and y"):
+        ours.MatchFinder(ours_cosine(), threshold=0.5).is_match(x, y)
+
+
+def ours_cosine():
+    from pml.distances import CosineSimilarity
+
+    return CosineSimilarity()

@@ -94,6 +94,18 @@ def test_bad_k(k):
         calc(k=k)
 
 
+@pytest.mark.parametrize("k", [True, False])
+def test_bool_k_is_rejected(k):
+    # fix: the reference accepts k=True (a bool is an int) and retrieves one neighbour
+    with pytest.raises(TypeError, match="k must be"):
+        calc(k=k)
+
+
+def test_numpy_integer_k_is_accepted():
+    c = calc(k=np.int64(3))
+    assert c.k == 3 and type(c.k) is int
+
+
 def test_custom_comparison_with_clustering_not_implemented():
     with pytest.raises(NotImplementedError, match="NMI"):
         calc(label_comparison_fn=torch.eq)
@@ -123,9 +135,24 @@ def test_reference_none_forces_ref_includes_query():
 
 def test_per_call_include_exclude_and_curr_metrics():
     c = calc(exclude=("AMI",))
-    out = c.get_accuracy(SPEC_EMB, SPEC_LABELS, include=("precision_at_1", "AMI", "nonsense"))
-    assert list(out) == ["precision_at_1"]
+    out = c.get_accuracy(SPEC_EMB, SPEC_LABELS, include=("precision_at_1", "AMI"))
+    assert list(out) == ["precision_at_1"]  # AMI is a metric, but not this instance's
     assert c.get_curr_metrics() == ["precision_at_1"]
+
+
+@pytest.mark.parametrize("arg", ["include", "exclude"])
+def test_unknown_metric_name_per_call_is_rejected(arg):
+    # fix: a typo in get_accuracy(include=...) returned {} (exclude=...: was ignored)
+    c = calc(exclude=("AMI",))
+    with pytest.raises(ValueError, match=f"{arg} has unknown metrics.*precision_at_2.*AMI"):
+        c.get_accuracy(SPEC_EMB, SPEC_LABELS, **{arg: ("precision_at_2",)})
+
+
+@pytest.mark.parametrize("arg", ["include", "exclude"])
+def test_string_metric_names_per_call_are_rejected(arg):
+    # a str is a container of substrings: include="precision_at_1" matched by substring
+    with pytest.raises(TypeError, match=f"{arg}.*str"):
+        calc().get_accuracy(SPEC_EMB, SPEC_LABELS, **{arg: "precision_at_1"})
 
 
 def test_mean_reciprocal_rank_alone():
@@ -424,3 +451,110 @@ def test_clustering_uses_query_only():
     c = calc(include=("NMI",), kmeans_func=kmeans)
     c.get_accuracy(SPEC_EMB[:4], SPEC_LABELS[:4], SPEC_EMB, SPEC_LABELS, True)
     assert seen == {"rows": 4, "n": 2}
+
+
+def test_kmeans_func_gets_a_float32_tensor_on_the_device_like_the_reference():
+    # fix: pml passed the float64 query as float64; the reference passes float32 tensors
+    seen = []
+
+    def kmeans(x, n):
+        seen.append((type(x), x.dtype, x.device, tuple(x.shape), type(n), n))
+        return torch.zeros(len(x), dtype=torch.long)
+
+    c = calc(include=("NMI",), kmeans_func=kmeans)
+    for query in (SPEC_EMB.double().numpy(), SPEC_EMB.double(), SPEC_EMB.half()):
+        c.get_accuracy(query, SPEC_LABELS)
+    assert seen == [(torch.Tensor, torch.float32, CPU, (6, 1), int, 3)] * 3
+
+
+# ---------------------------------------------------------------------------- NaN / inf
+NAN_EMB, NAN_LABELS = clustered_embeddings(4, 6, 3, seed=3, spread=0.5)
+
+
+def _knn_funcs():
+    from pml.distances import LpDistance
+    from pml.eval import CustomKNN, FaissKNN, _faiss
+
+    funcs = [
+        pytest.param(None, id="ranked"),
+        pytest.param(ListKNN(), id="torch-lists"),
+        pytest.param(CustomKNN(LpDistance()), id="custom"),
+    ]
+    if _faiss.faiss_available():
+        funcs.append(pytest.param(FaissKNN(), id="faiss"))
+    return funcs
+
+
+@pytest.mark.parametrize("knn_func", _knn_funcs())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_query_is_rejected_not_scored(knn_func, bad):
+    # fix: one NaN query row still gave precision_at_1 == 1.0 (torch) / read labels[-1] (faiss)
+    emb = NAN_EMB.clone()
+    emb[3, 1] = bad
+    c = calc(exclude=("NMI", "AMI"), knn_func=knn_func)
+    with pytest.raises(ValueError, match="query must be finite"):
+        c.get_accuracy(emb, NAN_LABELS)
+    with pytest.raises(ValueError, match="query must be finite"):
+        c.get_accuracy(emb[:8], NAN_LABELS[:8], NAN_EMB, NAN_LABELS)
+
+
+@pytest.mark.parametrize("knn_func", _knn_funcs())
+def test_nan_reference_is_rejected_not_scored(knn_func):
+    ref = NAN_EMB.clone()
+    ref[-1, 0] = float("nan")
+    c = calc(exclude=("NMI", "AMI"), knn_func=knn_func)
+    with pytest.raises(ValueError, match="reference must be finite"):
+        c.get_accuracy(NAN_EMB[:8], NAN_LABELS[:8], ref, NAN_LABELS)
+
+
+def test_nan_query_is_rejected_for_clustering_metrics():
+    emb = NAN_EMB.clone()
+    emb[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="query must be finite"):
+        calc(include=("NMI",)).get_accuracy(emb, NAN_LABELS)
+
+
+class MinusOneKNN:
+    """A knn_func that pads with -1 (what faiss does when it finds fewer than k)."""
+
+    def __call__(self, query, k, reference, ref_includes_query):
+        d, i = TorchKNN()(query, k, reference, ref_includes_query)
+        i[:, -1] = -1
+        return d, i
+
+
+def test_knn_func_index_minus_one_is_rejected_not_read_as_last_label():
+    # fix: knn_labels = reference_labels[-1] silently scored the last reference item
+    c = calc(exclude=("NMI", "AMI"), knn_func=MinusOneKNN(), k=2)
+    with pytest.raises(ValueError, match="knn_func.*-1"):
+        c.get_accuracy(NAN_EMB, NAN_LABELS)
+
+
+def test_knn_func_index_past_the_reference_is_rejected():
+    class TooFar(MinusOneKNN):
+        def __call__(self, query, k, reference, ref_includes_query):
+            d, i = super().__call__(query, k, reference, ref_includes_query)
+            i[:, -1] = len(reference)
+            return d, i
+
+    with pytest.raises(ValueError, match="knn_func"):
+        calc(exclude=("NMI", "AMI"), knn_func=TooFar(), k=2).get_accuracy(NAN_EMB, NAN_LABELS)
+
+
+# ---------------------------------------------------------------------------- mixed inputs
+@pytest.mark.parametrize("knn_func", _knn_funcs())
+def test_mixed_dtypes_and_numpy_torch_inputs_are_evaluated(knn_func):
+    # fix: a float64 numpy query with a float32 reference raised a dtype error (CustomKNN)
+    query, q_labels = NAN_EMB[:10].double(), NAN_LABELS[:10]
+    c = calc(exclude=("NMI", "AMI"), knn_func=knn_func, k=4)
+    expected = c.get_accuracy(query, q_labels, NAN_EMB.double(), NAN_LABELS)
+    mixed = [
+        (query.numpy(), NAN_EMB.float()),
+        (query, NAN_EMB.float().numpy()),
+        (query.float(), NAN_EMB.double().numpy()),
+    ]
+    for q, r in mixed:
+        out = c.get_accuracy(q, q_labels.numpy(), r, NAN_LABELS)
+        assert out.keys() == expected.keys()
+        for name in out:
+            np.testing.assert_allclose(out[name], expected[name], rtol=1e-6)

@@ -128,23 +128,45 @@ def test_smallest_k_equals_stable_sort_with_boundary_ties(k):
 
 
 @pytest.mark.parametrize("inverted", [False, True])
-def test_knn_nan_rows_rank_last_and_report_nan(inverted):
+def test_knn_nan_distances_rank_last_and_report_nan(inverted):
     from pml.distances import CosineSimilarity
 
     x = torch.randn(12, 3, generator=_gen(3))
-    x[4] = float("nan")
-    fn = CosineSimilarity() if inverted else None
+    base = CosineSimilarity() if inverted else EF.squared_l2_matrix
+
+    def fn(q, r):  # a distance that is NaN for reference item 4 (finite inputs)
+        mat = base(q, r).clone()
+        mat[:, 4] = float("nan")
+        return mat
+
     d, i = EF.knn(x, x, 11, distance_fn=fn, is_inverted=inverted, ref_includes_query=True)
     clean = [r for r in range(12) if r != 4]
     assert (i[clean, -1] == 4).all()  # the NaN item is everyone's last neighbour
     assert torch.isnan(d[clean, -1]).all() and not torch.isnan(d[clean, :-1]).any()
-    assert torch.isnan(d[4]).all()
+    assert not torch.isnan(d[4]).any() and 4 not in i[4].tolist()  # its own NaN is removed
     # the block's own NaN-free values come back exactly (negation undone bit for bit)
+    fn = CosineSimilarity() if inverted else None
     d_clean, i_clean = EF.knn(
         x[clean], x[clean], 3, distance_fn=fn, is_inverted=inverted, ref_includes_query=True
     )
     mat = fn(x[clean], x[clean]) if inverted else EF.squared_l2_matrix(x[clean], x[clean])
     assert torch.equal(d_clean, mat.gather(1, i_clean))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_knn_and_ranking_reject_nan_or_inf_embeddings(bad):
+    # fix: NaN rows were ranked last, so AccuracyCalculator reported finite metrics
+    x = torch.randn(12, 3, generator=_gen(3))
+    x[4, 1] = bad
+    ids = torch.arange(12) % 3
+    with pytest.raises(ValueError, match="query must be finite"):
+        EF.knn(x, x, 3, ref_includes_query=True)
+    with pytest.raises(ValueError, match="reference must be finite"):
+        EF.knn(x[:4], x, 3)
+    with pytest.raises(ValueError, match="query must be finite"):
+        EF.retrieval_values(x, ids, x, ids, ref_includes_query=True)
+    with pytest.raises(ValueError, match="reference must be finite"):
+        EF.retrieval_values(x[:4], ids[:4], x, ids)
 
 
 @pytest.mark.parametrize("k", [1, 3])

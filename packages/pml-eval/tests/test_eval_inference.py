@@ -261,3 +261,150 @@ def test_inference_model_passes_non_tensors_through():
 def test_inference_model_dtype():
     im = InferenceModel(torch.nn.Identity(), data_device="cpu", dtype=torch.float64)
     assert im.get_embeddings(POINTS).dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------- reliability
+def _with_nan(x: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
+    x = x.clone()
+    x[1, 0] = value
+    return x
+
+
+def _knn_backends():
+    return ["torch", pytest.param("faiss", marks=needs_faiss)]
+
+
+def _make_knn(backend, **kwargs):
+    return TorchKNN() if backend == "torch" else FaissKNN(**kwargs)
+
+
+@pytest.mark.parametrize("backend", _knn_backends())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_knn_nan_or_inf_query_is_rejected_not_index_minus_one(backend, bad):
+    # fix: FaissKNN returned index -1 for a NaN query; TorchKNN ranked it last silently
+    knn = _make_knn(backend)
+    with pytest.raises(ValueError, match="query must be finite"):
+        knn(_with_nan(POINTS, bad), 1, POINTS)
+    with pytest.raises(ValueError, match="reference must be finite"):
+        knn(POINTS, 1, _with_nan(POINTS, bad))
+
+
+@pytest.mark.parametrize("backend", _knn_backends())
+def test_knn_index_with_nan_embeddings_is_rejected(backend):
+    knn = _make_knn(backend, reset_before=False, reset_after=False)
+    with pytest.raises(ValueError, match="embeddings must be finite"):
+        knn.train(_with_nan(POINTS))
+    knn.train(POINTS)
+    with pytest.raises(ValueError, match="embeddings must be finite"):
+        knn.add(_with_nan(POINTS))
+    with pytest.raises(ValueError, match="query must be finite"):
+        knn(_with_nan(POINTS), 1)
+
+
+def test_functional_knn_nan_is_rejected():
+    from pml.eval import functional as EF
+
+    with pytest.raises(ValueError, match="query must be finite"):
+        EF.knn(_with_nan(POINTS), POINTS, 1)
+    with pytest.raises(ValueError, match="reference must be finite"):
+        EF.knn(POINTS, _with_nan(POINTS, float("-inf")), 1)
+
+
+def test_functional_knn_mixed_dtypes():
+    # fix: a float64 query with a float32 reference raised a dtype error with a pml distance
+    from pml.eval import functional as EF
+
+    dist = LpDistance(normalize_embeddings=False)
+    d, i = EF.knn(POINTS.double(), POINTS, 2, distance_fn=dist)
+    d64, i64 = EF.knn(POINTS.double(), POINTS.double(), 2, distance_fn=dist)
+    assert torch.equal(i, i64) and d.dtype == torch.float64
+    torch.testing.assert_close(d, d64)
+    d, i = CustomKNN(dist)(POINTS.numpy(), 2, POINTS.double())
+    assert torch.equal(i, i64)
+
+
+class NaNModel(torch.nn.Module):
+    def forward(self, x):
+        out = x.clone()
+        out[0, 0] = float("nan")
+        return out
+
+
+def test_inference_model_nan_embeddings_are_rejected():
+    im = InferenceModel(NaNModel(), data_device="cpu", knn_func=TorchKNN())
+    with pytest.raises(ValueError, match="embeddings must be finite"):
+        im.train_knn(POINTS)
+    im.knn_func.train(POINTS)
+    with pytest.raises(ValueError, match="query.*must be finite"):
+        im.get_nearest_neighbors(POINTS, 1)
+    with pytest.raises(ValueError, match="must be finite"):
+        im.get_matches(POINTS)
+    with pytest.raises(ValueError, match="must be finite"):
+        im.is_match(POINTS, POINTS)
+
+
+@pytest.mark.parametrize("backend", _knn_backends())
+def test_knn_query_of_the_wrong_dimension_is_a_value_error(backend):
+    # fix: faiss raised a bare AssertionError (empty message), a 1-D query an IndexError
+    knn = _make_knn(backend, reset_before=False, reset_after=False)
+    knn.train(POINTS)
+    with pytest.raises(ValueError, match="query.*2.*got 3"):
+        knn(torch.zeros(2, 3), 1)
+    with pytest.raises(ValueError, match="query"):
+        knn(torch.zeros(2), 1)
+    with pytest.raises(ValueError, match="embeddings.*2.*got 3"):
+        knn.add(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="embeddings"):
+        knn.train(torch.zeros(3))
+    fresh = _make_knn(backend)
+    with pytest.raises(ValueError, match="reference.*3"):
+        fresh(POINTS, 1, torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("backend", _knn_backends())
+def test_inference_model_query_of_the_wrong_dimension_is_a_value_error(backend):
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=_make_knn(backend))
+    if backend == "faiss":
+        im = InferenceModel(torch.nn.Identity(), data_device="cpu")
+    im.train_knn(POINTS)
+    with pytest.raises(ValueError, match="query"):
+        im.get_nearest_neighbors(torch.zeros(2, 3), 1)
+
+
+@needs_faiss
+def test_faiss_knn_minus_one_from_an_approximate_index_is_documented_not_hidden():
+    # an index that finds fewer than k (here: an IVF probing one empty list) pads with -1;
+    # FaissKNN passes that through (faiss's convention); AccuracyCalculator rejects it
+    faiss = _faiss.get_faiss()
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [100.0, 100.0]] * 50) + torch.rand(100, 2, generator=g)
+    centres = centres.numpy()
+
+    def ivf(dim):
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, 2)  # nprobe 1 of 2 lists
+        index.train(centres)
+        return index
+
+    knn = FaissKNN(index_init_fn=ivf)
+    _, i = knn(torch.tensor([[0.0, 0.0]]), 2, torch.tensor([[0.0, 0.1], [100.0, 100.0]]))
+    assert i.tolist() == [[0, -1]]
+    from pml.eval import AccuracyCalculator
+
+    calc = AccuracyCalculator(exclude=("NMI", "AMI"), knn_func=knn, k=3, device="cpu")
+    ref = torch.tensor([[0.0, 0.1], [0.1, 0.0], [100.0, 100.0], [100.0, 100.1]])
+    with pytest.raises(ValueError, match="knn_func.*-1"):
+        calc.get_accuracy(ref[:1], torch.tensor([0]), ref, torch.tensor([0, 0, 1, 1]))
+
+
+def test_match_finder_length_mismatch_is_a_value_error():
+    # fix: is_match with different lengths raised a raw RuntimeError from torch
+    mf = MatchFinder(LpDistance(normalize_embeddings=False), threshold=0.5)
+    with pytest.raises(ValueError, match="x.*y.*same shape"):
+        mf.is_match(POINTS[:2], POINTS[:3])
+    with pytest.raises(ValueError, match="x"):
+        mf.is_match(POINTS[0], POINTS[0])
+    with pytest.raises(ValueError, match="ref_emb.*2.*got 3"):
+        mf.get_matching_pairs(POINTS, torch.zeros(2, 3))
+    im = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=TorchKNN())
+    with pytest.raises(ValueError, match="x.*y"):
+        im.is_match(POINTS[:2], POINTS[:3])

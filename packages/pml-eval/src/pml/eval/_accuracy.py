@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
@@ -11,8 +12,9 @@ import torch
 from torch import Tensor
 
 from pml.core import config
+from pml.core.validation import check_finite, check_int
 from pml.eval import functional as EF
-from pml.eval._io import as_embeddings, as_labels
+from pml.eval._io import as_embeddings, as_labels, common_dtype
 from pml.eval._metrics import (
     EQUALITY,
     LabelComparisonFn,
@@ -65,7 +67,8 @@ class AccuracyCalculator:
         exclude: metric names to drop.
         avg_of_avgs: average per class first, then over classes.
         return_per_class: return per-class lists (sorted labels) instead of numbers.
-        k: neighbours: a positive int, None (whole reference) or ``"max_bin_count"``.
+        k: neighbours: a positive int (not a bool), None (whole reference) or
+            ``"max_bin_count"``.
         label_comparison_fn: ``fn(a, b) -> bool tensor`` (broadcasting); None: equality.
         device: where to compute (str or torch.device); None: cuda if available, else cpu.
         knn_func: ``fn(query, k, reference, ref_includes_query) -> (distances, indices)``;
@@ -74,7 +77,7 @@ class AccuracyCalculator:
             is installed, else :class:`TorchKMeans`.
 
     Raises:
-        TypeError: include/exclude not a tuple or list.
+        TypeError: include/exclude not a tuple or list; a bool k.
         ValueError: unknown metric names, avg_of_avgs with return_per_class, or a bad k.
         NotImplementedError: a custom label_comparison_fn with NMI/AMI selected.
 
@@ -104,6 +107,7 @@ class AccuracyCalculator:
         self.original_function_dict: dict[str, Callable[..., Any]] = {
             n.replace(self.function_keyword, "", 1): getattr(self, n) for n in names
         }
+        self._metric_names = list(self.original_function_dict)
         self.check_primary_metrics(include, exclude)
         self.original_function_dict = self.get_function_dict(include, exclude)
         self.curr_function_dict = self.get_function_dict()
@@ -111,11 +115,9 @@ class AccuracyCalculator:
             raise ValueError(
                 "avg_of_avgs and return_per_class are mutually exclusive; got both True"
             )
-        if not ((isinstance(k, int) and k > 0) or k is None or k == "max_bin_count"):
-            raise ValueError(f"k must be a positive int, None or 'max_bin_count'; got {k!r}")
         self.avg_of_avgs = avg_of_avgs
         self.return_per_class = return_per_class
-        self.k = k
+        self.k = self._check_k(k)
         if label_comparison_fn and any(
             m in self.requires_clustering() for m in self.get_curr_metrics()
         ):
@@ -141,6 +143,19 @@ class AccuracyCalculator:
             if (len(include) == 0 or name in include) and name not in exclude
         }
 
+    @staticmethod
+    def _check_k(k: Any) -> int | str | None:
+        """k: None, ``"max_bin_count"`` or a positive int (numpy ints too; bools rejected)."""
+        if k is None or (isinstance(k, str) and k == "max_bin_count"):
+            return k
+        if isinstance(k, bool):
+            # fix: the reference accepts k=True (bool is an int subclass): one neighbour
+            raise TypeError(f"k must be a positive int, None or 'max_bin_count'; got bool {k!r}")
+        if isinstance(k, numbers.Integral):
+            return check_int("k", k, min=1)
+        # compat: spec §1 step 5: other values (0, 1.5, 2.0, "max") are a ValueError
+        raise ValueError(f"k must be a positive int, None or 'max_bin_count'; got {k!r}")
+
     def check_primary_metrics(
         self, include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = ()
     ) -> None:
@@ -150,7 +165,10 @@ class AccuracyCalculator:
             TypeError: not a tuple or list.
             ValueError: a name that is not a metric.
         """
-        valid = list(self.original_function_dict)
+        self._check_metric_names(include, exclude, list(self.original_function_dict))
+
+    @staticmethod
+    def _check_metric_names(include: Any, exclude: Any, valid: list[str]) -> None:
         for arg, value in (("include", include), ("exclude", exclude)):
             if not isinstance(value, tuple | list):
                 raise TypeError(
@@ -368,7 +386,8 @@ class AccuracyCalculator:
             num_clusters = int(
                 torch.unique(query_labels.reshape(len(query_labels), -1), dim=0).shape[0]
             )
-        return self.kmeans_func(query, num_clusters)
+        # compat: the reference hands kmeans_func a float32 tensor on the device
+        return self.kmeans_func(query.to(torch.float32), num_clusters)
 
     # ------------------------------------------------------------------ main entry
     def get_accuracy(
@@ -383,6 +402,9 @@ class AccuracyCalculator:
     ) -> dict[str, Any]:
         """Compute the selected metrics.
 
+        Query and reference may mix numpy arrays and tensors and dtypes: they are compared
+        in their common dtype (float64 when either is float64, else float32).
+
         Args:
             query: embeddings ``(N, D)`` (tensor or numpy; float64 is kept).
             query_labels: ``(N,)`` (any dtype, exact), or ``(N, L)`` rows as labels.
@@ -390,7 +412,8 @@ class AccuracyCalculator:
             reference_labels: ``(M,)`` or ``(M, L)``.
             ref_includes_query: the query is the first ``N`` rows of the reference: each
                 query's own row is never its neighbour.
-            include: restrict this call to these of the instance's metrics.
+            include: restrict this call to these of the instance's metrics (names of
+                metrics the instance does not compute are skipped).
             exclude: drop these metrics for this call.
 
         Returns:
@@ -398,10 +421,15 @@ class AccuracyCalculator:
             possible neighbour), or lists with ``return_per_class``.
 
         Raises:
-            TypeError: inputs that are not tensors/arrays.
-            ValueError: shapes or lengths that do not match, or a query that is not the
-                reference's prefix with ``ref_includes_query``.
+            TypeError: inputs that are not tensors/arrays; include/exclude not a tuple or
+                list.
+            ValueError: shapes or lengths that do not match, NaN or inf in query or
+                reference, a query that is not the reference's prefix with
+                ``ref_includes_query``, unknown metric names in include/exclude, or
+                neighbour indices from ``knn_func`` outside the reference (faiss's ``-1``).
         """
+        # fix: the reference silently ignores unknown names here (a typo returns {})
+        self._check_metric_names(include, exclude, self._metric_names)
         same_set = reference is None
         if same_set:
             reference, reference_labels, ref_includes_query = query, query_labels, True
@@ -422,6 +450,12 @@ class AccuracyCalculator:
                 f"reference must have embedding size {query_t.shape[1]} like query; "
                 f"got {reference_t.shape[1]}"
             )
+        # fix: NaN/inf rows were ranked last (finite metrics) or gave faiss index -1
+        check_finite(query_t, "query")
+        if not same_set:
+            check_finite(reference_t, "reference")
+            dtype = common_dtype(query_t, reference_t)
+            query_t, reference_t = query_t.to(dtype), reference_t.to(dtype)
         if ref_includes_query and not same_set:
             self._check_query_is_prefix(query_t, query_labels_t, reference_t, reference_labels_t)
 
@@ -467,6 +501,30 @@ class AccuracyCalculator:
                 "reference (and query_labels of reference_labels); got a reference that does "
                 "not start with the query"
             )
+
+    @staticmethod
+    def _check_knn_indices(indices: Any, num_query: int, num_ref: int) -> Tensor:
+        """``knn_func``'s indices: ``(num_query, k)`` integers in ``[0, num_ref)``."""
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"knn_func must return index tensors; got {type(indices).__name__}")
+        if indices.ndim != 2 or indices.shape[0] != num_query:
+            raise ValueError(
+                f"knn_func must return indices of shape ({num_query}, k); "
+                f"got {tuple(indices.shape)}"
+            )
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"knn_func must return integer indices; got {indices.dtype}")
+        if indices.numel() > 0:
+            low, high = torch.aminmax(indices)
+            if int(low) < 0 or int(high) >= num_ref:
+                # fix: the reference reads reference_labels[-1] for faiss's "not found" -1
+                raise ValueError(
+                    f"knn_func returned neighbour indices outside [0, {num_ref}) "
+                    f"(min {int(low)}, max {int(high)}); -1 is faiss's padding when an index "
+                    "finds fewer than k neighbours (approximate indexes, NaN queries): use an "
+                    "exact index or a smaller k"
+                )
+        return indices
 
     def _can_rank_exactly(self, function_dict: dict[str, Callable[..., Any]]) -> bool:
         """Built-in metrics only, default comparison, and the plain-torch k-NN."""
@@ -564,6 +622,7 @@ class AccuracyCalculator:
         )
         num_k = self.determine_k(label_counts[1], reference.shape[0], ref_includes_query)
         knn_distances, knn_indices = self.knn_func(query, num_k, reference, ref_includes_query)
+        knn_indices = self._check_knn_indices(knn_indices, query.shape[0], reference.shape[0])
         knn_labels = reference_labels[knn_indices.to(reference_labels.device)]
         if not bool(not_lone_query_mask.any()):
             config.LOGGER.warning(

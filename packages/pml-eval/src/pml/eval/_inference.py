@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pml.core.validation import check_finite
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.eval._faiss import faiss_available
 from pml.eval._neighbors import FaissKNN, TorchKNN
@@ -69,8 +70,12 @@ class MatchFinder:
 
         Raises:
             TypeError: no threshold here or on the instance.
+            ValueError: embeddings not 2-D, of different dims, or holding NaN/inf.
         """
         t = _check_threshold(self.threshold if threshold is None else threshold)
+        _check_embeddings(query_emb, "query_emb")
+        if ref_emb is not None:
+            _check_embeddings(ref_emb, "ref_emb", query_emb.shape[1], "query_emb")
         ref = query_emb if ref_emb is None else ref_emb
         rows = chunk_rows(ref.shape[0])
         blocks = []
@@ -88,11 +93,34 @@ class MatchFinder:
 
         Returns:
             a Python bool for one pair, else a numpy bool array ``(N,)``.
+
+        Raises:
+            TypeError: no threshold here or on the instance.
+            ValueError: ``x`` and ``y`` not 2-D of the same shape, or holding NaN/inf.
         """
         t = _check_threshold(self.threshold if threshold is None else threshold)
+        _check_embeddings(x, "x")
+        _check_embeddings(y, "y")
+        if x.shape != y.shape:
+            # fix: torch raised a bare RuntimeError (size mismatch) from pairwise_distance
+            raise ValueError(
+                f"x and y must have the same shape (row i of x is compared with row i of y); "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         with torch.no_grad():
             result = self._compare(self.distance.pairwise_distance(x, y), t).cpu().numpy()
         return bool(result.item()) if result.size == 1 else result
+
+
+def _check_embeddings(x: Any, name: str, dim: int | None = None, like: str = "") -> None:
+    """2-D tensor (of ``dim`` columns, like ``like``) without NaN/inf."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (num_embeddings, dim); got {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} must have dim {dim} like {like}; got {x.shape[1]}")
+    check_finite(x, name)
 
 
 def _default_device() -> torch.device:
@@ -195,7 +223,9 @@ class InferenceModel:
         parts = [self.get_embeddings(b) for b in self._batches(inputs, batch_size)]
         if not parts:
             raise ValueError("inputs must not be empty")
-        return torch.cat(parts)
+        emb = torch.cat(parts)
+        _check_embeddings(emb, "embeddings")
+        return emb
 
     def call_knn(self, func: Callable[[Tensor], Any], inputs: Any, batch_size: int) -> None:
         """Embed ``inputs`` and pass the embeddings to ``func`` (``train`` or ``add``)."""
@@ -213,8 +243,14 @@ class InferenceModel:
         """``(distances (N, k), indices (N, k))`` of the indexed items nearest to ``query``.
 
         Default distances are squared L2 between normalised embeddings (``2 - 2 cos``).
+
+        Raises:
+            ValueError: the query's embeddings hold NaN/inf or have another dim than the
+                index (from the default k-NN back-ends).
         """
-        return self.knn_func(self.get_embeddings(query), k)
+        query_emb = self.get_embeddings(query)
+        _check_embeddings(query_emb, "query (its embeddings)")
+        return self.knn_func(query_emb, k)
 
     def get_matches(
         self,

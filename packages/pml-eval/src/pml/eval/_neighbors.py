@@ -10,10 +10,12 @@ import torch
 from torch import Tensor
 
 from pml.core import config
+from pml.core.validation import check_finite
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
 from pml.eval._faiss import faiss_available, num_gpus, require_faiss
-from pml.eval._io import as_embeddings, as_tensor, atomic_write, to_numpy_f32
+from pml.eval._index_files import TORCH_FORMAT, file_kind, read_faiss_flat_l2, read_torch_index
+from pml.eval._io import as_embeddings, atomic_write, to_numpy_f32
 
 __all__ = [
     "CustomKNN",
@@ -25,8 +27,6 @@ __all__ = [
     "default_kmeans_func",
     "run_pca",
 ]
-
-_FORMAT = "pml.eval.TorchKNN"
 
 
 class IndexNotReadyError(ValueError, AttributeError):
@@ -40,6 +40,15 @@ def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative integer; got {k!r}")
     return k
+
+
+def _index_embeddings(embeddings: Any, dim: int | None = None) -> Tensor:
+    """Embeddings to put in an index: 2-D, finite, of the index's ``dim`` when given."""
+    emb = as_embeddings(embeddings, "embeddings")
+    if dim is not None and emb.shape[1] != dim:
+        raise ValueError(f"embeddings must have dim {dim} like the index; got {emb.shape[1]}")
+    check_finite(emb, "embeddings")
+    return emb
 
 
 def _clamp_k(k: int, num_ref: int, ref_includes_query: bool, who: str) -> int:
@@ -129,6 +138,8 @@ class TorchKNN:
 
         Raises:
             IndexNotReadyError: no reference and no trained index.
+            ValueError: query/reference not 2-D, of different dims (or not the index's), or
+                holding NaN/inf.
         """
         k = _check_k(k)
         query = as_embeddings(query, "query")
@@ -137,12 +148,18 @@ class TorchKNN:
                 raise IndexNotReadyError(
                     "the index is not initialised: pass reference, or call train() or load() first"
                 )
-            reference = self.index
-        reference = as_embeddings(reference, "reference", device=query.device)
-        if reference.shape[1] != query.shape[1]:
-            raise ValueError(
-                f"reference must have dim {query.shape[1]} like query; got {reference.shape[1]}"
-            )
+            if self.index.shape[1] != query.shape[1]:
+                raise ValueError(
+                    f"query must have dim {self.index.shape[1]} like the index; "
+                    f"got {query.shape[1]}"
+                )
+            reference = self.index.to(query.device)
+        else:
+            reference = as_embeddings(reference, "reference", device=query.device)
+            if reference.shape[1] != query.shape[1]:
+                raise ValueError(
+                    f"reference must have dim {query.shape[1]} like query; got {reference.shape[1]}"
+                )
         num_search = _clamp_k(k, reference.shape[0], ref_includes_query, type(self).__name__)
         with torch.no_grad():
             return EF.knn(
@@ -156,23 +173,24 @@ class TorchKNN:
             )
 
     def train(self, embeddings: Tensor) -> None:
-        """Replace the index with ``embeddings`` ``(M, D)``."""
-        self.index = as_embeddings(embeddings, "embeddings").detach()
+        """Replace the index with ``embeddings`` ``(M, D)``.
+
+        Raises:
+            ValueError: not 2-D, or holding NaN/inf.
+        """
+        self.index = _index_embeddings(embeddings).detach()
 
     def add(self, embeddings: Tensor) -> None:
         """Append ``embeddings`` to the index.
 
         Raises:
             IndexNotReadyError: before ``train``/``load``.
+            ValueError: not 2-D, not the index's dim, or holding NaN/inf.
         """
         if self.index is None:
             raise IndexNotReadyError("the index is not initialised: call train() or load() first")
-        emb = as_embeddings(embeddings, "embeddings", device=self.index.device).detach()
-        if emb.shape[1] != self.index.shape[1]:
-            raise ValueError(
-                f"embeddings must have dim {self.index.shape[1]} like the index; got {emb.shape[1]}"
-            )
-        self.index = torch.cat([self.index, emb.to(self.index.dtype)])
+        emb = _index_embeddings(embeddings, self.index.shape[1]).detach()
+        self.index = torch.cat([self.index, emb.to(self.index.device, self.index.dtype)])
 
     def reset(self) -> None:
         """Drop the index."""
@@ -182,19 +200,25 @@ class TorchKNN:
         """Write the index (a plain tensor file) atomically."""
         if self.index is None:
             raise IndexNotReadyError("nothing to save: call train() or load() first")
-        payload = {"format": _FORMAT, "version": 1, "index": self.index.cpu()}
+        payload = {"format": TORCH_FORMAT, "version": 1, "index": self.index.cpu()}
         atomic_write(filename, lambda tmp: torch.save(payload, tmp))
 
     def load(self, filename: str | os.PathLike[str]) -> None:
-        """Read an index written by :meth:`save` (``weights_only``: no code is unpickled).
+        """Read an index written by :meth:`save`, or a faiss ``IndexFlatL2`` file.
+
+        TorchKNN files are read with ``weights_only`` (no code is unpickled); faiss flat L2
+        files (what :class:`FaissKNN` and :class:`InferenceModel` save by default) are read
+        without faiss, so an index saved where faiss is installed loads where it is not.
 
         Raises:
-            ValueError: the file is not a TorchKNN index.
+            FileNotFoundError: no such file.
+            ValueError: neither kind of file, a damaged one, or another faiss index type (the
+                message names the file and says why).
         """
-        payload = torch.load(filename, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"filename {os.fspath(filename)!r} is not a {_FORMAT} index file")
-        self.index = payload["index"]
+        if file_kind(filename) == "faiss":
+            self.index = read_faiss_flat_l2(filename)
+        else:
+            self.index = read_torch_index(filename)
 
 
 class CustomKNN(TorchKNN):
@@ -275,23 +299,36 @@ class FaissKNN:
 
         Returns:
             ``(distances (N, k) float32, indices (N, k) int64)`` on ``query``'s device.
+            An approximate index that finds fewer than ``k`` neighbours pads with index
+            ``-1`` (faiss's convention; :class:`AccuracyCalculator` rejects such results).
 
         Raises:
             IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded.
+            ValueError: query/reference not 2-D, of different dims (or not the index's), or
+                holding NaN/inf.
         """
         faiss = require_faiss("FaissKNN")
         k = _check_k(k)
-        query_t = as_tensor(query, "query")
+        query_t = as_embeddings(query, "query")
         device = query_t.device
         dim = query_t.shape[1]
+        check_finite(query_t, "query")
+        ref_t = None
+        if reference is not None:
+            ref_t = as_embeddings(reference, "reference")
+            if ref_t.shape[1] != dim:
+                raise ValueError(f"reference must have dim {dim} like query; got {ref_t.shape[1]}")
+            check_finite(ref_t, "reference")
         config.LOGGER.info("running k-nn with k=%d", k)
         config.LOGGER.info("embedding dimensionality is %d", dim)
         if self.reset_before:
             self.index = self.index_init_fn(dim)
         if self.index is None:
             raise IndexNotReadyError("the index is not initialised: call train() or load() first")
-        if reference is not None:
-            self.index.add(to_numpy_f32(reference))
+        if int(self.index.d) != dim:
+            raise ValueError(f"query must have dim {int(self.index.d)} like the index; got {dim}")
+        if ref_t is not None:
+            self.index.add(to_numpy_f32(ref_t))
         num_search = _clamp_k(k, int(self.index.ntotal), ref_includes_query, "FaissKNN")
         distances, indices = self._search(faiss, to_numpy_f32(query_t), num_search, device)
         if self.reset_after:
@@ -316,8 +353,12 @@ class FaissKNN:
         return self.index.search(query, k)
 
     def train(self, embeddings: Tensor) -> None:
-        """New index of the embeddings' dim holding ``embeddings``."""
-        emb = to_numpy_f32(embeddings)
+        """New index of the embeddings' dim holding ``embeddings``.
+
+        Raises:
+            ValueError: not 2-D, or holding NaN/inf.
+        """
+        emb = to_numpy_f32(_index_embeddings(embeddings))
         self.index = self.index_init_fn(emb.shape[1])
         self.index.add(emb)
 
@@ -326,10 +367,11 @@ class FaissKNN:
 
         Raises:
             IndexNotReadyError: before ``train``/``load`` (also an ``AttributeError``).
+            ValueError: not 2-D, not the index's dim, or holding NaN/inf.
         """
         if self.index is None:
             raise IndexNotReadyError("the index is not initialised: call train() or load() first")
-        self.index.add(to_numpy_f32(embeddings))
+        self.index.add(to_numpy_f32(_index_embeddings(embeddings, int(self.index.d))))
 
     def save(self, filename: str | os.PathLike[str]) -> None:
         """``faiss.write_index``, written to a temporary file and renamed (atomic)."""
@@ -339,9 +381,28 @@ class FaissKNN:
         atomic_write(filename, lambda tmp: faiss.write_index(self.index, tmp))
 
     def load(self, filename: str | os.PathLike[str]) -> None:
-        """``faiss.read_index`` (a binary index file; nothing is unpickled)."""
+        """``faiss.read_index`` (a binary index file; nothing is unpickled).
+
+        A :class:`TorchKNN` file (saved where faiss was not installed) is loaded into a new
+        ``index_init_fn(dim)`` index.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not an index file faiss or TorchKNN can read (the message names it).
+        """
         faiss = require_faiss("FaissKNN.load")
-        self.index = faiss.read_index(os.fspath(filename))
+        if file_kind(filename) == "torch":
+            emb = read_torch_index(filename)
+            index = self.index_init_fn(emb.shape[1])
+            index.add(to_numpy_f32(emb))
+            self.index = index
+            return
+        try:
+            self.index = faiss.read_index(os.fspath(filename))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"filename {os.fspath(filename)!r} is not an index file faiss can read ({exc})"
+            ) from exc
 
     def reset(self) -> None:
         """Drop the index."""
@@ -375,8 +436,9 @@ class FaissKMeans:
     def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
         """Cluster ids ``(N,)`` int64 on ``x``'s device."""
         faiss = require_faiss("FaissKMeans")
-        x_t = as_tensor(x, "x")
+        x_t = as_embeddings(x, "x")
         nmb_clusters = _check_clusters(x_t, nmb_clusters)
+        check_finite(x_t, "x")
         data = to_numpy_f32(x_t)
         dim = data.shape[1]
         config.LOGGER.info("running k-means clustering with k=%d", nmb_clusters)
@@ -414,6 +476,7 @@ class TorchKMeans:
         """Cluster ids ``(N,)`` int64 on ``x``'s device."""
         x_t = as_embeddings(x, "x")
         nmb_clusters = _check_clusters(x_t, nmb_clusters)
+        check_finite(x_t, "x")
         with torch.no_grad():
             ids, _ = EF.kmeans(
                 x_t,

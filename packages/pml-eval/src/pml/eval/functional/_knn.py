@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
+from pml.core.validation import check_finite
 from pml.distances import BaseDistance
 
 __all__ = [
@@ -202,7 +203,8 @@ def knn(
     Peak memory is one ``(B, M)`` block (``B`` from ``batch_size`` or ~16M entries), never the
     full ``(N, M)`` matrix unless ``k`` asks for it. With ``ref_includes_query`` (query row
     ``i`` is reference row ``i``) ``k + 1`` rows are searched and the self match removed
-    (:func:`remove_self_matches`). ``k`` is clamped to what the reference holds.
+    (:func:`remove_self_matches`). ``k`` is clamped to what the reference holds. Query and
+    reference are compared in their common dtype (promoted, at least float32).
 
     Args:
         query: shape ``(N, D)``.
@@ -217,11 +219,19 @@ def knn(
         ``(distances (N, k'), indices (N, k') int64)``, distances as ``distance_fn`` gives
         them, ``k' = min(k, M - ref_includes_query)``.
 
+    Raises:
+        ValueError: NaN or inf in ``query`` or ``reference`` (one reduction each).
+
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [3.0]])
         >>> knn(x, x, 1, ref_includes_query=True)[1].flatten().tolist()
         [1, 0, 1]
     """
+    check_finite(query, "query")
+    if reference is not query:
+        check_finite(reference, "reference")
+    dtype = accumulation_dtype(torch.promote_types(query.dtype, reference.dtype))
+    query, reference = query.to(dtype), reference.to(dtype)
     num_ref = reference.shape[0]
     num_search = min(k + int(ref_includes_query), num_ref)
     rows = chunk_rows(num_ref, batch_size)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pml.core.dtypes import accumulation_dtype
+from pml.core.validation import check_finite
 from pml.eval.functional._knn import DistanceFn, block_distance, chunk_rows, closest_first
 
 __all__ = [
@@ -411,6 +413,9 @@ def retrieval_values(
         ``{name: (N,)}`` for each of :data:`RETRIEVAL_METRICS` (float64, except
         ``mean_reciprocal_rank`` float32; NaN where ``R == 0``) and ``num_relevant`` (int64).
 
+    Raises:
+        ValueError: NaN or inf in ``query`` or ``reference`` (one reduction each).
+
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
         >>> ids = torch.tensor([0, 1, 1, 0])
@@ -418,6 +423,11 @@ def retrieval_values(
         >>> out["precision_at_1"].tolist(), out["mean_average_precision"].tolist()
         ([0.0, 0.0, 0.0, 0.0], [0.3333333333333333, 0.5, 0.5, 0.3333333333333333])
     """
+    check_finite(query, "query")
+    if reference is not query:
+        check_finite(reference, "reference")
+    dtype = accumulation_dtype(torch.promote_types(query.dtype, reference.dtype))
+    query, reference = query.to(dtype), reference.to(dtype)
     num_query, num_ref = query.shape[0], reference.shape[0]
     own = int(ref_includes_query)
     max_k = max(num_ref - own, 0)

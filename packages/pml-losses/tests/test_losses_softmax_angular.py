@@ -195,7 +195,7 @@ def test_angular_bad_input():
     with pytest.raises(ValueError, match="labels"):
         AngularLoss()(emb, None, pairs)
     with pytest.raises(ValueError, match="ref_labels"):
-        AngularLoss()(emb, LABELS, pairs, ref_emb=data(4))
+        AngularLoss()(emb, LABELS, get_all_pairs_indices(LABELS[:4]), ref_emb=data(4))
     with pytest.raises(ValueError, match="labels"):
         AngularLoss()(emb, LABELS[:3])
 

@@ -81,7 +81,8 @@ def test_nca_miner_tuple_gives_weights():
     w = convert_to_weights(triplets, LABELS, torch.float64)
     _, expected = naive_nca(sq_l2(emb), LABELS, LABELS, weights=w)
     torch.testing.assert_close(got, expected.mean())
-    # with a separate reference set only the anchors count
+    # with a separate reference set only the anchors count (p/n must index its 7 rows)
+    triplets = (triplets[0], triplets[1], torch.tensor([2, 3, 0, 6]))
     ref, ref_labels = data(7, seed=1), torch.tensor([0, 1, 1, 2, 4, 4, 5])
     got = NCALoss()(emb, LABELS, triplets, ref_emb=ref, ref_labels=ref_labels)
     w = convert_to_weights(triplets, LABELS, torch.float64, using_ref=True)

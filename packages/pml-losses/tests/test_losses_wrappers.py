@@ -250,7 +250,9 @@ def test_multiple_losses_indices_tuple_goes_to_every_loss() -> None:
         torch.tensor([1, 2, 3]),
     )
     MultipleLosses([l1, l2])(emb, labels, t)
-    assert l1.seen["indices_tuple"] is t and l2.seen["indices_tuple"] is t
+    # the same tensors, in a tuple marked as range-checked (the losses do not check it again)
+    for seen in (l1.seen["indices_tuple"], l2.seen["indices_tuple"]):
+        assert isinstance(seen, tuple) and all(x is y for x, y in zip(seen, t, strict=True))
 
 
 def test_multiple_losses_dict_with_miners() -> None:

@@ -251,6 +251,11 @@ def check_finite(x: Tensor, name: str = "embeddings") -> None:
         raise ValueError(f"{name} must be finite; got NaN or inf values")
 
 
+#: dtypes an index tensor may have (torch reads uint8 as a boolean mask, and int8/int16 fail
+#: deep inside indexing)
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
 def check_indices_tuple(
     indices_tuple: Any,
     n: int | None = None,
@@ -259,16 +264,21 @@ def check_indices_tuple(
     name: str = "indices_tuple",
     check_bounds: bool = False,
 ) -> None:
-    """Check the form of a miner output.
+    """Check the form of a miner output (and, with ``check_bounds``, its index range).
 
     Pairs are a 4-tuple ``(a1, p, a2, n)`` with ``len(a1) == len(p)``, ``len(a2) == len(n)``;
-    triplets a 3-tuple ``(a, p, n)`` of equal lengths. Entries are 1-D integer tensors.
-    With ``check_bounds`` (forces a device sync), anchors must be ``< n`` and
-    positives/negatives ``< m``.
+    triplets a 3-tuple ``(a, p, n)`` of equal lengths. Entries are 1-D int64 or int32 tensors.
+    With ``check_bounds``, anchors must lie in ``[0, n)`` and positives/negatives in
+    ``[0, m)`` (no upper bound where ``n``/``m`` is None): one ``aminmax`` per tensor and one
+    device sync for the whole tuple.
 
     Raises:
-        TypeError: not a tuple/list, wrong length, or entries that are not integer tensors.
+        TypeError: not a tuple/list, wrong length, or entries that are not int64/int32 tensors.
         ValueError: entries not 1-D, mismatched lengths, or indices out of range.
+
+    Example:
+        >>> t = torch.tensor([0, 1])
+        >>> check_indices_tuple((t, t, t), n=2, m=2, check_bounds=True)
     """
     if not isinstance(indices_tuple, Sequence) or isinstance(indices_tuple, str | Tensor):
         raise TypeError(
@@ -283,8 +293,11 @@ def check_indices_tuple(
     for i, t in enumerate(indices_tuple):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}[{i}] must be a torch.Tensor; got {type(t).__name__}")
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"{name}[{i}] must be an integer tensor; got {t.dtype}")
+        if t.dtype not in _INDEX_DTYPES:
+            # fix: uint8 was read as a mask and int8/int16 failed deep inside indexing
+            raise TypeError(
+                f"{name}[{i}] must be an integer tensor of dtype int64 or int32; got {t.dtype}"
+            )
         if t.ndim != 1:
             raise ValueError(f"{name}[{i}] must be 1-D; got shape {tuple(t.shape)}")
     lengths = [len(t) for t in indices_tuple]
@@ -296,17 +309,29 @@ def check_indices_tuple(
             f"got {lengths}"
         )
     if check_bounds:
-        anchors = [indices_tuple[0]] + ([indices_tuple[2]] if len(indices_tuple) == 4 else [])
-        others = [indices_tuple[1], indices_tuple[-1]]
-        for group, limit, what in ((anchors, n, "anchor"), (others, m, "reference")):
-            for t in group:
-                if t.numel() and (
-                    int(t.min()) < 0 or (limit is not None and int(t.max()) >= limit)
-                ):
-                    raise ValueError(
-                        f"{name} has {what} indices outside [0, {limit}); "
-                        f"got range [{int(t.min())}, {int(t.max())}]"
-                    )
+        _check_index_bounds(indices_tuple, n, m, name)
+
+
+def _check_index_bounds(
+    indices_tuple: Sequence[Tensor], n: int | None, m: int | None, name: str
+) -> None:
+    """Anchors in ``[0, n)``, positives/negatives in ``[0, m)``; one sync for all tensors."""
+    anchor_positions = (0, 2) if len(indices_tuple) == 4 else (0,)
+    positions = [i for i, t in enumerate(indices_tuple) if t.numel()]
+    if not positions:
+        return
+    device = indices_tuple[positions[0]].device
+    ends = [e.to(device) for i in positions for e in torch.aminmax(indices_tuple[i])]
+    values = torch.stack(ends).tolist()  # one device sync for the whole tuple
+    for k, i in enumerate(positions):
+        low, high = values[2 * k], values[2 * k + 1]
+        limit = n if i in anchor_positions else m
+        if low < 0 or (limit is not None and high >= limit):
+            rows = (
+                "embeddings" if i in anchor_positions else "ref_emb, or of embeddings without one"
+            )
+            where = "[0, inf)" if limit is None else f"[0, {limit}) (rows of {rows})"
+            raise ValueError(f"{name}[{i}] has indices outside {where}; got range [{low}, {high}]")
 
 
 def labels_required(labels: Tensor | None) -> None:

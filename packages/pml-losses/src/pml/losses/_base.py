@@ -23,6 +23,7 @@ from pml.core.validation import (
     check_shapes,
     labels_or_indices_tuple_required,
 )
+from pml.distances import BaseDistance
 from pml.reducers import LossDict, ModuleWithRecordsReducerAndDistance
 
 EMBEDDING_REG_LOSS = "embedding_reg_loss"
@@ -51,23 +52,95 @@ def resolve_ref(
     """The reference set; ``(embeddings, labels)`` themselves (same objects) without ``ref_emb``.
 
     A ``ref_labels`` given without ``ref_emb`` is ignored (like the reference). With a
-    ``ref_emb``, ``ref_labels`` is moved to its device and checked.
+    ``ref_emb`` (its shape already checked, see :func:`check_input_shapes`), ``ref_labels`` is
+    moved to its device and checked.
 
     Raises:
-        ValueError: shapes do not match.
+        ValueError: ``ref_labels`` does not match ``ref_emb``.
     """
     if ref_emb is None:
         return embeddings, labels
-    check_embeddings(ref_emb, "ref_emb")
-    if ref_emb.shape[1] != embeddings.shape[1]:
-        raise ValueError(
-            f"ref_emb must have embedding size {embeddings.shape[1]} like embeddings; "
-            f"got {ref_emb.shape[1]}"
-        )
     if ref_labels is not None:
         ref_labels = to_device(ref_labels, ref_emb)
         check_shapes(ref_emb, ref_labels, names=("ref_emb", "ref_labels"))
     return ref_emb, ref_labels
+
+
+def check_floating_tensor(x: Any, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a floating-point tensor (any shape)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
+
+
+def check_input_shapes(distance: Any, embeddings: Tensor, ref_emb: Tensor | None) -> None:
+    """Shapes of a loss's embeddings, decided by its distance.
+
+    A distance that overrides ``check_shapes`` (e.g. to accept ``(N, T, D)`` sequences)
+    decides alone, like in the reference. Otherwise BaseDistance's rule applies (2-D inputs,
+    equal embedding sizes), worded with the loss's argument names.
+
+    Raises:
+        ValueError: (default rule) an input is not 2-D, or the embedding sizes differ.
+    """
+    own = getattr(type(distance), "check_shapes", None)
+    if own is not None and own is not BaseDistance.check_shapes:
+        distance.check_shapes(embeddings, ref_emb)
+        return
+    check_embeddings(embeddings, "embeddings")
+    if ref_emb is not None:
+        check_embeddings(ref_emb, "ref_emb")
+        if ref_emb.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"ref_emb must have embedding size {embeddings.shape[1]} like embeddings; "
+                f"got {ref_emb.shape[1]}"
+            )
+
+
+def promote_to_common_dtype(embeddings: Tensor, ref_emb: Tensor) -> tuple[Tensor, Tensor]:
+    """``(embeddings, ref_emb)`` in their promoted float dtype (the same objects if equal).
+
+    fix: a float32 batch against a float16/float64 reference set (autocast, an fp32 memory
+    bank) crashed inside torch; ``.to`` keeps the gradients of both.
+    """
+    if ref_emb is embeddings or ref_emb.dtype == embeddings.dtype:
+        return embeddings, ref_emb
+    common = torch.promote_types(embeddings.dtype, ref_emb.dtype)
+    return embeddings.to(common), ref_emb.to(common)
+
+
+def cast_output(out: Any, dtype: torch.dtype) -> Any:
+    """A loss's output (a tensor, or a loss dict under DoNothingReducer) in ``dtype``."""
+    if isinstance(out, Tensor):
+        return out.to(dtype) if out.dtype.is_floating_point else out
+    if isinstance(out, dict):
+        for entry in out.values():
+            losses = entry.get("losses") if isinstance(entry, dict) else None
+            if isinstance(losses, Tensor) and losses.dtype.is_floating_point:
+                entry["losses"] = losses.to(dtype)
+    return out
+
+
+class CheckedIndicesTuple(tuple):
+    """An indices tuple whose index range was checked (see :func:`checked_indices_tuple`)."""
+
+    __slots__ = ()
+
+
+def checked_indices_tuple(indices_tuple: Any) -> IndicesTuple:
+    """Mark ``indices_tuple`` as range-checked for the inputs it is passed with.
+
+    For wrappers that checked a tuple once (``check_indices_tuple(..., check_bounds=True)``)
+    or built it themselves: a loss then checks only its form, without the per-tensor
+    ``aminmax`` and the device sync of the range check.
+
+    Example:
+        >>> t = torch.tensor([0, 1])
+        >>> type(checked_indices_tuple((t, t, t))).__name__
+        'CheckedIndicesTuple'
+    """
+    return CheckedIndicesTuple(indices_tuple)  # type: ignore[return-value]
 
 
 class EmbeddingRegularizerMixin:
@@ -192,22 +265,31 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         """Compute the loss.
 
         Args:
-            embeddings: query embeddings, shape ``(N, D)``, floating point.
+            embeddings: query embeddings, shape ``(N, D)`` (or what a distance overriding
+                ``check_shapes`` accepts), floating point.
             labels: shape ``(N,)``, any dtype supporting ``==`` (None where the loss allows).
             indices_tuple: a miner output, ``(a, p, n)`` or ``(a1, p, a2, n)``; anchors index
                 ``embeddings``, ``p``/``n`` index ``ref_emb``.
             ref_emb: reference embeddings ``(M, D)``; None uses ``embeddings`` (same object).
+                Another float dtype is fine: both are computed in the promoted dtype.
             ref_labels: reference labels ``(M,)``.
 
         Returns:
             A 0-dim tensor in the embeddings' dtype (the loss dict with DoNothingReducer).
 
         Raises:
-            ValueError: mismatched shapes, 2-D labels, missing labels where required.
-            TypeError: non-tensor inputs, or an indices_tuple of the wrong form.
+            ValueError: mismatched shapes (checked by the distance when it overrides
+                ``check_shapes``), 2-D labels, missing labels where required, or
+                ``indices_tuple`` indices outside ``[0, N)`` (anchors) / ``[0, M)`` (others).
+            TypeError: non-tensor inputs, or an indices_tuple of the wrong form or of an
+                integer dtype other than int64/int32.
         """
         self.reset_stats()
-        check_embeddings(embeddings, "embeddings")
+        check_floating_tensor(embeddings, "embeddings")
+        if ref_emb is not None:
+            check_floating_tensor(ref_emb, "ref_emb")
+        # fix: the distance decides the shapes (a custom one may accept (N, T, D) sequences)
+        check_input_shapes(self.distance, embeddings, ref_emb)
         check_shapes(embeddings, labels)
         if labels is not None:
             labels = to_device(labels, embeddings)
@@ -220,10 +302,20 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
             )
         ref_emb, ref_labels = resolve_ref(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is not None:
-            check_indices_tuple(indices_tuple)
+            # fix: out-of-range indices gave wrong numbers (-1 wraps around) or an IndexError
+            # deep inside; one aminmax per tensor, skipped for a wrapper's checked tuple.
+            check_indices_tuple(
+                indices_tuple,
+                embeddings.shape[0],
+                ref_emb.shape[0],
+                check_bounds=not isinstance(indices_tuple, CheckedIndicesTuple),
+            )
+        out_dtype = embeddings.dtype
+        embeddings, ref_emb = promote_to_common_dtype(embeddings, ref_emb)
         loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
-        return self.reducer(loss_dict, embeddings, labels)
+        out = self.reducer(loss_dict, embeddings, labels)
+        return out if embeddings.dtype == out_dtype else cast_output(out, out_dtype)
 
     def compute_loss(
         self,
@@ -354,12 +446,18 @@ class BaseLossWrapper(nn.Module):
 __all__ = [
     "BaseLossWrapper",
     "BaseMetricLossFunction",
+    "CheckedIndicesTuple",
     "EmbeddingRegularizerMixin",
     "GenericPairLoss",
     "TorchInitWrapper",
     "WeightMixin",
     "WeightRegularizerMixin",
+    "cast_output",
+    "check_floating_tensor",
+    "check_input_shapes",
+    "checked_indices_tuple",
     "loss_entry",
+    "promote_to_common_dtype",
     "resolve_ref",
     "zero_loss_entry",
 ]

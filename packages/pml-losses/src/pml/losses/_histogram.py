@@ -15,6 +15,7 @@ from pml.core.validation import (
 )
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._base import BaseMetricLossFunction, loss_entry
+from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,
@@ -130,7 +131,8 @@ class HistogramLoss(BaseMetricLossFunction):
             return self.zero_losses()
         mat = self.distance(embeddings)
         loss = histogram_loss(mat[pi, pj], mat[ni, nj], self.delta)
-        return {"loss": loss_entry(loss, None, "already_reduced")}
+        # fix: a NaN/inf row in no pair still makes the loss NaN
+        return poison_nonfinite({"loss": loss_entry(loss, None, "already_reduced")}, embeddings)
 
 
 class DynamicSoftMarginLoss(BaseMetricLossFunction):
@@ -216,12 +218,16 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
             )
             if not bool(num > 0):
                 return self.zero_losses()
-        self._store_histogram(new)
-        return {"loss": loss_entry(loss, None, "already_reduced")}
-
-    def _store_histogram(self, new: Tensor) -> None:
-        new = new.detach()
-        # fix: the histogram is stored without its graph; a non-finite batch leaves it as is
-        self.hist_ = torch.where(
-            torch.isfinite(new).all(), new, self.hist_.to(device=new.device, dtype=new.dtype)
+        # fix: listed triplets may not read a NaN/inf row; the loss is NaN all the same
+        loss_dict = poison_nonfinite(
+            {"loss": loss_entry(loss, None, "already_reduced")}, embeddings, ref_emb
         )
+        self._store_histogram(new, loss_dict["loss"]["losses"])
+        return loss_dict
+
+    def _store_histogram(self, new: Tensor, loss: Tensor) -> None:
+        new = new.detach()
+        # fix: the histogram is stored without its graph; a non-finite batch (a NaN/inf
+        # histogram or loss) leaves it as is
+        ok = torch.isfinite(new).all() & torch.isfinite(loss.detach()).all()
+        self.hist_ = torch.where(ok, new, self.hist_.to(device=new.device, dtype=new.dtype))

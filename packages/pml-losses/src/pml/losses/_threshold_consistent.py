@@ -10,6 +10,7 @@ from pml.core.indices import IndicesTuple, convert_to_pairs
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._base import BaseMetricLossFunction, loss_entry
+from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
     cosine_similarity_matrix,
     threshold_consistent_margin_loss,
@@ -84,4 +85,7 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
             self.margin_plus,
             self.margin_minus,
         )
-        return {"loss": loss_entry(loss, None, "already_reduced")}
+        # fix: a NaN/inf row in no pair still makes the loss NaN
+        return poison_nonfinite(
+            {"loss": loss_entry(loss, None, "already_reduced")}, embeddings, ref_emb
+        )

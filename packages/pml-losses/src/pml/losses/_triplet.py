@@ -31,6 +31,7 @@ from pml.core.indices import (
 )
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
+from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
     margin_loss,
     margin_loss_sums,
@@ -291,8 +292,11 @@ class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
             ap, an, self.margin, smooth=self.smooth_loss, is_inverted=self.distance.is_inverted
         )
         if plan is not None:
-            return self._reduced(plan, reducer, *explicit_sums(losses, plan.low), embeddings)
-        return {"loss": loss_entry(losses, (a, p, n), "triplet")}
+            loss_dict = self._reduced(plan, reducer, *explicit_sums(losses, plan.low), embeddings)
+        else:
+            loss_dict = {"loss": loss_entry(losses, (a, p, n), "triplet")}
+        # fix: listed triplets may not read a NaN/inf row; the loss is NaN all the same
+        return poison_nonfinite(loss_dict, embeddings, ref_emb)
 
     def _reduced(
         self,

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from pml.core.dtypes import accumulation_dtype
 from pml.core.functional import zero_loss
 from pml.core.indices import IndicesTuple
-from pml.core.validation import InvalidArgumentError, check_embeddings
-from pml.losses._base import BaseLossWrapper
+from pml.core.validation import InvalidArgumentError, check_embeddings, check_indices_tuple
+from pml.losses._base import BaseLossWrapper, check_floating_tensor, checked_indices_tuple
 
 #: class names SelfSupervisedLoss accepts (spec losses-other.md, SelfSupervisedLoss)
 SELF_SUPERVISED_LOSSES = (
@@ -240,12 +240,20 @@ class MultipleLosses(nn.Module):
 
         Raises:
             InvalidArgumentError: ``indices_tuple`` given although miners were given.
+            ValueError: ``indices_tuple`` indices outside ``[0, N)``.
+            TypeError: ``embeddings`` is not a floating-point tensor, or ``indices_tuple`` is
+                not int64/int32 (shapes are checked by each loss through its distance).
         """
         if self.miners is not None and indices_tuple is not None:
             raise InvalidArgumentError(
                 "indices_tuple must be None when MultipleLosses was given miners"
             )
-        check_embeddings(embeddings, "embeddings")
+        check_floating_tensor(embeddings, "embeddings")
+        if indices_tuple is not None:
+            # fix: checked once here (one aminmax per tensor), not again by every loss
+            n = embeddings.shape[0] if embeddings.ndim else 0
+            check_indices_tuple(indices_tuple, n, n, check_bounds=True)
+            indices_tuple = checked_indices_tuple(indices_tuple)
         acc = accumulation_dtype(embeddings.dtype)
         total: Tensor | None = None
         for loss, miner, weight in self._named_entries():

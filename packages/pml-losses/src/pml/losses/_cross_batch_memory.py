@@ -26,7 +26,7 @@ from pml.core.validation import (
     check_indices_tuple,
     check_shapes,
 )
-from pml.losses._base import BaseLossWrapper
+from pml.losses._base import BaseLossWrapper, checked_indices_tuple
 
 #: class names CrossBatchMemory accepts (spec losses-other.md, CrossBatchMemory)
 CROSS_BATCH_MEMORY_LOSSES = (
@@ -254,6 +254,8 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         internal = self._indices_tuple(
             queries, query_labels, ref_emb, ref_labels, indices_tuple, self_slots
         )
+        # Checked above (user tuple) or built here: the wrapped loss skips the range check.
+        internal = checked_indices_tuple(internal)
         out = self.loss(queries, query_labels, internal, ref_emb, ref_labels)
         # The batch is committed only now: a call that raised above left the memory as it was.
         self._commit(new, filled)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from pml.core import distributed as D
 from pml.core.indices import IndicesTuple, get_all_pairs_indices, remove_self_comparisons
 from pml.core.validation import check_indices_tuple
-from pml.losses._base import BaseMetricLossFunction
+from pml.losses._base import BaseMetricLossFunction, checked_indices_tuple
 from pml.losses._cross_batch_memory import CrossBatchMemory
 
 
@@ -103,21 +103,25 @@ class DistributedLossWrapper(nn.Module):
         if not D.is_distributed() or D.get_world_size() <= 1:
             if not D.is_distributed():
                 _warn_not_distributed()
-            _check_bounds(indices_tuple, embeddings, embeddings if ref_emb is None else ref_emb)
+            indices_tuple = _check_bounds(
+                indices_tuple, embeddings, embeddings if ref_emb is None else ref_emb
+            )
             return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         world_size = D.get_world_size()
         all_emb, all_labels, all_ref_emb, all_ref_labels, labels = D.gather_emb_and_ref(
             embeddings, labels, ref_emb, ref_labels
         )
         if not self.efficient:
-            _check_bounds(indices_tuple, all_emb, all_emb if all_ref_emb is None else all_ref_emb)
+            indices_tuple = _check_bounds(
+                indices_tuple, all_emb, all_emb if all_ref_emb is None else all_ref_emb
+            )
             loss = self.loss(all_emb, all_labels, indices_tuple, all_ref_emb, all_ref_labels)
             return loss * world_size
         has_ref = ref_emb is not None
         ref = all_ref_emb if has_ref else all_emb
         ref_lab = all_ref_labels if has_ref else all_labels
         # fix: the reference checks no bounds (-1 silently meant the last row).
-        _check_bounds(indices_tuple, embeddings, ref)
+        indices_tuple = _check_bounds(indices_tuple, embeddings, ref)
         if indices_tuple is None:
             if labels is None:
                 raise ValueError(
@@ -167,10 +171,17 @@ class DistributedLossWrapper(nn.Module):
         return self.loss(all_emb, all_labels, indices_tuple, all_mask) * world_size
 
 
-def _check_bounds(indices_tuple: IndicesTuple | None, queries: Tensor, ref: Tensor) -> None:
-    """Anchors in ``[0, len(queries))``, positives/negatives in ``[0, len(ref))``."""
-    if indices_tuple is not None:
-        check_indices_tuple(indices_tuple, len(queries), len(ref), check_bounds=True)
+def _check_bounds(
+    indices_tuple: IndicesTuple | None, queries: Tensor, ref: Tensor
+) -> IndicesTuple | None:
+    """Anchors in ``[0, len(queries))``, positives/negatives in ``[0, len(ref))``.
+
+    Returns the tuple marked as checked, so that the wrapped loss does not check it again.
+    """
+    if indices_tuple is None:
+        return None
+    check_indices_tuple(indices_tuple, len(queries), len(ref), check_bounds=True)
+    return checked_indices_tuple(indices_tuple)
 
 
 def _warn_not_distributed() -> None:

@@ -232,3 +232,26 @@ def test_distributed_wrapper_without_process_group() -> None:
     with pytest.warns(RuntimeWarning):
         out = ours.DistributedMinerWrapper(ours.MultiSimilarityMiner())(emb, labels)
     same(out, ref.MultiSimilarityMiner()(emb, labels))
+
+
+@pytest.mark.parametrize("which", ["embeddings", "ref_emb"])
+def test_non_finite_inputs_are_rejected(which: str) -> None:
+    emb, labels, r, rl = inputs(torch.float32, True)
+    bad = (emb if which == "embeddings" else r).clone()
+    bad[1, 0] = float("nan")
+    args = (bad, labels, r, rl) if which == "embeddings" else (emb, labels, bad, rl)
+    ref.TripletMarginMiner()(*args)  # mines from NaN distances without a word
+    with pytest.raises(ValueError, match=f"^{which} must be finite"):
+        ours.TripletMarginMiner()(*args)
+
+
+@pytest.mark.parametrize("ref_dtype", [torch.float16, torch.float64])
+def test_ref_emb_in_another_float_dtype(ref_dtype: torch.dtype) -> None:
+    emb, labels, r, rl = inputs(torch.float32, True)
+    with pytest.raises(RuntimeError):  # dtype mismatch inside torch
+        ref.TripletMarginMiner()(emb, labels, r.to(ref_dtype), rl)
+    promoted = torch.promote_types(torch.float32, ref_dtype)
+    same(
+        ours.TripletMarginMiner()(emb, labels, r.to(ref_dtype), rl),
+        ref.TripletMarginMiner()(emb.to(promoted), labels, r.to(ref_dtype).to(promoted), rl),
+    )

@@ -182,3 +182,61 @@ def test_tuples_to_weights_same_draws(subset_size: int | None) -> None:
     assert not model.training
     assert sa == sb and all(type(x) is int for x in sa)
     torch.testing.assert_close(a.weights, b.weights)
+
+
+def test_integral_float_counts_are_accepted_like_the_reference() -> None:
+    labels = _labels("array")
+    a = ours.MPerClassSampler(labels, 2.0, batch_size=np.float64(8.0), length_before_new_iter=40)
+    b = ref.MPerClassSampler(labels, 2.0, batch_size=np.float64(8.0), length_before_new_iter=40)
+    assert len(a) == len(b) and _stream(a, 3) == _stream(b, 3)
+    np.random.seed(2)
+    a = ours.FixedSetOfTriplets(labels, 4.0)
+    np.random.seed(2)
+    b = ref.FixedSetOfTriplets(labels, 4.0)
+    assert np.array_equal(a.fixed_set_of_triplets, b.fixed_set_of_triplets)
+    np.random.seed(4)
+    a = ours.HierarchicalSampler(_hier_labels(), 8.0, 2)
+    np.random.seed(4)
+    b = ref.HierarchicalSampler(_hier_labels(), 8.0, 2)
+    assert [[int(i) for i in x] for x in a.batches] == [[int(i) for i in x] for x in b.batches]
+
+
+@pytest.mark.parametrize("m", [2.7, True])
+def test_non_integral_or_bool_counts_are_rejected(m: object) -> None:
+    labels = _labels("array")
+    assert ref.MPerClassSampler(labels, m).m_per_class == int(m)  # silently truncated
+    with pytest.raises(TypeError, match="m must be an int"):
+        ours.MPerClassSampler(labels, m)
+    assert len(ref.FixedSetOfTriplets(labels, m)) == 3 * int(m)
+    with pytest.raises(TypeError, match="num_triplets"):
+        ours.FixedSetOfTriplets(labels, m)
+
+
+def test_negative_length_before_new_iter_is_rejected() -> None:
+    sampler = ref.MPerClassSampler(_labels("array"), 2, length_before_new_iter=-5)
+    with pytest.raises(ValueError):  # only when len() is called
+        len(sampler)
+    with pytest.raises(ValueError, match="length_before_new_iter"):
+        ours.MPerClassSampler(_labels("array"), 2, length_before_new_iter=-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"super_classes_per_batch": 5, "batch_size": 10, "samples_per_class": 1}, "super"),
+        ({"batches_per_super_tuple": 0}, "batches_per_super_tuple"),
+    ],
+)
+def test_hierarchical_configurations_without_batches_are_rejected(kwargs: dict, name: str) -> None:
+    kwargs = {"batch_size": 8, "samples_per_class": 2, **kwargs}
+    sampler = ref.HierarchicalSampler(_hier_labels(), **kwargs)  # 4 super classes
+    assert len(sampler) == 0 and list(sampler) == []
+    with pytest.raises(ValueError, match=name):
+        ours.HierarchicalSampler(_hier_labels(), **kwargs)
+
+
+def test_fixed_set_of_singleton_classes_is_rejected() -> None:
+    t = ref.FixedSetOfTriplets([0, 1, 2], 5).fixed_set_of_triplets
+    assert (t[:, 0] == t[:, 1]).all()  # degenerate triplets
+    with pytest.raises(ValueError, match="labels"):
+        ours.FixedSetOfTriplets([0, 1, 2], 5)

@@ -90,8 +90,8 @@ def test_length_and_too_few_super_classes():
     assert len(HierarchicalSampler(labels, 8, 2)) == 6 * 4
     assert len(HierarchicalSampler(labels, 9, 3, super_classes_per_batch=3)) == 4 * 4
     one_super = np.stack([np.arange(10), np.zeros(10, dtype=int)], axis=1)
-    sampler = HierarchicalSampler(one_super, 8, 2)
-    assert len(sampler) == 0 and list(sampler) == []
+    with pytest.raises(ValueError, match="super_classes_per_batch"):  # fix: 0 batches before
+        HierarchicalSampler(one_super, 8, 2)
 
 
 def test_errors():

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, check_int
+from pml.samplers._sharding import Sharding, count_arg
 
 
 class FixedSetOfTriplets(Sampler[int]):
@@ -34,8 +34,11 @@ class FixedSetOfTriplets(Sampler[int]):
         seed: seed of a private generator; combined with :meth:`set_epoch` for the order.
 
     Raises:
+        TypeError: ``num_triplets`` is not an int (a bool, ``2.7``; an integral float such
+            as ``3.0`` is accepted, like the reference).
         InvalidArgumentError: ``num_triplets <= 0`` (also an ``AssertionError``).
-        ValueError: fewer than two distinct labels.
+        ValueError: fewer than two distinct labels, no label with two items, or (with
+            ``num_replicas``) fewer triplets than ranks.
 
     Example:
         >>> np.random.seed(0)
@@ -53,14 +56,24 @@ class FixedSetOfTriplets(Sampler[int]):
         rank: int | None = None,
         seed: int | None = None,
     ) -> None:
-        self.num_triplets = check_int("num_triplets", num_triplets, 1)
+        # compat: the reference casts with int() (3.0 is accepted; 2.7 and True are not:
+        # the reference would silently use 2 and 1)
+        self.num_triplets = count_arg("num_triplets", num_triplets, min=1, integral_float=True)
         self._keys, self._members, self._offsets = SF.group_by_label(labels)
         if len(self._keys) < 2:
             raise ValueError(
                 "labels must hold at least 2 distinct labels to draw anchor and negative "
                 f"labels; got {len(self._keys)}"
             )
+        if not (np.diff(self._offsets) >= 2).any():
+            # fix: the reference returns triplets whose anchor is also the positive
+            raise ValueError(
+                "labels must hold at least one label with 2 or more items (an anchor and a "
+                f"positive); got {len(self._keys)} labels of one item each"
+            )
         self._shard = Sharding(num_replicas, rank, seed)
+        # fix: fewer triplets than ranks would give every rank nothing
+        self._shard.require_blocks(self.num_triplets, f"num_triplets = {self.num_triplets}")
         if self._shard.seed is None:
             self.fixed_set_of_triplets = self._reference_set(SF.NUMPY_RANDOM)
         else:
@@ -111,7 +124,7 @@ class FixedSetOfTriplets(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch`` (only with ``seed``/``num_replicas``)."""
-        self._shard.epoch = int(epoch)
+        self._shard.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         if self._shard.seed is None:

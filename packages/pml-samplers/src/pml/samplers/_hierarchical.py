@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_int
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, check_int
+from pml.samplers._sharding import Sharding, count_arg
 
 
 class HierarchicalSampler(Sampler[list[int]]):
@@ -44,8 +44,14 @@ class HierarchicalSampler(Sampler[list[int]]):
         seed: seed of a private generator; combined with :meth:`set_epoch`.
 
     Raises:
+        TypeError: a count or column that is not an int (a bool, ``2.5``; ``batch_size``
+            also accepts an integral float such as ``4.0``, like the reference).
         InvalidArgumentError: ``batch_size`` not a multiple of ``super_classes_per_batch``,
-            ``samples_per_class <= 0``, or a sub-batch not a multiple of it.
+            a count ``< 1`` (``samples_per_class``, ``batch_size``,
+            ``batches_per_super_tuple``, ``super_classes_per_batch``), or a sub-batch not a
+            multiple of ``samples_per_class``.
+        ValueError: ``super_classes_per_batch`` larger than the number of super classes,
+            a column outside ``labels``, or (with ``num_replicas``) fewer batches than ranks.
 
     Example:
         >>> np.random.seed(0)
@@ -75,12 +81,14 @@ class HierarchicalSampler(Sampler[list[int]]):
             arr = np.asarray(labels)
         if arr.ndim != 2:
             raise ValueError(f"labels must have shape (N, levels); got {arr.shape}")
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.batches_per_super_tuple = check_int(
-            "batches_per_super_tuple", batches_per_super_tuple, 0
+        # compat: the reference accepts an integral float batch_size (4.0), not 4.5 or True
+        self.batch_size = count_arg("batch_size", batch_size, min=1, integral_float=True)
+        # fix: the reference accepts 0 and then yields no batch at all
+        self.batches_per_super_tuple = count_arg(
+            "batches_per_super_tuple", batches_per_super_tuple, min=1
         )
-        self.super_classes_per_batch = check_int(
-            "super_classes_per_batch", super_classes_per_batch, 1
+        self.super_classes_per_batch = count_arg(
+            "super_classes_per_batch", super_classes_per_batch, min=1
         )
         if self.batch_size % self.super_classes_per_batch != 0:
             raise InvalidArgumentError(
@@ -93,10 +101,7 @@ class HierarchicalSampler(Sampler[list[int]]):
                 raise ValueError(
                     f"samples_per_class must be a positive int or 'all'; got {samples_per_class!r}"
                 )
-            if samples_per_class <= 0:
-                raise InvalidArgumentError(
-                    f"samples_per_class must be > 0; got {samples_per_class}"
-                )
+            samples_per_class = count_arg("samples_per_class", samples_per_class, min=1)
             if self.sub_batch_len % samples_per_class != 0:
                 raise InvalidArgumentError(
                     f"batch size is not a multiple of samples_per_class: batch_size // "
@@ -104,9 +109,9 @@ class HierarchicalSampler(Sampler[list[int]]):
                     f"{samples_per_class}"
                 )
         self.samples_per_class = samples_per_class
-        for name, col in (("inner_label", inner_label), ("outer_label", outer_label)):
-            if not -arr.shape[1] <= col < arr.shape[1]:
-                raise ValueError(f"{name} must be a column of labels (< {arr.shape[1]}); got {col}")
+        width = arr.shape[1]
+        inner_label = check_int("inner_label", inner_label, min=-width, max=width - 1)
+        outer_label = check_int("outer_label", outer_label, min=-width, max=width - 1)
         super_keys, super_members, super_offsets = SF.group_by_label(arr[:, outer_label])
         self.super_image_lists: dict[Hashable, dict[Hashable, list[int]]] = {}
         for s, key in enumerate(super_keys):
@@ -115,11 +120,24 @@ class HierarchicalSampler(Sampler[list[int]]):
             self.super_image_lists[key] = {
                 k: items[members[offsets[c] : offsets[c + 1]]] for c, k in enumerate(keys)
             }
+        if self.super_classes_per_batch > len(super_keys):
+            # fix: the reference yields no batch at all (no combination of super classes)
+            raise ValueError(
+                f"super_classes_per_batch must be <= the number of super classes (distinct "
+                f"values in column outer_label = {outer_label}): {len(super_keys)} super "
+                f"classes; got {self.super_classes_per_batch}"
+            )
         # compat: combination order follows Python set iteration, like the reference
         self.super_pairs = list(
             itertools.combinations(set(super_keys), self.super_classes_per_batch)
         )
         self._shard = Sharding(num_replicas, rank, seed)
+        # fix: fewer batches than ranks would give every rank no batch
+        self._shard.require_blocks(
+            len(self.super_pairs) * self.batches_per_super_tuple,
+            f"{len(self.super_pairs)} combination(s) of super classes x "
+            f"batches_per_super_tuple = {self.batches_per_super_tuple}",
+        )
         self._flat = np.empty(0, dtype=np.int64)
         self._starts = np.zeros(1, dtype=np.int64)
         self.reshuffle()
@@ -129,7 +147,7 @@ class HierarchicalSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the batches of ``epoch`` (only with ``seed``/``num_replicas``)."""
-        self._shard.epoch = int(epoch)
+        self._shard.set_epoch(epoch)
 
     @property
     def batches(self) -> list[list[np.int64]]:

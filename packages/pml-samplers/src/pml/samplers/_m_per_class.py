@@ -12,7 +12,7 @@ from torch.utils.data import Sampler
 
 from pml.core.validation import InvalidArgumentError
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, check_int
+from pml.samplers._sharding import Sharding, count_arg
 
 
 class MPerClassSampler(Sampler[int]):
@@ -39,9 +39,15 @@ class MPerClassSampler(Sampler[int]):
             ``num_replicas``); combined with :meth:`set_epoch`.
 
     Raises:
+        TypeError: ``m``, ``batch_size`` or ``length_before_new_iter`` is not an int (a bool,
+            ``2.7``; an integral float such as ``2.0`` is accepted for ``m``/``batch_size``,
+            which the reference casts with ``int()``).
         InvalidArgumentError: (``ValueError`` and ``AssertionError``) when ``batch_size`` is
             larger than ``length_before_new_iter`` or than ``m * num_classes``, or not a
-            multiple of ``m``; ``m < 1``; no labels.
+            multiple of ``m``; ``m``, ``batch_size`` or ``length_before_new_iter`` ``< 1``;
+            no labels.
+        ValueError: with ``num_replicas``, a stream of fewer blocks (batches, or runs of
+            ``m`` without ``batch_size``) than ranks.
 
     Example:
         >>> import numpy as np
@@ -63,8 +69,15 @@ class MPerClassSampler(Sampler[int]):
         rank: int | None = None,
         seed: int | None = None,
     ) -> None:
-        self.m_per_class = check_int("m", m, 1)
-        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        # compat: the reference casts m and batch_size with int() (2.0 is accepted; 2.7 and
+        # True are not: the reference would silently use 2 and 1)
+        self.m_per_class = count_arg("m", m, min=1, integral_float=True)
+        self.batch_size = (
+            None if batch_size is None
+            else count_arg("batch_size", batch_size, min=1, integral_float=True)
+        )  # fmt: skip
+        # fix: the reference accepts any length (a negative one fails in len())
+        length_before_new_iter = count_arg("length_before_new_iter", length_before_new_iter, min=1)
         self._keys, self._members, self._offsets = SF.group_by_label(labels)
         if not self._keys:
             raise InvalidArgumentError("labels must not be empty")
@@ -79,7 +92,7 @@ class MPerClassSampler(Sampler[int]):
             )
         self._order = np.arange(len(self._keys))  # shuffled in place, pass after pass
         self.length_of_single_pass = self.m_per_class * len(self._keys)
-        self.list_size = int(length_before_new_iter)
+        self.list_size = length_before_new_iter
         if self.batch_size is None:
             if self.length_of_single_pass < self.list_size:
                 self.list_size -= self.list_size % self.length_of_single_pass
@@ -101,6 +114,12 @@ class MPerClassSampler(Sampler[int]):
                 )
             self.list_size -= self.list_size % self.batch_size
         self._shard = Sharding(num_replicas, rank, seed)
+        # fix: a stream of fewer blocks than ranks would give every rank 0 items
+        self._shard.require_blocks(
+            self.list_size // self._block,
+            f"length_before_new_iter = {length_before_new_iter} rounded to {self.list_size} "
+            f"items in blocks of {self._block} ({'batch_size' if self.batch_size else 'm'})",
+        )
 
     @cached_property
     def labels_to_indices(self) -> dict[Hashable, np.ndarray]:
@@ -127,7 +146,7 @@ class MPerClassSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the stream of ``epoch`` (only with ``seed``/``num_replicas``)."""
-        self._shard.epoch = int(epoch)
+        self._shard.set_epoch(epoch)
 
     def calculate_num_iters(self) -> int:
         """Passes per iterator: groups of classes needed to fill ``len(self)`` items."""

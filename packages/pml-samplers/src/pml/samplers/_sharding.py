@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+from pml.core.validation import InvalidArgumentError, check_int
 from pml.samplers import functional as SF
 
 
@@ -23,28 +25,39 @@ class Sharding:
     """
 
     def __init__(self, num_replicas: int | None, rank: int | None, seed: int | None) -> None:
+        rank = check_int("rank", rank, min=0, allow_none=True)
         if num_replicas is None:
             if rank not in (None, 0):
                 raise ValueError(f"rank must be None or 0 without num_replicas; got {rank}")
             num_replicas, rank = 1, 0
             self.sharded = False
         else:
-            if isinstance(num_replicas, bool) or not isinstance(num_replicas, int | np.integer):
-                raise TypeError(f"num_replicas must be an int; got {type(num_replicas).__name__}")
-            if num_replicas < 1:
-                raise ValueError(f"num_replicas must be >= 1; got {num_replicas}")
+            num_replicas = check_int("num_replicas", num_replicas, min=1)
             if rank is None:
                 raise ValueError("rank must be given with num_replicas (0 <= rank < num_replicas)")
             self.sharded = True
             seed = 0 if seed is None else seed
-        if not 0 <= int(rank) < num_replicas:  # type: ignore[arg-type]
+        if not rank < num_replicas:  # type: ignore[operator]
             raise ValueError(f"rank must be in [0, {num_replicas}); got {rank}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
-            raise TypeError(f"seed must be an int or None; got {type(seed).__name__}")
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)  # type: ignore[arg-type]
-        self.seed = None if seed is None else int(seed)
+        self.num_replicas: int = num_replicas  # type: ignore[assignment]
+        self.rank: int = rank  # type: ignore[assignment]
+        self.seed = check_int("seed", seed, min=0, allow_none=True)
         self.epoch = 0
+
+    def set_epoch(self, epoch: Any) -> None:
+        """Select the stream of pass ``epoch`` (an int ``>= 0``)."""
+        self.epoch = check_int("epoch", epoch, min=0)  # type: ignore[assignment]
+
+    def require_blocks(self, total_blocks: int, what: str) -> None:
+        """Raise ``ValueError`` when sharding would leave every rank without a block.
+
+        ``what`` names the arguments that set ``total_blocks`` (for the message).
+        """
+        if self.sharded and total_blocks < self.num_replicas:
+            raise ValueError(
+                f"num_replicas = {self.num_replicas} ranks would each get nothing: {what} "
+                f"give(s) {total_blocks} block(s) to share; need at least num_replicas"
+            )
 
     def rng(self) -> Any:
         """The generator of the current pass: the global handle, or a seeded Generator."""
@@ -65,14 +78,20 @@ class Sharding:
         return blocks[self.rank :: self.num_replicas].reshape(-1)
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``int(value)``, raising ``InvalidArgumentError`` below ``minimum``."""
-    from pml.core.validation import InvalidArgumentError
+def count_arg(name: str, value: Any, *, min: int, integral_float: bool = False) -> int:
+    """A count argument: :func:`pml.core.validation.check_int`, then ``value >= min``.
 
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an integer; got {type(value).__name__}") from None
-    if out < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}; got {value}")
+    Below ``min`` is an :class:`InvalidArgumentError` (also an ``AssertionError``, what the
+    reference raised for its count checks). ``True``, ``2.7`` or ``"2"`` are ``TypeError``.
+
+    Args:
+        integral_float: accept floats with an integral value (``2.0``) as ints.
+    """
+    is_float = isinstance(value, float | np.floating)
+    if integral_float and is_float and math.isfinite(value) and float(value).is_integer():
+        # compat: the reference casts with int(); 2.0 (say, from a config file) is 2
+        value = int(value)
+    out: int = check_int(name, value)  # type: ignore[assignment]
+    if out < min:
+        raise InvalidArgumentError(f"{name} must be >= {min}; got {out}")
     return out

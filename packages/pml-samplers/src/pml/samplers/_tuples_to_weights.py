@@ -123,7 +123,7 @@ class TuplesToWeightsSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the draws of ``epoch`` (only with ``seed``/``num_replicas``)."""
-        self._shard.epoch = int(epoch)
+        self._shard.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         config.LOGGER.info("Computing embeddings in %s", type(self).__name__)

@@ -37,7 +37,19 @@ class ModuleWithRecordsAndReducer(ModuleWithRecords):
         return ["loss"]
 
     def set_reducer(self, reducer: BaseReducer | None) -> None:
-        """Build ``self.reducer`` following the reference's rules (see class docstring)."""
+        """Build ``self.reducer`` following the reference's rules (see class docstring).
+
+        Raises:
+            TypeError: ``reducer`` is neither None nor a :class:`BaseReducer` instance.
+        """
+        if reducer is not None and not isinstance(reducer, BaseReducer):
+            # fix: the reference fails with "str is not a Module subclass" or at the first
+            # forward, without naming the argument
+            hint = f" (pass an instance: {reducer.__name__}())" if isinstance(reducer, type) else ""
+            raise TypeError(
+                "reducer must be a BaseReducer instance such as MeanReducer() or "
+                f"AvgNonZeroReducer(); got {type(reducer).__name__} {reducer!r:.80}{hint}"
+            )
         if isinstance(reducer, MultipleReducers | DoNothingReducer):
             self.reducer = reducer
             return

@@ -215,3 +215,30 @@ def test_class_weighted_and_divisor_are_bitwise_the_reference(dtype) -> None:
         assert torch.equal(
             ours.DivisorReducer()(d, emb, None), ref_red.DivisorReducer()(d, emb, None)
         )
+
+
+def test_threshold_reducer_empty_interval_differs_on_purpose() -> None:
+    # docs/compatibility.md: the reference keeps nothing and returns 0 on every call
+    d = {"loss": {"losses": torch.tensor([1.0, 2.0]), "indices": torch.arange(2)}}
+    d["loss"]["reduction_type"] = "element"
+    assert ref_red.ThresholdReducer(low=2, high=1)(d, torch.zeros(2, 1), None).item() == 0
+    with pytest.raises(ValueError, match="low must be < high"):
+        ours.ThresholdReducer(low=2, high=1)
+
+
+def test_divisor_reducer_missing_divisor_is_still_a_key_error() -> None:
+    def d():
+        return {
+            "loss": {
+                "losses": torch.ones(2),
+                "indices": torch.arange(2),
+                "reduction_type": "element",
+            }
+        }
+
+    with pytest.raises(KeyError):
+        ref_red.DivisorReducer()(d(), torch.zeros(2, 1), None)
+    with pytest.raises(KeyError, match="divisor"):
+        ours.DivisorReducer()(d(), torch.zeros(2, 1), None)
+    with pytest.raises(ValueError, match="sub-loss 'loss'"):
+        ours.DivisorReducer()(d(), torch.zeros(2, 1), None)

@@ -53,7 +53,7 @@ def mean_or_fallback(losses: Tensor, mask: Tensor, fallback: Tensor) -> Tensor:
         >>> mean_or_fallback(losses, mask, torch.tensor(0.0))
         tensor(2.5000)
     """
-    kept = losses[mask]
+    kept = torch.masked_select(losses, mask)
     if kept.numel() == 0:
         return fallback.to(losses.dtype)
     return _mean(kept)

@@ -145,3 +145,100 @@ def test_regularizers_match(name: str, kwargs: dict) -> None:
     a.backward()
     b.backward()
     torch.testing.assert_close(xa.grad, xb.grad)
+
+
+EXACT_CONFIGS = [
+    ("MeanReducer", {}),
+    ("SumReducer", {}),
+    ("AvgNonZeroReducer", {}),
+    ("ThresholdReducer", {"low": 0.0}),
+    ("ThresholdReducer", {"low": -1.0}),
+    ("ThresholdReducer", {"high": 1.5}),
+    ("ThresholdReducer", {"low": -2.0, "high": 2.0}),
+    ("ThresholdReducer", {"low": 0.5, "high": 4.0}),
+]
+
+
+def random_element_dict(n: int, seed: int, dtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    losses = torch.randn(n, generator=g, dtype=torch.float64).mul_(3).to(dtype)
+    return {"loss": {"losses": losses, "indices": torch.arange(n), "reduction_type": "element"}}
+
+
+@pytest.mark.parametrize(("name", "kwargs"), EXACT_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 100, 257, 1000, 4099, 10000])
+def test_threshold_reducers_last_bits_differ_from_the_reference(name, kwargs, dtype, n) -> None:
+    # the reference averages the kept losses with torch.mean: pml is bitwise the same
+    emb = torch.zeros(n, 2, dtype=dtype)
+    for seed in range(4):
+        a = getattr(ours, name)(**kwargs)(random_element_dict(n, seed, dtype), emb, None)
+        b = getattr(ref_red, name)(**kwargs)(random_element_dict(n, seed, dtype), emb, None)
+        assert a.dtype == b.dtype and torch.equal(a, b), (seed, a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 100, 1000, 10000])
+def test_multiple_reducers_last_bits_differ_from_the_reference(dtype, n) -> None:
+    emb = torch.zeros(n, 2, dtype=dtype)
+    for seed in range(4):
+
+        def dd(seed=seed):
+            return {
+                "a": random_element_dict(n, seed, dtype)["loss"],
+                "b": random_element_dict(n, seed + 100, dtype)["loss"],
+                "c": random_element_dict(n, seed + 200, dtype)["loss"],
+            }
+
+        a = ours.MultipleReducers(
+            {"a": ours.ThresholdReducer(low=0.2), "b": ours.SumReducer()},
+            default_reducer=ours.AvgNonZeroReducer(),
+        )(dd(), emb, None)
+        b = ref_red.MultipleReducers(
+            {"a": ref_red.ThresholdReducer(low=0.2), "b": ref_red.SumReducer()},
+            default_reducer=ref_red.AvgNonZeroReducer(),
+        )(dd(), emb, None)
+        assert torch.equal(a, b), (seed, a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_weighted_and_divisor_are_bitwise_the_reference(dtype) -> None:
+    for n in [1, 7, 100, 1000, 10000]:
+        emb = torch.zeros(n, 2, dtype=dtype)
+        labels = torch.arange(n) % 3
+        w = torch.tensor([0.5, 2.0, 1.5], dtype=dtype)
+        a = ours.ClassWeightedReducer(w)(random_element_dict(n, 0, dtype), emb, labels)
+        b = ref_red.ClassWeightedReducer(w.clone())(random_element_dict(n, 0, dtype), emb, labels)
+        assert torch.equal(a, b)
+        d = random_element_dict(n, 1, dtype)
+        d["loss"]["divisor"] = 7
+        assert torch.equal(
+            ours.DivisorReducer()(d, emb, None), ref_red.DivisorReducer()(d, emb, None)
+        )
+
+
+def test_threshold_reducer_empty_interval_differs_on_purpose() -> None:
+    # docs/compatibility.md: the reference keeps nothing and returns 0 on every call
+    d = {"loss": {"losses": torch.tensor([1.0, 2.0]), "indices": torch.arange(2)}}
+    d["loss"]["reduction_type"] = "element"
+    assert ref_red.ThresholdReducer(low=2, high=1)(d, torch.zeros(2, 1), None).item() == 0
+    with pytest.raises(ValueError, match="low must be < high"):
+        ours.ThresholdReducer(low=2, high=1)
+
+
+def test_divisor_reducer_missing_divisor_is_still_a_key_error() -> None:
+    def d():
+        return {
+            "loss": {
+                "losses": torch.ones(2),
+                "indices": torch.arange(2),
+                "reduction_type": "element",
+            }
+        }
+
+    with pytest.raises(KeyError):
+        ref_red.DivisorReducer()(d(), torch.zeros(2, 1), None)
+    with pytest.raises(KeyError, match="divisor"):
+        ours.DivisorReducer()(d(), torch.zeros(2, 1), None)
+    with pytest.raises(ValueError, match="sub-loss 'loss'"):
+        ours.DivisorReducer()(d(), torch.zeros(2, 1), None)

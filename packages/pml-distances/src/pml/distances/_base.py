@@ -154,6 +154,15 @@ class ModuleWithRecordsAndDistance(ModuleWithRecords):
 
     def __init__(self, distance: BaseDistance | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if distance is not None and not isinstance(distance, BaseDistance):
+            # fix: a string or a class fails at the first forward in the reference
+            hint = (
+                f" (pass an instance: {distance.__name__}())" if isinstance(distance, type) else ""
+            )
+            raise TypeError(
+                "distance must be a BaseDistance instance such as LpDistance() or "
+                f"CosineSimilarity(); got {type(distance).__name__} {distance!r:.80}{hint}"
+            )
         self.distance = self.get_default_distance() if distance is None else distance
 
     def get_default_distance(self) -> BaseDistance:

@@ -6,9 +6,23 @@ from typing import Any
 
 from torch import Tensor
 
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_bool, check_real
 from pml.distances import functional as DF
 from pml.distances._base import BaseDistance
+
+
+def check_distance_arguments(distance: BaseDistance) -> None:
+    """Check ``p`` (> 0, inf allowed), ``power`` (a real) and ``normalize_embeddings``.
+
+    Raises:
+        TypeError: not a number (``normalize_embeddings``: not a bool).
+        ValueError: ``p <= 0`` or NaN.
+    """
+    # fix: the reference takes p <= 0 (p = 0 "normalises" by the count of non-zero entries,
+    # p < 0 fails inside torch.cdist at the first forward)
+    check_real("p", distance.p, min=0, min_open=True)
+    check_real("power", distance.power)
+    check_bool("normalize_embeddings", distance.normalize_embeddings)
 
 
 class LpDistance(BaseDistance):
@@ -25,6 +39,7 @@ class LpDistance(BaseDistance):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_distance_arguments(self)
         if self.is_inverted:
             raise InvalidArgumentError("LpDistance is a distance: is_inverted must be False")
 
@@ -48,6 +63,7 @@ class SNRDistance(BaseDistance):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_distance_arguments(self)
         if self.is_inverted:
             raise InvalidArgumentError("SNRDistance is a distance: is_inverted must be False")
 

@@ -9,6 +9,7 @@ from torch import Tensor
 from pml.core.validation import InvalidArgumentError
 from pml.distances import functional as DF
 from pml.distances._base import BaseDistance
+from pml.distances._lp import check_distance_arguments
 
 
 class DotProductSimilarity(BaseDistance):
@@ -24,6 +25,7 @@ class DotProductSimilarity(BaseDistance):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(is_inverted=True, **kwargs)
+        check_distance_arguments(self)
         if not self.is_inverted:
             raise InvalidArgumentError("DotProductSimilarity must be inverted")
 

@@ -15,6 +15,7 @@ from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pos_pairs_with_unique_labels
 from pml.core.validation import labels_required, ref_not_supported
 from pml.distances import BaseDistance, DotProductSimilarity, LpDistance, assert_distance_type
+from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._ntxent import nan_if_nonfinite, positives_and_negatives
 from pml.losses.functional._softmax import angular_average_angle, angular_loss, npairs_loss
@@ -52,6 +53,8 @@ class AngularLoss(BaseMetricLossFunction):
     def __init__(self, alpha: float = 40, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         assert_distance_type(self, LpDistance, p=2, power=1, normalize_embeddings=True)
+        # fix: tan(alpha)^2 silently explodes at 90 degrees (and repeats past it)
+        check_real("alpha", alpha, min=0, max=90, max_open=True)
         # compat: stored like the reference, a 0-dim float64 tensor in radians.
         self.alpha = torch.tensor(math.radians(alpha), dtype=torch.float64)
         self.add_to_recordable_attributes(list_of_names=["alpha"], is_stat=False)

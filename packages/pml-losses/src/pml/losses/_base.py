@@ -24,6 +24,7 @@ from pml.core.validation import (
     labels_or_indices_tuple_required,
 )
 from pml.distances import BaseDistance
+from pml.losses._arguments import check_real, check_regularizer
 from pml.reducers import LossDict, ModuleWithRecordsReducerAndDistance
 
 EMBEDDING_REG_LOSS = "embedding_reg_loss"
@@ -157,6 +158,8 @@ class EmbeddingRegularizerMixin:
         embedding_reg_weight: float = 1,
         **kwargs: Any,
     ) -> None:
+        check_regularizer("embedding_regularizer", embedding_regularizer)
+        check_real("embedding_reg_weight", embedding_reg_weight)
         # Known before the reducer is built (the reducer needs the sub-loss names); a plain
         # attribute can be set before nn.Module.__init__.
         self._has_embedding_regularizer = embedding_regularizer is not None
@@ -224,6 +227,8 @@ class WeightRegularizerMixin(WeightMixin):
         weight_reg_weight: float = 1,
         **kwargs: Any,
     ) -> None:
+        check_regularizer("weight_regularizer", weight_regularizer)
+        check_real("weight_reg_weight", weight_reg_weight)
         self._has_weight_regularizer = weight_regularizer is not None
         super().__init__(**kwargs)
         self.weight_regularizer = weight_regularizer

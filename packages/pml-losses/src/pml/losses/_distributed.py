@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from pml.core import distributed as D
 from pml.core.indices import IndicesTuple, get_all_pairs_indices, remove_self_comparisons
 from pml.core.validation import check_indices_tuple
+from pml.losses._arguments import check_bool
 from pml.losses._base import BaseMetricLossFunction, checked_indices_tuple
 from pml.losses._cross_batch_memory import CrossBatchMemory
 
@@ -59,6 +60,7 @@ class DistributedLossWrapper(nn.Module):
                 "loss must be a BaseMetricLossFunction or CrossBatchMemory instance; "
                 f"got {type(loss).__name__}"
             )
+        check_bool("efficient", efficient)
         if efficient and isinstance(loss, CrossBatchMemory):
             raise ValueError("efficient=True is not supported with CrossBatchMemory")
         self.loss = loss

@@ -14,6 +14,7 @@ from pml.core.validation import (
     ref_not_supported,
 )
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
+from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
@@ -99,10 +100,9 @@ class HistogramLoss(BaseMetricLossFunction):
 
     def __init__(self, n_bins: int | None = None, delta: float | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if n_bins is not None and (isinstance(n_bins, bool) or n_bins <= 0):
-            raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
-        if delta is not None and not delta > 0:
-            raise ValueError(f"delta must be positive; got {delta!r}")
+        # fix: the reference takes n_bins=2.5 silently and fails at forward for delta <= 0
+        n_bins = check_count("n_bins", n_bins, allow_none=True)
+        check_real("delta", delta, min=0, min_open=True, allow_none=True)
         if delta is not None and n_bins is not None and delta != 2 / n_bins:
             raise InvalidArgumentError(
                 f"delta must equal 2 / n_bins = {2 / n_bins} when both are given; got {delta}"
@@ -171,12 +171,12 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
     ) -> None:
         super().__init__(**kwargs)
         assert_distance_type(self, LpDistance, normalize_embeddings=True, p=2)
-        if int(num_bins) < 1:
-            raise ValueError(f"num_bins must be >= 1; got {num_bins!r}")
-        if min_val == 0:
-            raise ValueError("min_val must be non-zero (the bin width is 2 * |min_val| / num_bins)")
+        # fix: the reference fails at forward (index out of bounds) for min_val >= 0
+        check_real("min_val", min_val, max=0, max_open=True)
+        num_bins = check_count("num_bins", num_bins)
+        check_real("momentum", momentum, min=0, max=1)
         self.min_val = min_val
-        self.num_bins = int(num_bins)
+        self.num_bins = num_bins
         self.delta = 2 * abs(min_val) / self.num_bins
         self.momentum = momentum
         self.hist_ = torch.zeros(self.num_bins)

@@ -14,10 +14,10 @@ from torch import Tensor
 from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
+from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses._pair_inputs import (
     LabelMasksMixin,
-    check_real,
     has_too_few_pairs,
     label_positive_pairs,
     poison_nonfinite,

@@ -13,6 +13,7 @@ from torch import Tensor
 from pml.core.indices import IndicesTuple, convert_to_weights
 from pml.core.validation import indices_tuple_not_supported, labels_required, ref_not_supported
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
+from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._ntxent import acc_matrix, nan_if_nonfinite
 from pml.losses.functional._softmax import instance_loss, nca_loss
@@ -45,6 +46,8 @@ class NCALoss(BaseMetricLossFunction):
 
     def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # fix: a negative scale silently flips the objective (0 is kept: spec'd compat case)
+        check_real("softmax_scale", softmax_scale, min=0)
         self.softmax_scale = softmax_scale
         self.add_to_recordable_attributes(list_of_names=["softmax_scale"], is_stat=False)
 
@@ -116,6 +119,7 @@ class InstanceLoss(BaseMetricLossFunction):
     def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         assert_distance_type(self, CosineSimilarity)
+        check_real("gamma", gamma, min=0, min_open=True)  # fix: 0 gives a constant loss
         self.gamma = gamma
         self.add_to_recordable_attributes(list_of_names=["gamma"], is_stat=False)
 

@@ -24,6 +24,7 @@ from pml.distances import (
     LpDistance,
     assert_distance_type,
 )
+from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses.functional._softmax import ntxent_loss, tuplet_margin_loss
 from pml.losses.functional._softmax_ops import Negatives, same_label_cells
@@ -181,6 +182,8 @@ class NTXentLoss(PositivePairsMixin, GenericPairLoss):
 
     def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
+        # fix: the reference gives NaN for 0 and a negated objective below 0
+        check_real("temperature", temperature, min=0, min_open=True)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
 
@@ -223,6 +226,8 @@ class TupletMarginLoss(PositivePairsMixin, GenericPairLoss):
     def __init__(self, margin: float = 5.73, scale: float = 64, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
         assert_distance_type(self, CosineSimilarity)
+        check_real("margin", margin)
+        check_real("scale", scale, min=0, min_open=True)  # fix: 0 gives a constant loss
         self.margin = math.radians(margin)
         self.scale = scale
         self.add_to_recordable_attributes(list_of_names=["margin", "scale"], is_stat=False)

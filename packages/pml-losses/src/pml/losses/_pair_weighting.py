@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
+from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import LabelMasksMixin, check_real
+from pml.losses._pair_inputs import LabelMasksMixin
 from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
@@ -49,8 +50,10 @@ class MultiSimilarityLoss(LabelMasksMixin, GenericPairLoss):
 
     def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs: Any):
         super().__init__(mat_based_loss=True, **kwargs)
-        for name, value in (("alpha", alpha), ("beta", beta), ("base", base)):
-            check_real(name, value)
+        # fix: alpha = 0 or beta = 0 divides by zero at forward; a negative one flips the loss
+        check_real("alpha", alpha, min=0, min_open=True)
+        check_real("beta", beta, min=0, min_open=True)
+        check_real("base", base)
         self.alpha = alpha
         self.beta = beta
         self.base = base
@@ -103,7 +106,7 @@ class CircleLoss(LabelMasksMixin, GenericPairLoss):
     def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
         check_real("m", m)
-        check_real("gamma", gamma)
+        check_real("gamma", gamma, min=0, min_open=True)  # fix: 0 gives a constant loss
         self.m = m
         self.gamma = gamma
         self.soft_plus = torch.nn.Softplus(beta=1)
@@ -150,7 +153,8 @@ class SupConLoss(LabelMasksMixin, GenericPairLoss):
 
     def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
-        check_real("temperature", temperature)
+        # fix: the reference gives a constant 0 for temperature 0
+        check_real("temperature", temperature, min=0, min_open=True)
         self.temperature = temperature
         self.add_to_recordable_attributes(name="temperature", is_stat=False)
 

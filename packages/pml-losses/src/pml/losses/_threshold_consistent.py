@@ -9,6 +9,7 @@ from torch import Tensor
 from pml.core.indices import IndicesTuple, convert_to_pairs
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
+from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
@@ -57,6 +58,11 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
     ) -> None:
         super().__init__(**kwargs)
         assert_distance_type(self, CosineSimilarity)
+        # fix: a negative weight silently rewards the penalised pairs
+        check_real("lambda_plus", lambda_plus, min=0)
+        check_real("lambda_minus", lambda_minus, min=0)
+        check_real("margin_plus", margin_plus)
+        check_real("margin_minus", margin_minus)
         self.lambda_plus = lambda_plus
         self.lambda_minus = lambda_minus
         self.margin_plus = margin_plus

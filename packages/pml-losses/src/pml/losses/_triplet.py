@@ -30,6 +30,7 @@ from pml.core.indices import (
     pairs_to_triplets,
 )
 from pml.core.validation import labels_or_indices_tuple_required
+from pml.losses._arguments import check_bool, check_int, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
 from pml.losses._pair_inputs import poison_nonfinite
 from pml.losses.functional._triplet import (
@@ -240,6 +241,9 @@ class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
     ) -> None:
         super().__init__(**kwargs)
         check_triplets_per_anchor(triplets_per_anchor)
+        check_real("margin", margin)  # fix: the reference fails at forward
+        check_bool("swap", swap)
+        check_bool("smooth_loss", smooth_loss)
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss
@@ -349,10 +353,11 @@ class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
     ) -> None:
         super().__init__(**kwargs)
         check_triplets_per_anchor(triplets_per_anchor)
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be None or a positive integer; got {num_classes!r}")
+        check_real("margin", margin)
+        check_real("nu", nu, min=0)  # fix: a negative weight rewards a large beta
+        check_real("beta", beta)
+        check_bool("learn_beta", learn_beta)
+        num_classes = check_int("num_classes", num_classes, min=1, allow_none=True)
         self.margin = margin
         self.nu = nu
         self.learn_beta = learn_beta

@@ -15,6 +15,7 @@ from pml.core.dtypes import accumulation_dtype
 from pml.core.functional import zero_loss
 from pml.core.indices import IndicesTuple
 from pml.core.validation import InvalidArgumentError, check_embeddings, check_indices_tuple
+from pml.losses._arguments import check_bool
 from pml.losses._base import BaseLossWrapper, check_floating_tensor, checked_indices_tuple
 
 #: class names SelfSupervisedLoss accepts (spec losses-other.md, SelfSupervisedLoss)
@@ -60,6 +61,7 @@ class SelfSupervisedLoss(BaseLossWrapper):
 
     def __init__(self, loss: nn.Module, symmetric: bool = True, **kwargs: Any) -> None:
         super().__init__(loss=loss, **kwargs)
+        check_bool("symmetric", symmetric)
         self.loss = loss
         self.symmetric = symmetric
 

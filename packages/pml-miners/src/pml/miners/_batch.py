@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple, PairsTuple, TripletsTuple
+from pml.core.validation import check_real
 from pml.miners import functional as MF
 from pml.miners._base import BaseMiner
 from pml.miners.functional._batch import check_strategies
@@ -61,6 +62,8 @@ class BatchEasyHardMiner(BaseMiner):
         ):
             if value is not None and len(value) != 2:
                 raise ValueError(f"{name} must be None or a pair (low, high); got {value!r}")
+            for bound in value or ():
+                check_real(name, bound)  # fix: a non-number failed at the first forward
         self.pos_strategy = pos_strategy
         self.neg_strategy = neg_strategy
         self.allowed_pos_range = allowed_pos_range

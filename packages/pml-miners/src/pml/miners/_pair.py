@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple, PairsTuple, convert_to_pairs, get_all_pairs_indices
-from pml.core.validation import check_indices_tuple
+from pml.core.validation import check_indices_tuple, check_real
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.miners import functional as MF
 from pml.miners._base import BaseMiner, _records
@@ -32,6 +32,7 @@ class MultiSimilarityMiner(BaseMiner):
 
     def __init__(self, epsilon: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_real("epsilon", epsilon)
         _records(self, epsilon=epsilon)
 
     def get_default_distance(self) -> BaseDistance:
@@ -68,6 +69,8 @@ class PairMarginMiner(BaseMiner):
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_real("pos_margin", pos_margin)
+        check_real("neg_margin", neg_margin)
         _records(self, pos_margin=pos_margin, neg_margin=neg_margin)
         self.add_to_recordable_attributes(
             list_of_names=["pos_pair_dist", "neg_pair_dist"], is_stat=True
@@ -113,9 +116,8 @@ class HDCMiner(BaseMiner):
 
     def __init__(self, filter_percentage: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0 <= filter_percentage <= 1:
-            # fix: the reference fails later, inside torch.topk
-            raise ValueError(f"filter_percentage must be in [0, 1]; got {filter_percentage}")
+        # fix: the reference fails later, inside torch.topk
+        check_real("filter_percentage", filter_percentage, min=0, max=1)
         _records(self, filter_percentage=filter_percentage)
         self.reset_idx()
 

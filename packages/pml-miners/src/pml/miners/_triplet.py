@@ -9,7 +9,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from pml.core.indices import TripletsTuple
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_real
 from pml.miners import functional as MF
 from pml.miners._base import BaseMiner, _records
 
@@ -52,6 +52,7 @@ class TripletMarginMiner(BaseMiner):
                 stacklevel=2,
             )
         self.type_of_triplets = type_of_triplets
+        check_real("margin", margin)
         _records(self, margin=margin)
         self.add_to_recordable_attributes(
             list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True
@@ -101,6 +102,7 @@ class AngularMiner(BaseMiner):
     def __init__(self, angle: float = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._require_lp_distance()
+        check_real("angle", angle)
         _records(self, angle=math.radians(angle))
         self.add_to_recordable_attributes(
             list_of_names=[
@@ -172,6 +174,8 @@ class DistanceWeightedMiner(BaseMiner):
     ) -> None:
         super().__init__(**kwargs)
         self._require_lp_distance()
+        check_real("cutoff", cutoff)
+        check_real("nonzero_loss_cutoff", nonzero_loss_cutoff)
         _records(self, cutoff=float(cutoff), nonzero_loss_cutoff=float(nonzero_loss_cutoff))
 
     def mine(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_real
 from pml.reducers import functional as RF
 from pml.reducers._base import BaseReducer
 
@@ -67,12 +67,22 @@ class ThresholdReducer(_UniformReducer):
 
     Raises:
         InvalidArgumentError: neither ``low`` nor ``high`` is given.
+        TypeError: a bound is not a real number.
+        ValueError: a bound is NaN, or ``low >= high`` (nothing could ever be kept).
     """
 
     def __init__(self, low: float | None = None, high: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if low is None and high is None:
             raise InvalidArgumentError("ThresholdReducer needs at least one of low or high")
+        lo = check_real("low", low, allow_none=True)
+        hi = check_real("high", high, allow_none=True)
+        if lo is not None and hi is not None and lo >= hi:
+            # fix: the reference keeps nothing and returns the zero loss on every call
+            raise ValueError(
+                f"low must be < high (losses strictly between them are kept); got low={low!r}, "
+                f"high={high!r}"
+            )
         self.low, self.high = low, high
         self.add_to_recordable_attributes(list_of_names=["low", "high"], is_stat=False)
         self.add_to_recordable_attributes(
@@ -106,10 +116,24 @@ class AvgNonZeroReducer(ThresholdReducer):
         super().__init__(low=0, **kwargs)
 
 
+class MissingDivisorError(ValueError, KeyError):
+    """A loss dict without the ``"divisor"`` entry that :class:`DivisorReducer` needs.
+
+    Also a ``KeyError``, which the reference raised.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class DivisorReducer(_UniformReducer):
     """``sum(losses) / divisor``, the divisor coming from the loss dict (``"divisor"`` key).
 
     A zero divisor gives the zero loss. The last divisor is kept in ``self.divisor``.
+
+    Raises:
+        ValueError: (also a ``KeyError``) the loss gives no divisor: only losses that put a
+            ``"divisor"`` next to their ``"losses"`` (e.g. ``MarginLoss``) can use it.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -117,11 +141,20 @@ class DivisorReducer(_UniformReducer):
         self.divisor: Any = 0
         self.add_to_recordable_attributes(name="divisor", is_stat=True)
 
+    def forward(
+        self, loss_dict: Mapping[str, Mapping[str, Any]], embeddings: Tensor, labels: Tensor | None
+    ) -> Tensor:
+        for name, info in loss_dict.items():
+            if info.get("reduction_type") != "already_reduced" and "divisor" not in info:
+                # fix: the reference raised a bare KeyError('divisor')
+                raise MissingDivisorError(
+                    f"DivisorReducer needs a 'divisor' entry next to 'losses' in the loss dict; "
+                    f"sub-loss {name!r} has only {', '.join(map(str, info))} (this loss gives no "
+                    "divisor: use another reducer, e.g. MeanReducer())"
+                )
+        return super().forward(loss_dict, embeddings, labels)
+
     def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
-        if "divisor" not in kw:
-            raise KeyError(
-                "DivisorReducer needs a 'divisor' entry next to 'losses' in the loss dict"
-            )
         divisor = kw["divisor"]
         self.divisor = divisor
         return RF.divide_or_fallback(losses, divisor, self.zero_loss(embeddings))

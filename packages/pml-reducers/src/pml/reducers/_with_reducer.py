@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+
 from pml.core.records import ModuleWithRecords
 from pml.distances import ModuleWithRecordsAndDistance
 from pml.reducers._base import BaseReducer
@@ -37,7 +39,21 @@ class ModuleWithRecordsAndReducer(ModuleWithRecords):
         return ["loss"]
 
     def set_reducer(self, reducer: BaseReducer | None) -> None:
-        """Build ``self.reducer`` following the reference's rules (see class docstring)."""
+        """Build ``self.reducer`` following the reference's rules (see class docstring).
+
+        Raises:
+            TypeError: ``reducer`` is neither None nor a module instance.
+        """
+        # compat: any nn.Module instance is accepted (the reference duck-types reducers, and
+        # code written for it may pass its own module); classes, strings and numbers are not.
+        if reducer is not None and not isinstance(reducer, BaseReducer | torch.nn.Module):
+            # fix: the reference fails with "str is not a Module subclass" or at the first
+            # forward, without naming the argument
+            hint = f" (pass an instance: {reducer.__name__}())" if isinstance(reducer, type) else ""
+            raise TypeError(
+                "reducer must be a BaseReducer instance such as MeanReducer() or "
+                f"AvgNonZeroReducer(); got {type(reducer).__name__} {reducer!r:.80}{hint}"
+            )
         if isinstance(reducer, MultipleReducers | DoNothingReducer):
             self.reducer = reducer
             return

@@ -1,8 +1,10 @@
 """Reductions as pure functions on tensors.
 
-They never synchronise with the device: "nothing survived the filter" is handled with
-``torch.where`` against a fallback value instead of a Python ``if`` on tensor contents.
-Sums run in at least float32 and results come back in the losses' dtype.
+Sums run in at least float32 and results come back in the losses' dtype; float32/float64
+inputs reduce with ``torch.mean``/``torch.sum`` on exactly the entries the reference reduces,
+so the results are bitwise the reference's. Only :func:`mean_or_fallback` synchronises with
+the device (it compacts the kept entries, like the reference); the others handle "nothing to
+reduce" with ``torch.where`` against a fallback value instead of a Python ``if``.
 """
 
 from __future__ import annotations
@@ -41,18 +43,28 @@ def threshold_mask(losses: Tensor, low: float | None = None, high: float | None 
 def mean_or_fallback(losses: Tensor, mask: Tensor, fallback: Tensor) -> Tensor:
     """Mean of ``losses[mask]``, or ``fallback`` (0-dim) when the mask is empty.
 
-    Masked-out entries (NaN included) get no gradient.
+    For float32/float64 this is bitwise ``torch.mean(losses[mask])`` (what the reference's
+    threshold reducers compute); half inputs are averaged in float32. Masked-out entries (NaN
+    included) get no gradient. Compacting the kept entries needs their number on the host: a
+    device synchronisation on accelerators, as in the reference.
 
     Example:
         >>> losses, mask = torch.tensor([0.0, 2.0, 3.0]), torch.tensor([False, True, True])
         >>> mean_or_fallback(losses, mask, torch.tensor(0.0))
         tensor(2.5000)
     """
-    acc = accumulation_dtype(losses.dtype)
-    total = torch.where(mask, losses, 0).sum(dtype=acc)
-    count = mask.sum()
-    mean = (total / count.clamp(min=1)).to(losses.dtype)
-    return torch.where(count > 0, mean, fallback.to(losses.dtype))
+    kept = torch.masked_select(losses, mask)
+    if kept.numel() == 0:
+        return fallback.to(losses.dtype)
+    return _mean(kept)
+
+
+def _mean(x: Tensor) -> Tensor:
+    """``torch.mean`` for float32/float64 (bitwise), else averaged in float32 and cast back."""
+    acc = accumulation_dtype(x.dtype)
+    if acc == x.dtype:
+        return x.mean()
+    return x.mean(dtype=acc).to(x.dtype)
 
 
 def divide_or_fallback(losses: Tensor, divisor: Tensor | float, fallback: Tensor) -> Tensor:

@@ -68,7 +68,7 @@ def test_distance_that_is_not_a_distance_fails_only_at_forward(name, bad) -> Non
 
 
 @pytest.mark.parametrize("name", LOSSES)
-@pytest.mark.parametrize("bad", ["mean", MeanReducer, torch.nn.Identity()])
+@pytest.mark.parametrize("bad", ["mean", MeanReducer, 1.0])
 def test_reducer_that_is_not_a_reducer_is_not_named_in_the_error(name, bad) -> None:
     with pytest.raises(TypeError, match="reducer"):
         getattr(L, name)(reducer=bad)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import neg_inf
+from pml.core.indices import sortable_labels
 
 Negatives = Tensor | tuple[Tensor, Tensor]
 
@@ -98,6 +99,7 @@ def negative_logsumexp(z: Tensor, neg: Negatives) -> Tensor:
 def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor]:
     """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
 
+    Labels may have any dtype torch compares (bool too), the two possibly different.
     Sort-based: O(N log N + number of cells), no ``(N, M)`` mask or ``nonzero``. Row-major
     order (rows ascending, then columns ascending).
 
@@ -105,9 +107,9 @@ def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor
         >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
         [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
     """
-    order = torch.argsort(ref_labels, stable=True)
-    sorted_ref = ref_labels[order]
-    query = labels.to(sorted_ref.dtype)
+    query, ref = sortable_labels(labels, ref_labels)  # one dtype that searchsorted accepts
+    order = torch.argsort(ref, stable=True)
+    sorted_ref = ref[order]
     lo = torch.searchsorted(sorted_ref, query, side="left")
     counts = torch.searchsorted(sorted_ref, query, side="right") - lo
     rows = torch.repeat_interleave(torch.arange(len(labels), device=labels.device), counts)

@@ -149,6 +149,66 @@ def test_nca_nonfinite_gives_nan():
     assert NCALoss()(emb, LABELS).isnan()
 
 
+def naive_nca_log(emb, labels, scale, is_inverted=False):
+    """Spec NCALoss in float64 and in the log domain: ``-log p_i = LSE_all - LSE_same``.
+
+    One row at a time; the query's own column is excluded; rows without a same-label
+    reference are dropped. Nothing underflows, whatever the scale.
+    """
+    distance = CosineSimilarity() if is_inverted else LpDistance(power=2)
+    mat = distance(emb.double())
+    rows, out = [], []
+    for i in range(len(emb)):
+        cols = [j for j in range(len(emb)) if j != i]
+        logits = torch.stack([(mat[i, j] if is_inverted else -mat[i, j]) * scale for j in cols])
+        same = [k for k, j in enumerate(cols) if labels[j] == labels[i]]
+        if same:
+            rows.append(i)
+            out.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[same], 0))
+    return torch.tensor(rows, dtype=torch.long), torch.stack(out)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "gathered"])
+@pytest.mark.parametrize("scale", [0.5, 1, 10, 100, 1e4])
+def test_nca_large_softmax_scale_works_on_every_dtype(scale, dense, dtype, monkeypatch):
+    # fix: finfo.min * scale overflowed (RuntimeError) for a scale > 1 on float32 and below;
+    # and rows whose same-label mass underflowed were dropped (most rows at a scale of 100)
+    if not dense:
+        monkeypatch.setattr(_softmax_ops, "_DENSE_CELLS", 0)
+    emb = data(12, 5, seed=3, dtype=torch.float32).to(dtype)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    emb.requires_grad_()
+    out = NCALoss(softmax_scale=scale, reducer=DoNothingReducer())(emb, labels)["loss"]
+    rows, expected = naive_nca_log(emb.detach(), labels, scale)
+    assert torch.equal(out["indices"], rows) and rows.tolist() == list(range(11))
+    assert out["losses"].dtype == dtype and torch.isfinite(out["losses"]).all()
+    rtol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 1e-2)
+    atol = scale * (1e-12 if dtype == torch.float64 else 1e-5)
+    torch.testing.assert_close(out["losses"].double(), expected, rtol=rtol, atol=atol)
+    out["losses"].sum().backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+@pytest.mark.parametrize("scale", [0.5, 10, 1e4])
+def test_nca_large_softmax_scale_with_a_similarity(scale):
+    emb = data(12, 5, seed=4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    got = NCALoss(distance=CosineSimilarity(), softmax_scale=scale)(emb, labels)
+    _, expected = naive_nca_log(emb, labels, scale, is_inverted=True)
+    torch.testing.assert_close(got, expected.mean(), rtol=1e-9, atol=scale * 1e-12)
+
+
+def test_nca_rows_whose_probability_underflows_are_kept():
+    # fix: the reference drops a row when p_i underflows to exactly 0 (docs/compatibility.md)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]], dtype=torch.float32)
+    labels = torch.tensor([0, 0, 1, 1])  # each row's nearest neighbour is of the other class
+    out = NCALoss(softmax_scale=100, reducer=DoNothingReducer())(emb, labels)["loss"]
+    rows, expected = naive_nca_log(emb, labels, 100)
+    assert out["indices"].tolist() == rows.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(out["losses"].double(), expected, rtol=1e-5, atol=1e-3)
+    assert (out["losses"] > 150).all()  # p_i = exp(-150) or less: zero in float32
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_same_label_cells_matches_the_mask(seed):
     g = torch.Generator().manual_seed(seed)

@@ -5,6 +5,8 @@ Private to :mod:`pml.losses.functional` (tests import them from here).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -118,18 +120,76 @@ def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor
     return rows, order[lo[rows] + within]
 
 
-def same_label_mass(logits: Tensor, labels: Tensor, ref_labels: Tensor) -> Tensor:
-    """``Σ_{j: labels_i = ref_labels_j} softmax(logits_i)_j`` per row, shape ``(N,)``.
+Targets = Tensor | tuple[Tensor, Tensor]
 
-    Small inputs: a dense masked sum (few, cheap ops). Large inputs: the log-softmax is
-    gathered at the same-label cells only (no masked ``(N, M)`` product in either pass).
+
+def same_label_targets(
+    labels: Tensor, ref_labels: Tensor, own_column: Literal["keep", "drop", "fallback"] = "keep"
+) -> tuple[Targets, Tensor | None]:
+    """The same-label cells of ``(N, M)`` as softmax targets, and the rows whose own column goes.
+
+    ``own_column`` says what happens to the cell ``(i, i)`` (the query set is the reference
+    set, ``N == M``): ``"keep"`` it, ``"drop"`` it, or drop it only in rows that have another
+    same-label column (``"fallback"``: a row whose label is unique keeps its own column as its
+    only target). A dropped own column leaves the softmax entirely: the caller sets its logit
+    to ``-inf`` in the rows returned.
+
+    Small inputs get a boolean ``(N, M)`` mask, large ones cell lists ``(rows, cols)`` (no
+    ``(N, M)`` mask or ``nonzero``).
+
+    Returns:
+        ``(targets, excluded)``: ``excluded`` is a boolean ``(N,)`` (rows whose own column is
+        dropped), None for ``"keep"``.
     """
-    if logits.numel() <= _DENSE_CELLS:
-        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-        return torch.where(same, torch.softmax(logits, dim=1), 0).sum(dim=1)
-    log_prob = torch.log_softmax(logits, dim=1)
+    n = len(labels)
+    if len(labels) * len(ref_labels) <= _DENSE_CELLS:
+        same = labels.unsqueeze(1) == ref_labels.to(labels.device).unsqueeze(0)
+        if own_column == "keep":
+            return same, None
+        diag = torch.eye(n, dtype=torch.bool, device=same.device)
+        excluded = same.sum(dim=1) > 1 if own_column == "fallback" else same.new_ones(n)
+        return same & ~(diag & excluded.unsqueeze(1)), excluded
     rows, cols = same_label_cells(labels, ref_labels)
-    return logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
+    if own_column == "keep":
+        return (rows, cols), None
+    if own_column == "fallback":
+        excluded = torch.bincount(rows, minlength=n) > 1
+    else:
+        excluded = torch.ones(n, dtype=torch.bool, device=rows.device)
+    keep = (rows != cols) | ~excluded[rows]
+    return (rows[keep], cols[keep]), excluded
+
+
+def neg_log_target_mass(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+    """``-log Σ_{j in targets_i} softmax(logits_i)_j`` per row, as ``LSE_all - LSE_targets``.
+
+    Exact whatever the scale of the logits: a target mass far below the smallest float is
+    never rounded to 0 (its log is what is computed). Large inputs go through cell lists with
+    a fused backward.
+
+    Args:
+        logits: ``(N, M)``, floating point (``-inf`` entries leave the softmax).
+        targets: a boolean ``(N, M)`` mask or cells ``(rows, cols)``
+            (:func:`same_label_targets`).
+
+    Returns:
+        ``(losses, has_target)``, both ``(N,)``: losses are 0, with a zero gradient, on rows
+        without a target.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+        >>> neg_log_target_mass(logits, torch.tensor([[True, False, True], [False] * 3]))
+        (tensor([0.0943, 0.0000]), tensor([ True, False]))
+    """
+    if isinstance(targets, Tensor):
+        has_target = targets.any(dim=1)
+        # finfo.min (not -inf) on rows without a target: finite values and gradients there
+        losses = torch.logsumexp(logits, dim=1) - row_logsumexp_or_min(logits, targets)
+    else:
+        rows, cols = targets
+        has_target = torch.bincount(rows, minlength=logits.shape[0]) > 0
+        losses = _NegLogCellMass.apply(logits, rows, cols)
+    return torch.where(has_target, losses, 0), has_target
 
 
 class _NegLogCellMass(torch.autograd.Function):
@@ -142,12 +202,10 @@ class _NegLogCellMass(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
-        values: Tensor,
+        logits: Tensor,
         rows: Tensor,
         cols: Tensor,
-        scale: float,
     ) -> Tensor:
-        logits = values * scale
         num_rows = logits.shape[0]
         lse_all = torch.logsumexp(logits, dim=1)
         cell = logits[rows, cols]
@@ -157,32 +215,12 @@ class _NegLogCellMass(torch.autograd.Function):
         total = logits.new_zeros(num_rows).index_add_(0, rows, torch.exp(cell - peak[rows]))
         lse_cells = peak + torch.log(total)
         ctx.save_for_backward(logits, lse_all, rows, cols, cell, lse_cells)
-        ctx.scale = scale
         return lse_all - lse_cells
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
         logits, lse_all, rows, cols, cell, lse_cells = ctx.saved_tensors  # type: ignore[attr-defined]
-        g = grad.to(logits.dtype) * ctx.scale  # type: ignore[attr-defined]
+        g = grad.to(logits.dtype)
         out = torch.sub(logits, lse_all.unsqueeze(1)).exp_().mul_(g.unsqueeze(1))
         out.index_put_((rows, cols), -g[rows] * torch.exp(cell - lse_cells[rows]), accumulate=True)
-        return out, None, None, None
-
-
-def neg_log_same_label_mass(
-    values: Tensor, labels: Tensor, ref_labels: Tensor, scale: float = 1.0
-) -> Tensor:
-    """``-log Σ_{j: labels_i = ref_labels_j} softmax(scale·values_i)_j`` per row, ``(N,)``.
-
-    Computed as ``LSE_all - LSE_same`` (never underflows; a row without a same-label cell gives
-    ``inf``), with a fused backward for large inputs.
-
-    Example:
-        >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
-        >>> neg_log_same_label_mass(logits, torch.tensor([0, 1]), torch.tensor([0, 1, 0]))
-        tensor([0.0943, 0.2395])
-    """
-    if values.numel() <= _DENSE_CELLS:
-        return -torch.log(same_label_mass(values * scale, labels, ref_labels))
-    rows, cols = same_label_cells(labels, ref_labels)
-    return _NegLogCellMass.apply(values, rows, cols, scale)
+        return out, None, None

@@ -209,6 +209,28 @@ def test_nca_rows_whose_probability_underflows_are_kept():
     assert (out["losses"] > 150).all()  # p_i = exp(-150) or less: zero in float32
 
 
+@pytest.mark.parametrize("dense", [True, False], ids=["mask", "cells"])
+def test_neg_log_target_mass_is_exact_and_differentiable(dense):
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(5, 7, generator=g, dtype=torch.float64) * 300).requires_grad_()
+    mask = torch.rand(5, 7, generator=g) < 0.4
+    mask[1] = False  # a row without a target
+    mask[2] = logits[2].detach() == logits[2].detach().min()  # the target is the minimum
+    targets = mask if dense else torch.where(mask)
+    losses, has = _softmax_ops.neg_log_target_mass(logits, targets)
+    assert has.tolist() == mask.any(1).tolist() and losses[1] == 0
+    ref = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~mask, -torch.inf), 1)
+    torch.testing.assert_close(losses[has], ref[has], rtol=1e-12, atol=1e-9)
+    assert losses[2] > 300  # exp(-loss) is 0 in float64: nothing underflowed
+    # gradcheck on moderate logits; the saved tensors survive a second backward
+    small = (logits.detach() / 300).requires_grad_()
+    assert gradcheck(lambda x: _softmax_ops.neg_log_target_mass(x, targets)[0], (small,))
+    out = _softmax_ops.neg_log_target_mass(small, targets)[0].sum()
+    (first,) = torch.autograd.grad(out, small, retain_graph=True)
+    (second,) = torch.autograd.grad(out, small)
+    assert torch.equal(first, second) and first[1].abs().sum() == 0
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_same_label_cells_matches_the_mask(seed):
     g = torch.Generator().manual_seed(seed)

@@ -146,9 +146,11 @@ def same_label_targets(
         same = labels.unsqueeze(1) == ref_labels.to(labels.device).unsqueeze(0)
         if own_column == "keep":
             return same, None
-        diag = torch.eye(n, dtype=torch.bool, device=same.device)
-        excluded = same.sum(dim=1) > 1 if own_column == "fallback" else same.new_ones(n)
-        return same & ~(diag & excluded.unsqueeze(1)), excluded
+        if own_column == "drop":
+            return same.fill_diagonal_(False), same.new_ones(n)
+        excluded = same.sum(dim=1) > 1
+        same.diagonal().logical_and_(~excluded)
+        return same, excluded
     rows, cols = same_label_cells(labels, ref_labels)
     if own_column == "keep":
         return (rows, cols), None
@@ -183,13 +185,45 @@ def neg_log_target_mass(logits: Tensor, targets: Targets) -> tuple[Tensor, Tenso
     """
     if isinstance(targets, Tensor):
         has_target = targets.any(dim=1)
-        # finfo.min (not -inf) on rows without a target: finite values and gradients there
-        losses = torch.logsumexp(logits, dim=1) - row_logsumexp_or_min(logits, targets)
+        losses = _NegLogMaskMass.apply(logits, targets)
     else:
         rows, cols = targets
         has_target = torch.bincount(rows, minlength=logits.shape[0]) > 0
         losses = _NegLogCellMass.apply(logits, rows, cols)
     return torch.where(has_target, losses, 0), has_target
+
+
+class _NegLogMaskMass(torch.autograd.Function):
+    """``-log Σ_{mask_i} softmax(logits_i)`` = ``LSE_all - LSE_mask``, dense; fused backward.
+
+    Both sums are shifted by their own row maximum, so neither underflows; masked-out cells
+    are exponentiated as ``exp(0)`` (not as ``exp(-inf)``, a slow path on CPUs). The gradient
+    is ``softmax(logits) - softmax_mask(logits)`` from the two saved exponentials. Rows
+    without a masked cell give ``inf`` and pass a zero gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, logits: Tensor, mask: Tensor
+    ) -> Tensor:
+        top = logits.amax(dim=1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0)
+        e_all = torch.sub(logits, top).exp_()
+        s_all = e_all.sum(dim=1)
+        top_m = torch.where(mask, logits, float("-inf")).amax(dim=1, keepdim=True)
+        top_m = torch.where(torch.isfinite(top_m), top_m, 0)
+        e_mask = torch.where(mask, logits - top_m, 0).exp_().mul_(mask)
+        s_mask = e_mask.sum(dim=1)
+        ctx.save_for_backward(e_all, s_all, e_mask, s_mask)
+        return (torch.log(s_all) + top.squeeze(1)) - (torch.log(s_mask) + top_m.squeeze(1))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        e_all, s_all, e_mask, s_mask = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = grad.to(e_all.dtype)
+        g_mask = torch.where(s_mask > 0, g / s_mask, 0)
+        out = e_all * (g / s_all).unsqueeze(1)  # saved tensors stay intact (retain_graph)
+        return out.sub_(e_mask * g_mask.unsqueeze(1)), None
 
 
 class _NegLogCellMass(torch.autograd.Function):

@@ -267,11 +267,20 @@ def test_gathered_path_for_large_batches_matches_dense_path(cls, monkeypatch):
 
 
 def naive_instance(emb, labels, gamma):
-    sim = F.normalize(emb) @ F.normalize(emb).T * gamma
+    """Our InstanceLoss, one row at a time in float64.
+
+    Targets of row ``i``: the other columns with its label, the own column leaving the
+    softmax; a row whose label is unique in the batch targets its own column (the reference's
+    cross entropy with target ``i``).
+    """
+    x = F.normalize(emb.double())
+    sim = x @ x.T * gamma
     out = []
     for i in range(len(emb)):
-        prob = torch.softmax(sim[i], 0)
-        out.append(-torch.log(sum(prob[j] for j in range(len(emb)) if labels[j] == labels[i])))
+        others = [j for j in range(len(emb)) if j != i and labels[j] == labels[i]]
+        cols = [j for j in range(len(emb)) if j != i] if others else list(range(len(emb)))
+        targets = others or [i]
+        out.append(torch.logsumexp(sim[i, cols], 0) - torch.logsumexp(sim[i, targets], 0))
     return torch.stack(out)
 
 
@@ -281,6 +290,79 @@ def test_instance_matches_naive_loop(gamma):
     out = InstanceLoss(gamma=gamma, reducer=DoNothingReducer())(emb, LABELS)["loss"]
     torch.testing.assert_close(out["losses"], naive_instance(emb, LABELS, gamma))
     assert torch.equal(out["indices"], torch.arange(10)) and out["reduction_type"] == "element"
+
+
+def test_instance_own_column_is_not_a_target_with_class_labels():
+    # fix: the own column (cos = 1, the largest logit) among the targets made the loss ~1e-9
+    # for random embeddings with gamma = 64: no training signal
+    emb = data(12, 16, seed=5)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    losses = InstanceLoss(reducer=DoNothingReducer())(emb, labels)["loss"]["losses"]
+    assert (losses > 1).all()
+    torch.testing.assert_close(losses, naive_instance(emb, labels, 64))
+
+
+def test_instance_rows_with_a_unique_label_target_their_own_column():
+    emb = data()
+    labels = torch.tensor([5, 5, 1, 2, 2, 3, 4, 0, 0, 6])  # rows 2, 5, 6, 9 are alone
+    losses = InstanceLoss(gamma=10, reducer=DoNothingReducer())(emb, labels)["loss"]["losses"]
+    sim = F.normalize(emb) @ F.normalize(emb).T * 10
+    alone = [2, 5, 6, 9]
+    expected = F.cross_entropy(sim[alone], torch.tensor(alone), reduction="none")
+    torch.testing.assert_close(losses[alone], expected)
+    torch.testing.assert_close(losses, naive_instance(emb, labels, 10))
+
+
+def test_instance_empty_batch_gives_zero_loss_on_the_graph():
+    # fix: an empty batch gave NaN (the mean of nothing); every other loss gives a zero
+    emb = torch.zeros(0, 4, requires_grad=True)
+    loss = InstanceLoss()(emb, torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0 and loss.requires_grad
+    loss.backward()
+    assert emb.grad is not None and emb.grad.shape == (0, 4)
+
+
+def precision_at_1(x, labels):
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    return (labels[d.argmin(dim=1)] == labels).double().mean().item()
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: threads only add overhead on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_instance_loss_trains_a_model_on_class_labels(one_thread):
+    # fix: with the own column among the targets the default gamma gave almost no gradient
+    # (P@1 0.58 -> 0.64 here; with the fix 0.58 -> 0.88)
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(8, 16, generator=g)
+    mixing = torch.randn(16, 16, generator=g)  # clusters blurred by a random linear map
+
+    def sample(n):
+        labels = torch.randint(0, 8, (n,), generator=g)
+        x = (centers[labels] + 0.9 * torch.randn(n, 16, generator=g)) @ mixing
+        return x, labels
+
+    train_x, train_y = sample(512)
+    test_x, test_y = sample(256)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 8)
+    before = precision_at_1(F.normalize(model(test_x)).detach(), test_y)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = InstanceLoss()
+    for _ in range(150):
+        idx = torch.randint(0, len(train_x), (64,), generator=g)
+        loss = loss_fn(model(train_x[idx]), train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = precision_at_1(F.normalize(model(test_x)).detach(), test_y)
+    assert after > 0.8 and after > before + 0.2, (before, after)
 
 
 def test_instance_equals_the_reference_for_instance_ids_in_batch_order():

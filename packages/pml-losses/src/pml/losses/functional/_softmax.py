@@ -303,9 +303,15 @@ def nca_loss(
 def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
     """Instance loss over in-batch prototypes (after Zheng et al., TOMM 2020).
 
-    ``loss_i = -log Σ_{j: labels_j = labels_i} softmax(gamma·sim_i)_j``: every column holding
-    the same instance id (the own column included) is a target. With distinct labels this is
-    the cross entropy of row ``i`` with target column ``i``.
+    Row ``i`` of ``gamma·sim`` is a softmax classifier over the batch's columns. Its targets
+    are the other columns holding the same instance id, and its own column (``cos = 1``, the
+    largest logit) leaves the softmax: ``loss_i = -log Σ_{j ≠ i: labels_j = labels_i}
+    softmax_{k ≠ i}(gamma·sim_i)_j``. A row whose label is unique in the batch targets its
+    own column: the cross entropy of the full row with target ``i`` (with distinct labels,
+    every row: the reference's value for labels ``0..N-1`` in batch order).
+
+    fix: with the own column among the targets, the loss of class labels is ~0 for any
+    embeddings at the default gamma (no training signal).
 
     Args:
         sim: cosine similarities of the batch with itself, shape ``(N, N)``.
@@ -321,6 +327,8 @@ def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
         tensor([0.1269, 0.1269])
     """
     acc = accumulation_dtype(sim.dtype)
-    targets, _ = same_label_targets(labels, labels, "keep")
-    losses, _ = neg_log_target_mass(sim.to(acc) * gamma, targets)
+    targets, excluded = same_label_targets(labels, labels, "fallback")
+    logits = sim.to(acc) * gamma
+    logits.diagonal().masked_fill_(excluded, float("-inf"))  # type: ignore[arg-type]
+    losses, _ = neg_log_target_mass(logits, targets)
     return losses.to(sim.dtype)

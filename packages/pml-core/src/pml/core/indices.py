@@ -51,6 +51,7 @@ __all__ = [
     "remove_self_comparisons",
     "repeat_to_match_size",
     "shift_indices_tuple",
+    "sortable_labels",
 ]
 
 PairsTuple: TypeAlias = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -60,6 +61,46 @@ IndicesTuple: TypeAlias = PairsTuple | TripletsTuple
 
 def _empty(device: torch.device) -> Tensor:
     return torch.empty(0, dtype=torch.long, device=device)
+
+
+#: unsigned dtypes that ``torch.searchsorted`` (and type promotion) do not support
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _sortable(x: Tensor, keep_uint64_order: bool = True) -> Tensor:
+    if x.dtype == torch.bool:
+        return x.to(torch.uint8)
+    if x.dtype == torch.uint64 and keep_uint64_order:  # flip the sign bit: the same order
+        return x.view(torch.int64) ^ torch.iinfo(torch.int64).min
+    if x.dtype in _WIDE_UNSIGNED:
+        return x.to(torch.int64)
+    return x
+
+
+def sortable_labels(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``labels`` and ``ref_labels`` in one dtype that ``sort`` and ``searchsorted`` accept.
+
+    Losses and miners only compare labels, so every dtype torch compares is accepted; code that
+    groups labels by sorting them needs one common dtype that ``searchsorted`` supports. Equality
+    and order are kept: the common dtype is ``torch.promote_types`` of the two (int64 300 never
+    meets int8 44), with bool as uint8, uint16/uint32 as int64 and uint64 as int64 with its sign
+    bit flipped (same order). With ``ref_labels`` None or ``labels`` itself, the one converted
+    tensor is returned twice. Devices are left as they are.
+
+    Example:
+        >>> lab, ref = sortable_labels(torch.tensor([True, False]), torch.tensor([2, 1]))
+        >>> lab.tolist(), ref.tolist(), lab.dtype
+        ([1, 0], [2, 1], torch.int64)
+    """
+    if ref_labels is None or ref_labels is labels:
+        lab = _sortable(labels)
+        return lab, lab
+    if labels.dtype == ref_labels.dtype:
+        return _sortable(labels), _sortable(ref_labels)
+    # two dtypes: convert by value (uint64 beyond int64's range is not comparable then)
+    lab, ref = _sortable(labels, False), _sortable(ref_labels, False)
+    common = torch.promote_types(lab.dtype, ref.dtype)
+    return lab.to(common), ref.to(common)
 
 
 def is_same_set(labels: Tensor | None, ref_labels: Tensor | None) -> bool:
@@ -276,8 +317,7 @@ def _weighted_random_triplets(
     device = weights.device
     same = is_same_set(labels, ref_labels)
     ref = labels if ref_labels is None else ref_labels
-    common = torch.promote_types(labels.dtype, ref.dtype)
-    lab, refl = labels.cpu().to(common), ref.cpu().to(common)
+    lab, refl = sortable_labels(labels.cpu(), ref.cpu())
     uniq = torch.unique(lab)
     ref_order = torch.argsort(refl, stable=True)
     ref_sorted = refl[ref_order]

@@ -22,6 +22,7 @@ __all__ = [
     "check_embeddings",
     "check_bool",
     "check_finite",
+    "check_index_labels",
     "check_indices_tuple",
     "check_int",
     "check_labels",
@@ -367,3 +368,36 @@ def ref_not_supported(
     """Raise ``ValueError`` unless the reference set *is* the query set (object identity)."""
     if ref_emb is not embeddings or ref_labels is not labels:
         raise ValueError("ref_emb and ref_labels are not supported by this loss; pass None")
+
+
+def check_index_labels(labels: Any, name: str = "labels", num_classes: int | None = None) -> Tensor:
+    """Labels that index something (per-class parameters, counts, class weights), as int64.
+
+    Comparing labels works for every dtype, but indexing does not: torch reads a uint8 index
+    tensor as a mask and refuses int8/int16. Integer and bool labels (``False``/``True`` are
+    classes 0 and 1) are returned as int64 (int64 labels unchanged, same object); labels of a
+    floating-point or complex dtype are refused, since a label ``1.5`` has no row. With
+    ``num_classes`` every label must lie in ``[0, num_classes)``: one ``aminmax``, which forces
+    a device sync.
+
+    Raises:
+        TypeError: ``labels`` is not a tensor.
+        ValueError: a non-integral dtype, or a label outside ``[0, num_classes)``.
+
+    Example:
+        >>> check_index_labels(torch.tensor([2, 0], dtype=torch.uint8), num_classes=3)
+        tensor([2, 0])
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ValueError(
+            f"{name} must be integer (or bool) class indices here, since they index per-class "
+            f"values; got dtype {labels.dtype}"
+        )
+    out = labels.long()
+    if num_classes is not None and out.numel():
+        low, high = (int(v) for v in torch.aminmax(out))
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes}); got [{low}, {high}]")
+    return out

@@ -93,13 +93,14 @@ class InstanceLoss(BaseMetricLossFunction):
 
     Paper: "Dual-path Convolutional Image-Text Embeddings with Instance Loss".
     Row ``i`` of ``gamma·cos(embeddings, embeddings)`` is a softmax classifier whose targets
-    are the columns holding the same instance id (``labels``), its own column included.
-    Math: :func:`pml.losses.functional.instance_loss`.
+    are the other columns holding the same instance id (``labels``); its own column leaves
+    the softmax. A row whose label is unique in the batch targets its own column (plain
+    cross entropy with target ``i``). Math: :func:`pml.losses.functional.instance_loss`.
 
     fix: the reference used column ``rank(labels_i)`` as the only target (right only when
     labels are ``0..N-1`` in batch order; with class labels the target column holds an
     embedding of another class). Both agree for labels ``0..N-1`` in batch order
-    (docs/compatibility.md).
+    (docs/compatibility.md). An empty batch gives the zero loss (the reference: NaN).
 
     Args:
         gamma: scale of the logits.
@@ -138,6 +139,8 @@ class InstanceLoss(BaseMetricLossFunction):
         assert labels is not None
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
+            return self.zero_losses()
         sim = acc_matrix(self.distance, embeddings, embeddings)
         # every row reads every embedding (log-softmax): NaN/inf propagate without a guard
         losses = instance_loss(sim, labels, self.gamma).to(embeddings.dtype)

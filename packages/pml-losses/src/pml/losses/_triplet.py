@@ -29,7 +29,7 @@ from pml.core.indices import (
     is_same_set,
     pairs_to_triplets,
 )
-from pml.core.validation import labels_or_indices_tuple_required
+from pml.core.validation import check_index_labels, labels_or_indices_tuple_required
 from pml.losses._arguments import check_bool, check_int, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
 from pml.losses._pair_inputs import poison_nonfinite
@@ -394,6 +394,11 @@ class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         per_class = self.num_classes is not None
         if per_class and labels is None:
             raise TypeError("labels must be given when num_classes is set (beta is per class)")
+        if per_class:
+            # fix: labels index beta; uint8 labels would be read as a mask, int8 refused
+            same = ref_labels is labels
+            labels = check_index_labels(labels)
+            ref_labels = labels if same else ref_labels
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
         mat = self.distance(embeddings, ref_emb)
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)

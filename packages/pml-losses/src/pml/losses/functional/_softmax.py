@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
+from pml.core.dtypes import accumulation_dtype, small_val
 from pml.losses.functional._softmax_ops import (
     Negatives,
-    neg_log_same_label_mass,
+    neg_log_target_mass,
     negative_logsumexp,
     row_logsumexp_or_min,
-    same_label_mass,
+    same_label_targets,
     softplus_exact,
 )
 
@@ -260,9 +260,14 @@ def nca_loss(
     """Neighbourhood components analysis loss per query row (Goldberger et al., 2004).
 
     ``p_i = Σ_{j: labels_i = ref_labels_j} softmax(softmax_scale·u_i)_j`` with ``u = -mat`` for a
-    distance (``mat`` for a similarity) and, with ``mask_diagonal``, ``u_ii = finfo.min``;
-    ``loss_i = -log(p_i)·weights_i``. Rows whose ``p_i`` is exactly 0 are not kept (the
-    reference drops them).
+    distance (``mat`` for a similarity); with ``mask_diagonal`` the column ``j = i`` leaves the
+    softmax. ``loss_i = -log(p_i)·weights_i``, computed as ``LSE_all - LSE_same`` (exact for
+    any scale on any dtype: a ``p_i`` below the smallest float is not rounded to 0). Rows
+    without a same-label reference are not kept.
+
+    fix: the reference filled the diagonal with ``finfo.min`` before scaling (an overflow
+    error for a scale > 1 in float32) and dropped rows whose ``p_i`` underflowed to 0.
+    compat: a scale of 0 leaves the diagonal in (the reference's ``0·finfo.min`` is 0).
 
     Args:
         mat: distances or similarities, shape ``(N, M)``.
@@ -285,12 +290,11 @@ def nca_loss(
     """
     acc = accumulation_dtype(mat.dtype)
     logits = mat.to(acc) * (softmax_scale if is_inverted else -softmax_scale)
-    if mask_diagonal:
-        # compat: finfo.min, then scaled (-inf for a scale > 1, 0 for a scale of 0)
-        logits.diagonal().fill_(neg_inf(acc) * softmax_scale)
-    p = same_label_mass(logits, labels, ref_labels)
-    kept = p != 0
-    losses = torch.where(kept, -torch.log(torch.where(kept, p, 1)), 0)
+    own = "drop" if mask_diagonal and softmax_scale != 0 else "keep"
+    targets, excluded = same_label_targets(labels, ref_labels, own)
+    if excluded is not None:
+        logits.diagonal().masked_fill_(excluded, float("-inf"))
+    losses, kept = neg_log_target_mass(logits, targets)
     if weights is not None:
         losses = losses * weights.to(acc)
     return losses.to(mat.dtype), kept
@@ -299,9 +303,15 @@ def nca_loss(
 def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
     """Instance loss over in-batch prototypes (after Zheng et al., TOMM 2020).
 
-    ``loss_i = -log Σ_{j: labels_j = labels_i} softmax(gamma·sim_i)_j``: every column holding
-    the same instance id (the own column included) is a target. With distinct labels this is
-    the cross entropy of row ``i`` with target column ``i``.
+    Row ``i`` of ``gamma·sim`` is a softmax classifier over the batch's columns. Its targets
+    are the other columns holding the same instance id, and its own column (``cos = 1``, the
+    largest logit) leaves the softmax: ``loss_i = -log Σ_{j ≠ i: labels_j = labels_i}
+    softmax_{k ≠ i}(gamma·sim_i)_j``. A row whose label is unique in the batch targets its
+    own column: the cross entropy of the full row with target ``i`` (with distinct labels,
+    every row: the reference's value for labels ``0..N-1`` in batch order).
+
+    fix: with the own column among the targets, the loss of class labels is ~0 for any
+    embeddings at the default gamma (no training signal).
 
     Args:
         sim: cosine similarities of the batch with itself, shape ``(N, N)``.
@@ -317,5 +327,8 @@ def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
         tensor([0.1269, 0.1269])
     """
     acc = accumulation_dtype(sim.dtype)
-    # the own column holds the largest logit: the mass is at least 1/N (no underflow)
-    return neg_log_same_label_mass(sim.to(acc), labels, labels, gamma).to(sim.dtype)
+    targets, excluded = same_label_targets(labels, labels, "fallback")
+    logits = sim.to(acc) * gamma
+    logits.diagonal().masked_fill_(excluded, float("-inf"))  # type: ignore[arg-type]
+    losses, _ = neg_log_target_mass(logits, targets)
+    return losses.to(sim.dtype)

@@ -5,10 +5,13 @@ Private to :mod:`pml.losses.functional` (tests import them from here).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from pml.core.dtypes import neg_inf
+from pml.core.indices import sortable_labels
 
 Negatives = Tensor | tuple[Tensor, Tensor]
 
@@ -98,6 +101,7 @@ def negative_logsumexp(z: Tensor, neg: Negatives) -> Tensor:
 def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor]:
     """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
 
+    Labels may have any dtype torch compares (bool too), the two possibly different.
     Sort-based: O(N log N + number of cells), no ``(N, M)`` mask or ``nonzero``. Row-major
     order (rows ascending, then columns ascending).
 
@@ -105,9 +109,9 @@ def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor
         >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
         [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
     """
-    order = torch.argsort(ref_labels, stable=True)
-    sorted_ref = ref_labels[order]
-    query = labels.to(sorted_ref.dtype)
+    query, ref = sortable_labels(labels, ref_labels)  # one dtype that searchsorted accepts
+    order = torch.argsort(ref, stable=True)
+    sorted_ref = ref[order]
     lo = torch.searchsorted(sorted_ref, query, side="left")
     counts = torch.searchsorted(sorted_ref, query, side="right") - lo
     rows = torch.repeat_interleave(torch.arange(len(labels), device=labels.device), counts)
@@ -116,18 +120,110 @@ def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor
     return rows, order[lo[rows] + within]
 
 
-def same_label_mass(logits: Tensor, labels: Tensor, ref_labels: Tensor) -> Tensor:
-    """``Σ_{j: labels_i = ref_labels_j} softmax(logits_i)_j`` per row, shape ``(N,)``.
+Targets = Tensor | tuple[Tensor, Tensor]
 
-    Small inputs: a dense masked sum (few, cheap ops). Large inputs: the log-softmax is
-    gathered at the same-label cells only (no masked ``(N, M)`` product in either pass).
+
+def same_label_targets(
+    labels: Tensor, ref_labels: Tensor, own_column: Literal["keep", "drop", "fallback"] = "keep"
+) -> tuple[Targets, Tensor | None]:
+    """The same-label cells of ``(N, M)`` as softmax targets, and the rows whose own column goes.
+
+    ``own_column`` says what happens to the cell ``(i, i)`` (the query set is the reference
+    set, ``N == M``): ``"keep"`` it, ``"drop"`` it, or drop it only in rows that have another
+    same-label column (``"fallback"``: a row whose label is unique keeps its own column as its
+    only target). A dropped own column leaves the softmax entirely: the caller sets its logit
+    to ``-inf`` in the rows returned.
+
+    Small inputs get a boolean ``(N, M)`` mask, large ones cell lists ``(rows, cols)`` (no
+    ``(N, M)`` mask or ``nonzero``).
+
+    Returns:
+        ``(targets, excluded)``: ``excluded`` is a boolean ``(N,)`` (rows whose own column is
+        dropped), None for ``"keep"``.
     """
-    if logits.numel() <= _DENSE_CELLS:
-        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-        return torch.where(same, torch.softmax(logits, dim=1), 0).sum(dim=1)
-    log_prob = torch.log_softmax(logits, dim=1)
+    n = len(labels)
+    if len(labels) * len(ref_labels) <= _DENSE_CELLS:
+        same = labels.unsqueeze(1) == ref_labels.to(labels.device).unsqueeze(0)
+        if own_column == "keep":
+            return same, None
+        if own_column == "drop":
+            return same.fill_diagonal_(False), same.new_ones(n)
+        excluded = same.sum(dim=1) > 1
+        same.diagonal().logical_and_(~excluded)
+        return same, excluded
     rows, cols = same_label_cells(labels, ref_labels)
-    return logits.new_zeros(logits.shape[0]).index_add(0, rows, torch.exp(log_prob[rows, cols]))
+    if own_column == "keep":
+        return (rows, cols), None
+    if own_column == "fallback":
+        excluded = torch.bincount(rows, minlength=n) > 1
+    else:
+        excluded = torch.ones(n, dtype=torch.bool, device=rows.device)
+    keep = (rows != cols) | ~excluded[rows]
+    return (rows[keep], cols[keep]), excluded
+
+
+def neg_log_target_mass(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+    """``-log Σ_{j in targets_i} softmax(logits_i)_j`` per row, as ``LSE_all - LSE_targets``.
+
+    Exact whatever the scale of the logits: a target mass far below the smallest float is
+    never rounded to 0 (its log is what is computed). Large inputs go through cell lists with
+    a fused backward.
+
+    Args:
+        logits: ``(N, M)``, floating point (``-inf`` entries leave the softmax).
+        targets: a boolean ``(N, M)`` mask or cells ``(rows, cols)``
+            (:func:`same_label_targets`).
+
+    Returns:
+        ``(losses, has_target)``, both ``(N,)``: losses are 0, with a zero gradient, on rows
+        without a target.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+        >>> neg_log_target_mass(logits, torch.tensor([[True, False, True], [False] * 3]))
+        (tensor([0.0943, 0.0000]), tensor([ True, False]))
+    """
+    if isinstance(targets, Tensor):
+        has_target = targets.any(dim=1)
+        losses = _NegLogMaskMass.apply(logits, targets)
+    else:
+        rows, cols = targets
+        has_target = torch.bincount(rows, minlength=logits.shape[0]) > 0
+        losses = _NegLogCellMass.apply(logits, rows, cols)
+    return torch.where(has_target, losses, 0), has_target
+
+
+class _NegLogMaskMass(torch.autograd.Function):
+    """``-log Σ_{mask_i} softmax(logits_i)`` = ``LSE_all - LSE_mask``, dense; fused backward.
+
+    Both sums are shifted by their own row maximum, so neither underflows; masked-out cells
+    are exponentiated as ``exp(0)`` (not as ``exp(-inf)``, a slow path on CPUs). The gradient
+    is ``softmax(logits) - softmax_mask(logits)`` from the two saved exponentials. Rows
+    without a masked cell give ``inf`` and pass a zero gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, logits: Tensor, mask: Tensor
+    ) -> Tensor:
+        top = logits.amax(dim=1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0)
+        e_all = torch.sub(logits, top).exp_()
+        s_all = e_all.sum(dim=1)
+        top_m = torch.where(mask, logits, float("-inf")).amax(dim=1, keepdim=True)
+        top_m = torch.where(torch.isfinite(top_m), top_m, 0)
+        e_mask = torch.where(mask, logits - top_m, 0).exp_().mul_(mask)
+        s_mask = e_mask.sum(dim=1)
+        ctx.save_for_backward(e_all, s_all, e_mask, s_mask)
+        return (torch.log(s_all) + top.squeeze(1)) - (torch.log(s_mask) + top_m.squeeze(1))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        e_all, s_all, e_mask, s_mask = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = grad.to(e_all.dtype)
+        g_mask = torch.where(s_mask > 0, g / s_mask, 0)
+        out = e_all * (g / s_all).unsqueeze(1)  # saved tensors stay intact (retain_graph)
+        return out.sub_(e_mask * g_mask.unsqueeze(1)), None
 
 
 class _NegLogCellMass(torch.autograd.Function):
@@ -140,12 +236,10 @@ class _NegLogCellMass(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
-        values: Tensor,
+        logits: Tensor,
         rows: Tensor,
         cols: Tensor,
-        scale: float,
     ) -> Tensor:
-        logits = values * scale
         num_rows = logits.shape[0]
         lse_all = torch.logsumexp(logits, dim=1)
         cell = logits[rows, cols]
@@ -155,32 +249,12 @@ class _NegLogCellMass(torch.autograd.Function):
         total = logits.new_zeros(num_rows).index_add_(0, rows, torch.exp(cell - peak[rows]))
         lse_cells = peak + torch.log(total)
         ctx.save_for_backward(logits, lse_all, rows, cols, cell, lse_cells)
-        ctx.scale = scale
         return lse_all - lse_cells
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
         logits, lse_all, rows, cols, cell, lse_cells = ctx.saved_tensors  # type: ignore[attr-defined]
-        g = grad.to(logits.dtype) * ctx.scale  # type: ignore[attr-defined]
+        g = grad.to(logits.dtype)
         out = torch.sub(logits, lse_all.unsqueeze(1)).exp_().mul_(g.unsqueeze(1))
         out.index_put_((rows, cols), -g[rows] * torch.exp(cell - lse_cells[rows]), accumulate=True)
-        return out, None, None, None
-
-
-def neg_log_same_label_mass(
-    values: Tensor, labels: Tensor, ref_labels: Tensor, scale: float = 1.0
-) -> Tensor:
-    """``-log Σ_{j: labels_i = ref_labels_j} softmax(scale·values_i)_j`` per row, ``(N,)``.
-
-    Computed as ``LSE_all - LSE_same`` (never underflows; a row without a same-label cell gives
-    ``inf``), with a fused backward for large inputs.
-
-    Example:
-        >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
-        >>> neg_log_same_label_mass(logits, torch.tensor([0, 1]), torch.tensor([0, 1, 0]))
-        tensor([0.0943, 0.2395])
-    """
-    if values.numel() <= _DENSE_CELLS:
-        return -torch.log(same_label_mass(values * scale, labels, ref_labels))
-    rows, cols = same_label_cells(labels, ref_labels)
-    return _NegLogCellMass.apply(values, rows, cols, scale)
+        return out, None, None

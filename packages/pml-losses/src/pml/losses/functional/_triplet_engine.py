@@ -40,6 +40,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from pml.core.dtypes import pos_inf
+from pml.core.indices import sortable_labels
 
 Select = Literal["lt", "le", "gt", "ge"]
 
@@ -125,8 +126,8 @@ class DenseLayout:
     """
 
     def __init__(self, labels: Tensor, ref_labels: Tensor, same_set: bool) -> None:
-        dtype = torch.promote_types(labels.dtype, ref_labels.dtype)
-        self.labels, self.ref_labels = labels.to(dtype), ref_labels.to(dtype)
+        # one dtype that argsort/searchsorted accept (bool as uint8), equality kept
+        self.labels, self.ref_labels = sortable_labels(labels, ref_labels)
         self.same_set = same_set
         self.num_rows, self.num_cols = len(labels), len(ref_labels)
         self.ref_order = torch.argsort(self.ref_labels, stable=True)

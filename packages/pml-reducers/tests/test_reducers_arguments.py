@@ -84,3 +84,24 @@ def test_reducer_holder_accepts_a_user_module_like_the_reference() -> None:
 def test_reducer_holder_accepts_reducers() -> None:
     for r in (None, MeanReducer(), DoNothingReducer(), MultipleReducers({"loss": MeanReducer()})):
         ModuleWithRecordsAndReducer(reducer=r)
+
+
+@pytest.mark.parametrize("bad", [[0.0, 1.7, 1.0], [0, -1, 1], [0, 2, 1]])
+def test_class_weighted_reducer_float_or_out_of_range_labels_are_rejected_not_truncated(bad):
+    from pml.reducers import ClassWeightedReducer
+
+    losses = torch.tensor([1.0, 2.0, 3.0])
+    entry = {"loss": {"losses": losses, "indices": torch.arange(3), "reduction_type": "element"}}
+    with pytest.raises(ValueError, match="labels"):
+        ClassWeightedReducer(weights=[1.0, 3.0])(entry, EMB[:3], torch.tensor(bad))
+
+
+def test_class_weighted_reducer_uint8_and_bool_labels_index_like_int64():
+    from pml.reducers import ClassWeightedReducer
+
+    losses = torch.tensor([1.0, 2.0, 3.0])
+    entry = {"loss": {"losses": losses, "indices": torch.arange(3), "reduction_type": "element"}}
+    expected = ClassWeightedReducer(weights=[1.0, 3.0])(entry, EMB[:3], torch.tensor([0, 1, 1]))
+    for labels in (torch.tensor([0, 1, 1], dtype=torch.uint8), torch.tensor([False, True, True])):
+        got = ClassWeightedReducer(weights=[1.0, 3.0])(entry, EMB[:3], labels)
+        assert torch.equal(got, expected)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.validation import InvalidArgumentError, check_real
+from pml.core.validation import InvalidArgumentError, check_index_labels, check_real
 from pml.reducers import functional as RF
 from pml.reducers._base import BaseReducer
 
@@ -175,6 +175,9 @@ class ClassWeightedReducer(_UniformReducer):
         if labels is None:
             raise ValueError("ClassWeightedReducer needs labels; got None")
         self.weights = self.weights.to(device=losses.device, dtype=losses.dtype)
+        # fix: labels index the weights: float labels were truncated (1.7 -> class 1) and
+        # negative ones wrapped around; both are a ValueError naming labels now.
+        labels = check_index_labels(labels, "labels", num_classes=len(self.weights))
         return RF.class_weighted_mean(losses, self.weights, labels.to(losses.device)[sample_idx])
 
     def element_reduction(self, losses, loss_indices, embeddings, labels, **kw):  # type: ignore[no-untyped-def]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "IndicesTuple",
+    "LabelGroups",
     "PairsTuple",
     "TripletsTuple",
     "concatenate_indices_tuples",
@@ -43,6 +44,7 @@ __all__ = [
     "get_random_triplet_indices",
     "is_same_set",
     "iter_all_triplets_indices",
+    "label_groups",
     "matched_size_indices",
     "neg_pairs_from_tuple",
     "pairs_to_triplets",
@@ -50,6 +52,7 @@ __all__ = [
     "pos_pairs_from_tuple",
     "remove_self_comparisons",
     "repeat_to_match_size",
+    "same_label_cells",
     "shift_indices_tuple",
     "sortable_labels",
 ]
@@ -101,6 +104,67 @@ def sortable_labels(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[T
     lab, ref = _sortable(labels, False), _sortable(ref_labels, False)
     common = torch.promote_types(lab.dtype, ref.dtype)
     return lab.to(common), ref.to(common)
+
+
+class LabelGroups(NamedTuple):
+    """Reference rows grouped by label, for each query label (see :func:`label_groups`).
+
+    ``order[start[i] : start[i] + count[i]]`` are the reference rows with ``labels[i]``'s label,
+    in ascending row order.
+    """
+
+    order: Tensor
+    start: Tensor
+    count: Tensor
+
+
+def label_groups(labels: Tensor, ref_labels: Tensor | None = None) -> LabelGroups:
+    """Group the reference rows by label: one stable sort of ``ref_labels``, two searchsorted.
+
+    The building block of every "rows of the same label" lookup (positive pairs, same-label
+    softmax cells, triplet layouts, weighted random triplets): O((N + M) log M), no ``(N, M)``
+    mask. Labels may have any dtype torch compares (bool too), the two possibly different.
+
+    Args:
+        labels: query labels, shape ``(N,)``.
+        ref_labels: reference labels, shape ``(M,)`` (None: ``labels``).
+
+    Returns:
+        ``LabelGroups(order (M,), start (N,), count (N,))``, int64.
+
+    Example:
+        >>> g = label_groups(torch.tensor([1, 0]), torch.tensor([0, 1, 1]))
+        >>> g.order.tolist(), g.start.tolist(), g.count.tolist()
+        ([0, 1, 2], [1, 0], [2, 1])
+    """
+    query, ref = sortable_labels(labels, ref_labels)
+    ref = ref.to(query.device)
+    sorted_ref, order = torch.sort(ref, stable=True)
+    start = torch.searchsorted(sorted_ref, query, side="left")
+    count = torch.searchsorted(sorted_ref, query, side="right") - start
+    return LabelGroups(order, start, count)
+
+
+def same_label_cells(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
+
+    Row-major order (rows ascending, then columns ascending), like ``torch.where`` of the
+    equality mask, without building the ``(N, M)`` mask: O(N log N + number of cells).
+
+    Example:
+        >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
+        [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
+    """
+    order, start, count = label_groups(labels, ref_labels)
+    total = int(count.sum())
+    device = order.device
+    rows = torch.repeat_interleave(
+        torch.arange(len(count), device=device), count, output_size=total
+    )
+    offset = torch.repeat_interleave(
+        start - (torch.cumsum(count, 0) - count), count, output_size=total
+    )
+    return rows, order[torch.arange(total, device=device) + offset]
 
 
 def is_same_set(labels: Tensor | None, ref_labels: Tensor | None) -> bool:

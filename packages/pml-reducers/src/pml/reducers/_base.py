@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
+import torch
 from torch import Tensor
 
 from pml.core.functional import zero_loss
 from pml.core.records import ModuleWithRecords
 from pml.core.validation import InvalidArgumentError
 
-ReductionType: TypeAlias = Literal["element", "pos_pair", "neg_pair", "triplet", "already_reduced"]
+ReductionType: TypeAlias = Literal[
+    "element", "pos_pair", "neg_pair", "triplet", "already_reduced", "sums"
+]
 LossDict: TypeAlias = dict[str, dict[str, Any]]
 
 #: number of index tensors each tuple-like reduction type carries
 _TUPLE_SIZES = {"pos_pair": 2, "neg_pair": 2, "triplet": 3}
 _KNOWN_KEYS = {"losses", "indices", "reduction_type"}
+
+
+class SumsPlan(NamedTuple):
+    """What a reducer can finish from, when a loss never lists its per-element losses.
+
+    ``kind``: ``"sum"`` (sum of all), ``"mean"`` (sum / number of all) or ``"threshold"``
+    (sum / number of the losses strictly inside ``(low, high)``; a None bound is not applied).
+    """
+
+    kind: Literal["sum", "mean", "threshold"]
+    low: float | None = None
+    high: float | None = None
+
+
+def finish_from_sums(
+    kind: str, total: Tensor, count: Tensor, num: Tensor, fallback: Tensor
+) -> Tensor:
+    """The reduced value from sufficient statistics; ``fallback`` when its denominator is 0.
+
+    ``total`` is the sum of the kept losses (all of them for ``"sum"``/``"mean"``), ``count``
+    how many were kept and ``num`` how many there were in all. No device sync.
+    """
+    denom = count if kind == "threshold" else num
+    value = total if kind == "sum" else total / denom.clamp(min=1).to(total.dtype)
+    return torch.where(denom > 0, value.to(fallback.dtype), fallback)
 
 
 def input_is_zero_loss(losses: Any) -> bool:
@@ -29,6 +57,15 @@ class BaseReducer(ModuleWithRecords):
 
     Subclasses implement ``element_reduction``, ``pos_pair_reduction``,
     ``neg_pair_reduction`` and ``triplet_reduction``; ``already_reduced`` values pass through.
+
+    **Reducing from sums.** A loss that can compute its reduction without listing every
+    per-element loss (all triplets of a large batch, every negative cell) first asks
+    :meth:`sums_plan`. If the reducer returns a :class:`SumsPlan`, the loss hands an entry
+    ``{"losses": total, "indices": None, "reduction_type": "sums", "count": count, "num": num}``
+    (0-dim tensors: the sum of the kept losses in at least float32, how many were kept, how
+    many there were) and the reducer finishes the job and records its own statistics, as if it
+    had seen every loss. A reducer without a plan (the default, subclasses included) gets
+    per-element losses as usual.
     """
 
     def __init__(self, collect_stats: bool | None = None) -> None:
@@ -80,14 +117,45 @@ class BaseReducer(ModuleWithRecords):
                 return self.triplet_reduction(losses, indices, embeddings, labels, **extra)
             case "already_reduced":
                 return self.already_reduced_reduction(losses, indices, embeddings, labels, **extra)
+            case "sums":
+                return self.sums_reduction(losses, embeddings, **extra)
         raise ValueError(
             "reduction_type must be one of element, pos_pair, neg_pair, triplet, "
-            f"already_reduced; got {reduction_type!r}"
+            f"already_reduced, sums; got {reduction_type!r}"
         )
+
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        """The statistics this reducer can finish sub-loss ``name`` from; None: it needs losses.
+
+        The default is None, so any reducer (a user's subclass included) gets per-element
+        losses unless it says otherwise.
+        """
+        return None
+
+    def sums_reduction(
+        self, total: Tensor, embeddings: Tensor, *, count: Tensor, num: Tensor, **kw: Any
+    ) -> Tensor:
+        """Finish a ``"sums"`` entry (see the class docstring) and record the statistics.
+
+        Raises:
+            TypeError: this reducer has no :meth:`sums_plan` (the loss should have asked).
+        """
+        plan = self.sums_plan()
+        if plan is None:
+            raise TypeError(
+                f"{type(self).__name__} cannot reduce from sums; hand it per-element losses"
+            )
+        if self.collect_stats:
+            self.set_stats(**self.sums_stats(plan, count, num))
+        return finish_from_sums(plan.kind, total, count, num, self.zero_loss(embeddings))
+
+    def sums_stats(self, plan: SumsPlan, count: Tensor, num: Tensor) -> dict[str, Any]:
+        """The statistics the reducer would have recorded on the per-element losses."""
+        return {"losses_size": num}
 
     @staticmethod
     def _check_sizes(losses: Any, indices: Any, reduction_type: str) -> None:
-        if reduction_type == "already_reduced":
+        if reduction_type in ("already_reduced", "sums"):
             return
         if not isinstance(losses, Tensor):
             raise InvalidArgumentError(

@@ -11,7 +11,7 @@ from torch import Tensor
 from pml.core.dtypes import accumulation_dtype
 from pml.core.validation import InvalidArgumentError, check_index_labels, check_real
 from pml.reducers import functional as RF
-from pml.reducers._base import BaseReducer
+from pml.reducers._base import BaseReducer, SumsPlan
 
 
 class _UniformReducer(BaseReducer):
@@ -46,12 +46,19 @@ class MeanReducer(_UniformReducer):
     def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
         return losses.mean(dtype=accumulation_dtype(losses.dtype)).to(losses.dtype)
 
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        # exactly this class: a subclass may reduce differently, so it gets the losses
+        return SumsPlan("mean") if type(self) is MeanReducer else None
+
 
 class SumReducer(MeanReducer):
     """Sum of the losses."""
 
     def reduce(self, losses: Tensor, embeddings: Tensor, **kw: Any) -> Tensor:
         return losses.sum(dtype=accumulation_dtype(losses.dtype)).to(losses.dtype)
+
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        return SumsPlan("sum") if type(self) is SumReducer else None
 
 
 class ThresholdReducer(_UniformReducer):
@@ -95,6 +102,22 @@ class ThresholdReducer(_UniformReducer):
         if self.collect_stats:
             self._set_filter_stats(losses, mask)
         return RF.mean_or_fallback(losses, mask, self.zero_loss(embeddings))
+
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        if type(self) not in (ThresholdReducer, AvgNonZeroReducer):
+            return None
+        if self.collect_stats and self.low is not None and self.high is not None:
+            return None  # num_above_low / num_below_high need the losses themselves
+        return SumsPlan("threshold", self.low, self.high)
+
+    def sums_stats(self, plan: SumsPlan, count: Tensor, num: Tensor) -> dict[str, Any]:
+        stats: dict[str, Any] = {"losses_size": num, "num_past_filter": count}
+        if self.low is not None:
+            stats["num_above_low"] = count
+        if self.high is not None:
+            stats["num_below_high"] = count
+            stats["num_above_high"] = count  # compat alias (see _set_filter_stats)
+        return stats
 
     def _set_filter_stats(self, losses: Tensor, mask: Tensor) -> None:
         with torch.no_grad():

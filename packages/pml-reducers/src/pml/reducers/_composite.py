@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pml.reducers import functional as RF
-from pml.reducers._base import BaseReducer
+from pml.reducers._base import BaseReducer, SumsPlan
 from pml.reducers._basic import MeanReducer
 
 
@@ -39,10 +39,18 @@ class MultipleReducers(BaseReducer):
         self.reset_stats()
         sub_losses = torch.zeros(len(loss_dict), dtype=embeddings.dtype, device=embeddings.device)
         for i, (name, info) in enumerate(loss_dict.items()):
-            reducer = self.reducers[name] if name in self.reducers else self.default_reducer  # noqa: SIM401
-            value = reducer({name: info}, embeddings, labels)
+            value = self.reducer_for(name)({name: info}, embeddings, labels)
             sub_losses[i] = value.reshape(()) if isinstance(value, Tensor) else value
         return self.sub_loss_reduction(sub_losses, embeddings, labels)
+
+    def reducer_for(self, name: str) -> BaseReducer:
+        """The reducer of sub-loss ``name`` (``default_reducer`` for names not listed)."""
+        return self.reducers[name] if name in self.reducers else self.default_reducer  # noqa: SIM401
+
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        """The plan of the reducer of sub-loss ``name`` (see :meth:`BaseReducer.sums_plan`)."""
+        sub = self.reducer_for(name)
+        return sub.sums_plan(name) if isinstance(sub, BaseReducer) else None
 
     def sub_loss_reduction(
         self, sub_losses: Tensor, embeddings: Tensor | None = None, labels: Tensor | None = None

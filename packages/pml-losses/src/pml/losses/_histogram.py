@@ -16,7 +16,7 @@ from pml.core.validation import (
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._pair_inputs import poison_nonfinite
+from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,

@@ -16,12 +16,8 @@ from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import (
-    LabelMasksMixin,
-    has_too_few_pairs,
-    label_positive_pairs,
-    poison_nonfinite,
-)
+from pml.losses._pair_inputs import LabelMasksMixin, has_too_few_pairs, label_positive_pairs
+from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._pair import generalized_lifted_structure_loss, lifted_structure_loss
 from pml.reducers import LossDict
 

@@ -15,7 +15,8 @@ from pml.core.validation import indices_tuple_not_supported, labels_required, re
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._ntxent import acc_matrix, nan_if_nonfinite
+from pml.losses._ntxent import acc_matrix
+from pml.losses._pairs import nan_if_nonfinite
 from pml.losses.functional._softmax import instance_loss, nca_loss
 from pml.reducers import LossDict
 

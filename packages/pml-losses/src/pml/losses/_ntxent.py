@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set
+from pml.core.indices import IndicesTuple
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import (
     BaseDistance,
@@ -26,8 +26,9 @@ from pml.distances import (
 )
 from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._pairs import nan_if_nonfinite, pair_inputs, too_few_pairs
 from pml.losses.functional._softmax import ntxent_loss, tuplet_margin_loss
-from pml.losses.functional._softmax_ops import Negatives, same_label_cells
+from pml.losses.functional._softmax_ops import Negatives
 from pml.reducers import LossDict
 
 
@@ -80,44 +81,12 @@ def positives_and_negatives(
     ref_labels: Tensor | None,
     device: torch.device,
 ) -> tuple[Tensor, Tensor, Negatives, int]:
-    """The positive pairs ``(a1, p)``, the negatives and their count.
-
-    From labels the negatives are the boolean ``(N, M)`` mask (no ``Nn``-long pair list is
-    built); from a miner's tuple they are its ``(a2, n)`` list (duplicates count).
-    """
-    if indices_tuple is None:
-        assert labels is not None  # checked by the caller
-        ref = labels if ref_labels is None else ref_labels.to(labels.device)
-        # same-label cells in row-major order, without an (N, M) nonzero
-        a1, p = same_label_cells(labels, ref)
-        num_neg = len(labels) * len(ref) - len(a1)
-        if is_same_set(labels, ref_labels):  # compat: self pairs dropped by identity only
-            keep = a1 != p
-            a1, p = a1[keep], p[keep]
-        return a1, p, labels.unsqueeze(1) != ref.unsqueeze(0), num_neg
-    a1, p, a2, n = (
-        t.to(device=device, dtype=torch.long)
-        for t in convert_to_pairs(indices_tuple, labels, ref_labels)
-    )
-    return a1, p, (a2, n), len(a2)
+    """:func:`pml.losses._pairs.pair_inputs` as a tuple ``(a1, p, negatives, num_neg)``."""
+    pairs = pair_inputs(indices_tuple, labels, ref_labels, device)
+    return pairs.a1, pairs.p, pairs.neg, pairs.num_neg
 
 
-def nan_if_nonfinite(losses: Tensor, embeddings: Tensor, ref_emb: Tensor) -> Tensor:
-    """``losses``, or NaN everywhere when an input embedding is NaN or infinite.
-
-    A loss may not read every embedding (a miner's subset, rows in no pair); a broken batch
-    must still never give a finite number. No device sync.
-    """
-    finite = torch.isfinite(embeddings).all()
-    if ref_emb is not embeddings:
-        finite = finite & torch.isfinite(ref_emb).all()
-    return torch.where(finite, losses, torch.nan)
-
-
-def no_valid_pairs(num_pos: int, num_neg: int) -> bool:
-    """No positive or no negative pair, or (GenericPairLoss rule) at most one of each."""
-    # compat: GenericPairLoss gives zero when every index list has length <= 1 (spec §5).
-    return num_pos == 0 or num_neg == 0 or (num_pos <= 1 and num_neg <= 1)
+no_valid_pairs = too_few_pairs
 
 
 class PositivePairsMixin:

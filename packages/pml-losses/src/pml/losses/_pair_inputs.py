@@ -20,6 +20,7 @@ from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._pairs import poison_nonfinite
 from pml.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -95,33 +96,6 @@ def has_too_few_pairs(pos: Tensor, neg: Tensor) -> bool:
     if n * m > 2 + min(n, m):
         return False
     return int(pos.sum()) <= 1 and int(neg.sum()) <= 1
-
-
-def _all_finite(t: Tensor) -> Tensor:
-    """0-dim bool: no NaN/inf in ``t`` (non-empty).
-
-    ``aminmax`` propagates NaN and is ~15x faster than ``isfinite(t).all()`` on CPU.
-    """
-    low, high = torch.aminmax(t)
-    return torch.isfinite(low) & torch.isfinite(high)
-
-
-def poison_nonfinite(loss_dict: LossDict, *tensors: Tensor) -> LossDict:
-    """Make every per-tuple loss NaN when an input holds NaN/inf.
-
-    Reducers that filter (AvgNonZero, Threshold) drop NaN entries, which would turn a broken
-    batch into a finite loss computed from its healthy pairs; this keeps it NaN. No sync.
-    """
-    checks = [_all_finite(t) for t in {id(t): t for t in tensors}.values() if t.numel() > 0]
-    if not checks:
-        return loss_dict
-    finite = checks[0] if len(checks) == 1 else torch.stack(checks).all()
-    for entry in loss_dict.values():
-        losses = entry["losses"]
-        if isinstance(losses, Tensor) and losses.numel() > 0:
-            # fix: a NaN/inf input never gives a finite loss (docs/compatibility.md).
-            entry["losses"] = torch.where(finite, losses, torch.nan)
-    return loss_dict
 
 
 #: reducers whose result needs only the sum and count of the kept losses of a sub-loss

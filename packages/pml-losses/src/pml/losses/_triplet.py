@@ -32,7 +32,7 @@ from pml.core.indices import (
 from pml.core.validation import check_index_labels, labels_or_indices_tuple_required
 from pml.losses._arguments import check_bool, check_int, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
-from pml.losses._pair_inputs import poison_nonfinite
+from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._triplet import (
     margin_loss,
     margin_loss_sums,

@@ -335,10 +335,15 @@ def _check_index_bounds(
             raise ValueError(f"{name}[{i}] has indices outside {where}; got range [{low}, {high}]")
 
 
-def labels_required(labels: Tensor | None) -> None:
-    """Raise ``ValueError`` if ``labels`` is None."""
+def labels_required(labels: Tensor | None) -> Tensor:
+    """Return ``labels``, narrowed to a Tensor; ``ValueError`` if it is None.
+
+    Example:
+        >>> labels = labels_required(torch.tensor([0, 1]))
+    """
     if labels is None:
         raise ValueError("labels must not be None: this loss needs labels")
+    return labels
 
 
 def labels_or_indices_tuple_required(labels: Tensor | None, indices_tuple: Any) -> None:

@@ -64,15 +64,54 @@ def _combine(runs: list[dict]) -> dict:
     return {"time_s": times[len(times) // 2], "peak_mb": max(r["peak_mb"] for r in runs)}
 
 
-def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | None = None) -> Path:
-    """Measure every case of ``suite`` and write ``benchmarks/results/<area>.md``."""
+def _committed_reference(path: Path) -> tuple[dict[tuple[str, str], dict[str, str]], str]:
+    """The reference columns of a committed table, by (case, parameters), and its date."""
+    if not path.exists():
+        return {}, ""
+    text = path.read_text()
+    measured = next((ln for ln in text.splitlines() if ln.startswith("Measured ")), "")
+    date = " ".join(measured.split()[1:4]) if measured else "an earlier run"
+    found = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] not in ("case", "---"):
+            found[(cells[0], cells[1])] = {"time": cells[3], "peak": cells[6]}
+    return found, date
+
+
+def _time_of(cell: str) -> float | None:
+    """Seconds from a table cell such as ``"114.3 ms"`` (None for anything else)."""
+    parts = cell.split()
+    if len(parts) == 2 and parts[1] == "ms":
+        try:
+            return float(parts[0]) / 1000
+        except ValueError:
+            return None
+    return None
+
+
+def run_suite(
+    area: str,
+    title: str,
+    suite: list[dict[str, Any]],
+    only: str | None = None,
+    reuse_reference: bool = False,
+) -> Path:
+    """Measure every case of ``suite`` and write ``benchmarks/results/<area>.md``.
+
+    With ``reuse_reference`` only pml is measured; the reference columns are carried over from
+    the committed table (the reference does not change), which the header then says.
+    """
+    committed, committed_date = _committed_reference(RESULTS / f"{area}.md")
     rows = []
     for case in suite:
         if only and only.lower() not in case["name"].lower():
             continue
         repeats = case.get("repeats", 3)
         print(f"[{area}] {case['name']} {case['params']}", flush=True)
-        with_ref = bool(case.get("ref")) and not case.get("ref_skip")
+        params = ", ".join(f"{k}={v}" for k, v in case["params"].items())
+        old_ref = committed.get((case["name"], params)) if reuse_reference else None
+        with_ref = bool(case.get("ref")) and not case.get("ref_skip") and old_ref is None
         runs: list[tuple[dict, dict | None]] = []
         for _ in range(case.get("rounds", 1)):  # alternate the libraries, fresh processes
             ours_run = measure(case["pml"], case["params"], repeats)
@@ -85,10 +124,15 @@ def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | No
         if ref and "error" not in ref and "error" not in ours:
             ratio = f"{ref['time_s'] / ours['time_s']:.1f}x"
         ref_time = f"not run: {case['ref_skip']}" if case.get("ref_skip") else _fmt_time(ref)
-        params = ", ".join(f"{k}={v}" for k, v in case["params"].items())
+        ref_peak = _fmt_mem(ref)
+        if old_ref is not None:
+            ref_time, ref_peak = old_ref["time"], old_ref["peak"]
+            old_s = _time_of(ref_time)
+            if old_s is not None and "error" not in ours:
+                ratio = f"{old_s / ours['time_s']:.1f}x"
         rows.append(
             f"| {case['name']} | {params} | {_fmt_time(ours)} | {ref_time} | {ratio} "
-            f"| {_fmt_mem(ours)} | {_fmt_mem(ref)} |"
+            f"| {_fmt_mem(ours)} | {ref_peak} |"
         )
         print("   ", rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -103,6 +147,14 @@ def run_suite(area: str, title: str, suite: list[dict[str, Any]], only: str | No
         "fresh process (cases with several rounds alternate the libraries, one fresh process per",
         "round, and report the median round). Peak: resident-memory high-water mark during the",
         "warm-up call above the memory held after setup. Speed-up = reference time / pml time.",
+        *(
+            [
+                f"Reference columns carried over from the table measured {committed_date} "
+                "(`--reuse-reference`: the reference does not change); pml measured now."
+            ]
+            if reuse_reference and committed
+            else []
+        ),
         "",
         "| case | parameters | pml | reference 2.9 | speed-up | pml peak | reference peak |",
         "|---|---|---|---|---|---|---|",

@@ -15,9 +15,9 @@ from torch import Tensor
 from pml.core.dtypes import accumulation_dtype, pos_inf
 from pml.losses.functional._triplet_engine import (
     DenseLayout,
-    GroupedLayout,
-    Layout,
     block_sums,
+    distance_like,
+    layout_for,
     threshold_sums,
 )
 
@@ -33,29 +33,6 @@ __all__ = [
     "triplet_margin_loss",
     "triplet_margin_loss_sums",
 ]
-
-
-def _layout(
-    num_rows: int,
-    labels: Tensor | None,
-    ref_labels: Tensor | None,
-    pairs: Sequence[Tensor] | None,
-    same_set: bool | None,
-) -> Layout:
-    if pairs is not None:
-        if len(pairs) != 4:
-            raise ValueError(f"pairs must be a 4-tuple (a1, p, a2, n); got {len(pairs)} entries")
-        return GroupedLayout(pairs, num_rows)
-    if labels is None:
-        raise ValueError("labels must be given when pairs is None")
-    same = (ref_labels is None or ref_labels is labels) if same_set is None else same_set
-    return DenseLayout(labels, labels if ref_labels is None else ref_labels, same)
-
-
-def _distance_like(mat: Tensor, is_inverted: bool) -> Tensor:
-    """``mat`` in the accumulation dtype, negated for similarities (smaller = closer)."""
-    d = mat.to(accumulation_dtype(mat.dtype))
-    return (-d if is_inverted else d).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,12 +118,12 @@ def triplet_margin_loss_sums(
         >>> round(total.item(), 4), count.item(), num.item()
         (0.3, 1, 2)
     """
-    layout = _layout(mat.shape[0], labels, ref_labels, pairs, same_set)
-    d = _distance_like(mat, is_inverted)
+    layout = layout_for(mat.shape[0], labels, ref_labels, pairs, same_set)
+    d = distance_like(mat, is_inverted)
     if smooth or swap_mat is not None:
         d_pn = None
         if swap_mat is not None:
-            d_pn = d if swap_mat is mat else _distance_like(swap_mat, is_inverted)
+            d_pn = d if swap_mat is mat else distance_like(swap_mat, is_inverted)
         return block_sums(d, layout, margin, smooth=smooth, d_pn=d_pn, low=low)
     # hinge: loss > tau  <=>  x = d_ap - d_an > tau - margin; losses are >= 0, so a negative
     # `low` selects every triplet while the non-zero ones carry the whole sum.
@@ -382,8 +359,8 @@ def dynamic_soft_margin_loss_from_mat(
     Returns:
         ``(loss, new_hist, num_triplets)``; ``loss`` is NaN when there is no triplet.
     """
-    layout = _layout(mat.shape[0], labels, ref_labels, pairs, same_set)
-    d = _distance_like(mat, False)
+    layout = layout_for(mat.shape[0], labels, ref_labels, pairs, same_set)
+    d = distance_like(mat, False)
     edges = _dsm_edges(min_val, hist.numel())
     sums, counts = threshold_sums(d, layout, edges, "lt", with_total=True)
     loss, new = _dsm_from_sums(

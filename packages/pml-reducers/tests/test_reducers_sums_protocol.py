@@ -112,3 +112,22 @@ def test_divisor_reducer_from_half_sums_divides_before_casting():
     entry.update(count=torch.tensor(8), num=torch.tensor(8), divisor=torch.tensor(1000))
     got = DivisorReducer()({"loss": entry}, EMB.half(), None)
     assert got.item() == 1000.0
+
+
+def test_reducer_holder_asks_its_reducer_for_the_plan_and_a_user_module_has_none():
+    from pml.reducers import ModuleWithRecordsAndReducer
+
+    class MyReducer(torch.nn.Module):
+        def forward(self, loss_dict, embeddings, labels):
+            return sum(v["losses"].mean() for v in loss_dict.values())
+
+    assert ModuleWithRecordsAndReducer(reducer=SumReducer()).reducer_sums_plan() == (
+        "sum",
+        None,
+        None,
+    )
+    assert ModuleWithRecordsAndReducer(reducer=MyReducer()).reducer_sums_plan("loss") is None
+    multiple = MultipleReducers({"a": MeanReducer()}, default_reducer=DivisorReducer())
+    holder = ModuleWithRecordsAndReducer(reducer=multiple)
+    assert holder.reducer_sums_plan("a").kind == "mean"
+    assert holder.reducer_sums_plan("b").kind == "sum"

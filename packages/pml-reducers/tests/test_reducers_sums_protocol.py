@@ -131,3 +131,10 @@ def test_reducer_holder_asks_its_reducer_for_the_plan_and_a_user_module_has_none
     holder = ModuleWithRecordsAndReducer(reducer=multiple)
     assert holder.reducer_sums_plan("a").kind == "mean"
     assert holder.reducer_sums_plan("b").kind == "sum"
+
+
+@pytest.mark.parametrize("make", [MeanReducer, SumReducer, AvgNonZeroReducer])
+def test_nan_total_with_nothing_kept_stays_nan_not_the_zero_loss(make):
+    entry = {"losses": torch.tensor(float("nan")), "indices": None, "reduction_type": "sums"}
+    entry.update(count=torch.tensor(0), num=torch.tensor(0))
+    assert torch.isnan(make()({"loss": entry}, EMB, None))

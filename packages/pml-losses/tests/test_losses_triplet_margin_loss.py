@@ -504,3 +504,51 @@ def test_bad_input():
         TripletMarginLoss()(data())
     with pytest.raises(ValueError, match="labels"):
         TripletMarginLoss()(data(), LABELS[:5])
+
+
+def test_nan_embedding_with_no_other_violating_triplet_gives_nan():
+    # every finite triplet has loss 0, so no loss passes AvgNonZero's filter: a NaN row must
+    # still give NaN, not the zero loss (unlisted sums, a miner's pairs and listed triplets)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    emb = torch.tensor(
+        [[1.0, 0], [1, 0.01], [-0.5, 0.86], [-0.5, 0.87], [-0.5, -0.86], [-0.5, -0.87]]
+    )
+    assert TripletMarginLoss(margin=0.1)(emb, labels) == 0
+    emb = emb.double()
+    emb[5, 0] = float("nan")
+    pairs = get_all_pairs_indices(labels)
+    triplets = tuple(torch.tensor(x) for x in zip(*naive_triplets(labels.tolist())))
+    for it in (None, pairs, triplets):
+        assert torch.isnan(TripletMarginLoss(margin=0.1)(emb, labels, it))
+
+
+class _UserReducer(torch.nn.Module):
+    """A plain module reducer (accepted like the reference): it has no sums plan."""
+
+    def forward(self, loss_dict, embeddings, labels):
+        return sum(v["losses"].mean() for v in loss_dict.values())
+
+
+def test_a_user_module_reducer_gets_every_triplet():
+    emb = data()
+    got = TripletMarginLoss(margin=0.3, reducer=_UserReducer())(emb, LABELS)
+    losses = naive_losses(LpDistance()(emb), naive_triplets(LABELS.tolist()), 0.3)
+    torch.testing.assert_close(got, losses.mean())
+
+
+@pytest.mark.parametrize("source", ["labels", "pairs", "triplets"])
+def test_threshold_reducer_with_both_bounds_matches_naive(source):
+    emb = data()
+    it = None
+    if source == "pairs":
+        it = mined_pairs(LABELS, emb)
+        trip = naive_pair_triplets(it)
+    else:
+        trip = naive_triplets(LABELS.tolist())
+        if source == "triplets":
+            trip = trip[::2]
+            it = tuple(torch.tensor(x) for x in zip(*trip))
+    reducer = ThresholdReducer(low=0.05, high=0.6)
+    got = TripletMarginLoss(margin=0.5, reducer=reducer)(emb, LABELS, it)
+    losses = naive_losses(LpDistance()(emb), trip, 0.5)
+    torch.testing.assert_close(got, losses[(losses > 0.05) & (losses < 0.6)].mean())

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype, pos_inf
 from pml.losses.functional._triplet_engine import (
-    DenseLayout,
     block_sums,
+    dense_layout,
     distance_like,
     layout_for,
     threshold_sums,
@@ -213,8 +213,7 @@ def margin_loss_sums(
     """
     acc = accumulation_dtype(mat.dtype)
     n = mat.shape[0]
-    beta = beta.to(device=mat.device, dtype=acc).reshape(-1)
-    beta = beta.expand(n) if beta.numel() == 1 else beta
+    beta = beta.to(device=mat.device, dtype=acc).reshape(-1).expand(n)
     if pairs is not None:
         a1, p, a2, nn_ = (t.long() for t in pairs)
         n_pos = torch.bincount(a1, minlength=n)[:n]
@@ -226,16 +225,11 @@ def margin_loss_sums(
         losses = zeros.index_add(0, a1, pos_w * pos).index_add(0, a2, neg_w * neg)
         divisor = (pos_w * (pos > 0)).sum() + (neg_w * (neg > 0)).sum()
         return losses, divisor, n_pos * n_neg
-    if labels is None:
-        raise ValueError("labels must be given when pairs is None")
-    ref = labels if ref_labels is None else ref_labels
-    same = (ref_labels is None or ref_labels is labels) if same_set is None else same_set
-    pos_mask, neg_mask = DenseLayout(labels, ref, same).masks(0, n)
+    pos_mask, neg_mask = dense_layout(labels, ref_labels, same_set).masks(0, n)
     n_pos, n_neg = pos_mask.sum(dim=1), neg_mask.sum(dim=1)
     m = mat.to(acc)
     pos, neg = margin_loss(m, m, beta.unsqueeze(1), margin, is_inverted=is_inverted)
-    pos = torch.where(pos_mask, pos, 0)
-    neg = torch.where(neg_mask, neg, 0)
+    pos, neg = torch.where(pos_mask, pos, 0), torch.where(neg_mask, neg, 0)
     losses = n_neg * pos.sum(dim=1) + n_pos * neg.sum(dim=1)
     divisor = (n_neg * (pos > 0).sum(dim=1)).sum() + (n_pos * (neg > 0).sum(dim=1)).sum()
     return losses, divisor, n_pos * n_neg
@@ -269,14 +263,18 @@ def _dsm_from_sums(
     delta = 2 * abs(min_val) / nb
     cnt = counts.to(acc)
     n_num = num.to(acc)
-    # regions: below the first node (u < 0), between nodes b and b+1 (b < nb - 1), at or
-    # above the last node (u >= nb - 1)
+    # A value x sits at u = (x - min_val) / delta on the node axis. Inside bin b (node b <= u
+    # < node b + 1, b < nb - 1) it gives 1 - frac(u) to node b and frac(u) to node b + 1;
+    # below node 0 it all goes to node 0, at or above the last node all to the last node. So
+    # only each region's count and sum of x are needed (differences of the prefix sums), with
+    # sum(frac(u)) = (x_bin - n_bin * min_val) / delta - b * n_bin in bin b; the loss weights
+    # the x of bin b by CDF[b] (node 0 below the range, the last node above it).
     n_low, x_low = cnt[0], sums[0]
     n_bin, x_bin = cnt[1:] - cnt[:-1], sums[1:] - sums[:-1]
     n_high, x_high = n_num - cnt[-1], total - sums[-1]
     b = torch.arange(nb - 1, device=sums.device, dtype=acc)
     sum_alpha = (x_bin - n_bin * min_val) / delta - b * n_bin  # sum of frac(u) in bin b
-    pad = torch.nn.functional.pad
+    pad = torch.nn.functional.pad  # node b: its own bin's lower share + bin b - 1's upper share
     contrib = (pad(n_bin - sum_alpha, (0, 2)) + pad(sum_alpha, (1, 1)))[:nb]
     contrib = torch.cat([contrib[:1] + n_low, contrib[1:]])
     contrib = torch.cat([contrib[:-1], contrib[-1:] + n_high])

@@ -29,6 +29,7 @@ from pml.losses.functional._triplet_engine._layouts import (
     DenseLayout,
     GroupedLayout,
     Layout,
+    dense_layout,
     distance_like,
     layout_for,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Layout",
     "ThresholdSums",
     "block_sums",
+    "dense_layout",
     "distance_like",
     "layout_for",
     "threshold_sums",

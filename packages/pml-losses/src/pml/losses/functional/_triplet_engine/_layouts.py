@@ -218,6 +218,13 @@ def layout_for(
         if len(pairs) != 4:
             raise ValueError(f"pairs must be a 4-tuple (a1, p, a2, n); got {len(pairs)} entries")
         return GroupedLayout(pairs, num_rows)
+    return dense_layout(labels, ref_labels, same_set)
+
+
+def dense_layout(
+    labels: Tensor | None, ref_labels: Tensor | None, same_set: bool | None
+) -> DenseLayout:
+    """The :class:`DenseLayout` of labels (ValueError without labels); see :func:`layout_for`."""
     if labels is None:
         raise ValueError("labels must be given when pairs is None")
     same = (ref_labels is None or ref_labels is labels) if same_set is None else same_set

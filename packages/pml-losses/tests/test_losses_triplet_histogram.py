@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import pml.losses.functional._triplet_engine as engine
 from pml.core.indices import get_all_pairs_indices
 from pml.core.testing import assert_close
 from pml.core.validation import InvalidArgumentError
@@ -20,6 +19,7 @@ from pml.losses.functional import (
     histogram_loss,
     soft_histogram,
 )
+from pml.losses.functional._triplet_engine import _threshold_sums
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 2])
 
@@ -262,8 +262,8 @@ def test_dsm_out_of_range_values_go_to_the_end_nodes():
 @pytest.mark.parametrize("source", ["labels", "ref", "pairs"])
 def test_dsm_from_mat_matches_explicit_triplets(monkeypatch, sort_path, source):
     if sort_path:
-        monkeypatch.setattr(engine, "COMPARE_MAX_POSITIVES", 0)
-        monkeypatch.setattr(engine, "STORE_ELEMENTS", 0)
+        monkeypatch.setattr(_threshold_sums, "COMPARE_MAX_POSITIVES", 0)
+        monkeypatch.setattr(_threshold_sums, "STORE_ELEMENTS", 0)
     emb, ref = data().requires_grad_(), data(8, seed=2).requires_grad_()
     ref_labels = torch.tensor([0, 1, 1, 2, 3, 3, 0, 2])
     hist = torch.rand(10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

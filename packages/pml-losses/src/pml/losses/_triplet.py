@@ -1,19 +1,16 @@
 """TripletMarginLoss and MarginLoss: losses over (anchor, positive, negative) triplets.
 
-Both follow the reference's pipeline, with one addition: when the reducer of the main
-sub-loss is a plain mean / sum / threshold reducer (the defaults included) and the triplets
-are "all triplets" of the batch (from labels, or from a miner's pairs tuple), the reduced value
-is computed directly from per-anchor sums (``functional.triplet_margin_loss_sums`` /
-``functional.margin_loss_sums``) in ``O(N M)`` memory instead of listing the ``O(N M^2)``
-triplets. The reducer's statistics (``losses_size``, ``num_past_filter``, ...) are filled in
-as if it had seen every triplet. Any other reducer (DoNothing, ClassWeighted, PerAnchor,
-ThresholdReducer with ``high``, subclasses) gets the per-triplet losses in the reference's
-order.
+Both follow the reference's route: triplets (all of the labels, a miner's pairs or triplets,
+or random ones) -> distances -> per-triplet losses -> the reducer. One shortcut: when the
+triplets are *all* triplets of the labels or of a pairs tuple and the reducer can finish from
+sums (``reducer_sums_plan``, see :class:`pml.reducers.BaseReducer`), the loss hands it the
+sums over every triplet (``functional.*_sums``, ``O(N M)`` memory) instead of listing the
+``O(N M^2)`` triplets; the reducer records its statistics as if it had seen them all.
 """
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,16 +18,23 @@ import torch
 from torch import Tensor, nn
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.functional import zero_loss
 from pml.core.indices import (
     IndicesTuple,
+    PairsTuple,
+    TripletsTuple,
     get_all_triplets_indices,
     get_random_triplet_indices,
     is_same_set,
     pairs_to_triplets,
 )
-from pml.core.validation import check_index_labels, labels_or_indices_tuple_required
-from pml.losses._arguments import check_bool, check_int, check_real
+from pml.core.validation import (
+    check_index_labels,
+    check_int,
+    check_option,
+    labels_or_indices_tuple_required,
+    labels_required,
+)
+from pml.losses._arguments import check_bool, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
 from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._triplet import (
@@ -39,105 +43,26 @@ from pml.losses.functional._triplet import (
     triplet_margin_loss,
     triplet_margin_loss_sums,
 )
-from pml.reducers import (
-    AvgNonZeroReducer,
-    BaseReducer,
-    DivisorReducer,
-    LossDict,
-    MeanReducer,
-    MultipleReducers,
-    SumReducer,
-    ThresholdReducer,
-)
+from pml.reducers import AvgNonZeroReducer, BaseReducer, DivisorReducer, LossDict
 from pml.reducers.functional import threshold_mask
 
 TripletsPerAnchor = int | Literal["all"] | None
 
-# ---------------------------------------------------------------------------------------------
-# helpers shared by the triplet family's classes
+
+def check_triplets_per_anchor(value: Any) -> TripletsPerAnchor:
+    """``"all"``, None or an int ``>= 0`` (ValueError for another string or a negative int)."""
+    if isinstance(value, str):
+        check_option("triplets_per_anchor", value, ["all"])
+        return "all"
+    return check_int("triplets_per_anchor", value, min=0, allow_none=True)
 
 
 @dataclass(frozen=True)
-class ReductionPlan:
-    """What a simple reducer computes: ``sum``, ``mean`` or ``threshold`` (mean of ``> low``)."""
-
-    kind: Literal["sum", "mean", "threshold"]
-    low: float | None = None
-
-
-_PLAN_KINDS: dict[type, Literal["sum", "mean", "threshold"]] = {
-    AvgNonZeroReducer: "threshold",
-    ThresholdReducer: "threshold",
-    MeanReducer: "mean",
-    SumReducer: "sum",
-}
-
-
-def reduction_plan(reducer: Any) -> ReductionPlan | None:
-    """The plan of an exact AvgNonZero/Threshold(low only)/Mean/Sum reducer, else None."""
-    kind = _PLAN_KINDS.get(type(reducer))
-    if kind is None:
-        return None
-    if kind == "threshold":
-        if reducer.high is not None:
-            return None
-        return ReductionPlan("threshold", float(reducer.low))
-    return ReductionPlan(kind)
-
-
-def sub_reducer(reducer: Any, name: str) -> Any:
-    """The reducer that a loss's ``reducer`` applies to sub-loss ``name``."""
-    if isinstance(reducer, MultipleReducers):
-        reducers = reducer.reducers  # an nn.ModuleDict: no .get
-        return reducers[name] if name in reducers else reducer.default_reducer  # noqa: SIM401
-    return reducer
-
-
-def reduce_sums(
-    plan: ReductionPlan, total: Tensor, count: Tensor, num: Tensor, fallback: Tensor
-) -> Tensor:
-    """The value a simple reducer would return.
-
-    ``total`` is the sum of the selected losses, ``count`` how many were selected and ``num``
-    the number of all losses; ``fallback`` (the graph-connected zero) is returned when the
-    denominator is 0, like the reducers' zero loss.
-    """
-    denom = {"sum": num, "mean": num, "threshold": count}[plan.kind]
-    value = total if plan.kind == "sum" else total / denom.clamp(min=1).to(total.dtype)
-    return torch.where(denom > 0, value.to(fallback.dtype), fallback)
-
-
-def plan_stats(plan: ReductionPlan, count: Tensor, num: Tensor) -> dict[str, Tensor]:
-    """Statistics the reducer would have recorded on the full per-triplet tensor."""
-    stats = {"losses_size": num}
-    if plan.kind == "threshold":
-        stats.update(num_past_filter=count, num_above_low=count)
-    return stats
-
-
-def explicit_sums(losses: Tensor, low: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(sum of losses > low, their count, len)``; the sum is NaN if any loss is NaN."""
-    sel = threshold_mask(losses, low)
-    total = torch.where(sel, losses, 0).sum(dtype=accumulation_dtype(losses.dtype))
-    # fix: a NaN loss is not silently dropped by the filter (robustness rule)
-    total = torch.where(torch.isnan(losses).any(), torch.full_like(total, float("nan")), total)
-    return total, sel.sum(), torch.tensor(len(losses), device=losses.device)
-
-
-def check_triplets_per_anchor(value: Any) -> None:
-    """``"all"``, None or a non-negative integer (ValueError naming the argument otherwise)."""
-    if value == "all" or value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f'triplets_per_anchor must be "all" or an integer >= 0; got {value!r}')
-
-
-@dataclass
 class TripletSource:
-    """Where the triplets come from: ``labels`` (all triplets), ``pairs`` or ``triplets``."""
+    """Where the triplets come from: all of the labels (both None), a pairs tuple, or a list."""
 
-    kind: Literal["labels", "pairs", "triplets"]
-    tuple: IndicesTuple | None = None
+    pairs: PairsTuple | None = None
+    triplets: TripletsTuple | None = None
 
 
 def triplet_source(
@@ -148,73 +73,59 @@ def triplet_source(
 ) -> TripletSource:
     """The reference's ``convert_to_triplets`` cases, without listing "all" triplets yet."""
     if indices_tuple is None:
-        if triplets_per_anchor == "all":
-            return TripletSource("labels")
-        assert labels is not None  # checked by labels_or_indices_tuple_required
-        triplets = get_random_triplet_indices(
-            labels,
-            ref_labels,
-            t_per_anchor=triplets_per_anchor,  # type: ignore[arg-type]
+        if isinstance(triplets_per_anchor, str):  # "all"
+            return TripletSource()
+        labels = labels_required(labels)
+        return TripletSource(
+            triplets=get_random_triplet_indices(
+                labels, ref_labels, t_per_anchor=triplets_per_anchor
+            )
         )
-        return TripletSource("triplets", triplets)
     if len(indices_tuple) == 4:
-        return TripletSource("pairs", tuple(t.long() for t in indices_tuple))  # type: ignore[arg-type]
-    return TripletSource("triplets", tuple(t.long() for t in indices_tuple))  # type: ignore[arg-type]
+        a1, p, a2, n = indices_tuple
+        return TripletSource(pairs=(a1.long(), p.long(), a2.long(), n.long()))
+    a, p, n = indices_tuple
+    return TripletSource(triplets=(a.long(), p.long(), n.long()))
 
 
 def list_triplets(
     source: TripletSource, labels: Tensor | None, ref_labels: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> TripletsTuple:
     """All triplets of ``source`` in the reference's order (memory proportional to T)."""
-    if source.kind == "labels":
-        assert labels is not None
-        return get_all_triplets_indices(labels, ref_labels)
-    if source.kind == "pairs":
-        return pairs_to_triplets(source.tuple)  # type: ignore[arg-type]
-    return source.tuple  # type: ignore[return-value]
+    if source.triplets is not None:
+        return source.triplets
+    if source.pairs is not None:
+        return pairs_to_triplets(source.pairs)
+    return get_all_triplets_indices(labels_required(labels), ref_labels)
 
 
-def apply_pending_stats(pending: list[tuple[BaseReducer, dict[str, Tensor]]]) -> None:
-    """Write the fast path's statistics into the reducers (after they ran), then forget them."""
-    for reducer, stats in pending:
-        reducer.set_stats(**stats)
-    pending.clear()
+def sums_entry(total: Tensor, count: Tensor, num: Tensor, **extra: Any) -> dict[str, Any]:
+    """A ``"sums"`` loss-dict entry: the reducer finishes it and records its statistics."""
+    return loss_entry(total, None, "sums", count=count, num=num, **extra)
 
 
-class PendingStatsMixin:
-    """Reducer statistics of the fast paths, written after the reducers ran.
-
-    List it before ``BaseMetricLossFunction``; ``__init__`` sets ``self._pending_stats = []``
-    and ``compute_loss`` appends ``(reducer, stats)`` to it.
-    """
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """See :meth:`BaseMetricLossFunction.forward`."""
-        self._pending_stats = []
-        loss = super().forward(  # type: ignore[misc]
-            embeddings, labels, indices_tuple, ref_emb, ref_labels
-        )
-        apply_pending_stats(self._pending_stats)
-        return loss
+def listed_sums(losses: Tensor, low: float | None, high: float | None) -> dict[str, Any]:
+    """The ``"sums"`` entry of listed losses, keeping those strictly inside ``(low, high)``."""
+    kept = threshold_mask(losses, low, high)
+    total = torch.where(kept, losses, 0).sum(dtype=accumulation_dtype(losses.dtype))
+    # fix: a NaN loss is not silently dropped by the filter (robustness rule)
+    total = torch.where(losses.isnan().any(), torch.full_like(total, float("nan")), total)
+    return sums_entry(total, kept.sum(), torch.tensor(len(losses), device=losses.device))
 
 
-# ---------------------------------------------------------------------------------------------
-
-
-class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
+class TripletMarginLoss(BaseMetricLossFunction):
     """Triplet margin loss (Schroff et al., 2015; Weinberger & Saul, 2009).
 
     Per triplet ``relu(d_ap - d_an + margin)`` (``softplus`` when ``smooth_loss``), written
     through ``distance.margin`` so similarities work too. Math:
     :func:`pml.losses.functional.triplet_margin_loss` and
     :func:`~pml.losses.functional.triplet_margin_loss_sums`.
+
+    Routes: listed triplets (a miner's triplets, random ones, or a reducer without a sums plan
+    such as DoNothing, ClassWeighted, a subclass) go through ``triplet_margin_loss`` and reach
+    the reducer as per-triplet losses (as sums when it has a plan). All triplets of the labels
+    or of a miner's pairs, with a reducer that has a plan without ``high`` (the default
+    AvgNonZero, Mean, Sum, Threshold(low)), are summed unlisted (``_all_triplets_sums``).
 
     Args:
         margin: the margin.
@@ -240,16 +151,14 @@ class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_triplets_per_anchor(triplets_per_anchor)
+        self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
         check_real("margin", margin)  # fix: the reference fails at forward
         check_bool("swap", swap)
         check_bool("smooth_loss", smooth_loss)
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss
-        self.triplets_per_anchor = triplets_per_anchor
         self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
-        self._pending_stats: list[tuple[BaseReducer, dict[str, Tensor]]] = []
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
@@ -265,27 +174,10 @@ class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         labels_or_indices_tuple_required(labels, indices_tuple)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
         mat = self.distance(embeddings, ref_emb)
-        swap_mat = None
-        if self.swap:
-            # fix: d(p, n) compares two reference rows; the reference indexed the
-            # (N, M) query-by-reference matrix with reference indices (IndexError or wrong rows).
-            swap_mat = mat if ref_emb is embeddings else self.distance(ref_emb)
-        reducer = sub_reducer(self.reducer, "loss")
-        plan = reduction_plan(reducer)
-        if plan is not None and source.kind != "triplets":
-            total, count, num = triplet_margin_loss_sums(
-                mat,
-                labels,
-                ref_labels,
-                pairs=source.tuple if source.kind == "pairs" else None,
-                margin=self.margin,
-                smooth=self.smooth_loss,
-                swap_mat=swap_mat,
-                is_inverted=self.distance.is_inverted,
-                low=plan.low,
-                same_set=is_same_set(labels, ref_labels),
-            )
-            return self._reduced(plan, reducer, total, count, num, embeddings)
+        swap_mat = self._swap_matrix(mat, embeddings, ref_emb)
+        plan = self.reducer_sums_plan("loss")
+        if source.triplets is None and plan is not None and plan.high is None:
+            return self._all_triplets_sums(mat, swap_mat, labels, ref_labels, source, plan.low)
         a, p, n = list_triplets(source, labels, ref_labels)
         if len(a) == 0:
             return self.zero_losses()
@@ -295,34 +187,57 @@ class TripletMarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         losses = triplet_margin_loss(
             ap, an, self.margin, smooth=self.smooth_loss, is_inverted=self.distance.is_inverted
         )
+        entry = loss_entry(losses, (a, p, n), "triplet")
         if plan is not None:
-            loss_dict = self._reduced(plan, reducer, *explicit_sums(losses, plan.low), embeddings)
-        else:
-            loss_dict = {"loss": loss_entry(losses, (a, p, n), "triplet")}
+            entry = listed_sums(losses, plan.low, plan.high)
         # fix: listed triplets may not read a NaN/inf row; the loss is NaN all the same
-        return poison_nonfinite(loss_dict, embeddings, ref_emb)
+        return poison_nonfinite({"loss": entry}, embeddings, ref_emb)
 
-    def _reduced(
+    def _swap_matrix(self, mat: Tensor, embeddings: Tensor, ref_emb: Tensor) -> Tensor | None:
+        """With ``swap``, the distances ``d(p, n)`` between reference rows (else None)."""
+        if not self.swap:
+            return None
+        # fix: d(p, n) compares two reference rows; the reference indexed the (N, M)
+        # query-by-reference matrix with reference indices (IndexError or wrong rows).
+        return mat if ref_emb is embeddings else self.distance(ref_emb)
+
+    def _all_triplets_sums(
         self,
-        plan: ReductionPlan,
-        reducer: BaseReducer,
-        total: Tensor,
-        count: Tensor,
-        num: Tensor,
-        embeddings: Tensor,
+        mat: Tensor,
+        swap_mat: Tensor | None,
+        labels: Tensor | None,
+        ref_labels: Tensor | None,
+        source: TripletSource,
+        low: float | None,
     ) -> LossDict:
-        value = reduce_sums(plan, total, count, num, zero_loss(embeddings))
-        if reducer.collect_stats:
-            self._pending_stats.append((reducer, plan_stats(plan, count, num)))
-        return {"loss": loss_entry(value, None, "already_reduced")}
+        """Every triplet of the labels or of ``source.pairs``, summed without listing them."""
+        total, count, num = triplet_margin_loss_sums(
+            mat,
+            labels,
+            ref_labels,
+            pairs=source.pairs,
+            margin=self.margin,
+            smooth=self.smooth_loss,
+            swap_mat=swap_mat,
+            is_inverted=self.distance.is_inverted,
+            low=low,
+            same_set=is_same_set(labels, ref_labels),
+        )
+        return {"loss": sums_entry(total, count, num)}
 
 
-class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
+class MarginLoss(BaseMetricLossFunction):
     """Margin loss of "Sampling Matters in Deep Embedding Learning" (Wu et al., 2017).
 
     Per triplet ``pos = relu(d_ap - beta + margin)`` and ``neg = relu(beta - d_an + margin)``,
     reduced as ``sum(pos + neg) / (#pos > 0 + #neg > 0)``; with ``learn_beta`` the boundary
-    ``beta`` is learnt (one per class with ``num_classes``) and ``nu * beta`` is added.
+    ``beta`` is learnt (one per class with ``num_classes``) and ``nu * beta`` is added. Math:
+    :func:`pml.losses.functional.margin_loss` and :func:`~pml.losses.functional.margin_loss_sums`.
+
+    Routes: listed triplets go through ``margin_loss`` (a miner's triplets, random ones, or a
+    reducer that needs the losses: AvgNonZero, ClassWeighted, a subclass, ...). All triplets
+    of the labels or of a miner's pairs, with reducers that finish from the sum of all losses
+    (the default Divisor, Mean, Sum), come from per-anchor sums (``_all_triplets_sums``).
 
     Args:
         margin: the margin ``alpha``.
@@ -352,20 +267,17 @@ class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_triplets_per_anchor(triplets_per_anchor)
+        self.triplets_per_anchor = check_triplets_per_anchor(triplets_per_anchor)
         check_real("margin", margin)
         check_real("nu", nu, min=0)  # fix: a negative weight rewards a large beta
         check_real("beta", beta)
         check_bool("learn_beta", learn_beta)
-        num_classes = check_int("num_classes", num_classes, min=1, allow_none=True)
+        self.num_classes = check_int("num_classes", num_classes, min=1, allow_none=True)
         self.margin = margin
         self.nu = nu
         self.learn_beta = learn_beta
-        self.num_classes = num_classes
-        self.initialize_beta(beta, num_classes)
-        self.triplets_per_anchor = triplets_per_anchor
+        self.initialize_beta(beta, self.num_classes)
         self.add_to_recordable_attributes(list_of_names=["margin", "nu", "beta"], is_stat=False)
-        self._pending_stats: list[tuple[BaseReducer, dict[str, Tensor]]] = []
 
     def initialize_beta(self, beta: float, num_classes: int | None) -> None:
         """``beta`` as a float32 tensor ``(1,)`` or ``(num_classes,)``; a Parameter if learnt.
@@ -391,84 +303,84 @@ class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> LossDict:
         labels_or_indices_tuple_required(labels, indices_tuple)
-        per_class = self.num_classes is not None
-        if per_class and labels is None:
-            raise TypeError("labels must be given when num_classes is set (beta is per class)")
-        if per_class:
-            # fix: labels index beta; uint8 labels would be read as a mask, int8 refused
-            same = ref_labels is labels
-            labels = check_index_labels(labels)
-            ref_labels = labels if same else ref_labels
+        labels, ref_labels = self._class_labels(labels, ref_labels)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
         mat = self.distance(embeddings, ref_emb)
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)
-        margin_reducer = sub_reducer(self.reducer, "margin_loss")
-        reg_reducer = sub_reducer(self.reducer, "beta_reg_loss")
-        reg_is_per_triplet = self.learn_beta and per_class
-        fast = (
-            source.kind != "triplets"
-            and type(margin_reducer) is DivisorReducer
-            and (not reg_is_per_triplet or type(reg_reducer) is DivisorReducer)
-        )
-        if fast:
-            return self._compute_fast(
-                mat, beta, labels, ref_labels, source, margin_reducer, reg_reducer
-            )
+        if source.triplets is None and self._reducers_take_sums():
+            return self._all_triplets_sums(mat, beta, labels, ref_labels, source)
         a, p, n = list_triplets(source, labels, ref_labels)
         if len(a) == 0:
             return self.zero_losses()
-        beta_t = self._class_beta(beta, labels[a]) if per_class else beta  # type: ignore[index]
+        beta_t = beta if self.num_classes is None else beta[self._anchor_labels(labels, a)]
         pos, neg = margin_loss(
             mat[a, p], mat[a, n], beta_t, self.margin, is_inverted=self.distance.is_inverted
         )
         divisor = (pos > 0).sum() + (neg > 0).sum()
-        out = {"margin_loss": loss_entry(pos + neg, (a, p, n), "triplet", divisor=divisor)}
-        if reg_is_per_triplet:
-            out["beta_reg_loss"] = loss_entry(beta_t * self.nu, a, "element", divisor=divisor)
+        margin = loss_entry(pos + neg, (a, p, n), "triplet", divisor=divisor)
+        return self._with_beta_reg(
+            margin, beta, lambda: loss_entry(beta_t * self.nu, a, "element", divisor=divisor)
+        )
+
+    def _class_labels(
+        self, labels: Tensor | None, ref_labels: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """With ``num_classes`` labels index ``beta``: required, int64 (``ref`` identity kept)."""
+        if self.num_classes is None:
+            return labels, ref_labels
+        if labels is None:
+            raise TypeError("labels must be given when num_classes is set (beta is per class)")
+        # fix: labels index beta; uint8 labels would be read as a mask, int8 refused
+        checked = check_index_labels(labels)
+        return checked, checked if ref_labels is labels else ref_labels
+
+    def _anchor_labels(self, labels: Tensor | None, anchors: Tensor) -> Tensor:
+        """The labels of anchors that have triplets; ValueError outside ``[0, num_classes)``."""
+        name = f"labels of anchors (they index beta, num_classes={self.num_classes})"
+        return check_index_labels(labels_required(labels)[anchors], name, self.num_classes)
+
+    def _reducers_take_sums(self) -> bool:
+        """Each reducer of a per-triplet sub-loss finishes from the sum of all its losses."""
+        names = ["margin_loss"]
+        if self.learn_beta and self.num_classes is not None:
+            names.append("beta_reg_loss")
+        plans = [self.reducer_sums_plan(name) for name in names]
+        return all(plan is not None and plan.kind != "threshold" for plan in plans)
+
+    def _with_beta_reg(
+        self, margin: dict[str, Any], beta: Tensor, per_triplet_reg: Callable[[], dict[str, Any]]
+    ) -> LossDict:
+        """The loss dict: ``margin_loss`` and ``beta_reg_loss``.
+
+        ``nu * beta`` when beta is learnt; per class, ``nu * beta[anchor label]`` per triplet,
+        reduced like the margin loss (``per_triplet_reg`` of the route); else nothing.
+        """
+        if not self.learn_beta:
+            reg = zero_loss_entry()
+        elif self.num_classes is None:
+            reg = loss_entry(beta * self.nu, None, "already_reduced")
         else:
-            out["beta_reg_loss"] = self._scalar_beta_reg(beta)
-        return out
+            reg = per_triplet_reg()
+        return {"margin_loss": margin, "beta_reg_loss": reg}
 
-    @staticmethod
-    def _class_beta(beta: Tensor, anchor_labels: Tensor) -> Tensor:
-        """``beta[anchor_labels]``; ValueError for labels outside ``[0, num_classes)``."""
-        if len(anchor_labels) and not bool(
-            ((anchor_labels >= 0) & (anchor_labels < len(beta))).all()
-        ):
-            raise ValueError(
-                f"labels must lie in [0, num_classes) = [0, {len(beta)}) when num_classes is "
-                f"set (beta is indexed by the anchor's label); got "
-                f"[{int(anchor_labels.min())}, {int(anchor_labels.max())}]"
-            )
-        return beta[anchor_labels]
-
-    def _scalar_beta_reg(self, beta: Tensor) -> dict[str, Any]:
-        if self.learn_beta:
-            return loss_entry(beta * self.nu, None, "already_reduced")
-        return zero_loss_entry()
-
-    def _compute_fast(
+    def _all_triplets_sums(
         self,
         mat: Tensor,
         beta: Tensor,
         labels: Tensor | None,
         ref_labels: Tensor | None,
         source: TripletSource,
-        margin_reducer: BaseReducer,
-        reg_reducer: BaseReducer,
     ) -> LossDict:
+        """Every triplet of the labels or of ``source.pairs``, from per-anchor sums."""
         per_class = self.num_classes is not None
-        beta_row = beta
-        if per_class:  # rows without triplets may carry any label (they are never used)
-            assert labels is not None
-            in_range = (labels >= 0) & (labels < len(beta))
-            beta_row = beta[torch.where(in_range, labels, 0)]
+        # rows without triplets may carry any label: they read some beta that is never used
+        beta_row = beta[labels_required(labels).clamp(0, len(beta) - 1)] if per_class else beta
         losses, divisor, num_row = margin_loss_sums(
             mat,
             beta_row,
             labels,
             ref_labels,
-            pairs=source.tuple if source.kind == "pairs" else None,
+            pairs=source.pairs,
             margin=self.margin,
             is_inverted=self.distance.is_inverted,
             same_set=is_same_set(labels, ref_labels),
@@ -476,17 +388,11 @@ class MarginLoss(PendingStatsMixin, BaseMetricLossFunction):
         num = num_row.sum()
         if not bool(num > 0):
             return self.zero_losses()
-        if per_class and not bool(in_range[num_row > 0].all()):
-            self._class_beta(beta, labels[num_row > 0])  # type: ignore[index]  # raises
-        rows = torch.arange(len(losses), device=losses.device)
-        out = {"margin_loss": loss_entry(losses, rows, "element", divisor=divisor)}
-        if margin_reducer.collect_stats:
-            self._pending_stats.append((margin_reducer, {"losses_size": num}))
-        if self.learn_beta and per_class:
-            reg = beta_row * self.nu * num_row.to(beta_row.dtype)
-            out["beta_reg_loss"] = loss_entry(reg, rows, "element", divisor=divisor)
-            if reg_reducer.collect_stats:
-                self._pending_stats.append((reg_reducer, {"losses_size": num}))
-        else:
-            out["beta_reg_loss"] = self._scalar_beta_reg(beta)
-        return out
+        if per_class:
+            self._anchor_labels(labels, num_row > 0)
+        reg = beta_row.to(losses.dtype) * self.nu * num_row  # nu * beta of each triplet, summed
+        return self._with_beta_reg(
+            sums_entry(losses.sum(), num, num, divisor=divisor),
+            beta,
+            lambda: sums_entry(reg.sum(), num, num, divisor=divisor),
+        )

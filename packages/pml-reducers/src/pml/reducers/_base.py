@@ -40,11 +40,12 @@ def finish_from_sums(
     """The reduced value from sufficient statistics; ``fallback`` when its denominator is 0.
 
     ``total`` is the sum of the kept losses (all of them for ``"sum"``/``"mean"``), ``count``
-    how many were kept and ``num`` how many there were in all. No device sync.
+    how many were kept and ``num`` how many there were in all. A NaN ``total`` (what a loss
+    hands for non-finite inputs, whose NaN losses no filter keeps) stays NaN. No device sync.
     """
     denom = count if kind == "threshold" else num
     value = total if kind == "sum" else total / denom.clamp(min=1).to(total.dtype)
-    return torch.where(denom > 0, value.to(fallback.dtype), fallback)
+    return torch.where((denom > 0) | total.isnan(), value.to(fallback.dtype), fallback)
 
 
 def input_is_zero_loss(losses: Any) -> bool:

@@ -152,7 +152,9 @@ class MissingDivisorError(ValueError, KeyError):
 class DivisorReducer(_UniformReducer):
     """``sum(losses) / divisor``, the divisor coming from the loss dict (``"divisor"`` key).
 
-    A zero divisor gives the zero loss. The last divisor is kept in ``self.divisor``.
+    A zero divisor gives the zero loss. The last divisor is kept in ``self.divisor``. From sums
+    (see :class:`BaseReducer`) its plan is ``"sum"``: the loss hands the sum of all its losses
+    with the ``"divisor"`` beside it.
 
     Raises:
         ValueError: (also a ``KeyError``) the loss gives no divisor: only losses that put a
@@ -181,6 +183,17 @@ class DivisorReducer(_UniformReducer):
         divisor = kw["divisor"]
         self.divisor = divisor
         return RF.divide_or_fallback(losses, divisor, self.zero_loss(embeddings))
+
+    def sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        # the sum of all losses; the loss hands its divisor next to it, as with losses
+        return SumsPlan("sum") if type(self) is DivisorReducer else None
+
+    def sums_reduction(
+        self, total: Tensor, embeddings: Tensor, *, count: Tensor, num: Tensor, **kw: Any
+    ) -> Tensor:
+        """``total / divisor`` (the entry's ``"divisor"``), divided in ``total``'s dtype."""
+        super().sums_reduction(total, embeddings, count=count, num=num)  # plan check, stats
+        return self.reduce(total, embeddings, **kw)
 
 
 class ClassWeightedReducer(_UniformReducer):

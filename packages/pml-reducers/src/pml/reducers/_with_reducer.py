@@ -9,7 +9,7 @@ import torch
 
 from pml.core.records import ModuleWithRecords
 from pml.distances import ModuleWithRecordsAndDistance
-from pml.reducers._base import BaseReducer
+from pml.reducers._base import BaseReducer, SumsPlan
 from pml.reducers._basic import DoNothingReducer, MeanReducer
 from pml.reducers._composite import MultipleReducers
 
@@ -37,6 +37,15 @@ class ModuleWithRecordsAndReducer(ModuleWithRecords):
 
     def _sub_loss_names(self) -> list[str]:
         return ["loss"]
+
+    def reducer_sums_plan(self, name: str = "loss") -> SumsPlan | None:
+        """What ``self.reducer`` can finish sub-loss ``name`` from (see :class:`BaseReducer`).
+
+        None (hand it per-element losses) also for a module that is not a :class:`BaseReducer`
+        (accepted like the reference), so a loss asks here rather than the reducer itself.
+        """
+        reducer = self.reducer
+        return reducer.sums_plan(name) if isinstance(reducer, BaseReducer) else None
 
     def set_reducer(self, reducer: BaseReducer | None) -> None:
         """Build ``self.reducer`` following the reference's rules (see class docstring).

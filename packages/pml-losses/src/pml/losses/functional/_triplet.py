@@ -14,10 +14,10 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype, pos_inf
 from pml.losses.functional._triplet_engine import (
-    DenseLayout,
-    GroupedLayout,
-    Layout,
     block_sums,
+    dense_layout,
+    distance_like,
+    layout_for,
     threshold_sums,
 )
 
@@ -33,29 +33,6 @@ __all__ = [
     "triplet_margin_loss",
     "triplet_margin_loss_sums",
 ]
-
-
-def _layout(
-    num_rows: int,
-    labels: Tensor | None,
-    ref_labels: Tensor | None,
-    pairs: Sequence[Tensor] | None,
-    same_set: bool | None,
-) -> Layout:
-    if pairs is not None:
-        if len(pairs) != 4:
-            raise ValueError(f"pairs must be a 4-tuple (a1, p, a2, n); got {len(pairs)} entries")
-        return GroupedLayout(pairs, num_rows)
-    if labels is None:
-        raise ValueError("labels must be given when pairs is None")
-    same = (ref_labels is None or ref_labels is labels) if same_set is None else same_set
-    return DenseLayout(labels, labels if ref_labels is None else ref_labels, same)
-
-
-def _distance_like(mat: Tensor, is_inverted: bool) -> Tensor:
-    """``mat`` in the accumulation dtype, negated for similarities (smaller = closer)."""
-    d = mat.to(accumulation_dtype(mat.dtype))
-    return (-d if is_inverted else d).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,12 +118,12 @@ def triplet_margin_loss_sums(
         >>> round(total.item(), 4), count.item(), num.item()
         (0.3, 1, 2)
     """
-    layout = _layout(mat.shape[0], labels, ref_labels, pairs, same_set)
-    d = _distance_like(mat, is_inverted)
+    layout = layout_for(mat.shape[0], labels, ref_labels, pairs, same_set)
+    d = distance_like(mat, is_inverted)
     if smooth or swap_mat is not None:
         d_pn = None
         if swap_mat is not None:
-            d_pn = d if swap_mat is mat else _distance_like(swap_mat, is_inverted)
+            d_pn = d if swap_mat is mat else distance_like(swap_mat, is_inverted)
         return block_sums(d, layout, margin, smooth=smooth, d_pn=d_pn, low=low)
     # hinge: loss > tau  <=>  x = d_ap - d_an > tau - margin; losses are >= 0, so a negative
     # `low` selects every triplet while the non-zero ones carry the whole sum.
@@ -236,8 +213,7 @@ def margin_loss_sums(
     """
     acc = accumulation_dtype(mat.dtype)
     n = mat.shape[0]
-    beta = beta.to(device=mat.device, dtype=acc).reshape(-1)
-    beta = beta.expand(n) if beta.numel() == 1 else beta
+    beta = beta.to(device=mat.device, dtype=acc).reshape(-1).expand(n)
     if pairs is not None:
         a1, p, a2, nn_ = (t.long() for t in pairs)
         n_pos = torch.bincount(a1, minlength=n)[:n]
@@ -249,16 +225,11 @@ def margin_loss_sums(
         losses = zeros.index_add(0, a1, pos_w * pos).index_add(0, a2, neg_w * neg)
         divisor = (pos_w * (pos > 0)).sum() + (neg_w * (neg > 0)).sum()
         return losses, divisor, n_pos * n_neg
-    if labels is None:
-        raise ValueError("labels must be given when pairs is None")
-    ref = labels if ref_labels is None else ref_labels
-    same = (ref_labels is None or ref_labels is labels) if same_set is None else same_set
-    pos_mask, neg_mask = DenseLayout(labels, ref, same).masks(0, n)
+    pos_mask, neg_mask = dense_layout(labels, ref_labels, same_set).masks(0, n)
     n_pos, n_neg = pos_mask.sum(dim=1), neg_mask.sum(dim=1)
     m = mat.to(acc)
     pos, neg = margin_loss(m, m, beta.unsqueeze(1), margin, is_inverted=is_inverted)
-    pos = torch.where(pos_mask, pos, 0)
-    neg = torch.where(neg_mask, neg, 0)
+    pos, neg = torch.where(pos_mask, pos, 0), torch.where(neg_mask, neg, 0)
     losses = n_neg * pos.sum(dim=1) + n_pos * neg.sum(dim=1)
     divisor = (n_neg * (pos > 0).sum(dim=1)).sum() + (n_pos * (neg > 0).sum(dim=1)).sum()
     return losses, divisor, n_pos * n_neg
@@ -292,14 +263,18 @@ def _dsm_from_sums(
     delta = 2 * abs(min_val) / nb
     cnt = counts.to(acc)
     n_num = num.to(acc)
-    # regions: below the first node (u < 0), between nodes b and b+1 (b < nb - 1), at or
-    # above the last node (u >= nb - 1)
+    # A value x sits at u = (x - min_val) / delta on the node axis. Inside bin b (node b <= u
+    # < node b + 1, b < nb - 1) it gives 1 - frac(u) to node b and frac(u) to node b + 1;
+    # below node 0 it all goes to node 0, at or above the last node all to the last node. So
+    # only each region's count and sum of x are needed (differences of the prefix sums), with
+    # sum(frac(u)) = (x_bin - n_bin * min_val) / delta - b * n_bin in bin b; the loss weights
+    # the x of bin b by CDF[b] (node 0 below the range, the last node above it).
     n_low, x_low = cnt[0], sums[0]
     n_bin, x_bin = cnt[1:] - cnt[:-1], sums[1:] - sums[:-1]
     n_high, x_high = n_num - cnt[-1], total - sums[-1]
     b = torch.arange(nb - 1, device=sums.device, dtype=acc)
     sum_alpha = (x_bin - n_bin * min_val) / delta - b * n_bin  # sum of frac(u) in bin b
-    pad = torch.nn.functional.pad
+    pad = torch.nn.functional.pad  # node b: its own bin's lower share + bin b - 1's upper share
     contrib = (pad(n_bin - sum_alpha, (0, 2)) + pad(sum_alpha, (1, 1)))[:nb]
     contrib = torch.cat([contrib[:1] + n_low, contrib[1:]])
     contrib = torch.cat([contrib[:-1], contrib[-1:] + n_high])
@@ -382,8 +357,8 @@ def dynamic_soft_margin_loss_from_mat(
     Returns:
         ``(loss, new_hist, num_triplets)``; ``loss`` is NaN when there is no triplet.
     """
-    layout = _layout(mat.shape[0], labels, ref_labels, pairs, same_set)
-    d = _distance_like(mat, False)
+    layout = layout_for(mat.shape[0], labels, ref_labels, pairs, same_set)
+    d = distance_like(mat, False)
     edges = _dsm_edges(min_val, hist.numel())
     sums, counts = threshold_sums(d, layout, edges, "lt", with_total=True)
     loss, new = _dsm_from_sums(

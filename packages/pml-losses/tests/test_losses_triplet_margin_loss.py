@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import pml.losses.functional._triplet_engine as engine
 from pml.core.indices import get_all_pairs_indices, get_random_triplet_indices
 from pml.core.testing import assert_close
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import BaseMetricLossFunction, TripletMarginLoss
 from pml.losses.functional import triplet_margin_loss, triplet_margin_loss_sums
+from pml.losses.functional._triplet_engine import _block_sums, _layouts, _threshold_sums
 from pml.reducers import (
     AvgNonZeroReducer,
     ClassWeightedReducer,
@@ -23,6 +23,15 @@ from pml.reducers import (
 from pml.regularizers import LpRegularizer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4, 0, 2])
+
+#: the engine's work budgets and route thresholds, by the module that reads them
+ENGINE_KNOBS = {
+    "CHUNK_ELEMENTS": _layouts,
+    "BLOCK_ELEMENTS": _block_sums,
+    "COMPARE_BLOCK_ELEMENTS": _threshold_sums,
+    "STORE_ELEMENTS": _threshold_sums,
+    "COMPARE_MAX_POSITIVES": _threshold_sums,
+}
 
 
 def data(n: int = 12, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
@@ -167,7 +176,7 @@ def test_sums_match_naive_triplet_loop(source, smooth, swap, inverted, low):
         {"COMPARE_MAX_POSITIVES": 0},  # sort + searchsorted path
         {"STORE_ELEMENTS": 0},  # recompute the counts in backward
         {"COMPARE_MAX_POSITIVES": 0, "STORE_ELEMENTS": 0, "CHUNK_ELEMENTS": 20},
-        {"CHUNK_ELEMENTS": 13, "BLOCK_ELEMENTS": 7},  # many chunks and blocks
+        {"CHUNK_ELEMENTS": 13, "BLOCK_ELEMENTS": 7, "COMPARE_BLOCK_ELEMENTS": 5},  # many
     ],
 )
 @pytest.mark.parametrize("source", ["labels", "ref", "pairs"])
@@ -193,7 +202,7 @@ def test_engine_paths_agree(monkeypatch, patch, source, variant):
 
     expected = run()
     for name, value in patch.items():
-        monkeypatch.setattr(engine, name, value)
+        monkeypatch.setattr(ENGINE_KNOBS[name], name, value)
     got = run()
     torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
     assert got[1] == expected[1] and got[2] == expected[2]
@@ -216,7 +225,7 @@ def test_engine_paths_agree(monkeypatch, patch, source, variant):
 )
 def test_sums_gradcheck(monkeypatch, sort_path, source, smooth, swap):
     if sort_path:
-        monkeypatch.setattr(engine, "COMPARE_MAX_POSITIVES", 0)
+        monkeypatch.setattr(_threshold_sums, "COMPARE_MAX_POSITIVES", 0)
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
     mat = torch.rand(6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     kw = {"labels": labels} if source == "labels" else {"pairs": mined_pairs(labels, mat, 5)}
@@ -495,3 +504,51 @@ def test_bad_input():
         TripletMarginLoss()(data())
     with pytest.raises(ValueError, match="labels"):
         TripletMarginLoss()(data(), LABELS[:5])
+
+
+def test_nan_embedding_with_no_other_violating_triplet_gives_nan():
+    # every finite triplet has loss 0, so no loss passes AvgNonZero's filter: a NaN row must
+    # still give NaN, not the zero loss (unlisted sums, a miner's pairs and listed triplets)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    emb = torch.tensor(
+        [[1.0, 0], [1, 0.01], [-0.5, 0.86], [-0.5, 0.87], [-0.5, -0.86], [-0.5, -0.87]]
+    )
+    assert TripletMarginLoss(margin=0.1)(emb, labels) == 0
+    emb = emb.double()
+    emb[5, 0] = float("nan")
+    pairs = get_all_pairs_indices(labels)
+    triplets = tuple(torch.tensor(x) for x in zip(*naive_triplets(labels.tolist())))
+    for it in (None, pairs, triplets):
+        assert torch.isnan(TripletMarginLoss(margin=0.1)(emb, labels, it))
+
+
+class _UserReducer(torch.nn.Module):
+    """A plain module reducer (accepted like the reference): it has no sums plan."""
+
+    def forward(self, loss_dict, embeddings, labels):
+        return sum(v["losses"].mean() for v in loss_dict.values())
+
+
+def test_a_user_module_reducer_gets_every_triplet():
+    emb = data()
+    got = TripletMarginLoss(margin=0.3, reducer=_UserReducer())(emb, LABELS)
+    losses = naive_losses(LpDistance()(emb), naive_triplets(LABELS.tolist()), 0.3)
+    torch.testing.assert_close(got, losses.mean())
+
+
+@pytest.mark.parametrize("source", ["labels", "pairs", "triplets"])
+def test_threshold_reducer_with_both_bounds_matches_naive(source):
+    emb = data()
+    it = None
+    if source == "pairs":
+        it = mined_pairs(LABELS, emb)
+        trip = naive_pair_triplets(it)
+    else:
+        trip = naive_triplets(LABELS.tolist())
+        if source == "triplets":
+            trip = trip[::2]
+            it = tuple(torch.tensor(x) for x in zip(*trip))
+    reducer = ThresholdReducer(low=0.05, high=0.6)
+    got = TripletMarginLoss(margin=0.5, reducer=reducer)(emb, LABELS, it)
+    losses = naive_losses(LpDistance()(emb), trip, 0.5)
+    torch.testing.assert_close(got, losses[(losses > 0.05) & (losses < 0.6)].mean())

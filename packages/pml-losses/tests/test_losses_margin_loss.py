@@ -11,7 +11,14 @@ from pml.core.testing import assert_close
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import BaseMetricLossFunction, MarginLoss
 from pml.losses.functional import margin_loss, margin_loss_sums
-from pml.reducers import DivisorReducer, DoNothingReducer, MeanReducer, MultipleReducers
+from pml.reducers import (
+    AvgNonZeroReducer,
+    DivisorReducer,
+    DoNothingReducer,
+    MeanReducer,
+    MultipleReducers,
+    SumReducer,
+)
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 2])
 REF_LABELS = torch.tensor([0, 1, 1, 2, 3, 3, 0, 2])
@@ -275,3 +282,16 @@ def test_per_class_beta_labels_out_of_range():
         reducer = None if fast else DoNothingReducer()
         with pytest.raises(ValueError, match="num_classes"):
             MarginLoss(num_classes=2, reducer=reducer)(emb, torch.tensor([0, 0, 1, 7, 7]))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"learn_beta": True, "nu": 0.2, "num_classes": 4}])
+@pytest.mark.parametrize("reducer", [MeanReducer, SumReducer, AvgNonZeroReducer])
+def test_other_reducers_match_reducing_every_triplet(kwargs, reducer):
+    emb = data()
+    out = MarginLoss(**kwargs, reducer=DoNothingReducer())(emb, LABELS)
+    got_fn = MarginLoss(**kwargs, reducer=reducer(collect_stats=True))
+    got = got_fn(emb, LABELS)
+    want = MultipleReducers({}, default_reducer=reducer())(out, emb, LABELS)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    sub = got_fn.reducer.reducers["margin_loss"]
+    assert sub.losses_size == len(out["margin_loss"]["losses"])

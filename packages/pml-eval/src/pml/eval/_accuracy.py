@@ -14,7 +14,9 @@ from torch import Tensor
 from pml.core import config
 from pml.core.validation import check_finite, check_int
 from pml.eval import functional as EF
+from pml.eval._clustering import default_kmeans_func
 from pml.eval._io import as_embeddings, as_labels, common_dtype
+from pml.eval._knn import CustomKNN, TorchKNN
 from pml.eval._metrics import (
     EQUALITY,
     LabelComparisonFn,
@@ -28,7 +30,6 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
-from pml.eval._neighbors import CustomKNN, TorchKNN, default_kmeans_func
 
 KNNFunc = Callable[[Tensor, int, Tensor, bool], tuple[Tensor, Tensor]]
 KMeansFunc = Callable[[Tensor, int], Tensor]

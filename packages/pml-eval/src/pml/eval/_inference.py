@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from pml.core.validation import check_finite
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.eval._faiss import faiss_available
-from pml.eval._neighbors import FaissKNN, TorchKNN
+from pml.eval._knn import FaissKNN, TorchKNN
 from pml.eval.functional import chunk_rows
 
 __all__ = ["InferenceModel", "MatchFinder"]

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from pml.core import config
 from pml.core.validation import InvalidArgumentError
 from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._clustering import run_pca
 from pml.eval._labels import LabelMapper
-from pml.eval._neighbors import run_pca
 
 __all__ = [
     "BaseTester",

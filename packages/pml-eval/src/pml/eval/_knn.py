@@ -1,4 +1,4 @@
-"""k-NN and k-means back-ends: plain torch (default) and faiss (when installed)."""
+"""k-NN back-ends: plain torch (TorchKNN, CustomKNN; the default) and faiss (FaissKNN)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,11 @@ from pml.core import config
 from pml.core.validation import check_finite
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
-from pml.eval._faiss import faiss_available, num_gpus, require_faiss
+from pml.eval._faiss import num_gpus, require_faiss
 from pml.eval._index_files import TORCH_FORMAT, file_kind, read_faiss_flat_l2, read_torch_index
 from pml.eval._io import as_embeddings, atomic_write, to_numpy_f32
 
-__all__ = [
-    "CustomKNN",
-    "FaissKMeans",
-    "FaissKNN",
-    "IndexNotReadyError",
-    "TorchKMeans",
-    "TorchKNN",
-    "default_kmeans_func",
-    "run_pca",
-]
+__all__ = ["CustomKNN", "FaissKNN", "IndexNotReadyError", "TorchKNN"]
 
 
 class IndexNotReadyError(ValueError, AttributeError):
@@ -407,103 +398,3 @@ class FaissKNN:
     def reset(self) -> None:
         """Drop the index."""
         self.index = None
-
-
-def _check_clusters(x: Tensor, nmb_clusters: Any) -> int:
-    if isinstance(nmb_clusters, bool) or not isinstance(nmb_clusters, int):
-        raise TypeError(f"nmb_clusters must be an int; got {type(nmb_clusters).__name__}")
-    if not 1 <= nmb_clusters <= x.shape[0]:
-        raise ValueError(
-            f"nmb_clusters must be in [1, {x.shape[0]}] (the number of points); got {nmb_clusters}"
-        )
-    return nmb_clusters
-
-
-class FaissKMeans:
-    """k-means with ``faiss.Kmeans(d, nmb_clusters, **kwargs)``.
-
-    faiss defaults decide the numbers: niter 25 (AccuracyCalculator passes 20), seed 1234,
-    random initial centroids, training on at most 256 points per centroid.
-
-    Raises:
-        ImportError: faiss is not installed.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        require_faiss("FaissKMeans")
-        self.kwargs = kwargs
-
-    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
-        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
-        faiss = require_faiss("FaissKMeans")
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
-        data = to_numpy_f32(x_t)
-        dim = data.shape[1]
-        config.LOGGER.info("running k-means clustering with k=%d", nmb_clusters)
-        config.LOGGER.info("embedding dimensionality is %d", dim)
-        kmeans = faiss.Kmeans(dim, nmb_clusters, **self.kwargs)
-        kmeans.train(data)
-        _, ids = kmeans.index.search(data, 1)
-        return torch.from_numpy(ids[:, 0]).to(device=x_t.device, dtype=torch.long)
-
-
-class TorchKMeans:
-    """k-means in plain torch (k-means++ seeding, Lloyd iterations, chunked assignment).
-
-    Used by :class:`AccuracyCalculator` when faiss is not installed. Deterministic for a seed;
-    its clusters (hence NMI/AMI) can differ slightly from faiss's.
-
-    Args:
-        niter: Lloyd iterations.
-        seed: generator seed.
-        max_points_per_centroid: training sub-sample per centroid (faiss's default 256).
-
-    Example:
-        >>> TorchKMeans()(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2).bincount().tolist()
-        [2, 2]
-    """
-
-    def __init__(
-        self, niter: int = 20, seed: int = 1234, max_points_per_centroid: int = 256
-    ) -> None:
-        self.niter = niter
-        self.seed = seed
-        self.max_points_per_centroid = max_points_per_centroid
-
-    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
-        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
-        with torch.no_grad():
-            ids, _ = EF.kmeans(
-                x_t,
-                nmb_clusters,
-                niter=self.niter,
-                seed=self.seed,
-                max_points_per_centroid=self.max_points_per_centroid,
-            )
-        return ids
-
-
-def default_kmeans_func(device: torch.device) -> FaissKMeans | TorchKMeans:
-    """``FaissKMeans(niter=20)`` when faiss is installed, else ``TorchKMeans(niter=20)``."""
-    if faiss_available():
-        faiss = require_faiss("FaissKMeans")
-        return FaissKMeans(niter=20, gpu=device.type == "cuda" and num_gpus(faiss) > 0)
-    return TorchKMeans(niter=20)
-
-
-def run_pca(x: Tensor, output_dimensionality: int) -> Tensor:
-    """PCA to ``output_dimensionality`` dims (mean-centred, no whitening), on ``x``'s device.
-
-    Plain torch (no faiss needed); each axis's sign is arbitrary, as with faiss.
-
-    Example:
-        >>> run_pca(torch.randn(10, 4), 2).shape
-        torch.Size([10, 2])
-    """
-    x_t = as_embeddings(x, "x")
-    return EF.pca(x_t, output_dimensionality)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from pml.core import config
-from pml.core.validation import check_finite
+from pml.core.validation import check_finite, check_int
 from pml.eval import functional as EF
 from pml.eval._faiss import faiss_available, num_gpus, require_faiss
 from pml.eval._io import as_embeddings, to_numpy_f32
@@ -16,14 +16,12 @@ from pml.eval._io import as_embeddings, to_numpy_f32
 __all__ = ["FaissKMeans", "TorchKMeans", "default_kmeans_func", "run_pca"]
 
 
-def _check_clusters(x: Tensor, nmb_clusters: Any) -> int:
-    if isinstance(nmb_clusters, bool) or not isinstance(nmb_clusters, int):
-        raise TypeError(f"nmb_clusters must be an int; got {type(nmb_clusters).__name__}")
-    if not 1 <= nmb_clusters <= x.shape[0]:
-        raise ValueError(
-            f"nmb_clusters must be in [1, {x.shape[0]}] (the number of points); got {nmb_clusters}"
-        )
-    return nmb_clusters
+def _clustering_inputs(x: Any, nmb_clusters: Any) -> tuple[Tensor, int]:
+    """Finite 2-D points and ``1 <= nmb_clusters <= len(x)``."""
+    x_t = as_embeddings(x, "x")
+    num = check_int("nmb_clusters", nmb_clusters, min=1, max=x_t.shape[0])
+    check_finite(x_t, "x")
+    return x_t, num
 
 
 class FaissKMeans:
@@ -43,9 +41,7 @@ class FaissKMeans:
     def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
         """Cluster ids ``(N,)`` int64 on ``x``'s device."""
         faiss = require_faiss("FaissKMeans")
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
+        x_t, nmb_clusters = _clustering_inputs(x, nmb_clusters)
         data = to_numpy_f32(x_t)
         dim = data.shape[1]
         config.LOGGER.info("running k-means clustering with k=%d", nmb_clusters)
@@ -67,6 +63,10 @@ class TorchKMeans:
         seed: generator seed.
         max_points_per_centroid: training sub-sample per centroid (faiss's default 256).
 
+    Raises:
+        TypeError: an argument that is not an int.
+        ValueError: a negative ``niter`` or ``max_points_per_centroid < 1``.
+
     Example:
         >>> TorchKMeans()(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2).bincount().tolist()
         [2, 2]
@@ -75,15 +75,15 @@ class TorchKMeans:
     def __init__(
         self, niter: int = 20, seed: int = 1234, max_points_per_centroid: int = 256
     ) -> None:
-        self.niter = niter
-        self.seed = seed
-        self.max_points_per_centroid = max_points_per_centroid
+        self.niter = check_int("niter", niter, min=0)
+        self.seed = check_int("seed", seed)
+        self.max_points_per_centroid = check_int(
+            "max_points_per_centroid", max_points_per_centroid, min=1
+        )
 
     def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
         """Cluster ids ``(N,)`` int64 on ``x``'s device."""
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
+        x_t, nmb_clusters = _clustering_inputs(x, nmb_clusters)
         with torch.no_grad():
             ids, _ = EF.kmeans(
                 x_t,
@@ -107,6 +107,10 @@ def run_pca(x: Tensor, output_dimensionality: int) -> Tensor:
     """PCA to ``output_dimensionality`` dims (mean-centred, no whitening), on ``x``'s device.
 
     Plain torch (no faiss needed); each axis's sign is arbitrary, as with faiss.
+
+    Raises:
+        TypeError: ``output_dimensionality`` is not an int.
+        ValueError: ``x`` is not 2-D, or ``output_dimensionality`` is not in ``[1, D]``.
 
     Example:
         >>> run_pca(torch.randn(10, 4), 2).shape

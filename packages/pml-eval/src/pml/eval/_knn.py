@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from pml.core import config
-from pml.core.validation import check_finite
+from pml.core.validation import check_finite, check_int, check_type
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
 from pml.eval._faiss import num_gpus, require_faiss
 from pml.eval._index_files import TORCH_FORMAT, file_kind, read_faiss_flat_l2, read_torch_index
-from pml.eval._io import as_embeddings, atomic_write, to_numpy_f32
+from pml.eval._io import as_embeddings, atomic_write, check_dim, to_numpy_f32
 
 __all__ = ["CustomKNN", "FaissKNN", "IndexNotReadyError", "TorchKNN"]
 
@@ -27,17 +27,22 @@ class IndexNotReadyError(ValueError, AttributeError):
     """
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer; got {k!r}")
-    return k
+def _search_inputs(k: Any, query: Any, reference: Any) -> tuple[int, Tensor, Tensor | None]:
+    """``k >= 0``, a 2-D query and an optional reference of the query's dim."""
+    k = check_int("k", k, min=0)
+    query_t = as_embeddings(query, "query")
+    if reference is None:
+        return k, query_t, None
+    ref_t = as_embeddings(reference, "reference")
+    check_dim(ref_t, "reference", query_t.shape[1], "query")
+    return k, query_t, ref_t
 
 
 def _index_embeddings(embeddings: Any, dim: int | None = None) -> Tensor:
     """Embeddings to put in an index: 2-D, finite, of the index's ``dim`` when given."""
     emb = as_embeddings(embeddings, "embeddings")
-    if dim is not None and emb.shape[1] != dim:
-        raise ValueError(f"embeddings must have dim {dim} like the index; got {emb.shape[1]}")
+    if dim is not None:
+        check_dim(emb, "embeddings", dim, "the index")
     check_finite(emb, "embeddings")
     return emb
 
@@ -72,7 +77,7 @@ class TorchKNN:
 
     Args:
         distance: a pml distance, or None for squared L2 on the raw embeddings.
-        batch_size: query rows per block; None picks blocks of ~8M distances.
+        batch_size: query rows per block; None picks blocks of ~16M distances.
 
     Example:
         >>> knn = TorchKNN()
@@ -90,12 +95,8 @@ class TorchKNN:
             raise TypeError(
                 f"distance must be a pml distance or None; got {type(distance).__name__}"
             )
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
         self.distance = distance
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size, min=1, allow_none=True)
         self.index: Tensor | None = None
 
     @property
@@ -129,28 +130,19 @@ class TorchKNN:
 
         Raises:
             IndexNotReadyError: no reference and no trained index.
-            ValueError: query/reference not 2-D, of different dims (or not the index's), or
-                holding NaN/inf.
+            TypeError: ``k`` is not an int.
+            ValueError: a negative ``k``; query/reference not 2-D, of different dims (or not
+                the index's), or holding NaN/inf.
         """
-        k = _check_k(k)
-        query = as_embeddings(query, "query")
+        k, query, reference = _search_inputs(k, query, reference)
         if reference is None:
             if self.index is None:
                 raise IndexNotReadyError(
                     "the index is not initialised: pass reference, or call train() or load() first"
                 )
-            if self.index.shape[1] != query.shape[1]:
-                raise ValueError(
-                    f"query must have dim {self.index.shape[1]} like the index; "
-                    f"got {query.shape[1]}"
-                )
-            reference = self.index.to(query.device)
-        else:
-            reference = as_embeddings(reference, "reference", device=query.device)
-            if reference.shape[1] != query.shape[1]:
-                raise ValueError(
-                    f"reference must have dim {query.shape[1]} like query; got {reference.shape[1]}"
-                )
+            check_dim(query, "query", self.index.shape[1], "the index")
+            reference = self.index
+        reference = reference.to(query.device)
         num_search = _clamp_k(k, reference.shape[0], ref_includes_query, type(self).__name__)
         with torch.no_grad():
             return EF.knn(
@@ -232,7 +224,7 @@ class CustomKNN(TorchKNN):
 
     def __init__(self, distance: BaseDistance, batch_size: int | None = None) -> None:
         if distance is None:
-            raise ValueError("distance must be a pml distance; got None")
+            raise TypeError("distance must be a pml distance; got None")
         super().__init__(distance=distance, batch_size=batch_size)
 
 
@@ -266,13 +258,9 @@ class FaissKNN:
         gpus: Sequence[int] | None = None,
     ) -> None:
         faiss = require_faiss("FaissKNN")
-        if gpus is not None:
-            if not isinstance(gpus, list | tuple):
-                raise TypeError(
-                    f"gpus must be a list or tuple of GPU ids; got {type(gpus).__name__}"
-                )
-            if len(gpus) == 0:
-                raise ValueError("gpus must not be empty; pass None to use all GPUs")
+        check_type("gpus", gpus, (list, tuple), allow_none=True)
+        if gpus is not None and len(gpus) == 0:
+            raise ValueError("gpus must not be empty; pass None to use all GPUs")
         self.reset_before = reset_before
         self.reset_after = reset_after
         self.index_init_fn = faiss.IndexFlatL2 if index_init_fn is None else index_init_fn
@@ -295,20 +283,16 @@ class FaissKNN:
 
         Raises:
             IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded.
-            ValueError: query/reference not 2-D, of different dims (or not the index's), or
-                holding NaN/inf.
+            TypeError: ``k`` is not an int.
+            ValueError: a negative ``k``; query/reference not 2-D, of different dims (or not
+                the index's), or holding NaN/inf.
         """
         faiss = require_faiss("FaissKNN")
-        k = _check_k(k)
-        query_t = as_embeddings(query, "query")
+        k, query_t, ref_t = _search_inputs(k, query, reference)
         device = query_t.device
         dim = query_t.shape[1]
         check_finite(query_t, "query")
-        ref_t = None
-        if reference is not None:
-            ref_t = as_embeddings(reference, "reference")
-            if ref_t.shape[1] != dim:
-                raise ValueError(f"reference must have dim {dim} like query; got {ref_t.shape[1]}")
+        if ref_t is not None:
             check_finite(ref_t, "reference")
         config.LOGGER.info("running k-nn with k=%d", k)
         config.LOGGER.info("embedding dimensionality is %d", dim)
@@ -316,8 +300,7 @@ class FaissKNN:
             self.index = self.index_init_fn(dim)
         if self.index is None:
             raise IndexNotReadyError("the index is not initialised: call train() or load() first")
-        if int(self.index.d) != dim:
-            raise ValueError(f"query must have dim {int(self.index.d)} like the index; got {dim}")
+        check_dim(query_t, "query", int(self.index.d), "the index")
         if ref_t is not None:
             self.index.add(to_numpy_f32(ref_t))
         num_search = _clamp_k(k, int(self.index.ntotal), ref_includes_query, "FaissKNN")

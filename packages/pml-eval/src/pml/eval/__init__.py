@@ -27,8 +27,8 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
+from pml.eval._tester_base import BaseTester
 from pml.eval._testers import (
-    BaseTester,
     GlobalEmbeddingSpaceTester,
     GlobalTwoStreamEmbeddingSpaceTester,
     WithSameParentLabelTester,

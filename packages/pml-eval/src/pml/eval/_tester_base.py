@@ -391,7 +391,3 @@ class BaseTester:
     ) -> None:
         """Fill ``accuracies`` for one query split (implemented by subclasses)."""
         raise NotImplementedError
-
-    def _store(self, accuracies: dict[str, Any], result: dict[str, Any], level: int) -> None:
-        for metric, value in result.items():
-            accuracies[self.accuracies_keyname(metric, label_hierarchy_level=level)] = value

@@ -20,6 +20,30 @@ __all__ = [
 ]
 
 
+def _accuracies_per_level(
+    tester: BaseTester,
+    accuracies: dict[str, Any],
+    query_emb: Tensor,
+    query_labels: Tensor,
+    ref_emb: Tensor,
+    ref_labels: Tensor,
+    ref_includes_query: bool,
+) -> None:
+    """``{metric}_level{L}`` for each evaluated label column, and their averages."""
+    tester.label_levels = tester.label_levels_to_evaluate(query_labels)
+    calc = tester._calculator
+    for level in tester.label_levels:  # label columns, not samples
+        result = calc.get_accuracy(
+            query_emb, query_labels[:, level], ref_emb, ref_labels[:, level], ref_includes_query
+        )
+        for metric, value in result.items():
+            accuracies[tester.accuracies_keyname(metric, label_hierarchy_level=level)] = value
+    if len(tester.label_levels) > 1:
+        tester.calculate_average_accuracies(
+            accuracies, calc.get_curr_metrics(), tester.label_levels
+        )
+
+
 class GlobalEmbeddingSpaceTester(BaseTester):
     """Each query split against the concatenation of its reference splits, per label level.
 
@@ -46,22 +70,10 @@ class GlobalEmbeddingSpaceTester(BaseTester):
         query_emb, query_labels, ref_emb, ref_labels = self.set_reference_and_query(
             embeddings_and_labels, query_split_name, reference_split_names
         )
-        self.label_levels = self.label_levels_to_evaluate(query_labels)
         ref_includes_query = self.ref_includes_query(query_split_name, reference_split_names)
-        calc = self._calculator
-        for level in self.label_levels:  # label columns, not samples
-            result = calc.get_accuracy(
-                query_emb,
-                query_labels[:, level],
-                ref_emb,
-                ref_labels[:, level],
-                ref_includes_query,
-            )
-            self._store(accuracies, result, level)
-        if len(self.label_levels) > 1:
-            self.calculate_average_accuracies(
-                accuracies, calc.get_curr_metrics(), self.label_levels
-            )
+        _accuracies_per_level(
+            self, accuracies, query_emb, query_labels, ref_emb, ref_labels, ref_includes_query
+        )
 
 
 class WithSameParentLabelTester(BaseTester):
@@ -159,14 +171,6 @@ class GlobalTwoStreamEmbeddingSpaceTester(BaseTester):
         query_labels = labels[:half]
         # fix: every label column is kept, so any label_hierarchy_level works (the reference
         # keeps one column and then fails its level check for levels other than 0).
-        self.label_levels = self.label_levels_to_evaluate(query_labels)
-        calc = self._calculator
-        for level in self.label_levels:
-            result = calc.get_accuracy(
-                query_emb, query_labels[:, level], ref_emb, query_labels[:, level], False
-            )
-            self._store(accuracies, result, level)
-        if len(self.label_levels) > 1:
-            self.calculate_average_accuracies(
-                accuracies, calc.get_curr_metrics(), self.label_levels
-            )
+        _accuracies_per_level(
+            self, accuracies, query_emb, query_labels, ref_emb, query_labels, False
+        )

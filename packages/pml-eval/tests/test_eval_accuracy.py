@@ -405,6 +405,25 @@ def test_overridden_builtin_metric_is_used():
     }
 
 
+def test_ranking_route_only_stands_in_for_code_it_knows():
+    from pml.eval._ranked import can_rank_exactly
+
+    class Plain(AccuracyCalculator):
+        pass
+
+    class Halved(Plain):
+        def calculate_precision_at_1(self, **kwargs):
+            return super().calculate_precision_at_1(**kwargs) / 2
+
+    plain, halved = Plain(device=CPU), Halved(device=CPU)
+    assert can_rank_exactly(plain, plain.curr_function_dict)
+    assert not can_rank_exactly(halved, halved.curr_function_dict)
+    listed = calc(knn_func=ListKNN())
+    assert not can_rank_exactly(listed, listed.curr_function_dict)
+    want = plain.get_accuracy(SPEC_EMB, SPEC_LABELS)["precision_at_1"] / 2
+    assert halved.get_accuracy(SPEC_EMB, SPEC_LABELS)["precision_at_1"] == want
+
+
 # ---------------------------------------------------------------------------- helpers
 def test_module_helpers():
     knn_labels = torch.tensor([[0, 1, 0], [1, 0, 0]])

@@ -59,10 +59,25 @@ def test_torch_knn_load_rejects_other_files(tmp_path):
 def test_torch_knn_validation():
     with pytest.raises(ValueError, match="batch_size"):
         TorchKNN(batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        TorchKNN(batch_size=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="k must"):
         TorchKNN()(POINTS, -1, POINTS)
     with pytest.raises(ValueError, match="dim"):
         TorchKNN()(POINTS, 1, torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("k", [1.0, True, "2"])
+def test_knn_k_of_a_wrong_type_is_a_type_error(k):
+    # one vocabulary: a k that is not an int is a TypeError (was a ValueError)
+    with pytest.raises(TypeError, match="k must be an int"):
+        TorchKNN()(POINTS, k, POINTS)
+
+
+def test_knn_numpy_integer_k_is_accepted():
+    import numpy as np
+
+    assert TorchKNN()(POINTS, np.int64(2), POINTS)[1].shape == (5, 2)
 
 
 def test_custom_knn_distance_values():
@@ -73,7 +88,7 @@ def test_custom_knn_distance_values():
     sim = CustomKNN(CosineSimilarity())
     d, i = sim(POINTS[:1], 2, POINTS)
     assert i.tolist() == [[0, 4]] and d[0, 0] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="distance"):
+    with pytest.raises(TypeError, match="distance"):  # a wrong type (was a ValueError)
         CustomKNN(None)  # type: ignore[arg-type]
 
 
@@ -168,9 +183,25 @@ def test_torch_kmeans_and_pca():
     assert ids.tolist() == [ids[0].item()] * 10 + [ids[10].item()] * 10
     with pytest.raises(TypeError, match="nmb_clusters"):
         TorchKMeans()(x, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nmb_clusters"):
+        TorchKMeans()(x, 0)
     reduced = run_pca(x, 1)
     assert reduced.shape == (20, 1)
     assert (reduced[:10].sign() != reduced[10:].sign()).all()
+
+
+def test_torch_kmeans_zero_points_per_centroid_is_rejected():
+    # fix: the sub-sample was empty and k-means++ seeding failed deep inside (RuntimeError)
+    with pytest.raises(ValueError, match="max_points_per_centroid"):
+        TorchKMeans(max_points_per_centroid=0)
+    with pytest.raises(TypeError, match="niter"):
+        TorchKMeans(niter=2.5)  # type: ignore[arg-type]
+
+
+def test_run_pca_float_dimensionality_names_the_argument():
+    # fix: a float output dimension failed in tensor slicing without naming the argument
+    with pytest.raises(TypeError, match="output_dimensionality"):
+        run_pca(POINTS, 1.5)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- MatchFinder
@@ -198,6 +229,17 @@ def test_match_finder_needs_threshold():
     with pytest.raises(TypeError, match="threshold"):
         mf.get_matching_pairs(POINTS)
     assert mf.is_match(POINTS[:1], POINTS[:1], threshold=0.9) is True
+    with pytest.raises(TypeError, match="distance"):
+        MatchFinder(None)  # type: ignore[arg-type]
+
+
+def test_nan_match_threshold_is_rejected_not_matching_nothing():
+    # fix: a NaN threshold silently matched no pair (every comparison with NaN is False)
+    mf = MatchFinder(CosineSimilarity(), threshold=float("nan"))
+    with pytest.raises(ValueError, match="threshold"):
+        mf.get_matching_pairs(POINTS)
+    with pytest.raises(ValueError, match="threshold"):
+        mf.is_match(POINTS, POINTS)
 
 
 # ---------------------------------------------------------------------------- InferenceModel
@@ -244,6 +286,8 @@ def test_inference_model_bad_inputs():
         im.train_knn({"x": POINTS})
     with pytest.raises(ValueError, match="batch_size"):
         im.train_knn(POINTS, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):  # was a ValueError
+        im.train_knn(POINTS, batch_size=2.0)
 
 
 def test_inference_model_passes_non_tensors_through():

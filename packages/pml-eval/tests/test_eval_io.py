@@ -128,14 +128,16 @@ def test_torch_knn_load_of_a_file_without_index_key_is_a_value_error(tmp_path):
         TorchKNN().load(path)
 
 
-def test_torch_knn_load_of_garbage_is_a_value_error(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=needs_faiss)])
+def test_knn_load_of_garbage_is_a_value_error(tmp_path, backend):
     # fix: a non-torch file raised UnpicklingError / RuntimeError from torch.load
     path = tmp_path / "garbage.bin"
     path.write_bytes(b"\x00\x01not an index at all")
+    knn = TorchKNN() if backend == "torch" else FaissKNN()
     with pytest.raises(ValueError, match="filename.*garbage.bin"):
-        TorchKNN().load(path)
+        knn.load(path)
     with pytest.raises(FileNotFoundError):
-        TorchKNN().load(tmp_path / "missing.bin")
+        knn.load(tmp_path / "missing.bin")
 
 
 @needs_faiss
@@ -177,13 +179,3 @@ def test_torch_knn_file_loads_into_faiss_knn(tmp_path):
     faiss_knn = FaissKNN(reset_before=False, reset_after=False)
     faiss_knn.load(path)
     assert torch.equal(faiss_knn(POINTS, 3)[1], knn(POINTS, 3)[1])
-
-
-@needs_faiss
-def test_faiss_knn_load_of_garbage_is_a_value_error(tmp_path):
-    path = tmp_path / "garbage.bin"
-    path.write_bytes(b"\x00\x01not an index at all")
-    with pytest.raises(ValueError, match="filename.*garbage.bin"):
-        FaissKNN().load(path)
-    with pytest.raises(FileNotFoundError):
-        FaissKNN().load(tmp_path / "missing.bin")

@@ -88,10 +88,29 @@ def test_splits_to_eval_errors():
 def test_constructor_validation():
     with pytest.raises(ValueError, match="label_hierarchy_level"):
         make_tester(label_hierarchy_level="some")
+    with pytest.raises(ValueError, match="label_hierarchy_level"):
+        make_tester(label_hierarchy_level=-1)
+    with pytest.raises(TypeError, match=r"label_hierarchy_level\[1\]"):
+        make_tester(label_hierarchy_level=[0, 1.0])
     with pytest.raises(ValueError, match="pca"):
-        make_tester(pca=1.5)
+        make_tester(pca=-2)
     with pytest.raises(ValueError, match="batch_size"):
         GlobalEmbeddingSpaceTester(batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        GlobalEmbeddingSpaceTester(batch_size=None)
+
+
+def test_pca_float_is_a_type_error_not_truncated():
+    # a wrong type is a TypeError (was a ValueError); the reference truncates int(1.5) -> 1
+    with pytest.raises(TypeError, match="pca"):
+        make_tester(pca=1.5)
+    assert make_tester(pca=np.int64(2)).pca == 2 and make_tester(pca=0).pca is None
+
+
+def test_batch_size_is_cast_like_the_reference():
+    assert (
+        make_tester().batch_size == 3 and GlobalEmbeddingSpaceTester(batch_size=2.5).batch_size == 2
+    )
 
 
 class Hierarchy(Dataset):
@@ -250,6 +269,15 @@ def test_pca_shared_by_compared_splits():
     want = (centred.double() @ v[:2].T).float()
     got = torch.cat([seen["a"][0], seen["b"][0]])
     torch.testing.assert_close(got.abs(), want.abs(), rtol=1e-4, atol=1e-4)
+    # the groups are an explicit argument; without them each split gets its own basis
+    data, identity = {"a": a, "b": b}, torch.nn.Identity()
+    grouped = t.get_all_embeddings_for_all_splits(
+        data, identity, identity, ["a", "b"], None, pca_groups=[["a", "b"]]
+    )
+    assert torch.equal(grouped["a"][0], seen["a"][0])
+    alone = t.get_all_embeddings_for_all_splits(data, identity, identity, ["a", "b"], None)
+    assert torch.equal(alone["b"][0], t.get_all_embeddings(b, identity)[0])
+    assert not torch.allclose(alone["b"][0].abs(), grouped["b"][0].abs())
 
 
 def test_names():
@@ -308,6 +336,20 @@ def test_two_stream_tester():
             torch.nn.Identity(),
             splits_to_eval=[("a", ["b"])],
         )
+
+
+def test_two_stream_compute_all_embeddings_returns_both_streams():
+    # fix: it used the one-stream loop and failed to unpack (anchors, posnegs, labels)
+    t = make_tester(GlobalTwoStreamEmbeddingSpaceTester, normalize_embeddings=False)
+    data = TwoStream()
+    loader = torch.utils.data.DataLoader(data, batch_size=5)
+    identity = torch.nn.Identity()
+    anchors, posnegs, labels = t.compute_all_embeddings(loader, identity, identity)
+    assert torch.equal(anchors, data.anchors) and torch.equal(posnegs, data.posnegs)
+    assert torch.equal(labels[:, 0], data.labels)
+    emb, all_labels = t.get_all_embeddings(data, identity)
+    assert torch.equal(emb, torch.cat([data.anchors, data.posnegs]))
+    assert torch.equal(all_labels, torch.cat([labels, labels]))
 
 
 def test_two_stream_other_levels():

@@ -10,7 +10,9 @@ Example:
 
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._inference import InferenceModel, MatchFinder
+from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
 from pml.eval._metrics import (
     EQUALITY,
     get_label_match_counts,
@@ -25,17 +27,8 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
-from pml.eval._neighbors import (
-    CustomKNN,
-    FaissKMeans,
-    FaissKNN,
-    IndexNotReadyError,
-    TorchKMeans,
-    TorchKNN,
-    run_pca,
-)
+from pml.eval._tester_base import BaseTester
 from pml.eval._testers import (
-    BaseTester,
     GlobalEmbeddingSpaceTester,
     GlobalTwoStreamEmbeddingSpaceTester,
     WithSameParentLabelTester,

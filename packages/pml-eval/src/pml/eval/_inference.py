@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pml.core.validation import check_finite
+from pml.core.validation import check_finite, check_int, check_real
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.eval._faiss import faiss_available
-from pml.eval._neighbors import FaissKNN, TorchKNN
+from pml.eval._io import check_dim
+from pml.eval._knn import FaissKNN, TorchKNN
 from pml.eval.functional import chunk_rows
 
 __all__ = ["InferenceModel", "MatchFinder"]
@@ -27,7 +28,7 @@ def _check_threshold(threshold: Any) -> float:
             "threshold must be a number: pass it to the call or to MatchFinder(threshold=...); "
             "got None"
         )
-    return threshold
+    return check_real("threshold", threshold)  # type: ignore[return-value]
 
 
 class MatchFinder:
@@ -46,7 +47,7 @@ class MatchFinder:
 
     def __init__(self, distance: BaseDistance, threshold: float | None = None) -> None:
         if distance is None:
-            raise ValueError("distance must be a pml distance; got None")
+            raise TypeError("distance must be a pml distance; got None")
         self.distance = distance
         self.threshold = threshold
 
@@ -118,8 +119,8 @@ def _check_embeddings(x: Any, name: str, dim: int | None = None, like: str = "")
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (num_embeddings, dim); got {tuple(x.shape)}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} must have dim {dim} like {like}; got {x.shape[1]}")
+    if dim is not None:
+        check_dim(x, name, dim, like)
     check_finite(x, name)
 
 
@@ -216,10 +217,10 @@ class InferenceModel:
         """Embeddings of a tensor/list (sliced in batches) or a Dataset of ``(data, label)``.
 
         Raises:
-            TypeError: any other input type.
+            TypeError: any other input type, or a ``batch_size`` that is not an int.
+            ValueError: ``batch_size < 1``, or no inputs.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, min=1)  # type: ignore[assignment]
         parts = [self.get_embeddings(b) for b in self._batches(inputs, batch_size)]
         if not parts:
             raise ValueError("inputs must not be empty")

@@ -62,6 +62,12 @@ def as_labels(x: Any, name: str, num: int, device: torch.device | None = None) -
     return t.to(device=device) if device is not None else t
 
 
+def check_dim(x: Tensor, name: str, dim: int, like: str) -> None:
+    """``ValueError`` unless ``x`` ``(n, d)`` has ``d == dim`` (the dim of ``like``)."""
+    if x.shape[1] != dim:
+        raise ValueError(f"{name} must have dim {dim} like {like}; got {x.shape[1]}")
+
+
 def to_numpy_f32(x: Any) -> np.ndarray:
     """C-contiguous float32 numpy array (what faiss wants) from a tensor or array."""
     if isinstance(x, Tensor):

@@ -254,6 +254,21 @@ def precision_at_k(
     return maybe_get_avg_of_avgs(values, gt_labels, avg_of_avgs, return_per_class)
 
 
+def _relevance_and_r(
+    knn_labels: Tensor,
+    gt_labels: Tensor,
+    ref_includes_query: bool,
+    label_counts: tuple[Tensor, Tensor],
+    label_comparison_fn: LabelComparisonFn,
+) -> tuple[Tensor, Tensor]:
+    """Relevance rows ``(N, K)`` and each query's number of relevant references ``R``."""
+    rel = EF.relevance(gt_labels, knn_labels, label_comparison_fn)
+    _, num_relevant = get_relevance_mask(
+        rel.shape, gt_labels, ref_includes_query, label_counts, label_comparison_fn
+    )
+    return rel, num_relevant
+
+
 def r_precision(
     knn_labels: Tensor,
     gt_labels: Tensor,
@@ -270,9 +285,8 @@ def r_precision(
         >>> r_precision(torch.tensor([[0, 1, 0]]), torch.tensor([[0]]), False, counts)
         0.5
     """
-    rel = EF.relevance(gt_labels, knn_labels, label_comparison_fn)
-    _, num_relevant = get_relevance_mask(
-        rel.shape, gt_labels, ref_includes_query, label_counts, label_comparison_fn
+    rel, num_relevant = _relevance_and_r(
+        knn_labels, gt_labels, ref_includes_query, label_counts, label_comparison_fn
     )
     values = EF.r_precision_values(rel, num_relevant)
     return maybe_get_avg_of_avgs(values, gt_labels, avg_of_avgs, return_per_class)
@@ -295,9 +309,8 @@ def mean_average_precision(
         >>> mean_average_precision(torch.tensor([[0, 1, 0]]), torch.tensor([[0]]), False, counts)
         0.8333333333333333
     """
-    rel = EF.relevance(gt_labels, knn_labels, label_comparison_fn)
-    _, num_relevant = get_relevance_mask(
-        rel.shape, gt_labels, ref_includes_query, label_counts, label_comparison_fn
+    rel, num_relevant = _relevance_and_r(
+        knn_labels, gt_labels, ref_includes_query, label_counts, label_comparison_fn
     )
     values = EF.average_precision_values(rel, num_relevant, at_r=at_r)
     return maybe_get_avg_of_avgs(values, gt_labels, avg_of_avgs, return_per_class)

@@ -2,8 +2,9 @@
 
 * k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal.
 * retrieval (:mod:`._retrieval`): per-query precision@k, R-precision, (MAP@R) average
-  precision, reciprocal rank; class means; the exact chunked ranking behind
-  ``AccuracyCalculator``.
+  precision, reciprocal rank from relevance rows; label ids, class means.
+* ranking (:mod:`._ranked`): the same values from an exact chunked ranking, without
+  neighbour lists (what ``AccuracyCalculator`` uses by default).
 * clustering (:mod:`._clustering`): k-means (k-means++ seeding) and PCA in plain torch.
 """
 
@@ -18,8 +19,8 @@ from pml.eval.functional._knn import (
     smallest_k,
     squared_l2_matrix,
 )
+from pml.eval.functional._ranked import RETRIEVAL_METRICS, retrieval_values
 from pml.eval.functional._retrieval import (
-    RETRIEVAL_METRICS,
     average_precision_values,
     class_means,
     label_ids,
@@ -27,7 +28,6 @@ from pml.eval.functional._retrieval import (
     r_precision_values,
     reciprocal_rank_values,
     relevance,
-    retrieval_values,
 )
 
 __all__ = [

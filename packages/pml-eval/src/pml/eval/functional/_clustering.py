@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
+from pml.core.validation import check_int
 from pml.eval.functional._knn import chunk_rows, squared_l2_matrix
 
 __all__ = ["kmeans", "nearest_centroid", "pca"]
@@ -67,6 +68,7 @@ def kmeans(
         ``(assignments (N,) int64, centroids (n_clusters, D))``.
 
     Raises:
+        TypeError: ``n_clusters`` is not an int.
         ValueError: ``n_clusters`` is not in ``[1, N]``.
 
     Example:
@@ -75,10 +77,7 @@ def kmeans(
         [2, 2]
     """
     num = x.shape[0]
-    if not 1 <= n_clusters <= num:
-        raise ValueError(
-            f"n_clusters must be in [1, {num}] (the number of points); got {n_clusters}"
-        )
+    n_clusters = check_int("n_clusters", n_clusters, min=1, max=num)
     x = x.to(accumulation_dtype(x.dtype))
     gen = torch.Generator().manual_seed(seed)
     train = x
@@ -113,6 +112,7 @@ def pca(x: Tensor, output_dimensionality: int) -> Tensor:
         Shape ``(N, d_out)``.
 
     Raises:
+        TypeError: ``output_dimensionality`` is not an int.
         ValueError: ``output_dimensionality`` is out of range.
 
     Example:
@@ -121,11 +121,9 @@ def pca(x: Tensor, output_dimensionality: int) -> Tensor:
         [2.0, 0.0, 2.0]
     """
     dim = x.shape[1]
-    if not 1 <= output_dimensionality <= dim:
-        raise ValueError(
-            f"output_dimensionality must be in [1, {dim}] (the input dimension); "
-            f"got {output_dimensionality}"
-        )
+    output_dimensionality = check_int(
+        "output_dimensionality", output_dimensionality, min=1, max=dim
+    )
     out_dtype = accumulation_dtype(x.dtype)
     centred = x.to(torch.float64) - x.to(torch.float64).mean(0, keepdim=True)
     _, axes = torch.linalg.eigh(centred.T @ centred)

@@ -1,4 +1,4 @@
-"""k-NN and k-means back-ends: plain torch (default) and faiss (when installed)."""
+"""k-NN back-ends: plain torch (TorchKNN, CustomKNN; the default) and faiss (FaissKNN)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,14 @@ import torch
 from torch import Tensor
 
 from pml.core import config
-from pml.core.validation import check_finite
+from pml.core.validation import check_finite, check_int, check_type
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
-from pml.eval._faiss import faiss_available, num_gpus, require_faiss
+from pml.eval._faiss import num_gpus, require_faiss
 from pml.eval._index_files import TORCH_FORMAT, file_kind, read_faiss_flat_l2, read_torch_index
-from pml.eval._io import as_embeddings, atomic_write, to_numpy_f32
+from pml.eval._io import as_embeddings, atomic_write, check_dim, to_numpy_f32
 
-__all__ = [
-    "CustomKNN",
-    "FaissKMeans",
-    "FaissKNN",
-    "IndexNotReadyError",
-    "TorchKMeans",
-    "TorchKNN",
-    "default_kmeans_func",
-    "run_pca",
-]
+__all__ = ["CustomKNN", "FaissKNN", "IndexNotReadyError", "TorchKNN"]
 
 
 class IndexNotReadyError(ValueError, AttributeError):
@@ -36,17 +27,22 @@ class IndexNotReadyError(ValueError, AttributeError):
     """
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer; got {k!r}")
-    return k
+def _search_inputs(k: Any, query: Any, reference: Any) -> tuple[int, Tensor, Tensor | None]:
+    """``k >= 0``, a 2-D query and an optional reference of the query's dim."""
+    k = check_int("k", k, min=0)
+    query_t = as_embeddings(query, "query")
+    if reference is None:
+        return k, query_t, None
+    ref_t = as_embeddings(reference, "reference")
+    check_dim(ref_t, "reference", query_t.shape[1], "query")
+    return k, query_t, ref_t
 
 
 def _index_embeddings(embeddings: Any, dim: int | None = None) -> Tensor:
     """Embeddings to put in an index: 2-D, finite, of the index's ``dim`` when given."""
     emb = as_embeddings(embeddings, "embeddings")
-    if dim is not None and emb.shape[1] != dim:
-        raise ValueError(f"embeddings must have dim {dim} like the index; got {emb.shape[1]}")
+    if dim is not None:
+        check_dim(emb, "embeddings", dim, "the index")
     check_finite(emb, "embeddings")
     return emb
 
@@ -81,7 +77,7 @@ class TorchKNN:
 
     Args:
         distance: a pml distance, or None for squared L2 on the raw embeddings.
-        batch_size: query rows per block; None picks blocks of ~8M distances.
+        batch_size: query rows per block; None picks blocks of ~16M distances.
 
     Example:
         >>> knn = TorchKNN()
@@ -99,12 +95,8 @@ class TorchKNN:
             raise TypeError(
                 f"distance must be a pml distance or None; got {type(distance).__name__}"
             )
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
         self.distance = distance
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size, min=1, allow_none=True)
         self.index: Tensor | None = None
 
     @property
@@ -138,28 +130,19 @@ class TorchKNN:
 
         Raises:
             IndexNotReadyError: no reference and no trained index.
-            ValueError: query/reference not 2-D, of different dims (or not the index's), or
-                holding NaN/inf.
+            TypeError: ``k`` is not an int.
+            ValueError: a negative ``k``; query/reference not 2-D, of different dims (or not
+                the index's), or holding NaN/inf.
         """
-        k = _check_k(k)
-        query = as_embeddings(query, "query")
+        k, query, reference = _search_inputs(k, query, reference)
         if reference is None:
             if self.index is None:
                 raise IndexNotReadyError(
                     "the index is not initialised: pass reference, or call train() or load() first"
                 )
-            if self.index.shape[1] != query.shape[1]:
-                raise ValueError(
-                    f"query must have dim {self.index.shape[1]} like the index; "
-                    f"got {query.shape[1]}"
-                )
-            reference = self.index.to(query.device)
-        else:
-            reference = as_embeddings(reference, "reference", device=query.device)
-            if reference.shape[1] != query.shape[1]:
-                raise ValueError(
-                    f"reference must have dim {query.shape[1]} like query; got {reference.shape[1]}"
-                )
+            check_dim(query, "query", self.index.shape[1], "the index")
+            reference = self.index
+        reference = reference.to(query.device)
         num_search = _clamp_k(k, reference.shape[0], ref_includes_query, type(self).__name__)
         with torch.no_grad():
             return EF.knn(
@@ -241,7 +224,7 @@ class CustomKNN(TorchKNN):
 
     def __init__(self, distance: BaseDistance, batch_size: int | None = None) -> None:
         if distance is None:
-            raise ValueError("distance must be a pml distance; got None")
+            raise TypeError("distance must be a pml distance; got None")
         super().__init__(distance=distance, batch_size=batch_size)
 
 
@@ -275,13 +258,9 @@ class FaissKNN:
         gpus: Sequence[int] | None = None,
     ) -> None:
         faiss = require_faiss("FaissKNN")
-        if gpus is not None:
-            if not isinstance(gpus, list | tuple):
-                raise TypeError(
-                    f"gpus must be a list or tuple of GPU ids; got {type(gpus).__name__}"
-                )
-            if len(gpus) == 0:
-                raise ValueError("gpus must not be empty; pass None to use all GPUs")
+        check_type("gpus", gpus, (list, tuple), allow_none=True)
+        if gpus is not None and len(gpus) == 0:
+            raise ValueError("gpus must not be empty; pass None to use all GPUs")
         self.reset_before = reset_before
         self.reset_after = reset_after
         self.index_init_fn = faiss.IndexFlatL2 if index_init_fn is None else index_init_fn
@@ -304,20 +283,16 @@ class FaissKNN:
 
         Raises:
             IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded.
-            ValueError: query/reference not 2-D, of different dims (or not the index's), or
-                holding NaN/inf.
+            TypeError: ``k`` is not an int.
+            ValueError: a negative ``k``; query/reference not 2-D, of different dims (or not
+                the index's), or holding NaN/inf.
         """
         faiss = require_faiss("FaissKNN")
-        k = _check_k(k)
-        query_t = as_embeddings(query, "query")
+        k, query_t, ref_t = _search_inputs(k, query, reference)
         device = query_t.device
         dim = query_t.shape[1]
         check_finite(query_t, "query")
-        ref_t = None
-        if reference is not None:
-            ref_t = as_embeddings(reference, "reference")
-            if ref_t.shape[1] != dim:
-                raise ValueError(f"reference must have dim {dim} like query; got {ref_t.shape[1]}")
+        if ref_t is not None:
             check_finite(ref_t, "reference")
         config.LOGGER.info("running k-nn with k=%d", k)
         config.LOGGER.info("embedding dimensionality is %d", dim)
@@ -325,8 +300,7 @@ class FaissKNN:
             self.index = self.index_init_fn(dim)
         if self.index is None:
             raise IndexNotReadyError("the index is not initialised: call train() or load() first")
-        if int(self.index.d) != dim:
-            raise ValueError(f"query must have dim {int(self.index.d)} like the index; got {dim}")
+        check_dim(query_t, "query", int(self.index.d), "the index")
         if ref_t is not None:
             self.index.add(to_numpy_f32(ref_t))
         num_search = _clamp_k(k, int(self.index.ntotal), ref_includes_query, "FaissKNN")
@@ -407,103 +381,3 @@ class FaissKNN:
     def reset(self) -> None:
         """Drop the index."""
         self.index = None
-
-
-def _check_clusters(x: Tensor, nmb_clusters: Any) -> int:
-    if isinstance(nmb_clusters, bool) or not isinstance(nmb_clusters, int):
-        raise TypeError(f"nmb_clusters must be an int; got {type(nmb_clusters).__name__}")
-    if not 1 <= nmb_clusters <= x.shape[0]:
-        raise ValueError(
-            f"nmb_clusters must be in [1, {x.shape[0]}] (the number of points); got {nmb_clusters}"
-        )
-    return nmb_clusters
-
-
-class FaissKMeans:
-    """k-means with ``faiss.Kmeans(d, nmb_clusters, **kwargs)``.
-
-    faiss defaults decide the numbers: niter 25 (AccuracyCalculator passes 20), seed 1234,
-    random initial centroids, training on at most 256 points per centroid.
-
-    Raises:
-        ImportError: faiss is not installed.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        require_faiss("FaissKMeans")
-        self.kwargs = kwargs
-
-    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
-        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
-        faiss = require_faiss("FaissKMeans")
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
-        data = to_numpy_f32(x_t)
-        dim = data.shape[1]
-        config.LOGGER.info("running k-means clustering with k=%d", nmb_clusters)
-        config.LOGGER.info("embedding dimensionality is %d", dim)
-        kmeans = faiss.Kmeans(dim, nmb_clusters, **self.kwargs)
-        kmeans.train(data)
-        _, ids = kmeans.index.search(data, 1)
-        return torch.from_numpy(ids[:, 0]).to(device=x_t.device, dtype=torch.long)
-
-
-class TorchKMeans:
-    """k-means in plain torch (k-means++ seeding, Lloyd iterations, chunked assignment).
-
-    Used by :class:`AccuracyCalculator` when faiss is not installed. Deterministic for a seed;
-    its clusters (hence NMI/AMI) can differ slightly from faiss's.
-
-    Args:
-        niter: Lloyd iterations.
-        seed: generator seed.
-        max_points_per_centroid: training sub-sample per centroid (faiss's default 256).
-
-    Example:
-        >>> TorchKMeans()(torch.tensor([[0.0], [0.1], [5.0], [5.1]]), 2).bincount().tolist()
-        [2, 2]
-    """
-
-    def __init__(
-        self, niter: int = 20, seed: int = 1234, max_points_per_centroid: int = 256
-    ) -> None:
-        self.niter = niter
-        self.seed = seed
-        self.max_points_per_centroid = max_points_per_centroid
-
-    def __call__(self, x: Tensor, nmb_clusters: int) -> Tensor:
-        """Cluster ids ``(N,)`` int64 on ``x``'s device."""
-        x_t = as_embeddings(x, "x")
-        nmb_clusters = _check_clusters(x_t, nmb_clusters)
-        check_finite(x_t, "x")
-        with torch.no_grad():
-            ids, _ = EF.kmeans(
-                x_t,
-                nmb_clusters,
-                niter=self.niter,
-                seed=self.seed,
-                max_points_per_centroid=self.max_points_per_centroid,
-            )
-        return ids
-
-
-def default_kmeans_func(device: torch.device) -> FaissKMeans | TorchKMeans:
-    """``FaissKMeans(niter=20)`` when faiss is installed, else ``TorchKMeans(niter=20)``."""
-    if faiss_available():
-        faiss = require_faiss("FaissKMeans")
-        return FaissKMeans(niter=20, gpu=device.type == "cuda" and num_gpus(faiss) > 0)
-    return TorchKMeans(niter=20)
-
-
-def run_pca(x: Tensor, output_dimensionality: int) -> Tensor:
-    """PCA to ``output_dimensionality`` dims (mean-centred, no whitening), on ``x``'s device.
-
-    Plain torch (no faiss needed); each axis's sign is arbitrary, as with faiss.
-
-    Example:
-        >>> run_pca(torch.randn(10, 4), 2).shape
-        torch.Size([10, 2])
-    """
-    x_t = as_embeddings(x, "x")
-    return EF.pca(x_t, output_dimensionality)

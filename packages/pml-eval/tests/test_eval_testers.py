@@ -357,3 +357,29 @@ def test_two_stream_other_levels():
     t = make_tester(GlobalTwoStreamEmbeddingSpaceTester, label_hierarchy_level=1)
     out = t.test({"val": TwoStream(levels=2)}, 0, torch.nn.Identity())
     assert list(out["val"]) == ["epoch", "precision_at_1_level1"]
+
+
+def test_subclass_overriding_get_all_embeddings_for_all_splits_with_the_reference_signature():
+    import torch
+
+    from pml.eval import GlobalEmbeddingSpaceTester
+
+    calls = []
+
+    class MyTester(GlobalEmbeddingSpaceTester):
+        def get_all_embeddings_for_all_splits(
+            self, dataset_dict, trunk_model, embedder_model, splits, collate_fn
+        ):
+            calls.append(sorted(splits))
+            return super().get_all_embeddings_for_all_splits(
+                dataset_dict, trunk_model, embedder_model, splits, collate_fn
+            )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    y = torch.arange(4).repeat_interleave(10)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    tester = MyTester(batch_size=8, dataloader_num_workers=0)
+    acc = tester.test({"val": dataset}, 1, torch.nn.Identity())
+    assert calls == [["val"]]
+    assert "precision_at_1_level0" in acc["val"]

@@ -186,5 +186,5 @@ def check_type(
         names = (
             types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         )
-        raise TypeError(f"{name} must be {names}; got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be {names}; got {type(value).__name__} {value!r:.80}")
     return value

@@ -305,7 +305,7 @@ def test_uniform_histogram_is_rng_exact(with_ref):
 
 @pytest.mark.parametrize("name", ["num_bins", "pos_per_bin", "neg_per_bin"])
 @pytest.mark.parametrize("value", [0, -1])
-def test_uniform_histogram_rejects_non_positive_counts(name, value):
+def test_uniform_histogram_rejects_bad_arguments(name, value):
     with pytest.raises(ValueError, match=name):
         UniformHistogramMiner(**{name: value})
 

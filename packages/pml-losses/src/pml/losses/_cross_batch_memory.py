@@ -211,7 +211,9 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         out = self.loss(queries, query_labels, checked_indices_tuple(internal), ref_emb, ref_labels)
         # The batch is committed only now: a call that raised above left the memory as it was.
         self._commit(new)
-        return out.to(embeddings.dtype) if isinstance(out, Tensor) else out
+        if isinstance(out, Tensor) and out.dtype != embeddings.dtype:
+            out = out.to(embeddings.dtype)
+        return out
 
     def add_to_memory(self, embeddings: Tensor, labels: Tensor, batch_size: int) -> None:
         """Enqueue ``embeddings``/``labels`` (detached) and set :attr:`curr_batch_idx`.

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pml.core import indices as I
+from pml.core._random_triplets import _random_triplets_loop
 
 
 def naive_pairs(labels: list, ref: list | None = None):
@@ -284,6 +285,6 @@ def test_weighted_random_triplets_match_the_literal_loop(with_ref, seed, dtype, 
         got = I.get_random_triplet_indices(labels, ref_labels, tpa, weights=weights)
         after = torch.rand(1)
         torch.manual_seed(s)
-        expected = I._random_triplets_loop(labels, ref_labels, tpa, weights=weights)
+        expected = _random_triplets_loop(labels, ref_labels, tpa, weights=weights)
         assert all(torch.equal(x, y) for x, y in zip(got, expected))
         assert torch.equal(after, torch.rand(1))

@@ -115,6 +115,11 @@ def test_collect_stats_global_default_read_at_construction() -> None:
         config.COLLECT_STATS = old
 
 
+def test_logger_name_that_is_not_a_string_is_rejected() -> None:
+    with pytest.raises(TypeError, match="name must be str"):
+        config.set_logger_name(3)  # type: ignore[arg-type]
+
+
 def test_validation_errors_name_the_argument() -> None:
     emb = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="labels must have shape \\(4,\\)"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pml.core.validation import check_bool, check_int, check_real, check_type
+from pml.core.validation import check_bool, check_int, check_option, check_real, check_type
 
 
 def test_check_int_accepts_integers_and_returns_int():
@@ -49,3 +49,21 @@ def test_check_bool_and_type():
     assert check_type("x", 1, (int, float)) == 1
     with pytest.raises(TypeError, match="x must be int or float; got str"):
         check_type("x", "a", (int, float))
+
+
+@pytest.mark.parametrize("value", [4.0, np.float32(4.0), torch.tensor(4.0), 4, np.int64(4)])
+def test_check_int_integral_float_takes_integral_values(value):
+    out = check_int("m", value, min=1, integral_float=True)
+    assert out == 4 and type(out) is int
+
+
+@pytest.mark.parametrize("bad", [2.7, float("nan"), float("inf"), True, "4", torch.tensor(2.5)])
+def test_check_int_integral_float_still_rejects_non_integral_values(bad):
+    with pytest.raises(TypeError, match="m must be an int"):
+        check_int("m", bad, integral_float=True)
+
+
+def test_check_option_returns_the_value():
+    assert check_option("mode", "hard", ("all", "hard")) == "hard"
+    with pytest.raises(ValueError, match=r"mode must be one of \['all', 'hard'\]; got 'x'"):
+        check_option("mode", "x", ("all", "hard"))

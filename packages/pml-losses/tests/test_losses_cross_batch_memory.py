@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -680,3 +681,13 @@ def test_module_built_under_inference_mode_trains_outside_it() -> None:
     out.backward()
     assert emb.grad is not None
     assert cbm.state_dict()["queue_state"].tolist() == [2, 1]
+
+
+def test_numpy_and_tensor_integer_sizes_are_accepted() -> None:
+    cbm = CrossBatchMemory(contrastive(), embedding_size=np.int64(4), memory_size=torch.tensor(8))
+    assert (cbm.embedding_size, cbm.memory_size) == (4, 8)
+    assert type(cbm.memory_size) is int
+    with pytest.raises(TypeError, match="memory_size"):
+        CrossBatchMemory(contrastive(), embedding_size=4, memory_size=True)
+    with pytest.raises(TypeError, match="batch_size"):
+        cbm.add_to_memory(torch.zeros(2, 4), torch.arange(2), 2.0)  # type: ignore[arg-type]

@@ -30,6 +30,11 @@ def test_requires_a_miner():
         DistributedMinerWrapper(torch.nn.Identity())  # type: ignore[arg-type]
 
 
+def test_non_bool_efficient_is_a_type_error():
+    with pytest.raises(TypeError, match="efficient"):
+        DistributedMinerWrapper(MultiSimilarityMiner(), efficient="yes")  # type: ignore[arg-type]
+
+
 def test_falls_back_to_local_mining_with_a_warning():
     # fix: the reference raises when no process group is initialised
     emb, labels = rank_data(0)

@@ -166,3 +166,24 @@ def test_seeded_shards():
     assert [len(s) for s in shards] == [15, 15]
     for r, s in enumerate(shards):
         assert list(s) == draws[r::2][:15]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("batch_size", 2.7, TypeError),
+        ("batch_size", 0, ValueError),
+        ("dataloader_num_workers", 1.5, TypeError),
+        ("dataloader_num_workers", -1, ValueError),
+        ("subset_size", 2.5, TypeError),
+        ("subset_size", -3, ValueError),
+    ],
+)
+def test_tuples_to_weights_fractional_or_negative_counts_are_rejected_not_truncated(
+    name, value, error
+):
+    # fix: int() silently turned a batch_size of 2.7 into 2
+    kwargs = {**KW, name: value}
+    subset_size = kwargs.pop("subset_size", None)
+    with pytest.raises(error, match=name):
+        TuplesToWeightsSampler(torch.nn.Identity(), None, dataset(), subset_size, **kwargs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from pml.core.validation import check_bool, check_type
+
 __all__ = ["COLLECT_STATS", "LOGGER", "LOGGER_NAME", "set_collect_stats", "set_logger_name"]
 
 COLLECT_STATS: bool = False
@@ -19,13 +21,11 @@ LOGGER: logging.Logger = logging.getLogger(LOGGER_NAME)
 def set_collect_stats(value: bool) -> None:
     """Set the default ``collect_stats`` of modules constructed from now on."""
     global COLLECT_STATS
-    if not isinstance(value, bool):
-        raise TypeError(f"value must be a bool; got {type(value).__name__}")
-    COLLECT_STATS = value
+    COLLECT_STATS = check_bool("value", value)
 
 
 def set_logger_name(name: str) -> None:
     """Rename the library logger (``LOGGER``)."""
     global LOGGER, LOGGER_NAME
-    LOGGER_NAME = name
+    LOGGER_NAME = check_type("name", name, str)
     LOGGER = logging.getLogger(name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pml.core.validation import check_type
+
 __all__ = [
     "accumulation_dtype",
     "neg_inf",
@@ -83,8 +85,7 @@ def to_device(
     Raises:
         TypeError: if ``x`` is not a tensor.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    check_type("x", x, Tensor)
     dev = device if device is not None else (tensor.device if tensor is not None else None)
     if dev is not None and x.device != torch.device(dev):
         x = x.to(dev)

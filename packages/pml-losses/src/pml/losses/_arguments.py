@@ -1,13 +1,13 @@
-"""Constructor-argument checks shared by the losses (TypeError/ValueError naming the argument).
+"""Constructor-argument checks of the losses: core's vocabulary plus the reference's casts.
 
-``check_real`` is :func:`pml.core.validation.check_real` that also takes a one-element tensor
-(the reference accepts tensor hyperparameters); ``check_count`` is ``check_int`` that also
-takes an integral float (``7.0``); ``check_int``/``check_bool`` are core's.
+``check_real``/``check_count`` are :func:`pml.core.validation.check_real`/``check_int`` that
+also take what the reference accepts: a one-element tensor hyper-parameter and, for counts,
+an integral float (``7.0``). ``check_int``/``check_bool`` are core's (re-exported).
+``check_regularizer`` is the losses' own.
 """
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from torch import Tensor
@@ -18,8 +18,15 @@ from pml.core.validation import check_real as _core_check_real
 __all__ = ["check_bool", "check_count", "check_int", "check_real", "check_regularizer"]
 
 
-def check_real(name: str, value: Any, **bounds: Any) -> None:
-    """Raise unless ``value`` is a real number (or a one-element tensor) within ``bounds``.
+def _scalar(value: Any) -> Any:
+    """A one-element tensor as a 0-dim one (detached); anything else unchanged."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.detach().reshape(())
+    return value
+
+
+def check_real(name: str, value: Any, **bounds: Any) -> float | None:
+    """:func:`pml.core.validation.check_real` that also takes a one-element tensor.
 
     Args:
         name: the argument's name, for the message.
@@ -31,9 +38,7 @@ def check_real(name: str, value: Any, **bounds: Any) -> None:
         TypeError: not a real number (bool and strings included).
         ValueError: NaN, or outside the bounds.
     """
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.detach().reshape(())
-    _core_check_real(name, value, **bounds)
+    return _core_check_real(name, _scalar(value), **bounds)  # compat: tensor hyper-parameters
 
 
 def check_count(name: str, value: Any, *, min: int = 1, allow_none: bool = False) -> int | None:
@@ -43,15 +48,8 @@ def check_count(name: str, value: Any, *, min: int = 1, allow_none: bool = False
         TypeError: not an integer (bool, a fractional or non-finite float, a string).
         ValueError: below ``min``.
     """
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.detach().reshape(()).item()
-    if (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, numbers.Integral)
-        and float(value).is_integer()
-    ):
-        value = int(value)
-    return check_int(name, value, min=min, allow_none=allow_none)
+    # compat: the reference casts counts with int() and accepts tensor hyper-parameters
+    return check_int(name, _scalar(value), min=min, allow_none=allow_none, integral_float=True)
 
 
 def check_regularizer(name: str, value: Any) -> None:

@@ -5,28 +5,29 @@ Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pml.core.indices import (
-    IndicesTuple,
-    concatenate_indices_tuples,
-    convert_to_pairs,
-    get_all_pairs_indices,
-    pairs_to_triplets,
-    remove_self_comparisons,
-)
+from pml.core.indices import IndicesTuple, get_all_pairs_indices
 from pml.core.records import ModuleWithRecords
 from pml.core.validation import (
     InvalidArgumentError,
     check_embeddings,
     check_indices_tuple,
+    check_int,
     check_shapes,
+    labels_required,
 )
 from pml.losses._base import BaseLossWrapper, checked_indices_tuple
+from pml.losses._memory_queue import (
+    Written,
+    memory_indices_tuple,
+    ring_write,
+    saved_queue_position,
+    widened,
+)
 
 #: class names CrossBatchMemory accepts (spec losses-other.md, CrossBatchMemory)
 CROSS_BATCH_MEMORY_LOSSES = (
@@ -45,23 +46,6 @@ CROSS_BATCH_MEMORY_LOSSES = (
     "TripletMarginLoss",
     "TupletMarginLoss",
 )
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return value
-
-
-def _match_tuple_format(indices_tuple: IndicesTuple, like: IndicesTuple) -> IndicesTuple:
-    """``indices_tuple`` converted to pairs or triplets, whichever ``like`` is."""
-    if len(indices_tuple) == len(like):
-        return indices_tuple
-    if len(like) == 4:
-        return convert_to_pairs(indices_tuple, None)
-    return pairs_to_triplets(indices_tuple)  # type: ignore[arg-type]
 
 
 class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
@@ -128,8 +112,8 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         super().__init__(loss=loss, **kwargs)
         self.loss = loss
         self.miner = miner
-        self.embedding_size = _positive_int("embedding_size", embedding_size)
-        self.memory_size = _positive_int("memory_size", memory_size)
+        self.embedding_size: int = check_int("embedding_size", embedding_size, min=1)  # type: ignore[assignment]
+        self.memory_size: int = check_int("memory_size", memory_size, min=1)  # type: ignore[assignment]
         self.curr_batch_idx: Tensor | None = None
         self.reset_queue()
         self.add_to_recordable_attributes(
@@ -208,57 +192,25 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
                 than the memory (without a mask).
             TypeError: ``enqueue_mask`` is not a bool tensor.
         """
-        self._check_batch(embeddings, labels)
-        if enqueue_mask is not None:
-            if indices_tuple is not None:
-                raise ValueError("indices_tuple and enqueue_mask cannot be used together")
-            if not isinstance(enqueue_mask, Tensor) or enqueue_mask.dtype != torch.bool:
-                got = enqueue_mask.dtype if isinstance(enqueue_mask, Tensor) else type(enqueue_mask)
-                raise TypeError(f"enqueue_mask must be a bool tensor; got {got}")
-            if enqueue_mask.shape != (embeddings.shape[0],):
-                raise InvalidArgumentError(
-                    f"enqueue_mask must have shape ({embeddings.shape[0]},) to match "
-                    f"embeddings; got {tuple(enqueue_mask.shape)}"
-                )
-        elif embeddings.shape[0] > self.memory_size:
-            raise InvalidArgumentError(
-                f"embeddings must have at most memory_size={self.memory_size} rows; "
-                f"got {embeddings.shape[0]}"
-            )
-        if indices_tuple is not None:
-            # fix: the reference never checks the bounds (index -1 silently meant the last
-            # row). Checked before anything is enqueued.
-            n = embeddings.shape[0]
-            check_indices_tuple(indices_tuple, n, self._reference_size_after(n), check_bounds=True)
-
+        self._check_forward_inputs(embeddings, labels, indices_tuple, enqueue_mask)
         self.reset_stats()
         labels = labels.to(embeddings.device)
-        memory, label_memory = self._working_memory(embeddings, labels)
+        queries, query_labels, rows, row_labels = embeddings, labels, embeddings, labels
         if enqueue_mask is not None:
             enqueue_mask = enqueue_mask.to(embeddings.device)
-            emb_for_queue, labels_for_queue = embeddings[enqueue_mask], labels[enqueue_mask]
+            rows, row_labels = embeddings[enqueue_mask], labels[enqueue_mask]
             queries, query_labels = embeddings[~enqueue_mask], labels[~enqueue_mask]
-        else:
-            emb_for_queue, labels_for_queue = embeddings, labels
-            queries, query_labels = embeddings, labels
-
-        new = _ring_write(
-            memory, label_memory, emb_for_queue, labels_for_queue, self.queue_idx, self.memory_size
-        )
-        filled = self.has_been_filled or new.filled
-        ref_emb, ref_labels = new.memory, new.label_memory
-        if not filled:
-            ref_emb, ref_labels = ref_emb[: new.queue_idx], ref_labels[: new.queue_idx]
-        queries = queries.to(memory.dtype)
+        new = ring_write(self.embedding_memory, self.label_memory, rows, row_labels, self.queue_idx)
+        ref_emb, ref_labels = new.reference(self.has_been_filled)
+        queries = queries.to(new.memory.dtype)
         self_slots = new.slots if enqueue_mask is None else None
         internal = self._indices_tuple(
             queries, query_labels, ref_emb, ref_labels, indices_tuple, self_slots
         )
         # Checked above (user tuple) or built here: the wrapped loss skips the range check.
-        internal = checked_indices_tuple(internal)
-        out = self.loss(queries, query_labels, internal, ref_emb, ref_labels)
+        out = self.loss(queries, query_labels, checked_indices_tuple(internal), ref_emb, ref_labels)
         # The batch is committed only now: a call that raised above left the memory as it was.
-        self._commit(new, filled)
+        self._commit(new)
         if isinstance(out, Tensor) and out.dtype != embeddings.dtype:
             out = out.to(embeddings.dtype)
         return out
@@ -277,20 +229,16 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         Raises:
             ValueError: shape mismatches or ``batch_size != len(embeddings)``.
         """
-        self._check_batch(embeddings, labels)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be an int; got {type(batch_size).__name__}")
-        if batch_size != embeddings.shape[0]:
+        labels = self._check_batch(embeddings, labels)
+        n = embeddings.shape[0]
+        if check_int("batch_size", batch_size) != n:
             raise ValueError(
-                f"batch_size must equal the number of embeddings ({embeddings.shape[0]}); "
-                f"got {batch_size}"
+                f"batch_size must equal the number of embeddings ({n}); got {batch_size}"
             )
         labels = labels.to(embeddings.device)
-        memory, label_memory = self._working_memory(embeddings, labels)
-        new = _ring_write(
-            memory, label_memory, embeddings, labels, self.queue_idx, self.memory_size
+        self._commit(
+            ring_write(self.embedding_memory, self.label_memory, embeddings, labels, self.queue_idx)
         )
-        self._commit(new, self.has_been_filled or new.filled)
 
     def create_indices_tuple(
         self,
@@ -321,14 +269,9 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
                 before anything was enqueued (no :attr:`curr_batch_idx`) or with a
                 :attr:`curr_batch_idx` of another length than ``embeddings``.
         """
-        if input_indices_tuple is not None:
-            check_indices_tuple(
-                input_indices_tuple,
-                embeddings.shape[0],
-                E_mem.shape[0],
-                name="input_indices_tuple",
-                check_bounds=True,
-            )
+        n, user = embeddings.shape[0], input_indices_tuple
+        if user is not None:
+            check_indices_tuple(user, n, len(E_mem), name="input_indices_tuple", check_bounds=True)
         self_slots = None
         if do_remove_self_comparisons:
             if self.curr_batch_idx is None:
@@ -336,45 +279,62 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
                     "curr_batch_idx is not set: call add_to_memory (or forward) before "
                     "create_indices_tuple with do_remove_self_comparisons=True"
                 )
-            if len(self.curr_batch_idx) != embeddings.shape[0]:
+            if len(self.curr_batch_idx) != n:
                 raise ValueError(
                     f"curr_batch_idx has {len(self.curr_batch_idx)} slots but embeddings has "
-                    f"{embeddings.shape[0]} rows"
+                    f"{n} rows"
                 )
             self_slots = self.curr_batch_idx
-        return self._indices_tuple(
-            embeddings, labels, E_mem, L_mem, input_indices_tuple, self_slots
-        )
+        return self._indices_tuple(embeddings, labels, E_mem, L_mem, user, self_slots)
 
-    # ------------------------------------------------------------------------- internals
-
-    def _check_batch(self, embeddings: Tensor, labels: Tensor | None) -> None:
+    def _check_batch(self, embeddings: Tensor, labels: Tensor | None) -> Tensor:
+        """Embeddings ``(N, embedding_size)`` and labels ``(N,)``; returns the labels."""
         check_embeddings(embeddings, "embeddings")
-        if labels is None:
-            raise ValueError("labels must not be None: CrossBatchMemory needs labels")
+        labels = labels_required(labels)
         check_shapes(embeddings, labels)
         if embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings must have embedding_size {self.embedding_size} columns; "
                 f"got {embeddings.shape[1]}"
             )
+        return labels
+
+    def _check_forward_inputs(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        enqueue_mask: Tensor | None,
+    ) -> None:
+        """Every check of :meth:`forward`, made before anything is enqueued."""
+        self._check_batch(embeddings, labels)
+        if enqueue_mask is not None:
+            if indices_tuple is not None:
+                raise ValueError("indices_tuple and enqueue_mask cannot be used together")
+            if not isinstance(enqueue_mask, Tensor) or enqueue_mask.dtype != torch.bool:
+                got = enqueue_mask.dtype if isinstance(enqueue_mask, Tensor) else type(enqueue_mask)
+                raise TypeError(f"enqueue_mask must be a bool tensor; got {got}")
+            if enqueue_mask.shape != (embeddings.shape[0],):
+                raise InvalidArgumentError(
+                    f"enqueue_mask must have shape ({embeddings.shape[0]},) to match "
+                    f"embeddings; got {tuple(enqueue_mask.shape)}"
+                )
+        elif embeddings.shape[0] > self.memory_size:
+            raise InvalidArgumentError(
+                f"embeddings must have at most memory_size={self.memory_size} rows; "
+                f"got {embeddings.shape[0]}"
+            )
+        if indices_tuple is not None:
+            # fix: the reference never checks the bounds (index -1 silently meant the last
+            # row). Checked before anything is enqueued.
+            n = embeddings.shape[0]
+            check_indices_tuple(indices_tuple, n, self._reference_size_after(n), check_bounds=True)
 
     def _reference_size_after(self, n: int) -> int:
         """Size of the reference set once ``n`` more rows are enqueued."""
         if self.has_been_filled or self.queue_idx + n >= self.memory_size:
             return self.memory_size
         return self.queue_idx + n
-
-    def _working_memory(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The memories on the batch's device, in the promoted dtypes (never narrowed)."""
-        # fix: the reference casts the memories to each batch's dtypes, truncating a float64
-        # memory to float16 and wrapping int64 labels into uint8 (300 -> 44).
-        emb_dtype = torch.promote_types(self.embedding_memory.dtype, embeddings.dtype)
-        label_dtype = torch.promote_types(self.label_memory.dtype, labels.dtype)
-        return (
-            self.embedding_memory.to(device=embeddings.device, dtype=emb_dtype),
-            self.label_memory.to(device=embeddings.device, dtype=label_dtype),
-        )
 
     def _indices_tuple(
         self,
@@ -389,20 +349,14 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
             internal = self.miner(queries, query_labels, ref_emb, ref_labels)
         else:
             internal = get_all_pairs_indices(query_labels, ref_labels)
-        if self_slots is not None:
-            internal = remove_self_comparisons(internal, self_slots, self.memory_size)
-        if user is not None:
-            device = internal[0].device
-            user = tuple(t.to(device=device, dtype=torch.long) for t in user)  # type: ignore[assignment]
-            internal = concatenate_indices_tuples(internal, _match_tuple_format(user, internal))  # type: ignore[arg-type]
-        return internal
+        return memory_indices_tuple(internal, self_slots, user, self.memory_size)
 
-    def _commit(self, new: _Written, filled: bool) -> None:
+    def _commit(self, new: Written) -> None:
         self.embedding_memory = new.memory
         self.label_memory = new.label_memory
         self.curr_batch_idx = new.slots
         self.queue_idx = new.queue_idx
-        self.has_been_filled = filled
+        self.has_been_filled = self.has_been_filled or new.filled
 
     def _load_from_state_dict(
         self,
@@ -423,17 +377,9 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         Incoming memories of a wider dtype widen the buffers (never narrowed).
         """
         key = prefix + "queue_state"
-        emb_key, label_key = prefix + "embedding_memory", prefix + "label_memory"
-        if key in state_dict:
-            queue = _queue_from_saved_state(state_dict[key], self.memory_size)
-        else:
-            queue = _infer_queue(state_dict.get(emb_key), state_dict.get(label_key), self)
-        for name, k in (("embedding_memory", emb_key), ("label_memory", label_key)):
-            incoming, own = state_dict.get(k), getattr(self, name)
-            if isinstance(incoming, Tensor):
-                dtype = torch.promote_types(own.dtype, incoming.dtype)
-                if dtype != own.dtype:
-                    setattr(self, name, own.to(dtype))
+        queue = saved_queue_position(state_dict, prefix, self.embedding_memory, self.label_memory)
+        for name in ("embedding_memory", "label_memory"):  # widened, never narrowed
+            setattr(self, name, widened(getattr(self, name), state_dict.get(prefix + name)))
         n_errors = len(error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -442,82 +388,6 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
             missing_keys.remove(key)
         if queue is not None and len(error_msgs) == n_errors:
             self.queue_idx, self.has_been_filled = queue
-
-
-class _Written(NamedTuple):
-    memory: Tensor
-    label_memory: Tensor
-    slots: Tensor
-    queue_idx: int
-    filled: bool
-
-
-def _ring_write(
-    memory: Tensor,
-    label_memory: Tensor,
-    emb: Tensor,
-    labels: Tensor,
-    start: int,
-    memory_size: int,
-) -> _Written:
-    """Write ``emb``/``labels`` (detached) from slot ``start`` on, out of place.
-
-    Returns the new memories, the slot of every row ``(B,)``, the next slot and whether the
-    writes reached the last slot.
-    """
-    size = emb.shape[0]
-    slots = torch.arange(start, start + size, device=emb.device) % memory_size
-    # fix: with more rows than slots (enqueue_mask mode) the reference scatters to duplicate
-    # slots (order-dependent); a FIFO keeps the last memory_size rows, so write only those.
-    keep = slice(max(size - memory_size, 0), size)
-    # Out of place: a graph built on the previous memory (e.g. two forwards before one
-    # backward) stays valid, and nothing changes until the caller commits.
-    memory = memory.index_copy(0, slots[keep], emb[keep].detach().to(memory.dtype))
-    label_memory = label_memory.index_copy(0, slots[keep], labels[keep].to(label_memory.dtype))
-    # Filled once the writes reach the last slot. fix: the reference tests "new queue_idx
-    # <= old one", which also fires after enqueueing nothing and exposes never-written
-    # zero slots as label-0 samples.
-    return _Written(
-        memory, label_memory, slots, (start + size) % memory_size, start + size >= memory_size
-    )
-
-
-def _queue_from_saved_state(saved: Any, memory_size: int) -> tuple[int, bool]:
-    values = saved.tolist() if isinstance(saved, Tensor) else None
-    if (
-        not isinstance(values, list)
-        or len(values) != 2
-        or not all(isinstance(v, int) for v in values)
-        or not 0 <= values[0] < memory_size
-        or values[1] not in (0, 1)
-    ):
-        raise ValueError(
-            "queue_state must be an integer tensor [queue_idx, has_been_filled] with "
-            f"0 <= queue_idx < memory_size={memory_size} and has_been_filled 0 or 1; "
-            f"got {saved!r}"
-        )
-    return values[0], bool(values[1])
-
-
-def _infer_queue(emb: Any, labels: Any, module: CrossBatchMemory) -> tuple[int, bool] | None:
-    """Queue position of a saved memory without ``queue_state``; None if not inferable."""
-    if not isinstance(emb, Tensor) or emb.shape != module.embedding_memory.shape:
-        return None
-    written = (emb != 0).any(dim=1)
-    if isinstance(labels, Tensor) and labels.shape == module.label_memory.shape:
-        written |= labels.to(written.device) != 0
-    rows = torch.nonzero(written).flatten()
-    used = int(rows[-1]) + 1 if len(rows) else 0
-    if used < module.memory_size:
-        return used, False
-    warnings.warn(
-        "the state_dict has no queue_state (saved by pytorch-metric-learning or an older "
-        "pml): the memory is full, so it is loaded as filled with queue_idx 0; the saved "
-        "run's next write position is unknown",
-        UserWarning,
-        stacklevel=4,
-    )
-    return 0, True
 
 
 __all__ = ["CrossBatchMemory"]

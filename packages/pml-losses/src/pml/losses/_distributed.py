@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from pml.core import distributed as D
 from pml.core.indices import IndicesTuple, get_all_pairs_indices, remove_self_comparisons
-from pml.core.validation import check_indices_tuple
-from pml.losses._arguments import check_bool
+from pml.core.validation import check_bool, check_indices_tuple, check_type, labels_required
 from pml.losses._base import BaseMetricLossFunction, checked_indices_tuple
 from pml.losses._cross_batch_memory import CrossBatchMemory
 
@@ -55,11 +54,7 @@ class DistributedLossWrapper(nn.Module):
 
     def __init__(self, loss: nn.Module, efficient: bool = False) -> None:
         super().__init__()
-        if not isinstance(loss, BaseMetricLossFunction | CrossBatchMemory):
-            raise TypeError(
-                "loss must be a BaseMetricLossFunction or CrossBatchMemory instance; "
-                f"got {type(loss).__name__}"
-            )
+        check_type("loss", loss, (BaseMetricLossFunction, CrossBatchMemory))
         check_bool("efficient", efficient)
         if efficient and isinstance(loss, CrossBatchMemory):
             raise ValueError("efficient=True is not supported with CrossBatchMemory")
@@ -158,8 +153,7 @@ class DistributedLossWrapper(nn.Module):
         world_size = D.get_world_size()
         if world_size <= 1:
             return self.loss(embeddings, labels, indices_tuple, enqueue_mask)
-        if labels is None:
-            raise ValueError("labels must not be None: CrossBatchMemory needs labels")
+        labels = labels_required(labels)
         # fix: the reference gathers local-rank-first, so every rank enqueued the rows in
         # another order and, with a memory size that is not a multiple of the global batch,
         # the ranks' memories (and losses) diverged. Rank order is the same on every rank:

@@ -14,8 +14,12 @@ from torch import Tensor, nn
 from pml.core.dtypes import accumulation_dtype
 from pml.core.functional import zero_loss
 from pml.core.indices import IndicesTuple
-from pml.core.validation import InvalidArgumentError, check_embeddings, check_indices_tuple
-from pml.losses._arguments import check_bool
+from pml.core.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_embeddings,
+    check_indices_tuple,
+)
 from pml.losses._base import BaseLossWrapper, check_floating_tensor, checked_indices_tuple
 
 #: class names SelfSupervisedLoss accepts (spec losses-other.md, SelfSupervisedLoss)
@@ -104,6 +108,10 @@ class SelfSupervisedLoss(BaseLossWrapper):
 def _as_container(
     value: Any, name: str, is_dict: bool, allow_none: bool = False
 ) -> nn.ModuleList | nn.ModuleDict:
+    """``value`` as the container kind of ``losses``.
+
+    A mismatch is an :class:`InvalidArgumentError` (compat: the reference asserted).
+    """
     if is_dict:
         if not isinstance(value, Mapping):
             raise InvalidArgumentError(

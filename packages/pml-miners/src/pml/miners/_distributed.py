@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pml.core.distributed import gather_emb_and_ref, get_world_size, is_distributed
 from pml.core.indices import IndicesTuple, remove_self_comparisons
+from pml.core.validation import check_bool, check_type
 from pml.miners._base import BaseMiner
 
 
@@ -28,7 +29,7 @@ class DistributedMinerWrapper(nn.Module):
             (pairs of an anchor with its own copy are removed).
 
     Raises:
-        TypeError: ``miner`` is not a ``BaseMiner``.
+        TypeError: ``miner`` is not a ``BaseMiner``, or ``efficient`` not a bool.
 
     Example:
         >>> from pml.miners import MultiSimilarityMiner
@@ -43,10 +44,8 @@ class DistributedMinerWrapper(nn.Module):
 
     def __init__(self, miner: BaseMiner, efficient: bool = False) -> None:
         super().__init__()
-        if not isinstance(miner, BaseMiner):
-            raise TypeError(f"miner must be a pml.miners.BaseMiner; got {type(miner).__name__}")
-        self.miner = miner
-        self.efficient = efficient
+        self.miner = check_type("miner", miner, BaseMiner)
+        self.efficient = check_bool("efficient", efficient)
         self._warned = False
 
     def forward(

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple, PairsTuple, convert_to_pairs, get_all_pairs_indices
-from pml.core.validation import check_indices_tuple, check_real
+from pml.core.validation import check_indices_tuple, check_int, check_real
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.miners import functional as MF
 from pml.miners._base import BaseMiner, _records
@@ -177,7 +177,8 @@ class UniformHistogramMiner(BaseMiner):
         **kwargs: ``distance``, ``collect_stats``.
 
     Raises:
-        ValueError: a non-positive ``num_bins``, ``pos_per_bin`` or ``neg_per_bin``.
+        TypeError: ``num_bins``, ``pos_per_bin`` or ``neg_per_bin`` is not an int.
+        ValueError: one of them is smaller than 1.
 
     Example:
         >>> emb = torch.nn.functional.normalize(torch.randn(8, 3), dim=1)
@@ -191,16 +192,13 @@ class UniformHistogramMiner(BaseMiner):
         self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (
-            ("num_bins", num_bins),
-            ("pos_per_bin", pos_per_bin),
-            ("neg_per_bin", neg_per_bin),
-        ):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                # fix: the reference fails at the first forward (torch.cat / multinomial)
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        self.num_bins = int(num_bins)
-        _records(self, pos_per_bin=int(pos_per_bin), neg_per_bin=int(neg_per_bin))
+        # fix: the reference fails at the first forward (torch.linspace / multinomial)
+        self.num_bins = check_int("num_bins", num_bins, min=1)
+        _records(
+            self,
+            pos_per_bin=check_int("pos_per_bin", pos_per_bin, min=1),
+            neg_per_bin=check_int("neg_per_bin", neg_per_bin, min=1),
+        )
 
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor

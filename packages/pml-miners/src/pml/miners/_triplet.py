@@ -20,7 +20,7 @@ class TripletMarginMiner(BaseMiner):
     """Triplets by margin (Schroff et al., CVPR 2015). Math: `functional.triplet_margin_miner`.
 
     Never builds the ``N x M x M`` candidate tensor: candidates are evaluated per block of
-    positive pairs, so ``N = 4096`` fits in a few hundred MB plus the output.
+    positive pairs, so memory is one block plus the output.
 
     Args:
         margin: the margin ``m``.

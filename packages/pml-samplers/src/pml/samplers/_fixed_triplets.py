@@ -10,7 +10,8 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, count_arg
+from pml.samplers._arguments import check_count
+from pml.samplers._sharding import Sharding
 
 
 class FixedSetOfTriplets(Sampler[int]):
@@ -58,7 +59,7 @@ class FixedSetOfTriplets(Sampler[int]):
     ) -> None:
         # compat: the reference casts with int() (3.0 is accepted; 2.7 and True are not:
         # the reference would silently use 2 and 1)
-        self.num_triplets = count_arg("num_triplets", num_triplets, min=1, integral_float=True)
+        self.num_triplets = check_count("num_triplets", num_triplets, integral_float=True)
         self._keys, self._members, self._offsets = SF.group_by_label(labels)
         if len(self._keys) < 2:
             raise ValueError(

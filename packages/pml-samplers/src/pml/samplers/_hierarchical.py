@@ -12,7 +12,8 @@ from torch.utils.data import Sampler
 
 from pml.core.validation import InvalidArgumentError, check_int
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, count_arg
+from pml.samplers._arguments import check_count
+from pml.samplers._sharding import Sharding
 
 
 class HierarchicalSampler(Sampler[list[int]]):
@@ -82,13 +83,13 @@ class HierarchicalSampler(Sampler[list[int]]):
         if arr.ndim != 2:
             raise ValueError(f"labels must have shape (N, levels); got {arr.shape}")
         # compat: the reference accepts an integral float batch_size (4.0), not 4.5 or True
-        self.batch_size = count_arg("batch_size", batch_size, min=1, integral_float=True)
+        self.batch_size = check_count("batch_size", batch_size, integral_float=True)
         # fix: the reference accepts 0 and then yields no batch at all
-        self.batches_per_super_tuple = count_arg(
-            "batches_per_super_tuple", batches_per_super_tuple, min=1
+        self.batches_per_super_tuple = check_count(
+            "batches_per_super_tuple", batches_per_super_tuple
         )
-        self.super_classes_per_batch = count_arg(
-            "super_classes_per_batch", super_classes_per_batch, min=1
+        self.super_classes_per_batch = check_count(
+            "super_classes_per_batch", super_classes_per_batch
         )
         if self.batch_size % self.super_classes_per_batch != 0:
             raise InvalidArgumentError(
@@ -101,7 +102,7 @@ class HierarchicalSampler(Sampler[list[int]]):
                 raise ValueError(
                     f"samples_per_class must be a positive int or 'all'; got {samples_per_class!r}"
                 )
-            samples_per_class = count_arg("samples_per_class", samples_per_class, min=1)
+            samples_per_class = check_count("samples_per_class", samples_per_class)
             if self.sub_batch_len % samples_per_class != 0:
                 raise InvalidArgumentError(
                     f"batch size is not a multiple of samples_per_class: batch_size // "

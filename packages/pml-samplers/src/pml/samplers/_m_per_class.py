@@ -12,7 +12,8 @@ from torch.utils.data import Sampler
 
 from pml.core.validation import InvalidArgumentError
 from pml.samplers import functional as SF
-from pml.samplers._sharding import Sharding, count_arg
+from pml.samplers._arguments import check_count
+from pml.samplers._sharding import Sharding
 
 
 class MPerClassSampler(Sampler[int]):
@@ -71,13 +72,13 @@ class MPerClassSampler(Sampler[int]):
     ) -> None:
         # compat: the reference casts m and batch_size with int() (2.0 is accepted; 2.7 and
         # True are not: the reference would silently use 2 and 1)
-        self.m_per_class = count_arg("m", m, min=1, integral_float=True)
+        self.m_per_class = check_count("m", m, integral_float=True)
         self.batch_size = (
             None if batch_size is None
-            else count_arg("batch_size", batch_size, min=1, integral_float=True)
+            else check_count("batch_size", batch_size, integral_float=True)
         )  # fmt: skip
         # fix: the reference accepts any length (a negative one fails in len())
-        length_before_new_iter = count_arg("length_before_new_iter", length_before_new_iter, min=1)
+        length_before_new_iter = check_count("length_before_new_iter", length_before_new_iter)
         self._keys, self._members, self._offsets = SF.group_by_label(labels)
         if not self._keys:
             raise InvalidArgumentError("labels must not be empty")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from pml.core.validation import InvalidArgumentError, check_int
+from pml.core.validation import check_int
 from pml.samplers import functional as SF
 
 
@@ -76,22 +75,3 @@ class Sharding:
         per_rank = self.num_blocks(len(stream) // block)
         blocks = stream[: per_rank * self.num_replicas * block].reshape(-1, block)
         return blocks[self.rank :: self.num_replicas].reshape(-1)
-
-
-def count_arg(name: str, value: Any, *, min: int, integral_float: bool = False) -> int:
-    """A count argument: :func:`pml.core.validation.check_int`, then ``value >= min``.
-
-    Below ``min`` is an :class:`InvalidArgumentError` (also an ``AssertionError``, what the
-    reference raised for its count checks). ``True``, ``2.7`` or ``"2"`` are ``TypeError``.
-
-    Args:
-        integral_float: accept floats with an integral value (``2.0``) as ints.
-    """
-    is_float = isinstance(value, float | np.floating)
-    if integral_float and is_float and math.isfinite(value) and float(value).is_integer():
-        # compat: the reference casts with int(); 2.0 (say, from a config file) is 2
-        value = int(value)
-    out: int = check_int(name, value)  # type: ignore[assignment]
-    if out < min:
-        raise InvalidArgumentError(f"{name} must be >= {min}; got {out}")
-    return out

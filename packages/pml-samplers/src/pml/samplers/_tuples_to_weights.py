@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, WeightedRando
 
 from pml.core import config
 from pml.core.indices import convert_to_weights
+from pml.core.validation import check_int
 from pml.samplers import functional as SF
 from pml.samplers._sharding import Sharding
 
@@ -63,8 +64,10 @@ class TuplesToWeightsSampler(Sampler[int]):
             ``data_and_label_getter``; evaluation-only options are accepted and ignored.
 
     Raises:
-        TypeError: an unknown tester option.
-        ValueError: ``pca`` (not supported here).
+        TypeError: an unknown tester option; ``subset_size``, ``batch_size`` or
+            ``dataloader_num_workers`` not an int.
+        ValueError: ``pca`` (not supported here); ``batch_size < 1``, a negative
+            ``subset_size`` or ``dataloader_num_workers``.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -104,9 +107,13 @@ class TuplesToWeightsSampler(Sampler[int]):
         self.model = model
         self.miner = miner
         self.dataset = dataset
-        self.subset_size = subset_size
-        self.batch_size = int(opts["batch_size"])
-        self.num_workers = int(opts["dataloader_num_workers"])
+        # fix: int() silently truncated a batch_size of 2.7 (the reference fails in DataLoader)
+        self.subset_size = check_int("subset_size", subset_size, min=0, allow_none=True)
+        self.batch_size: int = check_int("batch_size", opts["batch_size"], min=1)  # type: ignore[assignment]
+        self.num_workers = check_int(
+            "dataloader_num_workers", opts["dataloader_num_workers"], min=0
+        )
+        # compat: the reference tests normalize_embeddings for truthiness
         self.normalize_embeddings = bool(opts["normalize_embeddings"])
         self.dtype = opts["dtype"]
         self.data_and_label_getter = opts["data_and_label_getter"] or (lambda batch: batch)

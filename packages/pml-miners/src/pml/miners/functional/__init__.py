@@ -9,19 +9,17 @@ return index tuples: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` of int64
 from pml.miners.functional._batch import batch_easy_hard_miner, batch_hard_miner
 from pml.miners.functional._pair import (
     hdc_miner,
+    histogram_sample,
     multi_similarity_miner,
     pair_margin_miner,
     pair_margin_miner_stats,
-)
-from pml.miners.functional._random import (
-    distance_weighted_miner,
-    distance_weighted_weights,
-    histogram_sample,
     uniform_histogram_miner,
 )
 from pml.miners.functional._triplet import (
     angular_miner,
     angular_miner_stats,
+    distance_weighted_miner,
+    distance_weighted_weights,
     embeddings_already_packaged_as_triplets,
     triplet_margin_miner,
     triplet_margin_miner_stats,

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from pml.core.dtypes import neg_inf, pos_inf
 from pml.core.indices import PairsTuple, TripletsTuple, pos_neg_masks
+from pml.core.validation import check_option
 
 __all__ = ["batch_easy_hard_miner", "batch_hard_miner"]
 
@@ -18,9 +19,8 @@ STRATEGIES: tuple[str, ...] = ("hard", "semihard", "easy", "all")
 
 def check_strategies(pos_strategy: str, neg_strategy: str) -> None:
     """Raise ``ValueError`` for an unknown or impossible strategy combination."""
-    for name, value in (("pos_strategy", pos_strategy), ("neg_strategy", neg_strategy)):
-        if value not in STRATEGIES:
-            raise ValueError(f"{name} must be one of {list(STRATEGIES)}; got {value!r}")
+    check_option("pos_strategy", pos_strategy, STRATEGIES)
+    check_option("neg_strategy", neg_strategy, STRATEGIES)
     if pos_strategy == neg_strategy == "semihard":
         raise ValueError(
             "pos_strategy and neg_strategy cannot both be 'semihard': each is defined "

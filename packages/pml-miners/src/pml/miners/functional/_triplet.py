@@ -1,15 +1,14 @@
-"""Triplet miners: margin, angle and packaged triplets.
+"""Triplet miners: margin, angle, distance-weighted sampling and packaged triplets.
 
-Every function enumerates candidate triplets per *positive pair*: the row of the positive
-pair's anchor is compared with the positive's value in one ``(P_chunk, M)`` block, so memory
-is bounded by ``max_elements`` (never ``N x M x M``) and the output comes out in the
-reference's lexicographic ``(a, p, n)`` order.
+The margin and angle miners enumerate candidates per block of positive pairs
+(:mod:`._triplet_blocks`: bounded memory, lexicographic ``(a, p, n)`` order). The
+distance-weighted miner consumes torch's global RNG like the reference, so results under
+``torch.manual_seed`` match it on CPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -17,95 +16,27 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import TripletsTuple, pos_neg_masks
+from pml.core.indices import TripletsTuple, get_random_triplet_indices, pos_neg_masks
+from pml.miners.functional._triplet_blocks import (
+    DEFAULT_MAX_ELEMENTS,
+    TripletParts,
+    Workspace,
+    angular_blocks,
+    block_rows,
+    pos_pair_chunks,
+)
 
 __all__ = [
     "angular_miner",
     "angular_miner_stats",
+    "distance_weighted_miner",
+    "distance_weighted_weights",
     "embeddings_already_packaged_as_triplets",
     "triplet_margin_miner",
     "triplet_margin_miner_stats",
 ]
 
 TripletType = Literal["all", "hard", "semihard", "easy"]
-
-_DEFAULT_MAX_ELEMENTS = 1 << 21
-
-
-class _TripletParts:
-    """Blocks of selected triplets, stored compactly until the output is assembled.
-
-    A block keeps its positive pairs ``(a1, p)`` and either its boolean selection mask
-    (1 byte per candidate) or, when fewer than 1 in 8 candidates are selected, the selected
-    ``(row, negative)`` pairs as int32. :meth:`assemble` writes the int64 output block by
-    block into lazily committed memory and frees each block as it goes, so the peak is about
-    the output itself plus one block.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.blocks: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, int]] = []
-
-    def add(self, a1: Tensor, p: Tensor, keep: Tensor) -> None:
-        count = int(keep.sum())
-        if count == 0:
-            return
-        if 8 * count < keep.numel() and max(keep.shape) < 2**31:
-            rows, n = torch.where(keep)
-            self.blocks.append((a1, p, rows.to(torch.int32), n.to(torch.int32), count))
-        else:
-            self.blocks.append((a1, p, keep.clone(), None, count))
-
-    def assemble(self) -> TripletsTuple:
-        total = sum(b[4] for b in self.blocks)
-        out = [torch.empty(total, dtype=torch.long, device=self.device) for _ in range(3)]
-        start = 0
-        self.blocks.reverse()
-        while self.blocks:
-            a1, p, rows, n, count = self.blocks.pop()
-            if n is None:  # a stored mask
-                rows, n = torch.where(rows)  # type: ignore[arg-type]
-            stop = start + count
-            rows = rows.long()  # type: ignore[union-attr]
-            torch.index_select(a1, 0, rows, out=out[0][start:stop])
-            torch.index_select(p, 0, rows, out=out[1][start:stop])
-            out[2][start:stop] = n
-            start = stop
-            del a1, p, rows, n
-        return out[0], out[1], out[2]
-
-
-class _Workspace:
-    """Reusable ``(rows, M)`` buffers: blocks write into them instead of allocating.
-
-    Repeated allocation of block-sized temporaries fragments the heap, so the resident
-    memory would keep growing over the blocks; reusing buffers keeps it at one block.
-    """
-
-    def __init__(self, rows: int, cols: int, device: torch.device) -> None:
-        self.rows, self.cols, self.device = rows, cols, device
-        self.buffers: dict[str, Tensor] = {}
-
-    def get(self, name: str, rows: int, dtype: torch.dtype) -> Tensor:
-        buf = self.buffers.get(name)
-        if buf is None or buf.dtype != dtype:
-            buf = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
-            self.buffers[name] = buf
-        return buf[:rows]
-
-
-def _block_rows(m: int, max_elements: int) -> int:
-    if max_elements < 1:
-        raise ValueError(f"max_elements must be >= 1; got {max_elements}")
-    return max(1, max_elements // max(m, 1))
-
-
-def _pos_pair_chunks(pos: Tensor, m: int, max_elements: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Positive pairs ``(a1, p)`` in row-major order, in chunks of ``~max_elements / m``."""
-    a1, p = torch.where(pos)
-    step = _block_rows(m, max_elements)
-    for s in range(0, len(a1), step):
-        yield a1[s : s + step], p[s : s + step]
 
 
 def _margin_keep(
@@ -130,7 +61,7 @@ def triplet_margin_miner(
     margin: float = 0.2,
     type_of_triplets: TripletType | str = "all",
     is_inverted: bool = False,
-    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> TripletsTuple:
     """Triplets whose margin ``tm`` satisfies the chosen condition.
 
@@ -159,10 +90,10 @@ def triplet_margin_miner(
     """
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(mat.device), neg.to(mat.device)
-    parts = _TripletParts(mat.device)
-    step = _block_rows(mat.shape[1], max_elements)
-    ws = _Workspace(min(step, int(pos.sum())), mat.shape[1], mat.device)
-    for ca, cp in _pos_pair_chunks(pos, mat.shape[1], max_elements):
+    parts = TripletParts(mat.device)
+    step = block_rows(mat.shape[1], max_elements)
+    ws = Workspace(min(step, int(pos.sum())), mat.shape[1], mat.device)
+    for ca, cp in pos_pair_chunks(pos, mat.shape[1], max_elements):
         c = len(ca)
         tm = torch.index_select(mat, 0, ca, out=ws.get("tm", c, mat.dtype))  # an
         ap = mat[ca, cp].unsqueeze(1)
@@ -206,46 +137,6 @@ def triplet_margin_miner_stats(
     return mean_ap, mean_an, mean_tm
 
 
-def _angular_blocks(
-    embeddings: Tensor,
-    labels: Tensor,
-    ref_emb: Tensor,
-    ref_labels: Tensor | None,
-    max_elements: int,
-    ws: _Workspace | None = None,
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]:
-    """Per block of positive pairs: ``(a1, p, neg rows, ap, d2, err, centres)``.
-
-    ``ap = ||a - p + 1e-6||`` (per pair, exact ``pairwise_distance``); ``d2 (P_c, M)`` is
-    ``||n - c + 1e-6||^2`` for the pair's centre ``c = (a + p) / 2`` and every reference row,
-    from a Gram matrix, with ``err`` a bound on its error (including the rounding of the
-    exact per-triplet formula); entries that close to a threshold are recomputed exactly.
-    ``neg``, ``d2`` and ``err`` live in ``ws``'s buffers: valid until the next block.
-    """
-    acc = accumulation_dtype(embeddings.dtype)
-    emb, ref = embeddings.to(acc), ref_emb.to(acc)
-    pos, neg = pos_neg_masks(labels, ref_labels)
-    pos, neg = pos.to(emb.device), neg.to(emb.device)
-    ref_sq = (ref * ref).sum(1).unsqueeze(0)
-    kappa = (2 * emb.shape[1] + 16) * torch.finfo(acc).eps
-    m = ref.shape[0]
-    if ws is None:
-        ws = _Workspace(min(_block_rows(m, max_elements), int(pos.sum())), m, emb.device)
-    for ca, cp in _pos_pair_chunks(pos, m, max_elements):
-        rows = len(ca)
-        a, p = emb[ca], ref[cp]
-        ap = F.pairwise_distance(a, p).unsqueeze(1)
-        c = (a + p) / 2
-        u = c - 1e-6  # ||n - c + eps|| == ||n - u||
-        u_sq = (u * u).sum(1, keepdim=True)
-        d2 = torch.mm(u, ref.T, out=ws.get("d2", rows, acc))
-        d2.mul_(-2).add_(ref_sq).add_(u_sq).clamp_min_(0)
-        err = torch.add(ref_sq, u_sq, out=ws.get("err", rows, acc))
-        err.add_(d2).mul_(kappa)
-        neg_rows = torch.index_select(neg, 0, ca, out=ws.get("neg", rows, torch.bool))
-        yield ca, cp, neg_rows, ap, d2, err, c
-
-
 def angular_miner(
     embeddings: Tensor,
     labels: Tensor,
@@ -253,7 +144,7 @@ def angular_miner(
     ref_labels: Tensor | None = None,
     *,
     angle: float = math.radians(20),
-    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> TripletsTuple:
     """Triplets whose angle at the negative exceeds ``angle`` (Wang et al., ICCV 2017).
 
@@ -287,19 +178,19 @@ def angular_miner(
         ref_emb, ref_labels = embeddings, labels
     acc = accumulation_dtype(embeddings.dtype)
     ref = ref_emb.to(acc)
-    parts = _TripletParts(embeddings.device)
+    parts = TripletParts(embeddings.device)
     if angle >= math.pi / 2:  # atan(x) < pi / 2 for finite x: nothing passes
         return parts.assemble()
     tan = math.tan(angle) if angle > 0 else 1.0
     scale = 1 / (4 * tan**2)
     # the reference rounds in angle space; d(d2)/d2 = 2 (1 + tan^2) / tan * angle * d(angle)/angle
     rel = torch.finfo(acc).eps * (8 + 8 * 2 * (1 + tan**2) / tan * max(angle, 0))
-    ws = _Workspace(
-        min(_block_rows(ref.shape[0], max_elements), max(len(labels) * ref.shape[0], 1)),
+    ws = Workspace(
+        min(block_rows(ref.shape[0], max_elements), max(len(labels) * ref.shape[0], 1)),
         ref.shape[0],
         embeddings.device,
     )
-    for ca, cp, neg, ap, d2, err, c in _angular_blocks(
+    for ca, cp, neg, ap, d2, err, c in angular_blocks(
         embeddings, labels, ref_emb, ref_labels, max_elements, ws
     ):
         rows = len(ca)
@@ -333,7 +224,7 @@ def angular_miner_stats(
     ref_labels: Tensor | None = None,
     *,
     angle: float = math.radians(20),
-    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> dict[str, Tensor]:
     """Angles (radians) of every candidate triplet, summarised without storing them.
 
@@ -348,7 +239,7 @@ def angular_miner_stats(
     count, mean, m2 = (torch.zeros((), **f64) for _ in range(3))  # type: ignore[arg-type]
     lo, hi = torch.tensor(math.inf, **f64), torch.tensor(-math.inf, **f64)  # type: ignore[arg-type]
     count_above, sum_above = torch.zeros((), **f64), torch.zeros((), **f64)  # type: ignore[arg-type]
-    for _, _, neg, ap, d2, _, _ in _angular_blocks(
+    for _, _, neg, ap, d2, _, _ in angular_blocks(
         embeddings, labels, ref_emb, ref_labels, max_elements
     ):
         v = torch.atan(ap / (2 * d2.sqrt()))[neg].to(torch.float64)  # d2 is a buffer: use now
@@ -378,6 +269,86 @@ def angular_miner_stats(
         "count_below": count - count_above,
         "sum_below": sum_all - sum_above,
     }
+
+
+def distance_weighted_weights(
+    mat: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor | None = None,
+    *,
+    embedding_size: int,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+) -> Tensor:
+    """Negative sampling weights ``1 / q(d)`` of Wu et al. (ICCV 2017), row-normalised.
+
+    With ``d`` the clamped distance (``>= cutoff``) and ``D`` the embedding size,
+    ``log w = (2 - D) log d - (D - 3) / 2 * log(1 - d^2 / 4)``, shifted by its maximum over
+    the finite entries, exponentiated, zeroed for same-label pairs, non-finite entries and
+    ``d >= nonzero_loss_cutoff``, and divided by the row sum (a row without any weight gets
+    NaN, which the sampler skips).
+
+    Args:
+        mat: L2 distances between L2-normalised rows, shape ``(N, M)``.
+        labels: shape ``(N,)``.
+        ref_labels: shape ``(M,)``; None for the same set.
+        embedding_size: ``D``.
+        cutoff: lower clamp of the distances.
+        nonzero_loss_cutoff: distances at or above it get weight 0.
+
+    Returns:
+        Weights, shape ``(N, M)``, dtype ``accumulation_dtype(mat.dtype)``; all zeros if no
+        entry is finite.
+
+    Example:
+        >>> d = torch.tensor([[0.0, 1.0, 1.2], [1.0, 0.0, 1.3], [1.2, 1.3, 0.0]])
+        >>> distance_weighted_weights(d, torch.tensor([0, 0, 1]), embedding_size=4)[2]
+        tensor([0.5271, 0.4729, 0.0000])
+    """
+    ref = labels if ref_labels is None else ref_labels.to(labels.device)
+    dim = float(embedding_size)
+    dist = mat.to(accumulation_dtype(mat.dtype)).clamp(min=cutoff)
+    log_w = (2.0 - dim) * torch.log(dist) - ((dim - 3) / 2) * torch.log(1.0 - 0.25 * (dist**2))
+    bad = torch.isinf(log_w) | torch.isnan(log_w)
+    same = (labels.unsqueeze(1) == ref.unsqueeze(0)).to(dist.device)
+    log_w = log_w * ~same
+    finite = log_w[~bad]
+    if finite.numel() == 0:
+        # fix: the reference takes the max of an empty tensor and raises
+        return torch.zeros_like(dist)
+    weights = torch.exp(log_w - finite.max())
+    weights = weights * ~same * (dist < nonzero_loss_cutoff)
+    weights = weights.masked_fill(bad, 0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def distance_weighted_miner(
+    mat: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor | None = None,
+    *,
+    embedding_size: int,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+) -> TripletsTuple:
+    """Distance-weighted triplets: negatives drawn with :func:`distance_weighted_weights`.
+
+    Every anchor of a label gets as many triplets as the label has (reference) members;
+    positives are uniform, negatives follow the weights. Anchors without any weight are
+    dropped. Uses torch's global RNG like the reference.
+
+    Returns:
+        ``(a, p, n)`` int64 on the labels' device.
+    """
+    weights = distance_weighted_weights(
+        mat,
+        labels,
+        ref_labels,
+        embedding_size=embedding_size,
+        cutoff=cutoff,
+        nonzero_loss_cutoff=nonzero_loss_cutoff,
+    )
+    return get_random_triplet_indices(labels, ref_labels=ref_labels, weights=weights)
 
 
 def embeddings_already_packaged_as_triplets(

@@ -18,7 +18,7 @@ from pml.losses._contrastive import (
 )
 from pml.losses._cross_batch_memory import CrossBatchMemory
 from pml.losses._distributed import DistributedLossWrapper
-from pml.losses._histogram import DynamicSoftMarginLoss, HistogramLoss
+from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca import InstanceLoss, NCALoss
 from pml.losses._ntxent import NTXentLoss, TupletMarginLoss

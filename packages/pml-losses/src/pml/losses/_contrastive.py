@@ -13,7 +13,8 @@ from torch import Tensor
 from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, SNRDistance, assert_distance_type
 from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._base import loss_entry
+from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._pair_inputs import LabelMasksMixin, threshold_bounds
 from pml.losses.functional._pair import (
     contrastive_loss,

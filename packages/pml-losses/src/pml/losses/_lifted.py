@@ -15,7 +15,8 @@ from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._base import loss_entry
+from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._pair_inputs import LabelMasksMixin, has_too_few_pairs, label_positive_pairs
 from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._pair import generalized_lifted_structure_loss, lifted_structure_loss

@@ -19,7 +19,8 @@ from torch import Tensor
 from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pairs, is_same_set, pos_neg_masks
 from pml.core.validation import labels_or_indices_tuple_required
-from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._base import loss_entry
+from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._pairs import poison_nonfinite
 from pml.reducers import (
     AvgNonZeroReducer,

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
+from pml.losses._base import loss_entry
+from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._pair_inputs import LabelMasksMixin
 from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict

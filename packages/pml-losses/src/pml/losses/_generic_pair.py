@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple, convert_to_pairs
-from pml.core.validation import InvalidArgumentError, labels_or_indices_tuple_required
+from pml.core.validation import labels_or_indices_tuple_required
 from pml.losses._base import BaseMetricLossFunction
+from pml.losses._pairs import listed_pair_masks, too_few_pairs
 from pml.reducers import LossDict
 
 
@@ -34,8 +34,7 @@ class GenericPairLoss(BaseMetricLossFunction):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
         labels_or_indices_tuple_required(labels, indices_tuple)
         pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
-        # compat: the reference returns zero when every index list has length <= 1.
-        if all(len(t) <= 1 for t in pairs):
+        if too_few_pairs(len(pairs[0]), len(pairs[2]), need_both=False):
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)
         if self.mat_based_loss:
@@ -52,15 +51,8 @@ class GenericPairLoss(BaseMetricLossFunction):
             InvalidArgumentError: a cell is both a positive and a negative pair (checked only
                 for caller-supplied tuples; it forces a device sync).
         """
-        a1, p, a2, n = pairs
-        pos_mask, neg_mask = torch.zeros_like(mat), torch.zeros_like(mat)
-        pos_mask[a1, p] = 1
-        neg_mask[a2, n] = 1
-        if check_overlap and bool(((pos_mask > 0) & (neg_mask > 0)).any()):
-            raise InvalidArgumentError(
-                "indices_tuple: each pair should be either positive or negative, not both"
-            )
-        return pos_mask, neg_mask
+        pos, neg = listed_pair_masks(pairs, mat.shape, mat.device, check_overlap)
+        return pos.to(mat.dtype), neg.to(mat.dtype)
 
     def mat_based_loss_fn(
         self, mat: Tensor, pairs: IndicesTuple, check_overlap: bool = True

@@ -6,7 +6,8 @@ and supervised-contrastive losses.
 Two input forms:
 
 * pair-list losses take the matrix entries of each listed pair (``pos_pair (P,)``,
-  ``neg_pair (Nn,)``; duplicates count);
+  ``neg_pair (Nn,)``; duplicates count); their formula is a pair of hinges
+  (``*_hinges``), which the classes also sum over a negative mask (``_pair_ops``);
 * matrix losses take ``mat (N, M)`` and boolean (or 0/1) ``pos_mask`` / ``neg_mask`` of the
   same shape and return one value per row.
 

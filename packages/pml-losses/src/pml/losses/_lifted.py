@@ -49,7 +49,7 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        masks = pair_masks(indices_tuple, labels, ref_labels, (len(embeddings), len(ref_emb)))
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)

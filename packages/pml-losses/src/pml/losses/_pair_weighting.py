@@ -55,7 +55,7 @@ class MultiSimilarityLoss(GenericPairLoss):
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        masks = pair_masks(indices_tuple, labels, ref_labels, (len(embeddings), len(ref_emb)))
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)
@@ -113,7 +113,7 @@ class CircleLoss(GenericPairLoss):
         assert_distance_type(self, CosineSimilarity)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        masks = pair_masks(indices_tuple, labels, ref_labels, (len(embeddings), len(ref_emb)))
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)
@@ -165,7 +165,7 @@ class SupConLoss(GenericPairLoss):
         return row_entry(losses)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        masks = pair_masks(indices_tuple, labels, ref_labels, (len(embeddings), len(ref_emb)))
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)

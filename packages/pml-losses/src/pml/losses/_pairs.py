@@ -182,9 +182,10 @@ def pair_masks(
     indices_tuple: IndicesTuple | None,
     labels: Tensor | None,
     ref_labels: Tensor | None,
-    shape: tuple[int, int],
+    embeddings: Tensor,
+    ref_emb: Tensor,
 ) -> tuple[Tensor, Tensor] | None:
-    """Boolean ``(pos_mask, neg_mask)`` of ``shape`` ``(N, M)``, or None for too few pairs.
+    """Boolean ``(pos_mask, neg_mask)`` of shape ``(N, M)``, or None for too few pairs.
 
     From labels: the label masks (a diagonal cleared in the same set; counted only when the
     mask is too small for more than two pairs). From a tuple: its cells (duplicates collapse).
@@ -206,7 +207,7 @@ def pair_masks(
     pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
     if too_few_pairs(len(pairs[0]), len(pairs[2]), need_both=False):
         return None
-    return listed_pair_masks(pairs, shape, pairs[0].device)
+    return listed_pair_masks(pairs, (len(embeddings), len(ref_emb)), embeddings.device)
 
 
 def listed_pair_masks(

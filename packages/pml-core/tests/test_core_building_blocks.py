@@ -56,3 +56,14 @@ def test_compat_logsumexp_is_the_masked_one_with_kept_dim():
     x = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.1, 0.2]])
     m = torch.tensor([[True, False, True], [False, False, False]])
     torch.testing.assert_close(logsumexp(x, m), masked_logsumexp(x, m, add_one=True)[:, None])
+
+
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_nan_float_labels_do_not_hide_the_other_labels_cells(with_ref):
+    # a NaN label (equal to nothing) broke the binary search: no cell came back at all
+    labels = torch.tensor([1.0, float("nan"), 1.0, float("nan"), 2.0, float("inf"), 2.0])
+    ref = torch.tensor([float("inf"), 2.0, float("nan"), 1.0, float("nan")]) if with_ref else None
+    rows, cols = same_label_cells(labels, ref)
+    other = labels if ref is None else ref
+    want = torch.where(labels.unsqueeze(1) == other.unsqueeze(0))
+    assert torch.equal(rows, want[0]) and torch.equal(cols, want[1])

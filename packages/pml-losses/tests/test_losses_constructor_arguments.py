@@ -199,3 +199,21 @@ def test_reference_accepted_values_still_work(name, kwargs) -> None:
 def test_flag_given_a_truthy_string_is_silently_true(make, arg, bad) -> None:
     with pytest.raises(TypeError, match=arg):
         make(bad)
+
+
+@pytest.mark.parametrize("name", ["ContrastiveLoss", "TripletMarginLoss", "MarginLoss"])
+def test_user_module_reducer_gets_per_element_losses_like_the_reference(name) -> None:
+    class SumOfMeans(torch.nn.Module):
+        def forward(self, loss_dict, embeddings, labels):
+            return sum(
+                v["losses"].mean() if isinstance(v["losses"], torch.Tensor) else v["losses"] * 0.0
+                for v in loss_dict.values()
+                if v["reduction_type"] != "already_reduced"
+            )
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(16, 4, generator=g, requires_grad=True)
+    labels = torch.arange(4).repeat_interleave(4)
+    loss = getattr(L, name)(reducer=SumOfMeans())(emb, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and emb.grad is not None

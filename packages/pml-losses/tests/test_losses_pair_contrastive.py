@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from pml.core.testing import assert_close
+from pml.core.testing import (
+    assert_close,
+    mined_pairs,
+    mined_triplets,
+    naive_pairs,
+    random_embeddings,
+)
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance, SNRDistance
 from pml.losses import (
@@ -20,7 +26,7 @@ from pml.losses import (
     SignalToNoiseRatioContrastiveLoss,
 )
 from pml.losses.functional import contrastive_loss, intra_pair_variance_loss
-from pml.losses.functional._pair import masked_hinge_mean
+from pml.losses.functional._pair_ops import Hinge, masked_hinge_sums
 from pml.reducers import (
     AvgNonZeroReducer,
     DoNothingReducer,
@@ -33,27 +39,6 @@ from pml.reducers import (
 from pml.regularizers import LpRegularizer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
-
-
-def data(n: int = 10, d: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-def naive_pairs(labels, ref_labels=None):
-    """All pairs from labels, row-major, self pairs removed in the same set (spec §2.1)."""
-    same = ref_labels is None
-    ref = labels if same else ref_labels
-    a1, p, a2, n = [], [], [], []
-    for i, li in enumerate(labels.tolist()):
-        for j, lj in enumerate(ref.tolist()):
-            if li == lj and not (same and i == j):
-                a1.append(i)
-                p.append(j)
-            elif li != lj:
-                a2.append(i)
-                n.append(j)
-    return tuple(torch.tensor(t, dtype=torch.long) for t in (a1, p, a2, n))
 
 
 def naive_contrastive(mat, pairs, pos_margin, neg_margin, is_inverted):
@@ -85,36 +70,6 @@ def naive_ipv(mat, pairs, pos_eps, neg_eps, is_inverted):
 def avg_nonzero(x):
     nz = x[x > 0]
     return nz.mean() if len(nz) else torch.zeros((), dtype=x.dtype)
-
-
-def mined_pairs(seed: int = 3, n: int = 10, m: int = 10, k: int = 25):
-    """Random (a1, p, a2, n) with duplicates, valid for LABELS (positives share the label)."""
-    g = torch.Generator().manual_seed(seed)
-    a1, p, a2, nn = [], [], [], []
-    while len(a1) < k:
-        i, j = torch.randint(0, n, (2,), generator=g).tolist()
-        if i != j and LABELS[i] == LABELS[j % m]:
-            a1.append(i)
-            p.append(j)
-    while len(a2) < k:
-        i, j = torch.randint(0, n, (2,), generator=g).tolist()
-        if LABELS[i] != LABELS[j]:
-            a2.append(i)
-            nn.append(j)
-    return tuple(torch.tensor(t) for t in (a1, p, a2, nn))
-
-
-def mined_triplets(seed: int = 9):
-    """Valid (a, p, n) for LABELS built on the mined positive pairs (duplicates included)."""
-    g = torch.Generator().manual_seed(seed)
-    a, p, _, _ = mined_pairs()
-    negs = []
-    for ai in a.tolist():
-        j = int(torch.randint(0, 10, (1,), generator=g))
-        while LABELS[j] == LABELS[ai]:
-            j = int(torch.randint(0, 10, (1,), generator=g))
-        negs.append(j)
-    return a, p, torch.tensor(negs)
 
 
 CASES = [
@@ -163,7 +118,7 @@ def _total(cls, pos, neg):
 
 @pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
 def test_matches_naive_loop_with_labels(cls, kwargs, dist, naive, args):
-    emb = data()
+    emb = random_embeddings()
     pairs = naive_pairs(LABELS)
     pos, neg = naive(dist(emb), pairs, *args, dist.is_inverted)
     loss = cls(**kwargs)(emb, LABELS)
@@ -180,15 +135,15 @@ def test_matches_naive_loop_with_labels(cls, kwargs, dist, naive, args):
 
 @pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
 def test_matches_naive_loop_with_mined_pairs_and_triplets(cls, kwargs, dist, naive, args):
-    emb = data()
+    emb = random_embeddings()
     mat = dist(emb)
-    pairs = mined_pairs()
+    pairs = mined_pairs(LABELS)
     pos, neg = naive(mat, pairs, *args, dist.is_inverted)
     torch.testing.assert_close(
         cls(**kwargs)(emb, LABELS, pairs), _total(cls, pos, neg), rtol=1e-12, atol=1e-15
     )
     # triplets become (a, p, a, n): duplicates count; labels are not needed
-    trip = mined_triplets()
+    trip = mined_triplets(LABELS)
     as_pairs = (trip[0], trip[1], trip[0], trip[2])
     pos, neg = naive(mat, as_pairs, *args, dist.is_inverted)
     torch.testing.assert_close(
@@ -198,7 +153,7 @@ def test_matches_naive_loop_with_mined_pairs_and_triplets(cls, kwargs, dist, nai
 
 @pytest.mark.parametrize(("cls", "kwargs", "dist", "naive", "args"), CASES, ids=IDS)
 def test_matches_naive_loop_with_ref_emb(cls, kwargs, dist, naive, args):
-    emb, ref = data(), data(7, seed=1)
+    emb, ref = random_embeddings(), random_embeddings(7, seed=1)
     ref_labels = torch.tensor([0, 1, 1, 2, 5, 4, 0])
     pairs = naive_pairs(LABELS, ref_labels)
     pos, neg = naive(dist(emb, ref), pairs, *args, dist.is_inverted)
@@ -208,7 +163,7 @@ def test_matches_naive_loop_with_ref_emb(cls, kwargs, dist, naive, args):
 
 def test_copied_ref_labels_keep_self_pairs():
     """Identity rule: a copy of the labels is another set, so (i, i) is a positive pair."""
-    emb = data()
+    emb = random_embeddings()
     out = ContrastiveLoss(reducer=DoNothingReducer())(emb, LABELS, None, emb, LABELS.clone())
     a1, p = out["pos_loss"]["indices"]
     assert bool((a1 == p).any())
@@ -235,7 +190,7 @@ REDUCERS = [
 @pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
 def test_every_reducer_sees_the_reference_per_pair_losses(cls, reducer):
     """Whatever path is taken, the result is the reducer applied to the per-pair losses."""
-    emb = data(12, 5, seed=4)
+    emb = random_embeddings(12, 5, seed=4)
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
     loss_fn = cls(reducer=reducer)
     per_pair = cls(reducer=DoNothingReducer())(emb, labels)
@@ -244,7 +199,7 @@ def test_every_reducer_sees_the_reference_per_pair_losses(cls, reducer):
 
 
 def test_fast_path_gradients_match_exact_path():
-    emb = data(12, 5, seed=5).requires_grad_()
+    emb = random_embeddings(12, 5, seed=5).requires_grad_()
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
     for cls in (ContrastiveLoss, IntraPairVarianceLoss):
         fast = cls()
@@ -256,7 +211,7 @@ def test_fast_path_gradients_match_exact_path():
 
 def test_collect_stats_reducer_sees_every_pair():
     """With stats on, the reducers get every per-pair loss: losses_size and counts are exact."""
-    emb = data()
+    emb = random_embeddings()
     reducer = MultipleReducers(
         {
             "pos_loss": AvgNonZeroReducer(collect_stats=True),
@@ -280,7 +235,7 @@ def test_collect_stats_reducer_sees_every_pair():
     "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
 )
 def test_no_positives_gives_negative_part_only(cls):
-    emb = data(6, 5).requires_grad_()
+    emb = random_embeddings(6, 5).requires_grad_()
     labels = torch.arange(6)
     out = cls(reducer=DoNothingReducer())(emb, labels)
     assert out["pos_loss"]["losses"] == 0 and len(out["pos_loss"]["indices"][0]) == 0
@@ -296,7 +251,7 @@ def test_no_positives_gives_negative_part_only(cls):
     "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
 )
 def test_single_class_gives_positive_part_only(cls):
-    emb = data(6, 5).requires_grad_()
+    emb = random_embeddings(6, 5).requires_grad_()
     labels = torch.zeros(6, dtype=torch.long)
     out = cls(reducer=DoNothingReducer())(emb, labels)
     assert out["neg_loss"]["losses"] == 0 and out["pos_loss"]["losses"].shape == (30,)
@@ -307,23 +262,23 @@ def test_single_class_gives_positive_part_only(cls):
 
 @pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
 def test_single_sample_and_one_pair_each_give_graph_connected_zero(cls):
-    emb = data(1, 5).requires_grad_()
+    emb = random_embeddings(1, 5).requires_grad_()
     loss = cls()(emb, torch.tensor([3]))
     assert loss == 0 and loss.requires_grad
     loss.backward()
     assert torch.equal(emb.grad, torch.zeros_like(emb))
     # compat: one positive pair and one negative pair (every list has length <= 1) is no loss
-    emb2 = data(4, 5).requires_grad_()
+    emb2 = random_embeddings(4, 5).requires_grad_()
     tup = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2]))
     assert cls()(emb2, None, tup) == 0
     out = cls(reducer=DoNothingReducer())(emb2, None, tup)
     assert all(v["losses"] == 0 and v["reduction_type"] == "already_reduced" for v in out.values())
     # labels [0, 0, 1]: 2 positive and 4 negative pairs -> a real loss
-    assert cls()(data(3, 5), torch.tensor([0, 0, 1])) > 0
+    assert cls()(random_embeddings(3, 5), torch.tensor([0, 0, 1])) > 0
 
 
 def test_empty_indices_tuple_gives_zero():
-    emb = data().requires_grad_()
+    emb = random_embeddings().requires_grad_()
     empty = torch.empty(0, dtype=torch.long)
     for tup in ((empty, empty, empty), (empty, empty, empty, empty)):
         loss = ContrastiveLoss()(emb, LABELS, tup)
@@ -335,15 +290,37 @@ def test_empty_indices_tuple_gives_zero():
 )
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_embeddings_give_nan(cls, bad):
-    emb = data()
+    emb = random_embeddings()
     emb[3, 2] = bad
     assert torch.isnan(cls()(emb, LABELS))
-    assert torch.isnan(cls()(emb, LABELS, mined_pairs()))
-    assert torch.isnan(cls()(data(), LABELS, None, emb, LABELS.clone()))
+    assert torch.isnan(cls()(emb, LABELS, mined_pairs(LABELS)))
+    assert torch.isnan(cls()(random_embeddings(), LABELS, None, emb, LABELS.clone()))
+
+
+@pytest.mark.parametrize("cls", [ContrastiveLoss, IntraPairVarianceLoss])
+def test_non_finite_embeddings_give_nan_when_the_reducer_keeps_no_negative(cls):
+    # the negatives reach the reducer as sums: "none kept" must not turn NaN into the zero
+    # loss (finite here: the NaN is in the reference set, not in the query embeddings)
+    ref = random_embeddings(seed=1)
+    ref[3, 2] = float("nan")
+    pos = ThresholdReducer(high=-1.0)  # keeps no positive pair either
+    reducer = MultipleReducers({"pos_loss": pos, "neg_loss": ThresholdReducer(low=1e6)})
+    loss = cls(reducer=reducer)(random_embeddings(), LABELS, None, ref, LABELS.clone())
+    assert torch.isnan(loss)
+
+
+def test_too_few_pairs_rules():
+    from pml.losses._pairs import too_few_pairs
+
+    # the reference's rule: at most one pair of each kind
+    assert too_few_pairs(1, 1, need_both=False) and not too_few_pairs(2, 0, need_both=False)
+    assert not too_few_pairs(0, 2, need_both=False)
+    # losses that need both kinds
+    assert too_few_pairs(0, 5) and too_few_pairs(5, 0) and not too_few_pairs(2, 1)
 
 
 def test_regularizer_and_reducer_composition():
-    emb = data()
+    emb = random_embeddings()
     base = ContrastiveLoss()(emb, LABELS)
     with_reg = ContrastiveLoss(embedding_regularizer=LpRegularizer(), embedding_reg_weight=0.5)
     expected = base + 0.5 * emb.norm(dim=1).mean()
@@ -382,11 +359,11 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="neg_eps"):
         IntraPairVarianceLoss(neg_eps=None)
     with pytest.raises(ValueError, match="labels"):
-        ContrastiveLoss()(data())
+        ContrastiveLoss()(random_embeddings())
     with pytest.raises(ValueError, match="labels"):
-        ContrastiveLoss()(data(), LABELS[:5])
+        ContrastiveLoss()(random_embeddings(), LABELS[:5])
     with pytest.raises(TypeError, match="indices_tuple"):
-        ContrastiveLoss()(data(), LABELS, (torch.tensor([0.0]),) * 4)
+        ContrastiveLoss()(random_embeddings(), LABELS, (torch.tensor([0.0]),) * 4)
 
 
 # --------------------------------------------------------------------------- functional
@@ -419,7 +396,7 @@ def test_functional_gradcheck():
 
 
 def test_class_gradcheck_through_fast_path():
-    emb = data(8, 4, seed=7).requires_grad_()
+    emb = random_embeddings(8, 4, seed=7).requires_grad_()
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
     assert gradcheck(lambda e: IntraPairVarianceLoss()(e, labels), (emb,))
     assert gradcheck(lambda e: ContrastiveLoss(neg_margin=1.5)(e, labels), (emb,))
@@ -432,7 +409,7 @@ def test_class_gradcheck_through_fast_path():
     "cls", [ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss]
 )
 def test_dtype_and_device(cls, dtype, device):
-    emb64 = data(16, 8, seed=2)
+    emb64 = random_embeddings(16, 8, seed=2)
     labels = torch.arange(4).repeat_interleave(4)
     loss_fn = cls(neg_margin=0.5) if cls is not IntraPairVarianceLoss else cls()
     emb = emb64.to(device=device, dtype=dtype).requires_grad_()
@@ -451,9 +428,9 @@ def test_dtype_and_device(cls, dtype, device):
     "case",
     ["same", "copy", "ref", "int32", "mixed", "bool", "float", "one", "empty_ref", "distinct"],
 )
-def test_label_positive_pairs_equal_mask_scan(case):
+def test_pair_inputs_positives_equal_mask_scan(case):
     from pml.core.indices import get_all_pairs_indices
-    from pml.losses._pair_inputs import label_positive_pairs
+    from pml.losses._pairs import pair_inputs
 
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 50, (400,), generator=g)  # 400 x 400 cells: the sorting path
@@ -480,55 +457,60 @@ def test_label_positive_pairs_equal_mask_scan(case):
         labels = labels[:1]
     if case == "distinct":
         labels = torch.randperm(400, generator=g)
-    got = label_positive_pairs(labels, ref_labels)
-    want = get_all_pairs_indices(labels, ref_labels)[:2]
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    pairs = pair_inputs(None, labels, ref_labels, labels.device)
+    want = get_all_pairs_indices(labels, ref_labels)
+    assert all(torch.equal(a, b) for a, b in zip((pairs.a1, pairs.p), want[:2]))
+    assert pairs.num_neg == len(want[2])
 
 
 MASKED_HINGE_ARGS = [
-    {"offset": 1.0, "sign": -1, "low": 0},  # AvgNonZero of relu(1 - d)
-    {"offset": 0.3, "sign": 1},  # Mean of relu(s - 0.3)
-    {"offset": 0.5, "sign": -1, "low": 0.05, "high": 0.6},  # ThresholdReducer
-    {"offset": 1.0, "sign": -1, "low": -0.5},
-    {"sign": 1, "power": 2, "center_coef": 1.01},  # intra-pair variance, similarity
-    {"sign": -1, "power": 2, "center_coef": 0.99},  # intra-pair variance, distance
-    {"sign": 1, "power": 2, "center_coef": 1.1, "low": 0.01, "high": 0.3},
-    {"offset": 5.0, "sign": 1, "low": 0},  # nothing kept: 0 with zero gradient
+    ({"offset": 1.0, "sign": -1}, {"low": 0}),  # AvgNonZero of relu(1 - d)
+    ({"offset": 0.3, "sign": 1}, {}),  # Mean of relu(s - 0.3)
+    ({"offset": 0.5, "sign": -1}, {"low": 0.05, "high": 0.6}),  # ThresholdReducer
+    ({"offset": 1.0, "sign": -1}, {"low": -0.5}),
+    ({"sign": 1, "power": 2, "center_coef": 1.01}, {}),  # intra-pair variance, similarity
+    ({"sign": -1, "power": 2, "center_coef": 0.99}, {}),  # intra-pair variance, distance
+    ({"sign": 1, "power": 2, "center_coef": 1.1}, {"low": 0.01, "high": 0.3}),
+    ({"offset": 5.0, "sign": 1}, {"low": 0}),  # nothing kept: 0 with zero gradient
 ]
 
 
-@pytest.mark.parametrize("kwargs", MASKED_HINGE_ARGS)
-def test_masked_hinge_mean_matches_formula_and_gradcheck(kwargs):
+@pytest.mark.parametrize(("hinge", "bounds"), MASKED_HINGE_ARGS)
+def test_masked_hinge_sums_match_formula_and_gradcheck(hinge, bounds):
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(7, 6, generator=g, dtype=torch.float64) * 2).requires_grad_()
     mask = torch.rand(7, 6, generator=g) > 0.3
-    center = kwargs.get("offset", 0.0)
-    if "center_coef" in kwargs:
-        center = kwargs["center_coef"] * x[mask].mean()
-    losses = (torch.relu(kwargs["sign"] * (x - center)) ** kwargs.get("power", 1))[mask]
+    center = hinge.get("offset", 0.0)
+    if "center_coef" in hinge:
+        center = hinge["center_coef"] * x[mask].mean()
+    losses = (torch.relu(hinge["sign"] * (x - center)) ** hinge.get("power", 1))[mask]
     keep = torch.ones_like(losses, dtype=torch.bool)
-    if kwargs.get("low") is not None:
-        keep &= losses > kwargs["low"]
-    if kwargs.get("high") is not None:
-        keep &= losses < kwargs["high"]
-    want = losses[keep].mean() if keep.any() else (x * 0).sum()
-    got = masked_hinge_mean(x, mask, **kwargs)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
-    g_got, g_want = (torch.autograd.grad(v, x)[0] for v in (got, want))
+    if bounds.get("low") is not None:
+        keep &= losses > bounds["low"]
+    if bounds.get("high") is not None:
+        keep &= losses < bounds["high"]
+    got = masked_hinge_sums(x, mask, Hinge(**hinge), **bounds)
+    assert got.count == keep.sum() and got.num == mask.sum()
+    torch.testing.assert_close(got.total, losses[keep].sum(), rtol=1e-12, atol=1e-15)
+    g_got, g_want = (torch.autograd.grad(v, x)[0] for v in (got.total, losses[keep].sum()))
     torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-15)
-    assert gradcheck(lambda t: masked_hinge_mean(t, mask, **kwargs), (x,))
+    assert gradcheck(lambda t: masked_hinge_sums(t, mask, Hinge(**hinge), **bounds).total, (x,))
 
 
-def test_masked_hinge_mean_half_precision_and_class_fallback_for_learnable_margins():
+def test_masked_hinge_sums_half_precision_and_class_fallback_for_learnable_margins():
     x = torch.rand(6, 5, dtype=torch.float64)
     mask = torch.rand(6, 5) > 0.2
+    want = masked_hinge_sums(x, mask, Hinge(-1, 1.0), low=0)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        v = masked_hinge_mean(x.to(dtype), mask, offset=1.0, sign=-1, low=0)
-        assert v.dtype == dtype
-        assert_close(v, masked_hinge_mean(x, mask, offset=1.0, sign=-1, low=0))
+        xd = x.to(dtype).requires_grad_()
+        got = masked_hinge_sums(xd, mask, Hinge(-1, 1.0), low=0)
+        assert got.total.dtype == torch.float32  # summed in the accumulation dtype
+        assert_close(got.total.to(dtype), want.total)
+        got.total.backward()
+        assert xd.grad.dtype == dtype
     # a learnable margin takes the per-pair path, so its gradient exists
     margin = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
-    loss = ContrastiveLoss(neg_margin=margin)(data(), LABELS)
+    loss = ContrastiveLoss(neg_margin=margin)(random_embeddings(), LABELS)
     (g,) = torch.autograd.grad(loss, margin)
     assert g != 0
 
@@ -539,7 +521,7 @@ def test_long_negative_list_dense_path_matches_pair_list_path(cls, with_ref, mon
     # CrossBatchMemory-style input: every pair listed explicitly (minus a few), so the
     # negatives are scattered into a mask and reduced densely; must equal the list path.
     from pml.core.indices import get_all_pairs_indices
-    from pml.losses import _pair_inputs
+    from pml.losses import _contrastive
 
     g = torch.Generator().manual_seed(11)
     emb = torch.randn(12, 5, generator=g, dtype=torch.float64)
@@ -549,15 +531,25 @@ def test_long_negative_list_dense_path_matches_pair_list_path(cls, with_ref, mon
     a1, p, a2, n = get_all_pairs_indices(labels, ref_labels)
     tup = (a1[1:], p[1:], a2[2:], n[2:])  # not exactly the label cells
     results = []
+    routes = []
+    masked_negatives = _contrastive.masked_negatives
+
+    def spy(pairs, *args):
+        out = masked_negatives(pairs, *args)
+        routes.append(isinstance(out.neg, torch.Tensor))
+        return out
+
+    monkeypatch.setattr(_contrastive, "masked_negatives", spy)
     for route in ("dense", "list"):
         if route == "list":
-            monkeypatch.setattr(_pair_inputs, "_listed_negatives_densely", lambda *a: None)
+            monkeypatch.setattr(_contrastive, "masked_negatives", lambda pairs, *a: pairs)
         x = emb.clone().requires_grad_()
         r = ref.clone().requires_grad_() if with_ref else None
         loss_fn = cls(distance=LpDistance()) if cls is IntraPairVarianceLoss else cls()
         out = loss_fn(x, labels, tup, r, ref_labels if with_ref else None)
         out.backward()
         results.append((out.detach(), x.grad, None if r is None else r.grad))
+    assert routes == [True]  # the first call took the mask route
     (d_loss, d_gx, d_gr), (l_loss, l_gx, l_gr) = results
     assert_close(d_loss, l_loss)
     assert_close(d_gx, l_gx)

@@ -13,7 +13,13 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from pml.core.testing import assert_close
+from pml.core.testing import (
+    assert_close,
+    mined_pairs,
+    mined_triplets,
+    naive_pairs,
+    random_embeddings,
+)
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import GeneralizedLiftedStructureLoss, GenericPairLoss, LiftedStructureLoss
@@ -21,26 +27,6 @@ from pml.losses.functional import generalized_lifted_structure_loss, lifted_stru
 from pml.reducers import DoNothingReducer, MeanReducer, SumReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
-
-
-def data(n: int = 10, d: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-def naive_pairs(labels, ref_labels=None):
-    same = ref_labels is None
-    ref = labels if same else ref_labels
-    a1, p, a2, n = [], [], [], []
-    for i, li in enumerate(labels.tolist()):
-        for j, lj in enumerate(ref.tolist()):
-            if li == lj and not (same and i == j):
-                a1.append(i)
-                p.append(j)
-            elif li != lj:
-                a2.append(i)
-                n.append(j)
-    return tuple(torch.tensor(t, dtype=torch.long) for t in (a1, p, a2, n))
 
 
 def lse0(values):
@@ -99,34 +85,6 @@ def masks_from_pairs(pairs, n, m):
     return pos, neg
 
 
-def mined_pairs(seed: int = 3, k: int = 25):
-    g = torch.Generator().manual_seed(seed)
-    a1, p, a2, nn = [], [], [], []
-    while len(a1) < k:
-        i, j = torch.randint(0, 10, (2,), generator=g).tolist()
-        if i != j and LABELS[i] == LABELS[j]:
-            a1.append(i)
-            p.append(j)
-    while len(a2) < k:
-        i, j = torch.randint(0, 10, (2,), generator=g).tolist()
-        if LABELS[i] != LABELS[j]:
-            a2.append(i)
-            nn.append(j)
-    return tuple(torch.tensor(t) for t in (a1, p, a2, nn))
-
-
-def mined_triplets(seed: int = 9):
-    g = torch.Generator().manual_seed(seed)
-    a, p, _, _ = mined_pairs()
-    negs = []
-    for ai in a.tolist():
-        j = int(torch.randint(0, 10, (1,), generator=g))
-        while LABELS[j] == LABELS[ai]:
-            j = int(torch.randint(0, 10, (1,), generator=g))
-        negs.append(j)
-    return a, p, torch.tensor(negs)
-
-
 LIFTED = [
     ({}, LpDistance(), (1, 0)),
     ({"neg_margin": 0.8, "pos_margin": 0.1}, LpDistance(), (0.8, 0.1)),
@@ -145,14 +103,19 @@ LIFTED = [
     ("kwargs", "dist", "margins"), LIFTED, ids=["default", "margins", "cosine"]
 )
 def test_lifted_matches_naive_loop(kwargs, dist, margins):
-    emb = data()
+    emb = random_embeddings()
     mat = dist(emb)
     for tup, pairs in (
         (None, naive_pairs(LABELS)),
-        (mined_pairs(), mined_pairs()),
+        (mined_pairs(LABELS), mined_pairs(LABELS)),
         (
-            mined_triplets(),
-            (mined_triplets()[0], mined_triplets()[1], mined_triplets()[0], mined_triplets()[2]),
+            mined_triplets(LABELS),
+            (
+                mined_triplets(LABELS)[0],
+                mined_triplets(LABELS)[1],
+                mined_triplets(LABELS)[0],
+                mined_triplets(LABELS)[2],
+            ),
         ),
     ):
         expected = naive_lifted(mat, pairs, *margins, dist.is_inverted)
@@ -166,7 +129,7 @@ def test_lifted_matches_naive_loop(kwargs, dist, margins):
 
 def test_lifted_with_ref_emb_uses_reference_columns():
     """fix: with a separate reference set the negatives of p are those of reference column p."""
-    emb, ref = data(), data(12, seed=1)
+    emb, ref = random_embeddings(), random_embeddings(12, seed=1)
     ref_labels = torch.tensor([0, 1, 1, 2, 5, 4, 0, 3, 3, 2, 1, 4])
     pairs = naive_pairs(LABELS, ref_labels)
     expected = naive_lifted(LpDistance()(emb, ref), pairs, 1, 0, False, rule="columns")
@@ -186,7 +149,7 @@ def test_lifted_with_ref_emb_uses_reference_columns():
 
 @pytest.mark.xfail(strict=True, reason="reference Known issue: query row p (docs/compatibility.md)")
 def test_lifted_with_ref_emb_reference_rule_is_not_reproduced():
-    emb, ref = data(), data(12, seed=1)
+    emb, ref = random_embeddings(), random_embeddings(12, seed=1)
     ref_labels = torch.tensor([0, 1, 1, 2, 5, 4, 0, 3, 3, 2, 1, 4])
     pairs = naive_pairs(LABELS, ref_labels)
     expected = naive_lifted(LpDistance()(emb, ref), pairs, 1, 0, False, rule="rows")
@@ -196,7 +159,7 @@ def test_lifted_with_ref_emb_reference_rule_is_not_reproduced():
 
 def test_lifted_same_set_keeps_reference_rule_with_asymmetric_pairs():
     """Same set (no ref_emb): rows a and p, even when the miner's pairs are not symmetric."""
-    emb = data()
+    emb = random_embeddings()
     tup = (
         torch.tensor([0, 1, 3, 3]),
         torch.tensor([1, 0, 4, 2]),
@@ -215,7 +178,7 @@ def test_lifted_same_set_keeps_reference_rule_with_asymmetric_pairs():
 
 def test_lifted_self_pair_uses_one_row():
     """A positive pair (a, a) (copied labels or a miner) takes row a's negatives once."""
-    emb = data()
+    emb = random_embeddings()
     tup = (
         torch.tensor([2, 2]),
         torch.tensor([2, 3]),
@@ -231,7 +194,7 @@ def test_lifted_self_pair_uses_one_row():
     "labels", [torch.arange(6), torch.zeros(6, dtype=torch.long), torch.tensor([1])]
 )
 def test_lifted_zero_without_positive_or_negative_pairs(labels):
-    emb = data(len(labels), 4).requires_grad_()
+    emb = random_embeddings(len(labels), 4).requires_grad_()
     loss = LiftedStructureLoss()(emb, labels)
     assert loss == 0 and loss.requires_grad
     loss.backward()
@@ -241,7 +204,7 @@ def test_lifted_zero_without_positive_or_negative_pairs(labels):
 
 
 def test_lifted_zero_rules_for_index_tuples():
-    emb = data()
+    emb = random_embeddings()
     e = torch.empty(0, dtype=torch.long)
     assert LiftedStructureLoss()(emb, LABELS, (e, e, e)) == 0
     one_each = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2]))
@@ -252,7 +215,7 @@ def test_lifted_zero_rules_for_index_tuples():
 
 def test_lifted_large_batch_runs_without_pairs_by_pairs_matrix():
     """N=600 with 8 per class: the reference's (P x Nn) matrix would hold 1.5e9 cells."""
-    emb = data(600, 16, seed=3, dtype=torch.float32).requires_grad_()
+    emb = random_embeddings(600, 16, seed=3, dtype=torch.float32).requires_grad_()
     labels = torch.arange(75).repeat_interleave(8)
     loss = LiftedStructureLoss()(emb, labels)
     loss.backward()
@@ -280,15 +243,20 @@ def test_lifted_large_batch_runs_without_pairs_by_pairs_matrix():
     ids=["default", "margins", "cosine"],
 )
 def test_generalized_matches_naive_loop(kwargs, dist, margins):
-    emb, ref = data(), data(7, seed=1)
+    emb, ref = random_embeddings(), random_embeddings(7, seed=1)
     ref_labels = torch.tensor([0, 1, 1, 2, 5, 4, 0])
     for tup, ref_args, pairs, m in (
         (None, (), naive_pairs(LABELS), 10),
-        (mined_pairs(), (), mined_pairs(), 10),
+        (mined_pairs(LABELS), (), mined_pairs(LABELS), 10),
         (
-            mined_triplets(),
+            mined_triplets(LABELS),
             (),
-            (mined_triplets()[0], mined_triplets()[1], mined_triplets()[0], mined_triplets()[2]),
+            (
+                mined_triplets(LABELS)[0],
+                mined_triplets(LABELS)[1],
+                mined_triplets(LABELS)[0],
+                mined_triplets(LABELS)[2],
+            ),
             10,
         ),
         (None, (ref, ref_labels), naive_pairs(LABELS, ref_labels), 7),
@@ -307,7 +275,7 @@ def test_generalized_matches_naive_loop(kwargs, dist, margins):
 
 
 def test_generalized_edge_cases():
-    emb = data(6, 4).requires_grad_()
+    emb = random_embeddings(6, 4).requires_grad_()
     # no positives: rows still carry the negative term (MeanReducer over all rows)
     loss = GeneralizedLiftedStructureLoss()(emb, torch.arange(6))
     mat = LpDistance()(emb.detach())
@@ -318,21 +286,23 @@ def test_generalized_edge_cases():
     assert torch.isfinite(emb.grad).all()
     # single class and single sample
     assert GeneralizedLiftedStructureLoss()(emb, torch.zeros(6, dtype=torch.long)) >= 0
-    one = GeneralizedLiftedStructureLoss()(data(1, 4).requires_grad_(), torch.tensor([0]))
+    one = GeneralizedLiftedStructureLoss()(
+        random_embeddings(1, 4).requires_grad_(), torch.tensor([0])
+    )
     assert one == 0 and one.requires_grad
     # a miner tuple listing a cell as positive and negative is rejected (reference: assert)
     bad = (torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0, 2]), torch.tensor([1, 3]))
     with pytest.raises(InvalidArgumentError, match="positive or negative"):
-        GeneralizedLiftedStructureLoss()(data(), LABELS, bad)
+        GeneralizedLiftedStructureLoss()(random_embeddings(), LABELS, bad)
 
 
 @pytest.mark.parametrize("cls", [LiftedStructureLoss, GeneralizedLiftedStructureLoss])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_embeddings_give_nan(cls, bad):
-    emb = data()
+    emb = random_embeddings()
     emb[4, 0] = bad
     assert torch.isnan(cls()(emb, LABELS))
-    assert torch.isnan(cls()(emb, None, mined_pairs()))
+    assert torch.isnan(cls()(emb, None, mined_pairs(LABELS)))
 
 
 # --------------------------------------------------------------------------- API
@@ -348,13 +318,15 @@ def test_defaults_hierarchy_records_and_errors():
         with pytest.raises(TypeError, match="neg_margin"):
             cls(neg_margin="1")
         with pytest.raises(ValueError, match="labels"):
-            cls()(data())
+            cls()(random_embeddings())
     assert not LiftedStructureLoss().mat_based_loss
     assert GeneralizedLiftedStructureLoss().mat_based_loss
     red = LiftedStructureLoss(reducer=SumReducer())
     torch.testing.assert_close(
-        red(data(), LABELS),
-        LiftedStructureLoss(reducer=DoNothingReducer())(data(), LABELS)["loss"]["losses"].sum(),
+        red(random_embeddings(), LABELS),
+        LiftedStructureLoss(reducer=DoNothingReducer())(random_embeddings(), LABELS)["loss"][
+            "losses"
+        ].sum(),
     )
 
 
@@ -383,7 +355,7 @@ def test_functional_gradcheck():
 
 
 def test_functional_matches_class():
-    emb = data()
+    emb = random_embeddings()
     mat = LpDistance()(emb)
     pairs = naive_pairs(LABELS)
     pos, neg = masks_from_pairs(pairs, 10, 10)
@@ -402,7 +374,7 @@ def test_functional_matches_class():
 
 @pytest.mark.parametrize("cls", [LiftedStructureLoss, GeneralizedLiftedStructureLoss])
 def test_dtype_and_device(cls, dtype, device):
-    emb64 = data(16, 8, seed=2)
+    emb64 = random_embeddings(16, 8, seed=2)
     labels = torch.arange(4).repeat_interleave(4)
     emb = emb64.to(device=device, dtype=dtype).requires_grad_()
     loss = cls()(emb, labels.to(device))

@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 from pml.core.indices import get_all_pairs_indices, get_all_triplets_indices
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, mined_pairs, mined_triplets, random_embeddings
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, DotProductSimilarity, LpDistance
 from pml.losses import CircleLoss, GenericPairLoss, MultiSimilarityLoss, SupConLoss
@@ -17,11 +17,6 @@ from pml.losses.functional import circle_loss, multi_similarity_loss, supcon_los
 from pml.reducers import AvgNonZeroReducer, DoNothingReducer, MeanReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
-
-
-def data(n: int = 10, d: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype)
 
 
 def label_masks(labels, ref_labels=None):
@@ -89,34 +84,6 @@ def naive_supcon(mat, pos, neg, temperature, is_inverted):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def mined_pairs(seed: int = 3, k: int = 25):
-    g = torch.Generator().manual_seed(seed)
-    a1, p, a2, nn = [], [], [], []
-    while len(a1) < k:
-        i, j = torch.randint(0, 10, (2,), generator=g).tolist()
-        if i != j and LABELS[i] == LABELS[j]:
-            a1.append(i)
-            p.append(j)
-    while len(a2) < k:
-        i, j = torch.randint(0, 10, (2,), generator=g).tolist()
-        if LABELS[i] != LABELS[j]:
-            a2.append(i)
-            nn.append(j)
-    return tuple(torch.tensor(t) for t in (a1, p, a2, nn))
-
-
-def mined_triplets(seed: int = 9):
-    g = torch.Generator().manual_seed(seed)
-    a, p, _, _ = mined_pairs()
-    negs = []
-    for ai in a.tolist():
-        j = int(torch.randint(0, 10, (1,), generator=g))
-        while LABELS[j] == LABELS[ai]:
-            j = int(torch.randint(0, 10, (1,), generator=g))
-        negs.append(j)
-    return a, p, torch.tensor(negs)
-
-
 def naive_for(cls, kwargs, mat, pos, neg, is_inverted):
     if cls is MultiSimilarityLoss:
         a = {"alpha": 2, "beta": 50, "base": 0.5} | {
@@ -160,20 +127,24 @@ IDS = [
 
 
 def _inputs(kind, emb):
-    ref, ref_labels = data(7, seed=1), torch.tensor([0, 1, 1, 2, 5, 4, 0])
+    ref, ref_labels = random_embeddings(7, seed=1), torch.tensor([0, 1, 1, 2, 5, 4, 0])
     if kind == "labels":
         return (emb, LABELS), label_masks(LABELS), None
     if kind == "pairs":
-        return (emb, LABELS, mined_pairs()), tuple_masks(mined_pairs(), 10, 10), None
+        return (emb, LABELS, mined_pairs(LABELS)), tuple_masks(mined_pairs(LABELS), 10, 10), None
     if kind == "triplets":
-        return (emb, None, mined_triplets()), tuple_masks(mined_triplets(), 10, 10), None
+        return (
+            (emb, None, mined_triplets(LABELS)),
+            tuple_masks(mined_triplets(LABELS), 10, 10),
+            None,
+        )
     return (emb, LABELS, None, ref, ref_labels), label_masks(LABELS, ref_labels), ref
 
 
 @pytest.mark.parametrize("kind", ["labels", "pairs", "triplets", "ref"])
 @pytest.mark.parametrize(("cls", "kwargs"), CASES, ids=IDS)
 def test_matches_naive_loop(cls, kwargs, kind):
-    emb = data()
+    emb = random_embeddings()
     args, (pos, neg), ref = _inputs(kind, emb)
     loss_fn = cls(**kwargs)
     mat = loss_fn.distance(emb, ref)
@@ -188,7 +159,7 @@ def test_matches_naive_loop(cls, kwargs, kind):
 
 def test_duplicates_collapse_in_masks():
     """Matrix losses see cells: on a balanced batch all pairs and all triplets agree."""
-    emb = data()
+    emb = random_embeddings()
     labels = torch.arange(5).repeat_interleave(2)
     for cls in (MultiSimilarityLoss, CircleLoss, SupConLoss):
         a = cls()(emb, labels, get_all_pairs_indices(labels))
@@ -201,7 +172,7 @@ def test_duplicates_collapse_in_masks():
 
 
 def test_no_positives():
-    emb = data(6, 4).requires_grad_()
+    emb = random_embeddings(6, 4).requires_grad_()
     labels = torch.arange(6)
     for cls in (CircleLoss, SupConLoss):
         loss = cls()(emb, labels)
@@ -218,14 +189,14 @@ def test_no_positives():
 
 
 def test_single_class_and_single_sample():
-    emb = data(6, 4).requires_grad_()
+    emb = random_embeddings(6, 4).requires_grad_()
     labels = torch.zeros(6, dtype=torch.long)
     assert CircleLoss()(emb, labels) == 0
     assert SupConLoss()(emb, labels) == 0
     assert SupConLoss(reducer=DoNothingReducer())(emb, labels)["loss"]["losses"] == 0
     assert MultiSimilarityLoss()(emb, labels) > 0
     for cls in (MultiSimilarityLoss, CircleLoss, SupConLoss):
-        one = data(1, 4).requires_grad_()
+        one = random_embeddings(1, 4).requires_grad_()
         loss = cls()(one, torch.tensor([2]))
         assert loss == 0 and loss.requires_grad
         loss.backward()
@@ -233,7 +204,7 @@ def test_single_class_and_single_sample():
 
 
 def test_supcon_rows_without_positives_are_negative_zero():
-    emb = data()
+    emb = random_embeddings()
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])  # row 7 has no positive
     out = SupConLoss(reducer=DoNothingReducer())(emb, labels)["loss"]["losses"]
     assert out[7] == 0 and math.copysign(1.0, out[7].item()) == -1.0
@@ -244,21 +215,21 @@ def test_overlapping_miner_tuple_is_rejected():
     bad = (torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0, 2]), torch.tensor([1, 3]))
     for cls in (MultiSimilarityLoss, CircleLoss, SupConLoss):
         with pytest.raises(InvalidArgumentError, match="positive or negative"):
-            cls()(data(), LABELS, bad)
+            cls()(random_embeddings(), LABELS, bad)
 
 
 @pytest.mark.parametrize("cls", [MultiSimilarityLoss, CircleLoss, SupConLoss])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_embeddings_give_nan(cls, bad):
-    emb = data()
+    emb = random_embeddings()
     emb[2, 1] = bad
     assert torch.isnan(cls()(emb, LABELS))
-    assert torch.isnan(cls()(emb, LABELS, mined_pairs()))
+    assert torch.isnan(cls()(emb, LABELS, mined_pairs(LABELS)))
 
 
 def test_extreme_scales_stay_finite():
     """Huge gamma / tiny temperature: masked log-sum-exp never produces inf or NaN grads."""
-    emb = data().requires_grad_()
+    emb = random_embeddings().requires_grad_()
     for loss_fn in (
         CircleLoss(gamma=4096),
         SupConLoss(temperature=1e-3),
@@ -294,7 +265,7 @@ def test_defaults_hierarchy_records_and_errors():
     with pytest.raises(TypeError, match="beta"):
         MultiSimilarityLoss(beta=[50])
     with pytest.raises(ValueError, match="labels"):
-        SupConLoss()(data())
+        SupConLoss()(random_embeddings())
 
 
 # --------------------------------------------------------------------------- functional
@@ -327,7 +298,7 @@ def test_functional_gradcheck():
 
 
 def test_functional_accepts_float_masks_like_bool():
-    mat = data(5, 5)
+    mat = random_embeddings(5, 5)
     pos = torch.eye(5, dtype=torch.bool).roll(1, 0)
     neg = ~pos & ~torch.eye(5, dtype=torch.bool)
     for fn in (multi_similarity_loss, circle_loss, supcon_loss):
@@ -339,7 +310,7 @@ def test_functional_accepts_float_masks_like_bool():
 
 @pytest.mark.parametrize("cls", [MultiSimilarityLoss, CircleLoss, SupConLoss])
 def test_dtype_and_device(cls, dtype, device):
-    emb64 = data(16, 8, seed=2)
+    emb64 = random_embeddings(16, 8, seed=2)
     labels = torch.arange(4).repeat_interleave(4)
     loss_fn = cls(gamma=8) if cls is CircleLoss else cls()  # a scale that half precision can carry
     emb = emb64.to(device=device, dtype=dtype).requires_grad_()

@@ -96,8 +96,17 @@ def label_groups(labels: Tensor, ref_labels: Tensor | None = None) -> LabelGroup
     query, ref = sortable_labels(labels, ref_labels)
     ref = ref.to(query.device)
     sorted_ref, order = torch.sort(ref, stable=True)
-    start = torch.searchsorted(sorted_ref, query, side="left")
-    count = torch.searchsorted(sorted_ref, query, side="right") - start
+    if not sorted_ref.is_floating_point():
+        start = torch.searchsorted(sorted_ref, query, side="left")
+        count = torch.searchsorted(sorted_ref, query, side="right") - start
+        return LabelGroups(order, start, count)
+    # fix: NaN labels (sorted last, equal to nothing) broke the binary search for every label;
+    # search up to the first NaN only, and give NaN queries no group
+    nan = torch.isnan(sorted_ref)
+    searchable = torch.where(nan, torch.inf, sorted_ref)
+    start = torch.searchsorted(searchable, query, side="left")
+    end = torch.minimum(torch.searchsorted(searchable, query, side="right"), (~nan).sum())
+    count = torch.where(torch.isnan(query), 0, (end - start).clamp_min(0))
     return LabelGroups(order, start, count)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pml.core.indices import get_all_pairs_indices
+
 __all__ = [
     "DTYPES",
     "MODULE_MAP",
@@ -148,3 +150,128 @@ def clustered_embeddings(
         perm = torch.randperm(len(labels), generator=g)
         emb, labels = emb[perm], labels[perm]
     return emb.to(device=device, dtype=dtype), labels.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Naive references for the loss and miner tests: written from the specs, loops on purpose.
+
+
+def random_embeddings(
+    n: int = 10, d: int = 6, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """``randn(n, d)`` from a generator seeded with ``seed`` (float64 by default)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype)
+
+
+def naive_pairs(
+    labels: Tensor, ref_labels: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All ``(a1, p, a2, n)`` pairs from labels, row-major, one cell at a time.
+
+    Without ``ref_labels`` the reference set is the batch and self pairs ``(i, i)`` are not
+    positive pairs.
+    """
+    same = ref_labels is None
+    ref = labels if ref_labels is None else ref_labels
+    a1, p, a2, n = [], [], [], []
+    for i, li in enumerate(labels.tolist()):
+        for j, lj in enumerate(ref.tolist()):
+            if li == lj and not (same and i == j):
+                a1.append(i)
+                p.append(j)
+            elif li != lj:
+                a2.append(i)
+                n.append(j)
+    return tuple(torch.tensor(t, dtype=torch.long) for t in (a1, p, a2, n))  # type: ignore[return-value]
+
+
+def naive_triplets(
+    labels: Tensor, ref_labels: Tensor | None = None, same: bool = True
+) -> list[tuple[int, int, int]]:
+    """All ``(a, p, n)`` in lexicographic order (``same``: no ``p == a``)."""
+    ref = labels if ref_labels is None else ref_labels
+    return [
+        (a, p, n)
+        for a in range(len(labels))
+        for p in range(len(ref))
+        if ref[p] == labels[a] and not (same and p == a)
+        for n in range(len(ref))
+        if ref[n] != labels[a]
+    ]
+
+
+def naive_pair_triplets(pairs: tuple[Tensor, ...]) -> list[tuple[int, int, int]]:
+    """The triplets of a pairs tuple: each positive pair with each negative of its anchor."""
+    a1, p, a2, n = (t.tolist() for t in pairs)
+    return [(a, pp, nn) for a, pp in zip(a1, p) for aa, nn in zip(a2, n) if aa == a]
+
+
+def mined_pairs(
+    labels: Tensor, seed: int = 3, k: int = 25
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``k`` random positive and ``k`` random negative pairs of ``labels`` (duplicates likely).
+
+    Like a miner's output on the batch itself: positives are distinct same-label rows.
+    """
+    g = torch.Generator().manual_seed(seed)
+    size = len(labels)
+    a1: list[int] = []
+    p: list[int] = []
+    a2: list[int] = []
+    n: list[int] = []
+    while len(a1) < k:
+        i, j = torch.randint(0, size, (2,), generator=g).tolist()
+        if i != j and labels[i] == labels[j]:
+            a1.append(i)
+            p.append(j)
+    while len(a2) < k:
+        i, j = torch.randint(0, size, (2,), generator=g).tolist()
+        if labels[i] != labels[j]:
+            a2.append(i)
+            n.append(j)
+    return tuple(torch.tensor(t) for t in (a1, p, a2, n))  # type: ignore[return-value]
+
+
+def mined_triplets(labels: Tensor, seed: int = 9) -> tuple[Tensor, Tensor, Tensor]:
+    """Triplets on the positive pairs of :func:`mined_pairs` with a random negative each."""
+    g = torch.Generator().manual_seed(seed)
+    a, p, _, _ = mined_pairs(labels)
+    negs = []
+    for ai in a.tolist():
+        j = int(torch.randint(0, len(labels), (1,), generator=g))
+        while labels[j] == labels[ai]:
+            j = int(torch.randint(0, len(labels), (1,), generator=g))
+        negs.append(j)
+    return a, p, torch.tensor(negs)
+
+
+def subsampled_pairs(
+    labels: Tensor, seed: int = 1, extra: tuple[int, int] = (2, 3)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A random subset of all pairs (60% of positives, 40% of negatives) plus duplicates.
+
+    The first ``extra[0]`` positive and ``extra[1]`` negative pairs are listed twice.
+    """
+    a1, p, a2, n = get_all_pairs_indices(labels)
+    g = torch.Generator().manual_seed(seed)
+    k1, k2 = torch.rand(len(a1), generator=g) < 0.6, torch.rand(len(a2), generator=g) < 0.4
+    a1, p, a2, n = a1[k1], p[k1], a2[k2], n[k2]
+    dp, dn = extra
+    return (
+        torch.cat([a1, a1[:dp]]),
+        torch.cat([p, p[:dp]]),
+        torch.cat([a2, a2[:dn]]),
+        torch.cat([n, n[:dn]]),
+    )
+
+
+__all__ += [
+    "mined_pairs",
+    "mined_triplets",
+    "naive_pair_triplets",
+    "naive_pairs",
+    "naive_triplets",
+    "random_embeddings",
+    "subsampled_pairs",
+]

@@ -2,15 +2,7 @@
 
 from pml.losses.__about__ import __version__
 from pml.losses._angular import AngularLoss, NPairsLoss
-from pml.losses._base import (
-    BaseLossWrapper,
-    BaseMetricLossFunction,
-    EmbeddingRegularizerMixin,
-    GenericPairLoss,
-    TorchInitWrapper,
-    WeightMixin,
-    WeightRegularizerMixin,
-)
+from pml.losses._base import BaseLossWrapper, BaseMetricLossFunction
 from pml.losses._contrastive import (
     ContrastiveLoss,
     IntraPairVarianceLoss,
@@ -18,11 +10,18 @@ from pml.losses._contrastive import (
 )
 from pml.losses._cross_batch_memory import CrossBatchMemory
 from pml.losses._distributed import DistributedLossWrapper
-from pml.losses._histogram import DynamicSoftMarginLoss, HistogramLoss
+from pml.losses._generic_pair import GenericPairLoss
+from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca import InstanceLoss, NCALoss
 from pml.losses._ntxent import NTXentLoss, TupletMarginLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
+from pml.losses._regularizer_mixins import (
+    EmbeddingRegularizerMixin,
+    TorchInitWrapper,
+    WeightMixin,
+    WeightRegularizerMixin,
+)
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss

@@ -1,34 +1,32 @@
-"""The loss pipeline: BaseMetricLossFunction, GenericPairLoss, the regularizer mixins, wrappers.
+"""The loss pipeline: BaseMetricLossFunction, its input checks, loss-dict entries, wrappers.
 
 ``forward`` validates inputs, resolves the reference set, calls ``compute_loss`` (which returns
 a loss dict of *unreduced* losses), adds the embedding regularization and hands the dict to the
-reducer. Subclasses implement ``compute_loss`` (or GenericPairLoss's ``_compute_loss``).
+reducer. Subclasses implement ``compute_loss``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pml.core.dtypes import to_device
-from pml.core.indices import IndicesTuple, convert_to_pairs
+from pml.core.indices import IndicesTuple
 from pml.core.validation import (
-    InvalidArgumentError,
     UnsupportedLossError,
     check_embeddings,
     check_indices_tuple,
     check_shapes,
-    labels_or_indices_tuple_required,
 )
 from pml.distances import BaseDistance
-from pml.losses._arguments import check_real, check_regularizer
+from pml.losses._regularizer_mixins import (
+    EMBEDDING_REG_LOSS,
+    WEIGHT_REG_LOSS,
+    EmbeddingRegularizerMixin,
+)
 from pml.reducers import LossDict, ModuleWithRecordsReducerAndDistance
-
-EMBEDDING_REG_LOSS = "embedding_reg_loss"
-WEIGHT_REG_LOSS = "weight_reg_loss"
 
 
 def zero_loss_entry() -> dict[str, Any]:
@@ -144,108 +142,45 @@ def checked_indices_tuple(indices_tuple: Any) -> IndicesTuple:
     return CheckedIndicesTuple(indices_tuple)  # type: ignore[return-value]
 
 
-class EmbeddingRegularizerMixin:
-    """Adds ``embedding_reg_loss = embedding_regularizer(embeddings) * embedding_reg_weight``.
+def check_loss_inputs(
+    distance: Any,
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices_tuple: IndicesTuple | None,
+    ref_emb: Tensor | None,
+    ref_labels: Tensor | None,
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """Check a loss's inputs; ``(labels, ref_emb, ref_labels)`` on the embeddings' device.
 
-    Args:
-        embedding_regularizer: a regularizer module (e.g. ``LpRegularizer()``) or None.
-        embedding_reg_weight: multiplier of the regularization value.
+    The reference set is resolved (:func:`resolve_ref`); see
+    :meth:`BaseMetricLossFunction.forward` for what is checked and raised.
     """
-
-    def __init__(
-        self,
-        embedding_regularizer: nn.Module | None = None,
-        embedding_reg_weight: float = 1,
-        **kwargs: Any,
-    ) -> None:
-        check_regularizer("embedding_regularizer", embedding_regularizer)
-        check_real("embedding_reg_weight", embedding_reg_weight)
-        # Known before the reducer is built (the reducer needs the sub-loss names); a plain
-        # attribute can be set before nn.Module.__init__.
-        self._has_embedding_regularizer = embedding_regularizer is not None
-        super().__init__(**kwargs)
-        self.embedding_regularizer = embedding_regularizer
-        self.embedding_reg_weight = embedding_reg_weight
-        if embedding_regularizer is not None:
-            self.add_to_recordable_attributes(name="embedding_reg_weight", is_stat=False)  # type: ignore[attr-defined]
-
-    def embedding_regularization_loss(self, embeddings: Tensor) -> dict[str, Any]:
-        """The already-reduced entry of the embedding regularization (0 without a regularizer)."""
-        value: Tensor | int = 0
-        if self.embedding_regularizer is not None:
-            value = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
-        return loss_entry(value, None, "already_reduced")
-
-    def add_embedding_regularization_to_loss_dict(
-        self, loss_dict: LossDict, embeddings: Tensor
-    ) -> None:
-        """Add ``"embedding_reg_loss"`` to ``loss_dict`` when a regularizer is set."""
-        if self.embedding_regularizer is not None:
-            loss_dict[EMBEDDING_REG_LOSS] = self.embedding_regularization_loss(embeddings)
-
-
-class TorchInitWrapper:
-    """``w(tensor)`` calls ``init_func(tensor, **kwargs)``: a picklable parameter initialiser.
-
-    Example:
-        >>> w = TorchInitWrapper(torch.nn.init.constant_, val=0.5)
-        >>> w(torch.empty(2)).tolist()
-        [0.5, 0.5]
-    """
-
-    def __init__(self, init_func: Callable[..., Any], **kwargs: Any) -> None:
-        self.init_func = init_func
-        self.kwargs = kwargs
-
-    def __call__(self, tensor: Tensor) -> Any:
-        return self.init_func(tensor, **self.kwargs)
-
-
-class WeightMixin:
-    """Holds ``weight_init_func`` (default ``normal_``: mean 0, std 1) for learnable weights."""
-
-    def __init__(self, weight_init_func: Callable[[Tensor], Any] | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.weight_init_func = (
-            self.get_default_weight_init_func() if weight_init_func is None else weight_init_func
+    check_floating_tensor(embeddings, "embeddings")
+    if ref_emb is not None:
+        check_floating_tensor(ref_emb, "ref_emb")
+    # fix: the distance decides the shapes (a custom one may accept (N, T, D) sequences)
+    check_input_shapes(distance, embeddings, ref_emb)
+    check_shapes(embeddings, labels)
+    if labels is not None:
+        labels = to_device(labels, embeddings)
+    needs_ref_labels = labels is not None and indices_tuple is None
+    if ref_emb is not None and ref_labels is None and needs_ref_labels:
+        # fix: the reference silently paired labels with themselves here (spec 00 §5).
+        raise ValueError(
+            "ref_labels must be given with ref_emb when pairs are built from labels "
+            "(labels given, indices_tuple None)"
         )
-
-    def get_default_weight_init_func(self) -> Callable[[Tensor], Any]:
-        return TorchInitWrapper(torch.nn.init.normal_)
-
-
-class WeightRegularizerMixin(WeightMixin):
-    """Adds ``weight_reg_loss = weight_regularizer(weights) * weight_reg_weight``.
-
-    Losses call :meth:`add_weight_regularization_to_loss_dict` inside ``compute_loss`` with
-    their class-vector matrix (rows = classes or proxies).
-    """
-
-    def __init__(
-        self,
-        weight_regularizer: nn.Module | None = None,
-        weight_reg_weight: float = 1,
-        **kwargs: Any,
-    ) -> None:
-        check_regularizer("weight_regularizer", weight_regularizer)
-        check_real("weight_reg_weight", weight_reg_weight)
-        self._has_weight_regularizer = weight_regularizer is not None
-        super().__init__(**kwargs)
-        self.weight_regularizer = weight_regularizer
-        self.weight_reg_weight = weight_reg_weight
-        if weight_regularizer is not None:
-            self.add_to_recordable_attributes(name="weight_reg_weight", is_stat=False)  # type: ignore[attr-defined]
-
-    def weight_regularization_loss(self, weights: Tensor) -> dict[str, Any]:
-        value: Tensor | int = 0
-        if self.weight_regularizer is not None:
-            value = self.weight_regularizer(weights) * self.weight_reg_weight
-        return loss_entry(value, None, "already_reduced")
-
-    def add_weight_regularization_to_loss_dict(self, loss_dict: LossDict, weights: Tensor) -> None:
-        """Add ``"weight_reg_loss"`` for ``weights`` (``(C, D)`` class vectors) when set."""
-        if self.weight_regularizer is not None:
-            loss_dict[WEIGHT_REG_LOSS] = self.weight_regularization_loss(weights)
+    ref_emb, ref_labels = resolve_ref(embeddings, labels, ref_emb, ref_labels)
+    if indices_tuple is not None:
+        # fix: out-of-range indices gave wrong numbers (-1 wraps around) or an IndexError
+        # deep inside; one aminmax per tensor, skipped for a wrapper's checked tuple.
+        check_indices_tuple(
+            indices_tuple,
+            embeddings.shape[0],
+            ref_emb.shape[0],
+            check_bounds=not isinstance(indices_tuple, CheckedIndicesTuple),
+        )
+    return labels, ref_emb, ref_labels
 
 
 class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducerAndDistance):
@@ -290,31 +225,9 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
                 integer dtype other than int64/int32.
         """
         self.reset_stats()
-        check_floating_tensor(embeddings, "embeddings")
-        if ref_emb is not None:
-            check_floating_tensor(ref_emb, "ref_emb")
-        # fix: the distance decides the shapes (a custom one may accept (N, T, D) sequences)
-        check_input_shapes(self.distance, embeddings, ref_emb)
-        check_shapes(embeddings, labels)
-        if labels is not None:
-            labels = to_device(labels, embeddings)
-        needs_ref_labels = labels is not None and indices_tuple is None
-        if ref_emb is not None and ref_labels is None and needs_ref_labels:
-            # fix: the reference silently paired labels with themselves here (spec 00 §5).
-            raise ValueError(
-                "ref_labels must be given with ref_emb when pairs are built from labels "
-                "(labels given, indices_tuple None)"
-            )
-        ref_emb, ref_labels = resolve_ref(embeddings, labels, ref_emb, ref_labels)
-        if indices_tuple is not None:
-            # fix: out-of-range indices gave wrong numbers (-1 wraps around) or an IndexError
-            # deep inside; one aminmax per tensor, skipped for a wrapper's checked tuple.
-            check_indices_tuple(
-                indices_tuple,
-                embeddings.shape[0],
-                ref_emb.shape[0],
-                check_bounds=not isinstance(indices_tuple, CheckedIndicesTuple),
-            )
+        labels, ref_emb, ref_labels = check_loss_inputs(
+            self.distance, embeddings, labels, indices_tuple, ref_emb, ref_labels
+        )
         out_dtype = embeddings.dtype
         embeddings, ref_emb = promote_to_common_dtype(embeddings, ref_emb)
         loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
@@ -358,66 +271,6 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         return names
 
 
-class GenericPairLoss(BaseMetricLossFunction):
-    """A loss over positive and negative pairs.
-
-    Args:
-        mat_based_loss: ``True`` -> ``_compute_loss(mat, pos_mask, neg_mask)`` with ``(N, M)``
-            masks (duplicate pairs collapse); ``False`` -> ``_compute_loss(pos_pair, neg_pair,
-            indices_tuple)`` with the matrix entries of each listed pair (duplicates kept).
-    """
-
-    def __init__(self, mat_based_loss: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.mat_based_loss = mat_based_loss
-
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
-        labels_or_indices_tuple_required(labels, indices_tuple)
-        pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
-        # compat: the reference returns zero when every index list has length <= 1.
-        if all(len(t) <= 1 for t in pairs):
-            return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
-        if self.mat_based_loss:
-            return self.mat_based_loss_fn(mat, pairs, check_overlap=indices_tuple is not None)
-        return self.pair_based_loss(mat, pairs)
-
-    @staticmethod
-    def pair_masks(
-        mat: Tensor, pairs: IndicesTuple, check_overlap: bool = True
-    ) -> tuple[Tensor, Tensor]:
-        """``(pos_mask, neg_mask)`` in ``mat``'s dtype with 1 at the listed pairs.
-
-        Raises:
-            InvalidArgumentError: a cell is both a positive and a negative pair (checked only
-                for caller-supplied tuples; it forces a device sync).
-        """
-        a1, p, a2, n = pairs
-        pos_mask, neg_mask = torch.zeros_like(mat), torch.zeros_like(mat)
-        pos_mask[a1, p] = 1
-        neg_mask[a2, n] = 1
-        if check_overlap and bool(((pos_mask > 0) & (neg_mask > 0)).any()):
-            raise InvalidArgumentError(
-                "indices_tuple: each pair should be either positive or negative, not both"
-            )
-        return pos_mask, neg_mask
-
-    def mat_based_loss_fn(
-        self, mat: Tensor, pairs: IndicesTuple, check_overlap: bool = True
-    ) -> LossDict:
-        pos_mask, neg_mask = self.pair_masks(mat, pairs, check_overlap)
-        return self._compute_loss(mat, pos_mask, neg_mask)
-
-    def pair_based_loss(self, mat: Tensor, pairs: IndicesTuple) -> LossDict:
-        a1, p, a2, n = pairs
-        pos_pair: Tensor | list = mat[a1, p] if len(a1) > 0 else []
-        neg_pair: Tensor | list = mat[a2, n] if len(a2) > 0 else []
-        return self._compute_loss(pos_pair, neg_pair, pairs)
-
-    def _compute_loss(self, *args: Any) -> LossDict:
-        raise NotImplementedError
-
-
 class BaseLossWrapper(nn.Module):
     """Base of loss wrappers; rejects losses whose class name is not supported.
 
@@ -452,14 +305,10 @@ __all__ = [
     "BaseLossWrapper",
     "BaseMetricLossFunction",
     "CheckedIndicesTuple",
-    "EmbeddingRegularizerMixin",
-    "GenericPairLoss",
-    "TorchInitWrapper",
-    "WeightMixin",
-    "WeightRegularizerMixin",
     "cast_output",
     "check_floating_tensor",
     "check_input_shapes",
+    "check_loss_inputs",
     "checked_indices_tuple",
     "loss_entry",
     "promote_to_common_dtype",

@@ -1,7 +1,8 @@
 """Contrastive family: ContrastiveLoss, SignalToNoiseRatioContrastiveLoss, IntraPairVarianceLoss.
 
 Pair-list losses (every listed pair counts, duplicates included) with one sub-loss for the
-positive pairs and one for the negative pairs. Math: ``pml.losses.functional``.
+positive pairs and one for the negative pairs. Each states its formula once, as two hinges
+(``pml.losses.functional._pair``), which both routes of :func:`hinge_pair_loss` use.
 """
 
 from __future__ import annotations
@@ -12,39 +13,53 @@ from torch import Tensor
 
 from pml.core.indices import IndicesTuple
 from pml.distances import BaseDistance, CosineSimilarity, SNRDistance, assert_distance_type
-from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import LabelMasksMixin, threshold_bounds
-from pml.losses.functional._pair import (
-    contrastive_loss,
-    intra_pair_variance_loss,
-    masked_hinge_mean,
+from pml.losses._generic_pair import GenericPairLoss
+from pml.losses._pairs import (
+    listed_negatives,
+    masked_negatives,
+    pair_entries,
+    pair_inputs,
+    poison_nonfinite,
+    set_hyperparameters,
+    too_few_pairs,
 )
+from pml.losses.functional._pair import contrastive_hinges, intra_pair_variance_hinges
+from pml.losses.functional._pair_ops import Hinge, pair_hinge_losses
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
 
-def _pair_entries(
-    pos_losses: Tensor | int, neg_losses: Tensor | int, indices_tuple: IndicesTuple
+def hinge_pair_loss(
+    loss: GenericPairLoss,
+    hinges: tuple[Hinge, Hinge],
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices_tuple: IndicesTuple | None,
+    ref_emb: Tensor,
+    ref_labels: Tensor | None,
 ) -> LossDict:
-    a1, p, a2, n = indices_tuple
-    return {
-        "pos_loss": loss_entry(pos_losses, (a1, p), "pos_pair"),
-        "neg_loss": loss_entry(neg_losses, (a2, n), "neg_pair"),
-    }
+    """``compute_loss`` of a hinge pair loss: pairs -> matrix -> ``hinges`` -> two entries.
+
+    Routes: the positive pairs are always listed (per-pair losses, "pos_pair"). The negative
+    pairs are handed to the reducer as sums over a boolean mask when its ``sums_plan`` for
+    ``neg_loss`` allows (a plain mean/sum/threshold reducer) and no hinge parameter is
+    learnable, and they come from labels or from a tuple listing most cells once
+    (CrossBatchMemory's all pairs); otherwise every negative pair is listed ("neg_pair").
+    """
+    pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
+    if too_few_pairs(len(pairs.a1), pairs.num_neg, need_both=False):
+        return loss.zero_losses()
+    plan = None if hinges[1].is_learnable() else loss.reducer_sums_plan("neg_loss")
+    if plan is None:
+        pairs = listed_negatives(pairs)
+    else:
+        pairs = masked_negatives(pairs, len(embeddings), len(ref_emb))
+    bounds = (None, None) if plan is None else (plan.low, plan.high)
+    mat = loss.distance(embeddings, ref_emb)
+    pos, neg = pair_hinge_losses(mat, pairs.a1, pairs.p, pairs.neg, hinges, *bounds)
+    return poison_nonfinite(pair_entries(pos, neg, pairs), embeddings, ref_emb)
 
 
-def _empty_like_other(pair: Tensor | list, other: Tensor | list) -> Tensor:
-    """``pair`` as a tensor: an empty list becomes an empty tensor like ``other``."""
-    if isinstance(pair, Tensor):
-        return pair
-    return other.new_empty(0)  # type: ignore[union-attr]
-
-
-def _learnable(*values: Any) -> bool:
-    return any(isinstance(v, Tensor) and v.requires_grad for v in values)
-
-
-class ContrastiveLoss(LabelMasksMixin, GenericPairLoss):
+class ContrastiveLoss(GenericPairLoss):
     """Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006).
 
     Positive pairs farther than ``pos_margin`` and negative pairs closer than ``neg_margin``
@@ -61,6 +76,10 @@ class ContrastiveLoss(LabelMasksMixin, GenericPairLoss):
     Sub-losses: ``pos_loss`` ``(P,)`` ("pos_pair", indices ``(a1, p)``) and ``neg_loss``
     ``(Nn,)`` ("neg_pair", indices ``(a2, n)``); a side without pairs is the zero loss.
 
+    Routes (see :func:`hinge_pair_loss`): negatives from labels (or CrossBatchMemory's long
+    list) go to a mean/sum/threshold reducer as sums over the negative mask, never listed;
+    other reducers, learnable margins and short miner lists get every per-pair loss.
+
     Example:
         >>> emb = torch.eye(4)[[0, 0, 1, 1]] + 0.1 * torch.eye(4)
         >>> ContrastiveLoss()(emb, torch.tensor([0, 0, 1, 1]))
@@ -69,47 +88,11 @@ class ContrastiveLoss(LabelMasksMixin, GenericPairLoss):
 
     def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
-        check_real("pos_margin", pos_margin)
-        check_real("neg_margin", neg_margin)
-        self.pos_margin = pos_margin
-        self.neg_margin = neg_margin
-        self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
+        set_hyperparameters(self, pos_margin=pos_margin, neg_margin=neg_margin)
 
-    def _dense_pair_losses(
-        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer
-    ) -> tuple[Tensor, Tensor] | None:
-        """Positive-pair losses ``(P,)`` and the reduced negative part (every cell of the mask).
-
-        None (per-pair path) when a margin is a tensor that requires grad.
-        """
-        if _learnable(self.pos_margin, self.neg_margin):
-            return None
-        inverted = self.distance.is_inverted
-        pos_losses, _ = contrastive_loss(
-            pos_pair, pos_pair[:0], self.pos_margin, self.neg_margin, is_inverted=inverted
-        )
-        low, high = threshold_bounds(neg_reducer)
-        # negative losses relu(neg_margin - d) (distance) or relu(s - neg_margin) (similarity)
-        neg_value = masked_hinge_mean(
-            mat, neg_mask, offset=self.neg_margin, sign=1 if inverted else -1, low=low, high=high
-        )
-        return pos_losses, neg_value
-
-    def _compute_loss(  # type: ignore[override]
-        self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple
-    ) -> LossDict:
-        pos_losses, neg_losses = contrastive_loss(
-            _empty_like_other(pos_pair, neg_pair),
-            _empty_like_other(neg_pair, pos_pair),
-            self.pos_margin,
-            self.neg_margin,
-            is_inverted=self.distance.is_inverted,
-        )
-        return _pair_entries(
-            pos_losses if len(pos_pair) > 0 else 0,
-            neg_losses if len(neg_pair) > 0 else 0,
-            indices_tuple,
-        )
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        hinges = contrastive_hinges(self.pos_margin, self.neg_margin, self.distance.is_inverted)
+        return hinge_pair_loss(self, hinges, embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
@@ -142,7 +125,7 @@ class SignalToNoiseRatioContrastiveLoss(ContrastiveLoss):
         return SNRDistance()
 
 
-class IntraPairVarianceLoss(LabelMasksMixin, GenericPairLoss):
+class IntraPairVarianceLoss(GenericPairLoss):
     """Intra-pair variance loss (Yu & Tao, "Deep Metric Learning with Tuplet Margin Loss", 2019).
 
     Pushes each positive (negative) pair's value towards the mean positive (negative) value
@@ -155,7 +138,8 @@ class IntraPairVarianceLoss(LabelMasksMixin, GenericPairLoss):
             ``MeanReducer`` for each sub-loss, summed), ``collect_stats``,
             ``embedding_regularizer``, ``embedding_reg_weight``.
 
-    Sub-losses: ``pos_loss`` ``(P,)`` and ``neg_loss`` ``(Nn,)`` as in :class:`ContrastiveLoss`.
+    Sub-losses and routes as in :class:`ContrastiveLoss`; the negatives' mean (the centre
+    of their hinge) is taken over the mask or the list.
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.8, 0.7], [0.0, 1.0]])
@@ -165,53 +149,12 @@ class IntraPairVarianceLoss(LabelMasksMixin, GenericPairLoss):
 
     def __init__(self, pos_eps: float = 0.01, neg_eps: float = 0.01, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
-        check_real("pos_eps", pos_eps)
-        check_real("neg_eps", neg_eps)
-        self.pos_eps = pos_eps
-        self.neg_eps = neg_eps
-        self.add_to_recordable_attributes(list_of_names=["pos_eps", "neg_eps"], is_stat=False)
+        set_hyperparameters(self, pos_eps=pos_eps, neg_eps=neg_eps)
 
-    def _dense_pair_losses(
-        self, pos_pair: Tensor, mat: Tensor, neg_mask: Tensor, neg_reducer: BaseReducer
-    ) -> tuple[Tensor, Tensor] | None:
-        """Positive-pair losses ``(P,)`` and the reduced negative part (every cell of the mask).
-
-        None (per-pair path) when an epsilon is a tensor that requires grad.
-        """
-        if _learnable(self.pos_eps, self.neg_eps):
-            return None
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
         inverted = self.distance.is_inverted
-        pos_losses, _ = intra_pair_variance_loss(
-            pos_pair, pos_pair[:0], self.pos_eps, self.neg_eps, is_inverted=inverted
-        )
-        low, high = threshold_bounds(neg_reducer)
-        # similarity: relu(s - (1 + neg_eps) mu_n)^2; distance: relu((1 - neg_eps) mu_n - d)^2
-        neg_value = masked_hinge_mean(
-            mat,
-            neg_mask,
-            sign=1 if inverted else -1,
-            power=2,
-            center_coef=1 + self.neg_eps if inverted else 1 - self.neg_eps,
-            low=low,
-            high=high,
-        )
-        return pos_losses, neg_value
-
-    def _compute_loss(  # type: ignore[override]
-        self, pos_pair: Tensor | list, neg_pair: Tensor | list, indices_tuple: IndicesTuple
-    ) -> LossDict:
-        pos_losses, neg_losses = intra_pair_variance_loss(
-            _empty_like_other(pos_pair, neg_pair),
-            _empty_like_other(neg_pair, pos_pair),
-            self.pos_eps,
-            self.neg_eps,
-            is_inverted=self.distance.is_inverted,
-        )
-        return _pair_entries(
-            pos_losses if len(pos_pair) > 0 else 0,
-            neg_losses if len(neg_pair) > 0 else 0,
-            indices_tuple,
-        )
+        hinges = intra_pair_variance_hinges(self.pos_eps, self.neg_eps, inverted)
+        return hinge_pair_loss(self, hinges, embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()

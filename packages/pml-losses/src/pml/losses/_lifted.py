@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import IndicesTuple, convert_to_pairs, pos_neg_masks
-from pml.core.validation import labels_or_indices_tuple_required
-from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import LabelMasksMixin, has_too_few_pairs, label_positive_pairs
-from pml.losses._pairs import poison_nonfinite
+from pml.losses._base import loss_entry
+from pml.losses._generic_pair import GenericPairLoss
+from pml.losses._pairs import (
+    negative_counts,
+    pair_inputs,
+    pair_masks,
+    poison_nonfinite,
+    row_entry,
+    set_hyperparameters,
+    too_few_pairs,
+)
 from pml.losses.functional._pair import generalized_lifted_structure_loss, lifted_structure_loss
 from pml.reducers import LossDict
 
 
-class GeneralizedLiftedStructureLoss(LabelMasksMixin, GenericPairLoss):
+class GeneralizedLiftedStructureLoss(GenericPairLoss):
     """Generalized lifted structure loss (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss").
 
     Per query row: ``relu(LSE_pos(d - pos_margin) + LSE_neg(neg_margin - d))`` (margins flip
@@ -45,23 +46,17 @@ class GeneralizedLiftedStructureLoss(LabelMasksMixin, GenericPairLoss):
 
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
-        check_real("neg_margin", neg_margin)
-        check_real("pos_margin", pos_margin)
-        self.neg_margin = neg_margin
-        self.pos_margin = pos_margin
-        self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
+        set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
 
-    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
+        if masks is None:
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
         losses = generalized_lifted_structure_loss(
-            mat,
-            pos_mask,
-            neg_mask,
-            self.neg_margin,
-            self.pos_margin,
-            is_inverted=self.distance.is_inverted,
+            mat, *masks, self.neg_margin, self.pos_margin, is_inverted=self.distance.is_inverted
         )
-        rows = torch.arange(mat.shape[0], device=mat.device)
-        return {"loss": loss_entry(losses, rows, "element")}
+        return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
 
 
 class LiftedStructureLoss(GenericPairLoss):
@@ -94,50 +89,23 @@ class LiftedStructureLoss(GenericPairLoss):
 
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
-        check_real("neg_margin", neg_margin)
-        check_real("pos_margin", pos_margin)
-        self.neg_margin = neg_margin
-        self.pos_margin = pos_margin
-        self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
+        set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
 
-    def compute_loss(  # type: ignore[override]
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        labels_or_indices_tuple_required(labels, indices_tuple)
-        if indices_tuple is None:
-            pos, neg = pos_neg_masks(labels, ref_labels)  # type: ignore[arg-type]
-            a1, p = label_positive_pairs(labels, ref_labels, pos)  # type: ignore[arg-type]
-            # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
-            if has_too_few_pairs(pos, neg) or len(a1) == 0 or not bool(neg.amax()):
-                return self.zero_losses()
-            mat = self.distance(embeddings, ref_emb)
-            neg_weight = neg
-        else:
-            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
-            if all(len(t) <= 1 for t in (a1, p, a2, n)) or len(a1) == 0 or len(a2) == 0:
-                return self.zero_losses()
-            mat = self.distance(embeddings, ref_emb)
-            # how often each cell is listed as a negative pair (duplicates count)
-            neg_weight = torch.zeros(
-                mat.shape, dtype=accumulation_dtype(mat.dtype), device=mat.device
-            )
-            neg_weight.index_put_(
-                (a2.long(), n.long()), torch.ones_like(a2, dtype=neg_weight.dtype), accumulate=True
-            )
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
+        # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
+        if too_few_pairs(len(pairs.a1), pairs.num_neg):
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
         losses = lifted_structure_loss(
             mat,
-            a1,
-            p,
-            neg_weight,
+            pairs.a1,
+            pairs.p,
+            negative_counts(pairs.neg, mat),
             self.neg_margin,
             self.pos_margin,
             is_inverted=self.distance.is_inverted,
             same_set=ref_emb is embeddings,
         )
-        loss_dict = {"loss": loss_entry(losses, (a1, p), "pos_pair")}
+        loss_dict = {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
         return poison_nonfinite(loss_dict, embeddings, ref_emb)

@@ -13,18 +13,13 @@ from torch import Tensor
 
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
-from pml.losses._base import GenericPairLoss, loss_entry
-from pml.losses._pair_inputs import LabelMasksMixin
+from pml.losses._generic_pair import GenericPairLoss
+from pml.losses._pairs import pair_masks, poison_nonfinite, row_entry
 from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
 
-def _row_entry(losses: Tensor, mat: Tensor) -> LossDict:
-    rows = torch.arange(mat.shape[0], device=mat.device)
-    return {"loss": loss_entry(losses, rows, "element")}
-
-
-class MultiSimilarityLoss(LabelMasksMixin, GenericPairLoss):
+class MultiSimilarityLoss(GenericPairLoss):
     """Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019).
 
     Per query row: ``(1/alpha) log(1 + sum_pos exp(-alpha (s - base)))
@@ -59,23 +54,21 @@ class MultiSimilarityLoss(LabelMasksMixin, GenericPairLoss):
         self.base = base
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
 
-    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
+        if masks is None:
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
         losses = multi_similarity_loss(
-            mat,
-            pos_mask,
-            neg_mask,
-            self.alpha,
-            self.beta,
-            self.base,
-            is_inverted=self.distance.is_inverted,
+            mat, *masks, self.alpha, self.beta, self.base, is_inverted=self.distance.is_inverted
         )
-        return _row_entry(losses, mat)
+        return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
 
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
 
-class CircleLoss(LabelMasksMixin, GenericPairLoss):
+class CircleLoss(GenericPairLoss):
     """Circle loss (Sun, Cheng, Zhang, Zhang, Zheng, Wang & Wei, CVPR 2020).
 
     Self-paced weights ``alpha_p = relu(1 + m - s)``, ``alpha_n = relu(s + m)`` (no gradient)
@@ -119,9 +112,13 @@ class CircleLoss(LabelMasksMixin, GenericPairLoss):
         )
         assert_distance_type(self, CosineSimilarity)
 
-    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
-        losses = circle_loss(mat, pos_mask, neg_mask, self.m, self.gamma)
-        return _row_entry(losses, mat)
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
+        if masks is None:
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
+        losses = circle_loss(mat, *masks, self.m, self.gamma)
+        return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
@@ -130,7 +127,7 @@ class CircleLoss(LabelMasksMixin, GenericPairLoss):
         return CosineSimilarity()
 
 
-class SupConLoss(LabelMasksMixin, GenericPairLoss):
+class SupConLoss(GenericPairLoss):
     """Supervised contrastive loss (Khosla et al., NeurIPS 2020).
 
     Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
@@ -165,7 +162,14 @@ class SupConLoss(LabelMasksMixin, GenericPairLoss):
         losses = supcon_loss(
             mat, pos_mask, neg_mask, self.temperature, is_inverted=self.distance.is_inverted
         )
-        return _row_entry(losses, mat)
+        return row_entry(losses)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
+        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
+        if masks is None:
+            return self.zero_losses()
+        mat = self.distance(embeddings, ref_emb)
+        return poison_nonfinite(self._compute_loss(mat, *masks), embeddings, ref_emb)
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
-from pml.core.indices import IndicesTuple, convert_to_pairs
+from pml.core.indices import convert_to_pairs
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import poison_nonfinite
-from pml.losses.functional._triplet import (
-    cosine_similarity_matrix,
-    threshold_consistent_margin_loss,
-)
+from pml.losses.functional._pair_sets import threshold_consistent_margin_loss
+from pml.losses.functional._triplet import cosine_similarity_matrix
 from pml.reducers import LossDict
 
 
@@ -71,14 +67,7 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def compute_loss(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
         labels_or_indices_tuple_required(labels, indices_tuple)
         a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
         # fix: p and n index ref_emb; the reference read both members from embeddings

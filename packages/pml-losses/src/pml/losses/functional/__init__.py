@@ -12,6 +12,11 @@ from pml.losses.functional._pair import (
     multi_similarity_loss,
     supcon_loss,
 )
+from pml.losses.functional._pair_sets import (
+    histogram_loss,
+    soft_histogram,
+    threshold_consistent_margin_loss,
+)
 from pml.losses.functional._softmax import (
     angular_average_angle,
     angular_loss,
@@ -25,11 +30,8 @@ from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,
     dynamic_soft_margin_paired_x,
-    histogram_loss,
     margin_loss,
     margin_loss_sums,
-    soft_histogram,
-    threshold_consistent_margin_loss,
     triplet_margin_loss,
     triplet_margin_loss_sums,
 )

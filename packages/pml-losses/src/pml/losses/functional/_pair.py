@@ -6,7 +6,8 @@ and supervised-contrastive losses.
 Two input forms:
 
 * pair-list losses take the matrix entries of each listed pair (``pos_pair (P,)``,
-  ``neg_pair (Nn,)``; duplicates count);
+  ``neg_pair (Nn,)``; duplicates count); their formula is a pair of hinges
+  (``*_hinges``), which the classes also sum over a negative mask (``_pair_ops``);
 * matrix losses take ``mat (N, M)`` and boolean (or 0/1) ``pos_mask`` / ``neg_mask`` of the
   same shape and return one value per row.
 
@@ -22,7 +23,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
-from pml.reducers.functional import threshold_mask
+from pml.core.functional import masked_logsumexp
+from pml.losses.functional._pair_ops import Hinge, hinge_losses, weighted_logsumexp
 
 __all__ = [
     "circle_loss",
@@ -40,29 +42,16 @@ def _margin(x: Tensor | float, y: Tensor | float, is_inverted: bool) -> Tensor:
     return y - x if is_inverted else x - y  # type: ignore[return-value]
 
 
-def _masked_lse(x: Tensor, keep: Tensor, dim: int = 1, add_one: bool = False) -> Tensor:
-    """``log(sum(exp(x[keep])))`` along ``dim`` (``log(1 + ...)`` with ``add_one``).
-
-    Slices without a kept entry give exactly 0; the reduced dimension is dropped. Same values
-    as the reference's masked log-sum-exp (``pml.core.functional.logsumexp``), but masked
-    entries are ``-inf`` instead of ``finfo.min``: ``exp`` of huge negative finite numbers
-    takes a slow underflow path on CPU (about 10x slower), ``exp(-inf)`` does not. ``where``
-    and ``amax`` are used instead of ``masked_fill`` and ``any`` (several times faster on
-    CPU). ``x`` must already be in the accumulation dtype; ``keep`` is boolean.
-    """
-    has = keep.amax(dim=dim, keepdim=True)
-    xm = torch.where(keep, x, float("-inf"))
-    mx = xm.amax(dim=dim, keepdim=True).detach()
-    # empty slices: shift by 0 (not -inf) and sum to 1, so that nothing is NaN, not even grads
-    mx = mx.clamp_min(0) if add_one else torch.where(has, mx, 0)
-    total = (xm - mx).exp_().sum(dim=dim, keepdim=True)  # in place: one allocation less
-    total = total + torch.exp(-mx) if add_one else total + (~has).to(total.dtype)
-    out = mx + torch.log(total)
-    return torch.where(has, out, 0).squeeze(dim)
-
-
 def _acc(x: Tensor) -> Tensor:
     return x.to(accumulation_dtype(x.dtype))
+
+
+def contrastive_hinges(
+    pos_margin: Tensor | float, neg_margin: Tensor | float, is_inverted: bool
+) -> tuple[Hinge, Hinge]:
+    """The contrastive formula: ``relu(margin(v, pos_margin))``, ``relu(margin(neg_margin, v))``."""
+    sign = -1 if is_inverted else 1
+    return Hinge(sign, pos_margin), Hinge(-sign, neg_margin)
 
 
 def contrastive_loss(
@@ -94,10 +83,19 @@ def contrastive_loss(
         >>> pos.tolist(), neg.tolist()
         ([0.20000000298023224, 0.0], [0.5, 0.0])
     """
-    # in-place relu on the fresh margin tensors: one allocation per side, not two
-    pos = _margin(pos_pair, pos_margin, is_inverted).relu_()
-    neg = _margin(neg_margin, neg_pair, is_inverted).relu_()
-    return pos, neg
+    pos, neg = contrastive_hinges(pos_margin, neg_margin, is_inverted)
+    return hinge_losses(pos_pair, pos), hinge_losses(neg_pair, neg)
+
+
+def intra_pair_variance_hinges(
+    pos_eps: Tensor | float, neg_eps: Tensor | float, is_inverted: bool
+) -> tuple[Hinge, Hinge]:
+    """The intra-pair variance formula (see :func:`intra_pair_variance_loss`) as two hinges."""
+    if is_inverted:
+        return Hinge(-1, power=2, center_coef=1 - pos_eps), Hinge(
+            1, power=2, center_coef=1 + neg_eps
+        )
+    return Hinge(1, power=2, center_coef=1 + pos_eps), Hinge(-1, power=2, center_coef=1 - neg_eps)
 
 
 def intra_pair_variance_loss(
@@ -134,120 +132,8 @@ def intra_pair_variance_loss(
         >>> [round(v, 4) for v in pos.tolist() + neg.tolist()]
         [0.0, 0.0372, 0.0, 0.0096]
     """
-    pos = _acc(pos_pair)
-    neg = _acc(neg_pair)
-    mu_p = pos.mean() if pos_mean is None else _acc(pos_mean)
-    mu_n = neg.mean() if neg_mean is None else _acc(neg_mean)
-    if is_inverted:
-        pos_loss = ((1 - pos_eps) * mu_p - pos).relu_().square()
-        neg_loss = (neg - (1 + neg_eps) * mu_n).relu_().square()
-    else:
-        pos_loss = (pos - (1 + pos_eps) * mu_p).relu_().square()
-        neg_loss = ((1 - neg_eps) * mu_n - neg).relu_().square()
-    return pos_loss.to(pos_pair.dtype), neg_loss.to(neg_pair.dtype)
-
-
-class _MaskedHingeMean(torch.autograd.Function):
-    """Mean over kept cells of ``relu(sign * (x - center)) ** power``; fused backward.
-
-    Autograd would keep and replay about six ``(N, M)`` passes (sub, relu, pow, where and
-    their backward); here the gradient is one to three vectorised passes. ``where`` is only
-    used with ``mask`` (label masks are regular); a data-dependent ``where`` (hinge active or
-    not) is several times slower on CPU, so the active cells are read from the kept losses'
-    sign instead. See :func:`masked_hinge_mean`.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        mask: Tensor,
-        offset: float,
-        sign: int,
-        power: int,
-        center_coef: float | None,
-        low: float | None,
-        high: float | None,
-    ) -> Tensor:
-        xa = _acc(x)
-        mask_count = torch.count_nonzero(mask)
-        if center_coef is None:
-            center: Tensor | float = offset
-        else:
-            center = center_coef * (torch.where(mask, xa, 0).sum() / mask_count.clamp_min(1))
-        r = (xa - center if sign > 0 else center - xa).relu_()
-        loss = r if power == 1 else r.square()
-        if high is None and (low is None or low <= 0):
-            # losses are >= 0: a threshold at or below 0 only drops zeros, which add nothing
-            kept = torch.where(mask, loss, 0)
-            count = mask_count if low is None or low < 0 else torch.count_nonzero(kept)
-        else:
-            keep = mask & threshold_mask(loss, low, high)
-            kept = loss * keep
-            count = torch.count_nonzero(keep)
-        value = kept.sum() / count.clamp_min(1)
-        ctx.save_for_backward(kept, count, mask, mask_count)
-        ctx.sign, ctx.power, ctx.center_coef = sign, power, center_coef
-        ctx.dtypes = (x.dtype, xa.dtype)
-        return value.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
-        dtype, acc = ctx.dtypes  # type: ignore[attr-defined]
-        sign, power, coef = ctx.sign, ctx.power, ctx.center_coef  # type: ignore[attr-defined]
-        kept, count, mask, mask_count = ctx.saved_tensors  # type: ignore[attr-defined]
-        scale = grad.to(acc) * sign / count.clamp_min(1)
-        if power == 1:
-            # d relu / dx on kept cells: 1 where the kept loss is > 0, else 0
-            grad_x = torch.sign(kept).mul_(scale)
-        else:
-            kept_r = kept.sqrt()  # relu(...) on kept cells, 0 elsewhere
-            grad_x = kept_r * (2 * scale)
-            if coef is not None:  # through the center: coef * mean over the mask
-                shift = 2 * scale * coef * kept_r.sum() / mask_count.clamp_min(1)
-                grad_x = grad_x - torch.where(mask, shift, 0)
-        return grad_x.to(dtype), None, None, None, None, None, None, None
-
-
-def masked_hinge_mean(
-    x: Tensor,
-    mask: Tensor,
-    *,
-    offset: float = 0.0,
-    sign: int = 1,
-    power: int = 1,
-    center_coef: float | None = None,
-    low: float | None = None,
-    high: float | None = None,
-) -> Tensor:
-    """Mean of ``relu(sign * (x - center)) ** power`` over the kept cells of ``mask``, 0-dim.
-
-    ``center`` is ``offset``, or ``center_coef * mean(x[mask])`` (differentiated) when
-    ``center_coef`` is given. Kept cells: in ``mask`` and, when given, ``> low`` / ``< high``
-    (a reducer's threshold on the per-cell losses). 0 when no cell is kept. This is what the
-    mean/threshold reducers give for a pair-list loss whose pairs are the cells of ``mask``
-    (contrastive: ``power=1``; intra-pair variance: ``power=2`` with a centre at a mean),
-    without listing the pairs, in >= float32, with a fused backward.
-
-    Args:
-        x: values, shape ``(N, M)``.
-        mask: boolean cells, shape ``(N, M)``.
-        offset: fixed centre (ignored with ``center_coef``).
-        sign: ``1`` for ``relu(x - center)``, ``-1`` for ``relu(center - x)``.
-        power: 1 or 2.
-        center_coef: centre = ``center_coef * mean(x[mask])``.
-        low: keep losses strictly above (None: no bound).
-        high: keep losses strictly below (None: no bound).
-
-    Returns:
-        0-dim tensor, dtype of ``x``.
-
-    Example:
-        >>> x = torch.tensor([[0.2, 1.5], [0.9, 0.4]])
-        >>> masked_hinge_mean(x, torch.ones(2, 2, dtype=torch.bool), offset=1.0, sign=-1, low=0)
-        tensor(0.5000)
-    """
-    return _MaskedHingeMean.apply(x, mask, offset, sign, power, center_coef, low, high)
+    pos, neg = intra_pair_variance_hinges(pos_eps, neg_eps, is_inverted)
+    return hinge_losses(pos_pair, pos, pos_mean), hinge_losses(neg_pair, neg, neg_mean)
 
 
 def generalized_lifted_structure_loss(
@@ -282,22 +168,9 @@ def generalized_lifted_structure_loss(
         tensor([0.0000, 0.8000])
     """
     x = _acc(mat)
-    pos_lse = _masked_lse(_margin(x, pos_margin, is_inverted), pos_mask.bool())
-    neg_lse = _masked_lse(_margin(neg_margin, x, is_inverted), neg_mask.bool())
+    pos_lse = masked_logsumexp(_margin(x, pos_margin, is_inverted), pos_mask.bool())
+    neg_lse = masked_logsumexp(_margin(neg_margin, x, is_inverted), neg_mask.bool())
     return torch.relu(pos_lse + neg_lse).unsqueeze(1).to(mat.dtype)
-
-
-def _weighted_lse(z: Tensor, weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """``log(sum(weight * exp(z)))`` along ``dim`` with ``finfo.min`` for empty slices.
-
-    Returns the values and a bool "slice has a positive weight" tensor.
-    """
-    keep = weight if weight.dtype == torch.bool else weight > 0
-    if weight.dtype != torch.bool:
-        z = z + torch.log(weight.to(z.dtype).clamp_min(1))  # counts >= 1 where kept
-    has = keep.amax(dim=dim)
-    out = _masked_lse(z, keep, dim=dim)
-    return torch.where(has, out, neg_inf(z.dtype)), has
 
 
 def lifted_structure_loss(
@@ -345,7 +218,7 @@ def lifted_structure_loss(
     """
     x = _acc(mat)
     z = _margin(neg_margin, x, is_inverted)
-    row_lse, row_has = _weighted_lse(z, neg_weight, dim=1)
+    row_lse, row_has = weighted_logsumexp(z, neg_weight, dim=1)
     a1, p = a1.long(), p.long()
     ra, has_a = row_lse[a1], row_has[a1]
     if same_set:
@@ -358,7 +231,7 @@ def lifted_structure_loss(
     else:
         # fix: with a separate reference set the negatives of p are those of column p
         # (the reference used query row number p; docs/compatibility.md).
-        col_lse, col_has = _weighted_lse(z, neg_weight, dim=0)
+        col_lse, col_has = weighted_logsumexp(z, neg_weight, dim=0)
         rb, has_b = col_lse[p], col_has[p]
         mx = torch.maximum(ra, rb).detach()
         # cell (a, p) belongs to row a and column p: count its weight once
@@ -404,8 +277,12 @@ def multi_similarity_loss(
         tensor([0.2187, 0.3189])
     """
     x = _acc(mat)
-    pos_term = _masked_lse(_margin(x, base, is_inverted).mul_(alpha), pos_mask.bool(), add_one=True)
-    neg_term = _masked_lse(_margin(base, x, is_inverted).mul_(beta), neg_mask.bool(), add_one=True)
+    pos_term = masked_logsumexp(
+        _margin(x, base, is_inverted).mul_(alpha), pos_mask.bool(), add_one=True
+    )
+    neg_term = masked_logsumexp(
+        _margin(base, x, is_inverted).mul_(beta), neg_mask.bool(), add_one=True
+    )
     loss = (1.0 / alpha) * pos_term + (1.0 / beta) * neg_term
     return loss.unsqueeze(1).to(mat.dtype)
 
@@ -444,7 +321,7 @@ def circle_loss(
     sd = s.detach()
     logit_p = -gamma * torch.relu(1 + m - sd) * (s - (1 - m))
     logit_n = gamma * torch.relu(sd + m) * (s - m)
-    total = _masked_lse(logit_p, pos) + _masked_lse(logit_n, neg)
+    total = masked_logsumexp(logit_p, pos) + masked_logsumexp(logit_n, neg)
     loss = torch.where(pos.amax(dim=1) & neg.amax(dim=1), F.softplus(total), 0)
     return loss.unsqueeze(1).to(mat.dtype)
 
@@ -482,7 +359,7 @@ def supcon_loss(
     x = _acc(mat)
     z = x / temperature if is_inverted else -x / temperature
     pos = pos_mask.bool()
-    den = _masked_lse(z, pos | neg_mask.bool())
+    den = masked_logsumexp(z, pos | neg_mask.bool())
     num_pos = torch.count_nonzero(pos, dim=1).to(x.dtype)
     log_prob_sum = torch.where(pos, z - den.unsqueeze(1), 0).sum(dim=1)
     loss = -log_prob_sum / (num_pos + small_val(x.dtype))

@@ -11,17 +11,18 @@ from pml.core.indices import IndicesTuple
 from pml.core.validation import (
     InvalidArgumentError,
     labels_or_indices_tuple_required,
+    labels_required,
     ref_not_supported,
 )
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import poison_nonfinite
+from pml.losses.functional._pair_sets import histogram_loss
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,
     dynamic_soft_margin_paired_x,
-    histogram_loss,
 )
 from pml.reducers import LossDict
 
@@ -47,7 +48,7 @@ def histogram_pair_sets(
     Nothing of size ``O(T)`` is built, except for a triplets tuple (which is that size).
     """
     if indices_tuple is None:
-        assert labels is not None
+        labels = labels_required(labels)
         same = labels.unsqueeze(1) == labels.unsqueeze(0)
         upper = torch.ones_like(same).triu_(diagonal=1)
         has_pos = same.sum(dim=1) > 1
@@ -115,14 +116,7 @@ class HistogramLoss(BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def compute_loss(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
         labels_or_indices_tuple_required(labels, indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         n = embeddings.shape[0]
@@ -133,6 +127,45 @@ class HistogramLoss(BaseMetricLossFunction):
         loss = histogram_loss(mat[pi, pj], mat[ni, nj], self.delta)
         # fix: a NaN/inf row in no pair still makes the loss NaN
         return poison_nonfinite({"loss": loss_entry(loss, None, "already_reduced")}, embeddings)
+
+
+def _dsm_loss_and_histogram(
+    mat: Tensor,
+    hist: Tensor,
+    labels: Tensor | None,
+    indices_tuple: IndicesTuple | None,
+    ref_labels: Tensor | None,
+    min_val: float,
+    momentum: float,
+) -> tuple[Tensor, Tensor] | None:
+    """``(loss, new histogram)`` of DynamicSoftMarginLoss, or None without any triplet.
+
+    Routes: no labels -> paired mode (row ``i`` of both sets is the positive pair, the
+    hardest other row or column the negative; ``indices_tuple`` ignored, like the
+    reference); a triplets tuple -> its triplets; labels or a pairs tuple -> all their
+    triplets from sums over the matrix, never listed.
+    """
+    if labels is None:
+        r, c = mat.shape
+        if r * c - min(r, c) == 0:  # no off-diagonal entry to serve as a negative
+            return None
+        return dynamic_soft_margin_loss(dynamic_soft_margin_paired_x(mat), hist, min_val, momentum)
+    if indices_tuple is not None and len(indices_tuple) == 3:
+        a, p, n = (t.long() for t in indices_tuple)
+        if len(a) == 0:
+            return None
+        return dynamic_soft_margin_loss(mat[a, p] - mat[a, n], hist, min_val, momentum)
+    loss, new, num = dynamic_soft_margin_loss_from_mat(
+        mat,
+        hist,
+        labels if indices_tuple is None else None,
+        ref_labels,
+        pairs=indices_tuple,
+        min_val=min_val,
+        momentum=momentum,
+        same_set=ref_labels is labels,
+    )
+    return (loss, new) if bool(num > 0) else None
 
 
 class DynamicSoftMarginLoss(BaseMetricLossFunction):
@@ -182,47 +215,19 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
         self.hist_ = torch.zeros(self.num_bins)
         self.add_to_recordable_attributes(name="num_bins", is_stat=False)
 
-    def compute_loss(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
         mat = self.distance(embeddings, ref_emb)
         hist = self.hist_.to(device=embeddings.device)
-        if labels is None:
-            # paired mode: indices_tuple is ignored (like the reference)
-            r, c = mat.shape
-            if r * c - min(r, c) == 0:  # no off-diagonal entry to serve as a negative
-                return self.zero_losses()
-            x = dynamic_soft_margin_paired_x(mat)
-            loss, new = dynamic_soft_margin_loss(x, hist, self.min_val, self.momentum)
-        elif indices_tuple is not None and len(indices_tuple) == 3:
-            a, p, n = (t.long() for t in indices_tuple)
-            if len(a) == 0:
-                return self.zero_losses()
-            x = mat[a, p] - mat[a, n]
-            loss, new = dynamic_soft_margin_loss(x, hist, self.min_val, self.momentum)
-        else:
-            loss, new, num = dynamic_soft_margin_loss_from_mat(
-                mat,
-                hist,
-                labels if indices_tuple is None else None,
-                ref_labels,
-                pairs=indices_tuple,
-                min_val=self.min_val,
-                momentum=self.momentum,
-                same_set=ref_labels is labels,
-            )
-            if not bool(num > 0):
-                return self.zero_losses()
+        out = _dsm_loss_and_histogram(
+            mat, hist, labels, indices_tuple, ref_labels, self.min_val, self.momentum
+        )
+        if out is None:
+            return self.zero_losses()
         # fix: listed triplets may not read a NaN/inf row; the loss is NaN all the same
         loss_dict = poison_nonfinite(
-            {"loss": loss_entry(loss, None, "already_reduced")}, embeddings, ref_emb
+            {"loss": loss_entry(out[0], None, "already_reduced")}, embeddings, ref_emb
         )
-        self._store_histogram(new, loss_dict["loss"]["losses"])
+        self._store_histogram(out[1], loss_dict["loss"]["losses"])
         return loss_dict
 
     def _store_histogram(self, new: Tensor, loss: Tensor) -> None:

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch.autograd import gradcheck
 from torch.nn import functional as F
 
 from pml.core.indices import get_all_pairs_indices
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, random_embeddings
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import BaseMetricLossFunction, ThresholdConsistentMarginLoss
 from pml.losses.functional import threshold_consistent_margin_loss
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 2])
-
-
-def data(n: int = 10, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype)
+data = functools.partial(random_embeddings, d=5)
 
 
 def naive_tcm(emb, ref, pairs, lp=1.0, lm=1.0, mp=0.9, mm=0.5):

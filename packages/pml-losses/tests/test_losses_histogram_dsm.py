@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch.autograd import gradcheck
 
-from pml.core.indices import get_all_pairs_indices
-from pml.core.testing import assert_close
+from pml.core.testing import (
+    assert_close,
+    naive_pair_triplets,
+    naive_triplets,
+    random_embeddings,
+    subsampled_pairs,
+)
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import DynamicSoftMarginLoss, HistogramLoss
-from pml.losses._histogram import histogram_pair_sets
+from pml.losses._histogram_dsm import histogram_pair_sets
 from pml.losses.functional import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,
@@ -22,41 +29,7 @@ from pml.losses.functional import (
 from pml.losses.functional._triplet_engine import _threshold_sums
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 2])
-
-
-def data(n: int = 10, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-def naive_triplets(labels, ref_labels=None, same=True):
-    ref = labels if ref_labels is None else ref_labels
-    return [
-        (a, p, n)
-        for a in range(len(labels))
-        for p in range(len(ref))
-        if ref[p] == labels[a] and not (same and p == a)
-        for n in range(len(ref))
-        if ref[n] != labels[a]
-    ]
-
-
-def mined_pairs(labels, seed=1):
-    a1, p, a2, n = get_all_pairs_indices(labels)
-    g = torch.Generator().manual_seed(seed)
-    k1, k2 = torch.rand(len(a1), generator=g) < 0.6, torch.rand(len(a2), generator=g) < 0.4
-    a1, p, a2, n = a1[k1], p[k1], a2[k2], n[k2]
-    return (
-        torch.cat([a1, a1[:2]]),
-        torch.cat([p, p[:2]]),
-        torch.cat([a2, a2[:3]]),
-        torch.cat([n, n[:3]]),
-    )
-
-
-def naive_pair_triplets(pairs):
-    a1, p, a2, n = (t.tolist() for t in pairs)
-    return [(a, pp, nn) for a, pp in zip(a1, p) for aa, nn in zip(a2, n) if aa == a]
+data = functools.partial(random_embeddings, d=5)
 
 
 # --------------------------------------------------------------------------- HistogramLoss
@@ -118,7 +91,7 @@ def test_pair_sets_are_the_deduplicated_triplet_pairs(source):
         trip = [*naive_triplets(LABELS.tolist())[::5], (3, 2, 0)]
         it = tuple(torch.tensor(x) for x in zip(*trip))
     else:
-        it = mined_pairs(LABELS)
+        it = subsampled_pairs(LABELS)
         trip = naive_pair_triplets(it)
     (pi, pj), (ni, nj) = histogram_pair_sets(LABELS, it, len(LABELS))
     assert list(zip(pi.tolist(), pj.tolist())) == dedup((a, p) for a, p, _ in trip)
@@ -129,7 +102,7 @@ def test_pair_sets_are_the_deduplicated_triplet_pairs(source):
 @pytest.mark.parametrize("source", ["labels", "pairs"])
 def test_histogram_class_matches_naive(kwargs, source):
     emb = data().requires_grad_()
-    it = mined_pairs(LABELS) if source == "pairs" else None
+    it = subsampled_pairs(LABELS) if source == "pairs" else None
     loss_fn = HistogramLoss(**kwargs)
     got = loss_fn(emb, LABELS, it)
     trip = naive_pair_triplets(it) if it is not None else naive_triplets(LABELS.tolist())
@@ -276,7 +249,7 @@ def test_dsm_from_mat_matches_explicit_triplets(monkeypatch, sort_path, source):
     elif source == "labels":
         mat, kw, trip = LpDistance()(emb), {"labels": LABELS}, naive_triplets(LABELS.tolist())
     else:
-        pairs = mined_pairs(LABELS)
+        pairs = subsampled_pairs(LABELS)
         mat, kw, trip = LpDistance()(emb), {"pairs": pairs}, naive_pair_triplets(pairs)
     loss, new, num = dynamic_soft_margin_loss_from_mat(mat, hist, **kw, momentum=0.2)
     a, p, n = (torch.tensor(t) for t in zip(*trip))

@@ -12,9 +12,8 @@ from torch.nn import functional as F
 from pml.core.indices import get_all_pairs_indices
 from pml.core.testing import assert_close
 from pml.core.validation import InvalidArgumentError
-from pml.distances import CosineSimilarity, DotProductSimilarity, LpDistance
+from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import GenericPairLoss, NTXentLoss, TupletMarginLoss
-from pml.losses._ntxent import acc_matrix
 from pml.losses.functional import ntxent_loss, tuplet_margin_loss
 from pml.losses.functional._softmax_ops import masked_row_logsumexp, segment_logsumexp
 from pml.reducers import DoNothingReducer, SumReducer
@@ -373,37 +372,3 @@ def test_sum_reducer_is_used_as_given():
     got = NTXentLoss(reducer=SumReducer())(emb, LABELS)
     expected = naive_ntxent(cosine(emb), get_all_pairs_indices(LABELS), 0.07).sum()
     torch.testing.assert_close(got, expected)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        CosineSimilarity,
-        lambda: DotProductSimilarity(normalize_embeddings=False),
-        lambda: LpDistance(power=2),
-        lambda: LpDistance(power=2, normalize_embeddings=False),
-        LpDistance,  # not a Gram case: the distance itself
-    ],
-    ids=["cosine", "dot", "sq_l2", "sq_l2_raw", "l2"],
-)
-@pytest.mark.parametrize("n", [7, 40])
-def test_self_matrix_fast_path_matches_the_distance(make, n):
-    emb = data(n, 5)
-    a, b = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-    dist = make()
-    fast = acc_matrix(dist, a, a)
-    slow = dist(b)
-    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
-    w = torch.randn(n, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    w.fill_diagonal_(0)  # squared L2 on the diagonal: cdist special-cases its gradient
-    (fast * w).sum().backward()
-    (slow * w).sum().backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
-
-
-def test_self_matrix_with_distance_stats_uses_the_distance():
-    dist = CosineSimilarity(collect_stats=True)
-    acc_matrix(dist, data() * 3, data() * 3)
-    emb = data() * 3
-    acc_matrix(dist, emb, emb)
-    assert dist.initial_avg_query_norm == pytest.approx(emb.norm(dim=1).mean().item())

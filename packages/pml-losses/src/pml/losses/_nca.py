@@ -15,7 +15,6 @@ from pml.core.validation import indices_tuple_not_supported, labels_required, re
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._ntxent import acc_matrix
 from pml.losses._pairs import nan_if_nonfinite
 from pml.losses.functional._softmax import instance_loss, nca_loss
 from pml.reducers import LossDict
@@ -71,7 +70,7 @@ class NCALoss(BaseMetricLossFunction):
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: NCALoss needs labels")
         same_set = ref_emb is embeddings
-        mat = acc_matrix(self.distance, embeddings, ref_emb)
+        mat = self.distance.acc_matrix(embeddings, ref_emb)
         weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=not same_set)
         losses, kept = nca_loss(
             mat,
@@ -142,7 +141,7 @@ class InstanceLoss(BaseMetricLossFunction):
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
             return self.zero_losses()
-        sim = acc_matrix(self.distance, embeddings, embeddings)
+        sim = self.distance.acc_matrix(embeddings)
         # every row reads every embedding (log-softmax): NaN/inf propagate without a guard
         losses = instance_loss(sim, labels, self.gamma).to(embeddings.dtype)
         rows = torch.arange(len(embeddings), device=embeddings.device)

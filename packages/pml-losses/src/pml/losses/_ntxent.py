@@ -14,65 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple
 from pml.core.validation import labels_or_indices_tuple_required
-from pml.distances import (
-    BaseDistance,
-    CosineSimilarity,
-    DotProductSimilarity,
-    LpDistance,
-    assert_distance_type,
-)
+from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses._pairs import nan_if_nonfinite, pair_inputs, too_few_pairs
 from pml.losses.functional._softmax import ntxent_loss, tuplet_margin_loss
 from pml.losses.functional._softmax_ops import Negatives
 from pml.reducers import LossDict
-
-
-class _SymmetricGram(torch.autograd.Function):
-    """``x @ x.T`` whose backward is one product, ``(G + G.T) @ x``, instead of two."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.matmul(x, x.transpose(-1, -2))
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        # a contiguous copy of the transpose, then a plain add: faster than a strided add
-        return (grad + grad.transpose(-1, -2).contiguous()) @ x
-
-
-#: similarities whose self-matrix is exactly ``maybe_normalize(x) @ maybe_normalize(x).T``
-_GRAM_SIMILARITIES = (CosineSimilarity, DotProductSimilarity)
-
-
-def acc_matrix(distance: BaseDistance, embeddings: Tensor, ref_emb: Tensor) -> Tensor:
-    """``distance(embeddings, ref_emb)`` computed in at least float32 (``(N, M)``).
-
-    The batch against itself with a plain cosine/dot-product similarity (power 1) or squared
-    Euclidean distance (``LpDistance(p=2, power=2)``), exact classes without stats, goes
-    through a symmetric Gram matrix: same values up to rounding, one matrix product fewer
-    in the backward pass.
-    """
-    acc = accumulation_dtype(embeddings.dtype)
-    query = embeddings.to(acc)
-    if ref_emb is not embeddings:
-        return distance(query, ref_emb.to(acc))
-    if not distance.collect_stats:
-        kind = type(distance)
-        if kind in _GRAM_SIMILARITIES and distance.power == 1:
-            return _SymmetricGram.apply(distance.maybe_normalize(query))
-        if kind is LpDistance and distance.p == 2 and distance.power == 2:
-            # ||x_i||² + ||x_j||² - 2 x_i·x_j, clamped at 0: torch.cdist's matrix route, squared
-            x = distance.maybe_normalize(query)
-            sq = (x * x).sum(dim=1)
-            return (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * _SymmetricGram.apply(x)).clamp_min(0)
-    return distance(query)
 
 
 def positives_and_negatives(
@@ -111,7 +61,7 @@ class PositivePairsMixin:
         )
         if no_valid_pairs(len(a1), num_neg):
             return self.zero_losses()
-        mat = acc_matrix(self.distance, embeddings, ref_emb)
+        mat = self.distance.acc_matrix(embeddings, ref_emb)
         loss_dict = self._loss_dict(mat, a1, p, neg, embeddings.dtype)
         entry = loss_dict["loss"]
         entry["losses"] = nan_if_nonfinite(entry["losses"], embeddings, ref_emb)

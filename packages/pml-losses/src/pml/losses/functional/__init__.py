@@ -12,7 +12,7 @@ from pml.losses.functional._pair import (
     multi_similarity_loss,
     supcon_loss,
 )
-from pml.losses.functional._softmax import (
+from pml.losses.functional._softmax_pairs import (
     angular_average_angle,
     angular_loss,
     instance_loss,

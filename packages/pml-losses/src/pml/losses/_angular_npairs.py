@@ -17,9 +17,9 @@ from pml.core.validation import labels_required, ref_not_supported
 from pml.distances import BaseDistance, DotProductSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._ntxent import positives_and_negatives
 from pml.losses._pairs import nan_if_nonfinite
-from pml.losses.functional._softmax import angular_average_angle, angular_loss, npairs_loss
+from pml.losses._softmax_pairs import positives_and_negatives
+from pml.losses.functional._softmax_pairs import angular_average_angle, angular_loss, npairs_loss
 from pml.reducers import LossDict
 
 

@@ -16,7 +16,7 @@ from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_dis
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import nan_if_nonfinite
-from pml.losses.functional._softmax import instance_loss, nca_loss
+from pml.losses.functional._softmax_pairs import instance_loss, nca_loss
 from pml.reducers import LossDict
 
 

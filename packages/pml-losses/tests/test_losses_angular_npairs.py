@@ -14,7 +14,7 @@ from pml.core.testing import assert_close, load_vectors
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, DotProductSimilarity, LpDistance
 from pml.losses import AngularLoss, BaseMetricLossFunction, NPairsLoss
-from pml.losses._angular import first_positive_pair_per_label
+from pml.losses._angular_npairs import first_positive_pair_per_label
 from pml.losses.functional import angular_average_angle, angular_loss, npairs_loss
 from pml.reducers import DoNothingReducer
 

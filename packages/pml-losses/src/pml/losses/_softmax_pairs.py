@@ -20,8 +20,8 @@ from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses._pairs import nan_if_nonfinite, pair_inputs, too_few_pairs
-from pml.losses.functional._softmax import ntxent_loss, tuplet_margin_loss
 from pml.losses.functional._softmax_ops import Negatives
+from pml.losses.functional._softmax_pairs import ntxent_loss, tuplet_margin_loss
 from pml.reducers import LossDict
 
 

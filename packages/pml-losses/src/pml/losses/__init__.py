@@ -21,8 +21,8 @@ from pml.losses._distributed import DistributedLossWrapper
 from pml.losses._histogram import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca_instance import InstanceLoss, NCALoss
-from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
-from pml.losses._softmax_pairs import NTXentLoss, TupletMarginLoss
+from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
+from pml.losses._softmax_pairs import NTXentLoss, SupConLoss, TupletMarginLoss
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss

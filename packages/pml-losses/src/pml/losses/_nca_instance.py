@@ -16,7 +16,7 @@ from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_dis
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import nan_if_nonfinite
-from pml.losses.functional._softmax_pairs import instance_loss, nca_loss
+from pml.losses.functional._nca_instance import instance_loss, nca_loss
 from pml.reducers import LossDict
 
 
@@ -65,8 +65,7 @@ class NCALoss(BaseMetricLossFunction):
         # compat: a batch of one gives the zero loss before labels are checked.
         if len(embeddings) <= 1:
             return self.zero_losses()
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: NCALoss needs labels")
         same_set = ref_emb is embeddings
@@ -135,8 +134,7 @@ class InstanceLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN

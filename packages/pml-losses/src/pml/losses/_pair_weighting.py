@@ -1,4 +1,4 @@
-"""Pair-weighting losses over the full (N, M) matrix: MultiSimilarityLoss, CircleLoss, SupConLoss.
+"""Pair-weighting losses over the full (N, M) matrix: MultiSimilarityLoss, CircleLoss.
 
 Matrix losses: duplicate pairs collapse into cells, one value per query row.
 Math: ``pml.losses.functional``.
@@ -15,7 +15,7 @@ from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import GenericPairLoss, loss_entry
 from pml.losses._pair_inputs import LabelMasksMixin
-from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
+from pml.losses.functional._pair import circle_loss, multi_similarity_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
 
@@ -121,50 +121,6 @@ class CircleLoss(LabelMasksMixin, GenericPairLoss):
 
     def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
         losses = circle_loss(mat, pos_mask, neg_mask, self.m, self.gamma)
-        return _row_entry(losses, mat)
-
-    def get_default_reducer(self) -> BaseReducer:
-        return AvgNonZeroReducer()
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
-
-
-class SupConLoss(LabelMasksMixin, GenericPairLoss):
-    """Supervised contrastive loss (Khosla et al., NeurIPS 2020).
-
-    Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
-    over the row's positive and negative cells. Math: :func:`pml.losses.functional.supcon_loss`.
-
-    Args:
-        temperature: softmax temperature.
-        **kwargs: ``distance`` (default ``CosineSimilarity()``; a distance is negated),
-            ``reducer`` (default ``AvgNonZeroReducer``), ``collect_stats``,
-            ``embedding_regularizer``, ``embedding_reg_weight``.
-
-    Sub-loss ``loss``: ``(N,)``, indices ``arange(N)``, "element". Zero loss unless the batch
-    has at least one positive and one negative pair.
-
-    Example:
-        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0], [0.2, 1.0]])
-        >>> SupConLoss()(emb, torch.tensor([0, 0, 1, 1]))
-        tensor(0.0057)
-    """
-
-    def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(mat_based_loss=True, **kwargs)
-        # fix: the reference gives a constant 0 for temperature 0
-        check_real("temperature", temperature, min=0, min_open=True)
-        self.temperature = temperature
-        self.add_to_recordable_attributes(name="temperature", is_stat=False)
-
-    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
-        # compat: zero unless there is at least one positive and one negative cell.
-        if not bool(pos_mask.bool().amax() & neg_mask.bool().amax()):
-            return self.zero_losses()
-        losses = supcon_loss(
-            mat, pos_mask, neg_mask, self.temperature, is_inverted=self.distance.is_inverted
-        )
         return _row_entry(losses, mat)
 
     def get_default_reducer(self) -> BaseReducer:

@@ -1,15 +1,15 @@
-"""Softmax-style pair and tuple losses: NTXent, TupletMargin, Angular, NPairs, NCA, Instance.
+"""Softmax losses of positive pairs against their anchor's negatives: NTXent, TupletMargin, SupCon.
 
-Every function takes a distance/similarity matrix (or normalised embeddings) plus index
-tensors and returns *unreduced* losses in the input's dtype, computed in at least float32.
+Every function takes a distance/similarity matrix plus the pairs and returns *unreduced* losses
+in the matrix's dtype, computed in at least float32.
 
-Memory is O(N·M): where the reference pairs every positive pair with every negative pair
-(a ``P x Nn`` matrix), the negatives of an anchor enter only through one log-sum-exp per
-anchor (:func:`negative_logsumexp`), which each positive pair then reads.
-
-Negatives are given either as a boolean ``(N, M)`` mask (pairs built from labels: each
-cell counts once) or as a pair list ``(a2, n)`` (a miner's output: each entry counts, so a
-duplicated pair counts several times, like the reference).
+NTXent and TupletMargin read an anchor's negatives through one log-sum-exp per anchor
+(:func:`~pml.losses.functional._softmax_ops.negative_logsumexp`), which each positive pair then
+reads: O(N·M) memory where the reference pairs every positive pair with every negative pair
+(a ``P x Nn`` matrix). Their negatives are a boolean ``(N, M)`` mask (pairs built from labels:
+each cell counts once) or a pair list ``(a2, n)`` (a miner's output: each entry counts, so a
+duplicated pair counts several times, like the reference). SupCon takes ``(N, M)`` masks
+(duplicate pairs collapse) and gives one value per row.
 """
 
 from __future__ import annotations
@@ -18,27 +18,12 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype, small_val
-from pml.losses.functional._softmax_ops import (
-    Negatives,
-    neg_log_target_mass,
-    negative_logsumexp,
-    row_logsumexp_or_min,
-    same_label_targets,
-    softplus_exact,
-)
+from pml.core.functional import masked_logsumexp
+from pml.losses.functional._softmax_ops import Negatives, negative_logsumexp, softplus_exact
 
-__all__ = [
-    "angular_average_angle",
-    "angular_loss",
-    "instance_loss",
-    "nca_loss",
-    "npairs_loss",
-    "ntxent_loss",
-    "tuplet_margin_loss",
-]
+__all__ = ["ntxent_loss", "supcon_loss", "tuplet_margin_loss"]
 
 
 def ntxent_loss(
@@ -137,198 +122,41 @@ def tuplet_margin_loss(
     return softplus_exact(lse[a1] - target).to(sim.dtype)
 
 
-def _angular_dots(x: Tensor, x_ref: Tensor, a1: Tensor, p: Tensor, negatives: Tensor) -> Tensor:
-    """``(x[a1] + x_ref[p]) · negatives[j]`` for every pair ``k`` and reference ``j``: (P, M).
-
-    Either one ``(P, D) @ (D, M)`` product, or (cheaper when there are many pairs per
-    anchor) two ``(·, M)`` products gathered by anchor and by positive.
-    """
-    num_pairs = a1.shape[0]
-    if x.shape[0] + x_ref.shape[0] < num_pairs:
-        per_query = x @ negatives.T
-        per_ref = per_query if (x is x_ref) else x_ref @ negatives.T
-        return per_query[a1] + per_ref[p]
-    return (x[a1] + x_ref[p]) @ negatives.T
-
-
-def angular_loss(
-    x: Tensor,
-    x_ref: Tensor,
-    a1: Tensor,
-    p: Tensor,
-    neg_mask: Tensor,
-    alpha: float = math.radians(40),
-    negatives: Tensor | None = None,
-) -> Tensor:
-    """Angular loss of every positive pair (Wang et al., ICCV 2017), log-sum-exp form.
-
-    ``loss_k = log(1 + Σ_j exp(4t·(x_a + x_p)·r_j - 2(1 + t)·x_a·x_p))``, ``t = tan²(alpha)``,
-    ``j`` over the references with ``neg_mask[a, j]`` (0 when there is none).
-
-    Args:
-        x: L2-normalised query embeddings, shape ``(N, D)``.
-        x_ref: L2-normalised reference embeddings, shape ``(M, D)``.
-        a1: anchor index of each positive pair, int64 ``(P,)``.
-        p: positive index of each positive pair, int64 ``(P,)``.
-        neg_mask: ``neg_mask[i, j]`` is True when reference ``j`` is a negative of query
-            ``i``, boolean ``(N, M)``.
-        alpha: the angle bound in radians.
-        negatives: the negative vectors ``r_j`` ``(M, D)``; None uses ``x_ref`` (the paper).
-            The reference passes the un-normalised reference embeddings here.
-
-    Returns:
-        Unreduced losses, shape ``(P,)``, dtype of ``x``.
-
-    Example:
-        >>> x = torch.eye(3)[[0, 0, 1]] * 0.6 + torch.eye(3)[[1, 2, 2]] * 0.8
-        >>> neg = torch.tensor([[False, False, True], [False, False, True], [True, True, False]])
-        >>> angular_loss(x, x, torch.tensor([0, 1]), torch.tensor([1, 0]), neg)
-        tensor([2.0632, 2.0632])
-    """
-    acc = accumulation_dtype(x.dtype)
-    xa = x.to(acc)
-    xr = xa if x_ref is x else x_ref.to(acc)
-    r = xr if negatives is None else negatives.to(acc)
-    t = math.tan(alpha) ** 2
-    dots = _angular_dots(xa, xr, a1, p, r)
-    ap = (xa[a1] * xr[p]).sum(dim=1, keepdim=True)
-    f = dots * (4 * t) - ap * (2 * (1 + t))
-    return softplus_exact(row_logsumexp_or_min(f, neg_mask[a1])).to(x.dtype)
-
-
-@torch.no_grad()
-def angular_average_angle(
-    x: Tensor,
-    x_ref: Tensor,
-    a1: Tensor,
-    p: Tensor,
-    neg_mask: Tensor,
-    negatives: Tensor | None = None,
-) -> Tensor:
-    """Mean angle (degrees) at the negative of every (pair, negative) of :func:`angular_loss`.
-
-    ``atan(||x_a - x_p|| / (2·||c_k - r_j||))`` with ``c_k = (x_a + x_p) / 2`` and
-    ``||x_a - x_p||`` from ``pairwise_distance`` (eps 1e-6), averaged over the kept cells.
-    ``||c - r||`` is expanded as ``||c||² - 2c·r + ||r||²``: no ``(P, M, D)`` tensor.
-
-    Returns:
-        A 0-dim float tensor (NaN when there is no kept cell).
-    """
-    acc = accumulation_dtype(x.dtype)
-    xa = x.to(acc)
-    xr = xa if x_ref is x else x_ref.to(acc)
-    r = xr if negatives is None else negatives.to(acc)
-    centers = (xa[a1] + xr[p]) / 2
-    cross = _angular_dots(xa, xr, a1, p, r) / 2
-    sq = (centers * centers).sum(1, keepdim=True) - 2 * cross + (r * r).sum(1)
-    dist_cn = sq.clamp_min(0).sqrt()
-    dist_ap = F.pairwise_distance(xa[a1], xr[p]).unsqueeze(1)
-    angles = torch.atan(dist_ap / (2 * dist_cn))
-    mask = neg_mask[a1]
-    return torch.rad2deg(angles[mask].mean())
-
-
-def npairs_loss(sim: Tensor) -> Tensor:
-    """N-pair loss (Sohn, NeurIPS 2016): cross entropy of row ``i`` with target ``i``.
-
-    Args:
-        sim: similarities between the anchors and their positives, shape ``(K, K)``
-            (negate distances first).
-
-    Returns:
-        Unreduced losses, shape ``(K,)``, dtype of ``sim``.
-
-    Example:
-        >>> npairs_loss(torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
-        tensor([0.1269, 0.6931])
-    """
-    acc = accumulation_dtype(sim.dtype)
-    target = torch.arange(sim.shape[0], device=sim.device)
-    return F.cross_entropy(sim.to(acc), target, reduction="none").to(sim.dtype)
-
-
-def nca_loss(
+def supcon_loss(
     mat: Tensor,
-    labels: Tensor,
-    ref_labels: Tensor,
-    softmax_scale: float = 1,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    temperature: float = 0.1,
     *,
-    is_inverted: bool = False,
-    mask_diagonal: bool = False,
-    weights: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Neighbourhood components analysis loss per query row (Goldberger et al., 2004).
+    is_inverted: bool = True,
+) -> Tensor:
+    """Per-row supervised contrastive loss (Khosla et al., NeurIPS 2020).
 
-    ``p_i = Σ_{j: labels_i = ref_labels_j} softmax(softmax_scale·u_i)_j`` with ``u = -mat`` for a
-    distance (``mat`` for a similarity); with ``mask_diagonal`` the column ``j = i`` leaves the
-    softmax. ``loss_i = -log(p_i)·weights_i``, computed as ``LSE_all - LSE_same`` (exact for
-    any scale on any dtype: a ``p_i`` below the smallest float is not rounded to 0). Rows
-    without a same-label reference are not kept.
-
-    fix: the reference filled the diagonal with ``finfo.min`` before scaling (an overflow
-    error for a scale > 1 in float32) and dropped rows whose ``p_i`` underflowed to 0.
-    compat: a scale of 0 leaves the diagonal in (the reference's ``0·finfo.min`` is 0).
+    With ``z = s / temperature`` (``-d / temperature`` for a distance) and
+    ``den = LSE over positive and negative cells of z``:
+    ``-sum_pos (z - den) / (|pos| + tiny)``. Rows without a positive give ``-0.0``.
 
     Args:
-        mat: distances or similarities, shape ``(N, M)``.
-        labels: query labels, shape ``(N,)``.
-        ref_labels: reference labels, shape ``(M,)``.
-        softmax_scale: multiplier of the logits.
+        mat: distances/similarities, shape ``(N, M)``.
+        pos_mask: positive cells, bool or 0/1, shape ``(N, M)``.
+        neg_mask: negative cells, bool or 0/1, shape ``(N, M)``.
+        temperature: softmax temperature.
         is_inverted: ``True`` when ``mat`` holds similarities.
-        mask_diagonal: exclude ``j == i`` (the query set is the reference set).
-        weights: per-row weights ``(N,)`` (miner weights), or None for ones.
 
     Returns:
-        ``(losses, kept)``: losses ``(N,)`` in ``mat``'s dtype (0 on rows not kept, with a
-        zero gradient) and the boolean ``(N,)`` mask of kept rows.
+        Shape ``(N,)``, dtype of ``mat``.
 
     Example:
-        >>> mat = torch.tensor([[0.0, 1.0, 4.0], [1.0, 0.0, 4.0], [4.0, 4.0, 0.0]])
-        >>> labels = torch.tensor([0, 0, 1])
-        >>> nca_loss(mat, labels, labels, mask_diagonal=True)
-        (tensor([0.0486, 0.0486, 0.0000]), tensor([ True,  True, False]))
+        >>> mat = torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.6]])
+        >>> pos = torch.tensor([[0, 1, 0], [1, 0, 0]]).bool()
+        >>> supcon_loss(mat, pos, torch.tensor([[0, 0, 1], [0, 0, 1]]).bool())
+        tensor([0.0009, 0.1269])
     """
-    acc = accumulation_dtype(mat.dtype)
-    logits = mat.to(acc) * (softmax_scale if is_inverted else -softmax_scale)
-    own = "drop" if mask_diagonal and softmax_scale != 0 else "keep"
-    targets, excluded = same_label_targets(labels, ref_labels, own)
-    if excluded is not None:
-        logits.diagonal().masked_fill_(excluded, float("-inf"))
-    losses, kept = neg_log_target_mass(logits, targets)
-    if weights is not None:
-        losses = losses * weights.to(acc)
-    return losses.to(mat.dtype), kept
-
-
-def instance_loss(sim: Tensor, labels: Tensor, gamma: float = 64) -> Tensor:
-    """Instance loss over in-batch prototypes (after Zheng et al., TOMM 2020).
-
-    Row ``i`` of ``gamma·sim`` is a softmax classifier over the batch's columns. Its targets
-    are the other columns holding the same instance id, and its own column (``cos = 1``, the
-    largest logit) leaves the softmax: ``loss_i = -log Σ_{j ≠ i: labels_j = labels_i}
-    softmax_{k ≠ i}(gamma·sim_i)_j``. A row whose label is unique in the batch targets its
-    own column: the cross entropy of the full row with target ``i`` (with distinct labels,
-    every row: the reference's value for labels ``0..N-1`` in batch order).
-
-    fix: with the own column among the targets, the loss of class labels is ~0 for any
-    embeddings at the default gamma (no training signal).
-
-    Args:
-        sim: cosine similarities of the batch with itself, shape ``(N, N)``.
-        labels: instance ids, shape ``(N,)``.
-        gamma: scale of the logits.
-
-    Returns:
-        Unreduced losses, shape ``(N,)``, dtype of ``sim``.
-
-    Example:
-        >>> sim = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> instance_loss(sim, torch.tensor([0, 1]), gamma=2.0)
-        tensor([0.1269, 0.1269])
-    """
-    acc = accumulation_dtype(sim.dtype)
-    targets, excluded = same_label_targets(labels, labels, "fallback")
-    logits = sim.to(acc) * gamma
-    logits.diagonal().masked_fill_(excluded, float("-inf"))  # type: ignore[arg-type]
-    losses, _ = neg_log_target_mass(logits, targets)
-    return losses.to(sim.dtype)
+    x = mat.to(accumulation_dtype(mat.dtype))
+    z = x / temperature if is_inverted else -x / temperature
+    pos = pos_mask.bool()
+    den = masked_logsumexp(z, pos | neg_mask.bool())
+    num_pos = torch.count_nonzero(pos, dim=1).to(x.dtype)
+    log_prob_sum = torch.where(pos, z - den.unsqueeze(1), 0).sum(dim=1)
+    loss = -log_prob_sum / (num_pos + small_val(x.dtype))
+    return loss.to(mat.dtype)

@@ -105,15 +105,17 @@ class BaseDistance(ModuleWithRecords):
         return self(x)
 
     def _computes_like(self, owner: type) -> bool:
-        """Whether ``forward`` and ``compute_mat`` are still ``owner``'s, without stats.
+        """Whether ``forward``, ``check_shapes`` and ``compute_mat`` are still ``owner``'s.
 
         What a faster :meth:`self_matrix` route of ``owner`` assumes: a subclass that changes
-        how the matrix is computed, or a distance recording stats, takes the plain call.
+        how the matrix is computed (or which inputs it takes), or a distance recording stats,
+        takes the plain call.
         """
         cls = type(self)
         return (
             not self.collect_stats
             and cls.forward is BaseDistance.forward
+            and cls.check_shapes is BaseDistance.check_shapes
             and cls.compute_mat is owner.compute_mat
         )
 

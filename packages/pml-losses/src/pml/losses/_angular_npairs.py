@@ -30,6 +30,9 @@ class AngularLoss(BaseMetricLossFunction):
     every reference ``n`` whose label differs from the anchor's (a miner's negative pairs are
     not used, only required to be non-empty). Math: :func:`pml.losses.functional.angular_loss`.
 
+    Routes: the positive pairs come from labels or a miner's tuple; the negatives are always
+    every reference with another label.
+
     fix: the negatives ``x_n`` are L2-normalised like ``x_a`` and ``x_p`` (the paper); the
     reference used the raw reference embeddings there, so its value depended on their scale
     (docs/compatibility.md).
@@ -110,6 +113,9 @@ class NPairsLoss(BaseMetricLossFunction):
     One positive pair per label (the first one); row ``i`` of the anchors-vs-positives
     similarity matrix is classified with target ``i`` (cross entropy). Math:
     :func:`pml.losses.functional.npairs_loss`.
+
+    Routes: from labels, the first pair of each label by one sort; from a miner's tuple,
+    :func:`pml.core.indices.convert_to_pos_pairs_with_unique_labels`.
 
     Args:
         **kwargs: ``distance`` (default :class:`DotProductSimilarity`, which normalises, i.e.

@@ -28,6 +28,10 @@ class NCALoss(BaseMetricLossFunction):
     reference set is the batch. Rows with no such mass are dropped. A miner's tuple only
     gives per-row weights. Math: :func:`pml.losses.functional.nca_loss`.
 
+    Routes: small batches read the same-label targets from a boolean ``(N, M)`` mask, large
+    ones from cell lists (``functional._softmax_ops.same_label_targets``); the batch against
+    itself is the distance's ``self_matrix``.
+
     fix: a batch where every row is dropped (e.g. all labels distinct) gives the zero loss;
     the reference returned NaN (the mean of nothing).
 
@@ -62,8 +66,7 @@ class NCALoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        # compat: a batch of one gives the zero loss before labels are checked.
-        if len(embeddings) <= 1:
+        if len(embeddings) <= 1:  # compat: the zero loss before labels are checked
             return self.zero_losses()
         labels = labels_required(labels)
         if ref_labels is None:
@@ -95,6 +98,8 @@ class InstanceLoss(BaseMetricLossFunction):
     are the other columns holding the same instance id (``labels``); its own column leaves
     the softmax. A row whose label is unique in the batch targets its own column (plain
     cross entropy with target ``i``). Math: :func:`pml.losses.functional.instance_loss`.
+
+    Routes: as :class:`NCALoss` (targets as a mask or as cell lists, by batch size).
 
     fix: the reference used column ``rank(labels_i)`` as the only target (right only when
     labels are ``0..N-1`` in batch order; with class labels the target column holds an

@@ -32,6 +32,10 @@ class NTXentLoss(GenericPairLoss):
     ``z = similarity / temperature``, ``n`` over the negatives of anchor ``a``. Math:
     :func:`pml.losses.functional.ntxent_loss`.
 
+    Routes: pairs from labels read the negatives through the label mask (one masked
+    log-sum-exp per anchor); a miner's tuple through its negative list (a segment log-sum-exp,
+    duplicates count). The batch against itself is the distance's ``self_matrix``.
+
     Args:
         temperature: softmax temperature.
         **kwargs: ``distance`` (default :class:`CosineSimilarity`; a distance is negated),
@@ -88,6 +92,8 @@ class TupletMarginLoss(GenericPairLoss):
     For every positive pair ``(a, p)``:
     ``log(1 + Σ_n exp(scale·(cos θ_an - cos(θ_ap - margin))))``, ``n`` over the negatives of
     anchor ``a``. Math: :func:`pml.losses.functional.tuplet_margin_loss`.
+
+    Routes: as :class:`NTXentLoss` (label mask or a miner's negative list).
 
     Args:
         margin: angular margin in degrees (stored in radians as ``margin``).
@@ -191,6 +197,9 @@ class SupConLoss(GenericPairLoss):
 
     Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
     over the row's positive and negative cells. Math: :func:`pml.losses.functional.supcon_loss`.
+
+    Routes: pairs from labels give the masks directly; a miner's lists are scattered into
+    masks (duplicates collapse; a cell both positive and negative is an error).
 
     Args:
         temperature: softmax temperature.

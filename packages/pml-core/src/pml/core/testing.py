@@ -25,6 +25,7 @@ __all__ = [
     "build_from_spec",
     "clustered_embeddings",
     "find_vectors_dir",
+    "gradcheck",
     "load_vectors",
 ]
 
@@ -150,6 +151,30 @@ def clustered_embeddings(
         perm = torch.randperm(len(labels), generator=g)
         emb, labels = emb[perm], labels[perm]
     return emb.to(device=device, dtype=dtype), labels.to(device)
+
+
+def gradcheck(fn: Any, inputs: Tensor | tuple[Any, ...], **kwargs: Any) -> bool:
+    """``torch.autograd.gradcheck`` of ``fn`` at float64 copies of ``inputs``.
+
+    Every floating-point tensor in ``inputs`` (one tensor or a tuple) is detached, cast to
+    float64 and made to require grad; other entries (masks, indices, numbers) are passed as
+    they are. Keyword arguments go to ``torch.autograd.gradcheck`` (``atol``, ``eps``, ...).
+
+    Returns:
+        True (a mismatch raises ``torch.autograd.gradcheck.GradcheckError``).
+
+    Example:
+        >>> gradcheck(lambda x, m: (x * m).sum(), (torch.ones(3), torch.tensor([1, 0, 1])))
+        True
+    """
+    args = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    prepared = tuple(
+        a.detach().to(torch.float64).requires_grad_()
+        if isinstance(a, Tensor) and a.dtype.is_floating_point
+        else a
+        for a in args
+    )
+    return torch.autograd.gradcheck(fn, prepared, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pml.core.dtypes import accumulation_dtype
 from pml.core.records import ModuleWithRecords
 from pml.core.validation import InvalidArgumentError, check_embeddings
 from pml.distances import functional as DF
@@ -76,6 +77,47 @@ class BaseDistance(ModuleWithRecords):
                 f"expected {(query_emb.shape[0], ref.shape[0])}"
             )
         return mat
+
+    def acc_matrix(self, query_emb: Tensor, ref_emb: Tensor | None = None) -> Tensor:
+        """:meth:`forward` computed and returned in the accumulation dtype (at least float32).
+
+        The batch against itself (``ref_emb`` None or ``query_emb`` itself) goes through
+        :meth:`self_matrix`, which a distance may compute faster.
+
+        Args:
+            query_emb: shape ``(N, D)``.
+            ref_emb: shape ``(M, D)``; None (or ``query_emb``) compares the query with itself.
+
+        Returns:
+            Shape ``(N, M)``, dtype ``accumulation_dtype(query_emb.dtype)``.
+        """
+        query = query_emb.to(accumulation_dtype(query_emb.dtype))
+        if ref_emb is None or ref_emb is query_emb:
+            return self.self_matrix(query)
+        return self(query, ref_emb.to(query.dtype))
+
+    def self_matrix(self, x: Tensor) -> Tensor:
+        """The ``(N, N)`` matrix of ``x`` against itself: ``self(x)``.
+
+        A subclass overrides it with a faster route giving the same values up to rounding,
+        taken only when :meth:`_computes_like` holds (else ``self(x)``, which records stats).
+        """
+        return self(x)
+
+    def _computes_like(self, owner: type) -> bool:
+        """Whether ``forward``, ``check_shapes`` and ``compute_mat`` are still ``owner``'s.
+
+        What a faster :meth:`self_matrix` route of ``owner`` assumes: a subclass that changes
+        how the matrix is computed (or which inputs it takes), or a distance recording stats,
+        takes the plain call.
+        """
+        cls = type(self)
+        return (
+            not self.collect_stats
+            and cls.forward is BaseDistance.forward
+            and cls.check_shapes is BaseDistance.check_shapes
+            and cls.compute_mat is owner.compute_mat
+        )
 
     def _set_norm_stats(
         self, query_emb: Tensor, ref_emb: Tensor | None, query: Tensor, ref: Tensor

@@ -9,6 +9,7 @@ from torch import Tensor
 from pml.core.validation import InvalidArgumentError, check_bool, check_real
 from pml.distances import functional as DF
 from pml.distances._base import BaseDistance
+from pml.distances._gram import squared_euclidean_gram
 
 
 def check_distance_arguments(distance: BaseDistance) -> None:
@@ -48,6 +49,12 @@ class LpDistance(BaseDistance):
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         return DF.lp_distance_pairwise(query_emb, ref_emb, p=self.p)
+
+    def self_matrix(self, x: Tensor) -> Tensor:
+        """``x`` against itself; squared Euclidean (``p=2, power=2``) from a symmetric Gram."""
+        if self.p == 2 and self.power == 2 and self._computes_like(LpDistance):
+            return squared_euclidean_gram(self.maybe_normalize(x))
+        return super().self_matrix(x)
 
 
 class SNRDistance(BaseDistance):

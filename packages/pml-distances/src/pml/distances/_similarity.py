@@ -9,6 +9,7 @@ from torch import Tensor
 from pml.core.validation import InvalidArgumentError
 from pml.distances import functional as DF
 from pml.distances._base import BaseDistance
+from pml.distances._gram import gram
 from pml.distances._lp import check_distance_arguments
 
 
@@ -34,6 +35,12 @@ class DotProductSimilarity(BaseDistance):
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         return DF.dot_product_pairwise(query_emb, ref_emb)
+
+    def self_matrix(self, x: Tensor) -> Tensor:
+        """``x`` against itself; with ``power`` 1, a symmetric Gram matrix (faster backward)."""
+        if self.power == 1 and self._computes_like(DotProductSimilarity):
+            return gram(self.maybe_normalize(x))
+        return super().self_matrix(x)
 
 
 class CosineSimilarity(DotProductSimilarity):

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from pml.core.dtypes import accumulation_dtype
 
 __all__ = [
+    "cosine_similarity_matrix",
     "dot_product_matrix",
     "dot_product_pairwise",
     "lp_distance_matrix",
@@ -85,6 +86,23 @@ def dot_product_matrix(query: Tensor, ref: Tensor) -> Tensor:
         tensor([[11.,  1.]])
     """
     return torch.matmul(query, ref.transpose(-1, -2))
+
+
+def cosine_similarity_matrix(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarities of every row of ``x`` with every row of ``y``, shape ``(N, M)``.
+
+    Like ``torch.nn.functional.cosine_similarity`` on each pair (rows scaled by
+    ``1 / max(norm, eps)``), computed in the accumulation dtype with one matrix product.
+
+    Example:
+        >>> cosine_similarity_matrix(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
+        tensor([[0.7071]])
+    """
+    acc = accumulation_dtype(x.dtype)
+    xa, ya = x.to(acc), y.to(acc)
+    xn = xa / torch.linalg.vector_norm(xa, dim=1, keepdim=True).clamp(min=eps)
+    yn = xn if y is x else ya / torch.linalg.vector_norm(ya, dim=1, keepdim=True).clamp(min=eps)
+    return (xn @ yn.T).to(x.dtype)
 
 
 def dot_product_pairwise(query: Tensor, ref: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """pml-losses: metric-learning losses and loss wrappers (reference-compatible API)."""
 
 from pml.losses.__about__ import __version__
-from pml.losses._angular import AngularLoss, NPairsLoss
+from pml.losses._angular_npairs import AngularLoss, NPairsLoss
 from pml.losses._base import BaseLossWrapper, BaseMetricLossFunction
 from pml.losses._contrastive import (
     ContrastiveLoss,
@@ -13,15 +13,15 @@ from pml.losses._distributed import DistributedLossWrapper
 from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
-from pml.losses._nca import InstanceLoss, NCALoss
-from pml.losses._ntxent import NTXentLoss, TupletMarginLoss
-from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss, SupConLoss
+from pml.losses._nca_instance import InstanceLoss, NCALoss
+from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
 from pml.losses._regularizer_mixins import (
     EmbeddingRegularizerMixin,
     TorchInitWrapper,
     WeightMixin,
     WeightRegularizerMixin,
 )
+from pml.losses._softmax_pairs import NTXentLoss, SupConLoss, TupletMarginLoss
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss

@@ -1,4 +1,4 @@
-"""Pair-weighting losses over the full (N, M) matrix: MultiSimilarityLoss, CircleLoss, SupConLoss.
+"""Pair-weighting losses over the full (N, M) matrix: MultiSimilarityLoss, CircleLoss.
 
 Matrix losses: duplicate pairs collapse into cells, one value per query row.
 Math: ``pml.losses.functional``.
@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._pairs import pair_masks, poison_nonfinite, row_entry
-from pml.losses.functional._pair import circle_loss, multi_similarity_loss, supcon_loss
+from pml.losses.functional._pair import circle_loss, multi_similarity_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
 
 
@@ -119,57 +118,6 @@ class CircleLoss(GenericPairLoss):
         mat = self.distance(embeddings, ref_emb)
         losses = circle_loss(mat, *masks, self.m, self.gamma)
         return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
-
-    def get_default_reducer(self) -> BaseReducer:
-        return AvgNonZeroReducer()
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
-
-
-class SupConLoss(GenericPairLoss):
-    """Supervised contrastive loss (Khosla et al., NeurIPS 2020).
-
-    Per query row: the mean over its positives of ``-log softmax`` of ``s / temperature`` taken
-    over the row's positive and negative cells. Math: :func:`pml.losses.functional.supcon_loss`.
-
-    Args:
-        temperature: softmax temperature.
-        **kwargs: ``distance`` (default ``CosineSimilarity()``; a distance is negated),
-            ``reducer`` (default ``AvgNonZeroReducer``), ``collect_stats``,
-            ``embedding_regularizer``, ``embedding_reg_weight``.
-
-    Sub-loss ``loss``: ``(N,)``, indices ``arange(N)``, "element". Zero loss unless the batch
-    has at least one positive and one negative pair.
-
-    Example:
-        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0], [0.2, 1.0]])
-        >>> SupConLoss()(emb, torch.tensor([0, 0, 1, 1]))
-        tensor(0.0057)
-    """
-
-    def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(mat_based_loss=True, **kwargs)
-        # fix: the reference gives a constant 0 for temperature 0
-        check_real("temperature", temperature, min=0, min_open=True)
-        self.temperature = temperature
-        self.add_to_recordable_attributes(name="temperature", is_stat=False)
-
-    def _compute_loss(self, mat: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> LossDict:  # type: ignore[override]
-        # compat: zero unless there is at least one positive and one negative cell.
-        if not bool(pos_mask.bool().amax() & neg_mask.bool().amax()):
-            return self.zero_losses()
-        losses = supcon_loss(
-            mat, pos_mask, neg_mask, self.temperature, is_inverted=self.distance.is_inverted
-        )
-        return row_entry(losses)
-
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
-        if masks is None:
-            return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
-        return poison_nonfinite(self._compute_loss(mat, *masks), embeddings, ref_emb)
 
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()

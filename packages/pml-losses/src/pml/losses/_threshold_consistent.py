@@ -7,11 +7,11 @@ from typing import Any
 from pml.core.indices import convert_to_pairs
 from pml.core.validation import labels_or_indices_tuple_required
 from pml.distances import BaseDistance, CosineSimilarity, assert_distance_type
+from pml.distances.functional import cosine_similarity_matrix
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import poison_nonfinite
 from pml.losses.functional._pair_sets import threshold_consistent_margin_loss
-from pml.losses.functional._triplet import cosine_similarity_matrix
 from pml.reducers import LossDict
 
 

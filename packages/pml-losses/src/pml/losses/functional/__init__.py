@@ -3,6 +3,8 @@
 One private module per family; this file only re-exports their public names.
 """
 
+from pml.losses.functional._angular_npairs import angular_average_angle, angular_loss, npairs_loss
+from pml.losses.functional._nca_instance import instance_loss, nca_loss
 from pml.losses.functional._pair import (
     circle_loss,
     contrastive_loss,
@@ -10,22 +12,13 @@ from pml.losses.functional._pair import (
     intra_pair_variance_loss,
     lifted_structure_loss,
     multi_similarity_loss,
-    supcon_loss,
 )
 from pml.losses.functional._pair_sets import (
     histogram_loss,
     soft_histogram,
     threshold_consistent_margin_loss,
 )
-from pml.losses.functional._softmax import (
-    angular_average_angle,
-    angular_loss,
-    instance_loss,
-    nca_loss,
-    npairs_loss,
-    ntxent_loss,
-    tuplet_margin_loss,
-)
+from pml.losses.functional._softmax_pairs import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
     dynamic_soft_margin_loss_from_mat,

@@ -1,7 +1,7 @@
 """Pair losses as pure functions.
 
-Contrastive, intra-pair variance, (generalized) lifted structure, multi-similarity, circle
-and supervised-contrastive losses.
+Contrastive, intra-pair variance, (generalized) lifted structure, multi-similarity and circle
+losses.
 
 Two input forms:
 
@@ -33,7 +33,6 @@ __all__ = [
     "intra_pair_variance_loss",
     "lifted_structure_loss",
     "multi_similarity_loss",
-    "supcon_loss",
 ]
 
 

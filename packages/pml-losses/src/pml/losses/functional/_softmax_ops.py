@@ -1,17 +1,20 @@
-"""Building blocks of the softmax-style losses: masked and segment log-sum-exp, label cells.
+"""Building blocks of the softmax-style losses: per-anchor and segment log-sum-exp, targets.
 
-Private to :mod:`pml.losses.functional` (tests import them from here).
+Private to :mod:`pml.losses.functional` (tests import them from here). The masked log-sum-exp
+is :func:`pml.core.functional.masked_logsumexp`, same-label cells
+:func:`pml.core.indices.same_label_cells`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from pml.core.dtypes import neg_inf
-from pml.core.indices import sortable_labels
+from pml.core.functional import masked_logsumexp
+from pml.core.indices import same_label_cells
 
 Negatives = Tensor | tuple[Tensor, Tensor]
 
@@ -22,36 +25,6 @@ _DENSE_CELLS = 1 << 18
 def softplus_exact(x: Tensor) -> Tensor:
     """``log(1 + exp(x))`` without torch's linear cut-off at 20 (exact for every ``x``)."""
     return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def masked_row_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
-    """Log-sum-exp of each row over the entries where ``mask`` is True.
-
-    Rows with no kept entry give ``-inf`` (so ``softplus`` of them is exactly 0) and pass a
-    zero gradient; kept entries get the usual softmax gradient.
-
-    Args:
-        x: values, shape ``(R, C)``, floating point.
-        mask: boolean, shape ``(R, C)``.
-
-    Returns:
-        Shape ``(R,)``, dtype of ``x``.
-
-    Example:
-        >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
-        >>> masked_row_logsumexp(x, torch.tensor([[True, False, True], [False] * 3]))
-        tensor([2.1269,   -inf])
-    """
-    return torch.where(mask.any(dim=1), row_logsumexp_or_min(x, mask), float("-inf"))
-
-
-def row_logsumexp_or_min(x: Tensor, mask: Tensor) -> Tensor:
-    """:func:`masked_row_logsumexp` with ``≈ finfo.min`` (not -inf) for rows with no entry.
-
-    ``finfo.min`` acts as ``-inf`` in the ``softplus``/``sigmoid`` that follow (0 and exact
-    zero gradients) and saves a pass over the mask.
-    """
-    return torch.logsumexp(torch.where(mask, x, neg_inf(x.dtype)), dim=1)
 
 
 def segment_logsumexp(values: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
@@ -90,34 +63,12 @@ def negative_logsumexp(z: Tensor, neg: Negatives) -> Tensor:
             entry once: duplicates count several times).
 
     Returns:
-        Shape ``(N,)``; ``-inf`` (or ``finfo.min`` for a mask) for anchors without negatives.
+        Shape ``(N,)``; ``-inf`` (with a zero gradient) for anchors without negatives.
     """
     if isinstance(neg, Tensor):
-        return row_logsumexp_or_min(z, neg.bool())
+        return masked_logsumexp(z, neg, empty=-math.inf)
     a2, n = neg
     return segment_logsumexp(z[a2, n], a2, z.shape[0])
-
-
-def same_label_cells(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Every ``(i, j)`` with ``labels[i] == ref_labels[j]`` (diagonal included), as two lists.
-
-    Labels may have any dtype torch compares (bool too), the two possibly different.
-    Sort-based: O(N log N + number of cells), no ``(N, M)`` mask or ``nonzero``. Row-major
-    order (rows ascending, then columns ascending).
-
-    Example:
-        >>> [t.tolist() for t in same_label_cells(torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1]))]
-        [[0, 0, 1, 2, 2], [1, 2, 0, 1, 2]]
-    """
-    query, ref = sortable_labels(labels, ref_labels)  # one dtype that searchsorted accepts
-    order = torch.argsort(ref, stable=True)
-    sorted_ref = ref[order]
-    lo = torch.searchsorted(sorted_ref, query, side="left")
-    counts = torch.searchsorted(sorted_ref, query, side="right") - lo
-    rows = torch.repeat_interleave(torch.arange(len(labels), device=labels.device), counts)
-    offsets = torch.cumsum(counts, 0) - counts
-    within = torch.arange(len(rows), device=labels.device) - offsets[rows]
-    return rows, order[lo[rows] + within]
 
 
 Targets = Tensor | tuple[Tensor, Tensor]

@@ -393,20 +393,3 @@ def dynamic_soft_margin_paired_x(mat: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # ThresholdConsistentMarginLoss
-
-
-def cosine_similarity_matrix(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine similarities of every row of ``x`` with every row of ``y``, shape ``(N, M)``.
-
-    Like ``torch.nn.functional.cosine_similarity`` on each pair (rows scaled by
-    ``1 / max(norm, eps)``), computed in the accumulation dtype with one matrix product.
-
-    Example:
-        >>> cosine_similarity_matrix(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
-        tensor([[0.7071]])
-    """
-    acc = accumulation_dtype(x.dtype)
-    xa, ya = x.to(acc), y.to(acc)
-    xn = xa / torch.linalg.vector_norm(xa, dim=1, keepdim=True).clamp(min=eps)
-    yn = xn if y is x else ya / torch.linalg.vector_norm(ya, dim=1, keepdim=True).clamp(min=eps)
-    return (xn @ yn.T).to(x.dtype)

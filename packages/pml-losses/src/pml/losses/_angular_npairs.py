@@ -17,9 +17,8 @@ from pml.core.validation import labels_required, ref_not_supported
 from pml.distances import BaseDistance, DotProductSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._ntxent import positives_and_negatives
-from pml.losses._pairs import nan_if_nonfinite
-from pml.losses.functional._softmax import angular_average_angle, angular_loss, npairs_loss
+from pml.losses._pairs import nan_if_nonfinite, pair_inputs
+from pml.losses.functional._angular_npairs import angular_average_angle, angular_loss, npairs_loss
 from pml.reducers import LossDict
 
 
@@ -30,6 +29,9 @@ class AngularLoss(BaseMetricLossFunction):
     ``log(1 + Σ_n exp(4t·(x_a + x_p)·x_n - 2(1 + t)·x_a·x_p))``, ``t = tan²(alpha)``, over
     every reference ``n`` whose label differs from the anchor's (a miner's negative pairs are
     not used, only required to be non-empty). Math: :func:`pml.losses.functional.angular_loss`.
+
+    Routes: the positive pairs come from labels or a miner's tuple; the negatives are always
+    every reference with another label.
 
     fix: the negatives ``x_n`` are L2-normalised like ``x_a`` and ``x_p`` (the paper); the
     reference used the raw reference embeddings there, so its value depended on their scale
@@ -69,37 +71,35 @@ class AngularLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: AngularLoss needs labels")
-        # Only the positive pairs are used; the negatives only need to exist.
-        a1, p, neg, num_neg = positives_and_negatives(
-            indices_tuple, labels, ref_labels, embeddings.device
-        )
-        if len(a1) == 0 or num_neg == 0:
+        pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
+        a1, p = pairs.a1, pairs.p
+        if len(a1) == 0 or pairs.num_neg == 0:  # a miner's negatives only need to exist
             return self.zero_losses()
         # compat: the negatives of an anchor are every reference with another label
-        if isinstance(neg, Tensor):
-            neg_mask = neg
-        else:
-            neg_mask = labels.unsqueeze(1) != ref_labels.to(labels.device).unsqueeze(0)
-        acc = accumulation_dtype(embeddings.dtype)
-        x = self.distance.normalize(embeddings.to(acc))
-        x_ref = x if ref_emb is embeddings else self.distance.normalize(ref_emb.to(acc))
-        alpha = float(self.alpha)
-        losses = angular_loss(x, x_ref, a1, p, neg_mask, alpha)
+        neg_mask = pairs.neg if isinstance(pairs.neg, Tensor) else labels_differ(labels, ref_labels)
+        x = self.distance.normalize(embeddings.to(accumulation_dtype(embeddings.dtype)))
+        x_ref = x if ref_emb is embeddings else self.distance.normalize(ref_emb.to(x.dtype))
+        losses = angular_loss(x, x_ref, a1, p, neg_mask, float(self.alpha))
         if self.collect_stats:
             self.set_stats(average_angle=angular_average_angle(x, x_ref, a1, p, neg_mask))
         losses = nan_if_nonfinite(losses.to(embeddings.dtype).unsqueeze(1), embeddings, ref_emb)
         return {"loss": loss_entry(losses, (a1, p), "pos_pair")}
 
 
+def labels_differ(labels: Tensor, ref_labels: Tensor) -> Tensor:
+    """Boolean ``(N, M)``: ``labels[i] != ref_labels[j]``."""
+    return labels.unsqueeze(1) != ref_labels.to(labels.device).unsqueeze(0)
+
+
 def first_positive_pair_per_label(labels: Tensor) -> tuple[Tensor, Tensor]:
     """For each label with two or more samples: (its smallest index, its second smallest).
 
-    The first positive pair of each label in row-major pair order, ordered by label; what
-    ``convert_to_pos_pairs_with_unique_labels`` gives from labels, without building pairs.
+    What ``convert_to_pos_pairs_with_unique_labels(None, labels)`` gives (the first positive
+    pair of each label in row-major pair order, ordered by label) without listing every pair.
+    One sort and a run-length count: cheaper than ``label_groups``' two binary searches here.
     """
     order = torch.argsort(labels, stable=True)
     _, counts = torch.unique_consecutive(labels[order], return_counts=True)
@@ -113,6 +113,9 @@ class NPairsLoss(BaseMetricLossFunction):
     One positive pair per label (the first one); row ``i`` of the anchors-vs-positives
     similarity matrix is classified with target ``i`` (cross entropy). Math:
     :func:`pml.losses.functional.npairs_loss`.
+
+    Routes: from labels, the first pair of each label by one sort; from a miner's tuple,
+    :func:`pml.core.indices.convert_to_pos_pairs_with_unique_labels`.
 
     Args:
         **kwargs: ``distance`` (default :class:`DotProductSimilarity`, which normalises, i.e.
@@ -141,8 +144,7 @@ class NPairsLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is None:
             anchors, positives = first_positive_pair_per_label(labels)
@@ -154,10 +156,8 @@ class NPairsLoss(BaseMetricLossFunction):
         self.num_pairs = len(anchors)
         if len(anchors) == 0:
             return self.zero_losses()
-        acc = accumulation_dtype(embeddings.dtype)
-        emb = embeddings.to(acc)
-        sim = self.distance(emb[anchors], emb[positives])
+        sim = self.distance.acc_matrix(embeddings[anchors], embeddings[positives])
         if not self.distance.is_inverted:
             sim = -sim
-        losses = nan_if_nonfinite(npairs_loss(sim).to(embeddings.dtype), embeddings, embeddings)
+        losses = nan_if_nonfinite(npairs_loss(sim).to(embeddings.dtype), embeddings)
         return {"loss": loss_entry(losses, anchors, "element")}

@@ -1,4 +1,7 @@
-"""NTXentLoss and TupletMarginLoss: naive per-pair loops from the spec, edge cases, dtypes."""
+"""NTXentLoss, TupletMarginLoss (and SupConLoss's routes): naive per-pair loops, edge cases, dtypes.
+
+SupConLoss's values against naive loops: test_losses_pair_weighting.py.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,13 @@ import math
 
 import pytest
 import torch
-from torch.autograd import gradcheck
-from torch.nn import functional as F
 
 from pml.core.indices import get_all_pairs_indices
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, gradcheck
 from pml.core.validation import InvalidArgumentError
-from pml.distances import CosineSimilarity, DotProductSimilarity, LpDistance
-from pml.losses import GenericPairLoss, NTXentLoss, TupletMarginLoss
-from pml.losses._ntxent import acc_matrix
-from pml.losses.functional import ntxent_loss, tuplet_margin_loss
-from pml.losses.functional._softmax_ops import masked_row_logsumexp, segment_logsumexp
+from pml.distances import CosineSimilarity, LpDistance
+from pml.losses import GenericPairLoss, NTXentLoss, SupConLoss, TupletMarginLoss
+from pml.losses.functional import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.reducers import DoNothingReducer, SumReducer
 
 LABELS = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
@@ -57,36 +56,6 @@ def cosine(x, y=None):
 
 
 # --------------------------------------------------------------------------- functional
-
-
-def test_masked_row_logsumexp_and_segment_logsumexp_agree():
-    x = data(5, 7)
-    mask = torch.rand(5, 7, generator=torch.Generator().manual_seed(1)) > 0.5
-    mask[2] = False
-    rows, cols = torch.where(mask)
-    dense = masked_row_logsumexp(x, mask)
-    seg = segment_logsumexp(x[rows, cols], rows, 5)
-    torch.testing.assert_close(dense, seg, rtol=1e-12, atol=0)
-    assert dense[2] == float("-inf")
-    ref = torch.stack([torch.logsumexp(x[i][mask[i]], 0) for i in (0, 1, 3, 4)])
-    torch.testing.assert_close(dense[[0, 1, 3, 4]], ref, rtol=1e-12, atol=0)
-
-
-def test_logsumexp_helpers_pass_zero_gradient_to_empty_rows():
-    x = data(3, 4).requires_grad_()
-    mask = torch.tensor([[True, False, True, False], [False] * 4, [True] * 4])
-    out = F.softplus(masked_row_logsumexp(x, mask)).sum()
-    out.backward()
-    assert torch.isfinite(x.grad).all() and (x.grad[1] == 0).all()
-    y = data(6, 1).squeeze(1).requires_grad_()
-    seg = F.softplus(segment_logsumexp(y, torch.tensor([0, 0, 2, 2, 2, 0]), 4)).sum()
-    seg.backward()
-    assert torch.isfinite(y.grad).all()
-
-
-def test_segment_logsumexp_propagates_nan():
-    out = segment_logsumexp(torch.tensor([0.0, float("nan"), 1.0]), torch.tensor([0, 0, 1]), 2)
-    assert out[0].isnan() and out[1] == 1.0
 
 
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
@@ -140,12 +109,12 @@ def test_ntxent_half_precision_uses_float32_cap():
 
 
 def test_ntxent_functional_gradcheck():
-    mat = cosine(data(6, 4)).detach().requires_grad_()
+    mat = cosine(data(6, 4))
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     a1, p, a2, n = get_all_pairs_indices(labels)
     neg_mask = labels.unsqueeze(1) != labels.unsqueeze(0)
-    assert gradcheck(lambda m: ntxent_loss(m, a1, p, neg_mask, 0.3), (mat,))
-    assert gradcheck(lambda m: ntxent_loss(m, a1, p, (a2, n), 0.3), (mat,))
+    assert gradcheck(lambda m: ntxent_loss(m, a1, p, neg_mask, 0.3), mat)
+    assert gradcheck(lambda m: ntxent_loss(m, a1, p, (a2, n), 0.3), mat)
 
 
 def test_tuplet_functional_matches_naive_loop():
@@ -168,10 +137,10 @@ def test_tuplet_functional_anchor_without_negatives_gives_zero():
 
 def test_tuplet_functional_gradcheck():
     emb = data(6, 4)
-    sim = (cosine(emb) * 0.9).detach().requires_grad_()  # away from |s| = 1
+    sim = cosine(emb) * 0.9  # away from |s| = 1
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     a1, p, a2, n = get_all_pairs_indices(labels)
-    assert gradcheck(lambda s: tuplet_margin_loss(s, a1, p, (a2, n), 0.1, 8.0), (sim,))
+    assert gradcheck(lambda s: tuplet_margin_loss(s, a1, p, (a2, n), 0.1, 8.0), sim)
 
 
 # --------------------------------------------------------------------------- classes
@@ -375,35 +344,47 @@ def test_sum_reducer_is_used_as_given():
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        CosineSimilarity,
-        lambda: DotProductSimilarity(normalize_embeddings=False),
-        lambda: LpDistance(power=2),
-        lambda: LpDistance(power=2, normalize_embeddings=False),
-        LpDistance,  # not a Gram case: the distance itself
-    ],
-    ids=["cosine", "dot", "sq_l2", "sq_l2_raw", "l2"],
-)
-@pytest.mark.parametrize("n", [7, 40])
-def test_self_matrix_fast_path_matches_the_distance(make, n):
-    emb = data(n, 5)
-    a, b = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-    dist = make()
-    fast = acc_matrix(dist, a, a)
-    slow = dist(b)
-    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
-    w = torch.randn(n, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    w.fill_diagonal_(0)  # squared L2 on the diagonal: cdist special-cases its gradient
-    (fast * w).sum().backward()
-    (slow * w).sum().backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+# --------------------------------------------------------------------------- SupConLoss routes
 
 
-def test_self_matrix_with_distance_stats_uses_the_distance():
-    dist = CosineSimilarity(collect_stats=True)
-    acc_matrix(dist, data() * 3, data() * 3)
-    emb = data() * 3
-    acc_matrix(dist, emb, emb)
-    assert dist.initial_avg_query_norm == pytest.approx(emb.norm(dim=1).mean().item())
+def supcon_via_masks(emb, pairs, temperature=0.1, n=None):
+    """GenericPairLoss's reference route: float masks from the pair lists, per-row losses."""
+    mat = cosine(emb)
+    pos, neg = torch.zeros_like(mat), torch.zeros_like(mat)
+    pos[pairs[0], pairs[1]] = 1
+    neg[pairs[2], pairs[3]] = 1
+    return supcon_loss(mat, pos, neg, temperature)
+
+
+def test_supcon_label_and_tuple_routes_match_the_mask_route():
+    emb = data()
+    pairs = get_all_pairs_indices(LABELS)
+    expected = supcon_via_masks(emb, pairs)
+    by_labels = SupConLoss(reducer=DoNothingReducer())(emb, LABELS)["loss"]
+    by_tuple = SupConLoss(reducer=DoNothingReducer())(emb, None, pairs)["loss"]
+    for out in (by_labels, by_tuple):
+        torch.testing.assert_close(out["losses"], expected, rtol=1e-12, atol=1e-14)
+        assert torch.equal(out["indices"], torch.arange(10)) and out["reduction_type"] == "element"
+    # a miner's duplicated pairs collapse into one cell
+    doubled = tuple(torch.cat([t, t[:7]]) for t in pairs)
+    got = SupConLoss(reducer=DoNothingReducer())(emb, None, doubled)["loss"]["losses"]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_supcon_one_positive_and_one_negative_pair_gives_zero():
+    # compat: the reference's rule (every index list of length <= 1) on a ref set of two rows
+    emb = data(1).requires_grad_()
+    loss = SupConLoss()(
+        emb, torch.tensor([0]), ref_emb=data(2, seed=1), ref_labels=torch.tensor([0, 1])
+    )
+    loss.backward()
+    assert loss.item() == 0 and (emb.grad == 0).all()
+
+
+def test_supcon_half_precision_is_computed_in_float32(dtype):
+    emb = data(12, 5, dtype=torch.float32).to(dtype)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    got = SupConLoss(reducer=DoNothingReducer())(emb, labels)["loss"]["losses"]
+    expected = SupConLoss(reducer=DoNothingReducer())(emb.double(), labels)["loss"]["losses"]
+    assert got.dtype == dtype
+    assert_close(got, expected.to(dtype))

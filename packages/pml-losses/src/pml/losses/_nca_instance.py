@@ -15,9 +15,8 @@ from pml.core.validation import indices_tuple_not_supported, labels_required, re
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._ntxent import acc_matrix
 from pml.losses._pairs import nan_if_nonfinite
-from pml.losses.functional._softmax import instance_loss, nca_loss
+from pml.losses.functional._nca_instance import instance_loss, nca_loss
 from pml.reducers import LossDict
 
 
@@ -28,6 +27,10 @@ class NCALoss(BaseMetricLossFunction):
     falls on the references with the same label; the query itself is excluded when the
     reference set is the batch. Rows with no such mass are dropped. A miner's tuple only
     gives per-row weights. Math: :func:`pml.losses.functional.nca_loss`.
+
+    Routes: small batches read the same-label targets from a boolean ``(N, M)`` mask, large
+    ones from cell lists (``functional._softmax_ops.same_label_targets``); the batch against
+    itself is the distance's ``self_matrix``.
 
     fix: a batch where every row is dropped (e.g. all labels distinct) gives the zero loss;
     the reference returned NaN (the mean of nothing).
@@ -63,15 +66,13 @@ class NCALoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        # compat: a batch of one gives the zero loss before labels are checked.
-        if len(embeddings) <= 1:
+        if len(embeddings) <= 1:  # compat: the zero loss before labels are checked
             return self.zero_losses()
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: NCALoss needs labels")
         same_set = ref_emb is embeddings
-        mat = acc_matrix(self.distance, embeddings, ref_emb)
+        mat = self.distance.acc_matrix(embeddings, ref_emb)
         weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=not same_set)
         losses, kept = nca_loss(
             mat,
@@ -97,6 +98,8 @@ class InstanceLoss(BaseMetricLossFunction):
     are the other columns holding the same instance id (``labels``); its own column leaves
     the softmax. A row whose label is unique in the batch targets its own column (plain
     cross entropy with target ``i``). Math: :func:`pml.losses.functional.instance_loss`.
+
+    Routes: as :class:`NCALoss` (targets as a mask or as cell lists, by batch size).
 
     fix: the reference used column ``rank(labels_i)`` as the only target (right only when
     labels are ``0..N-1`` in batch order; with class labels the target column holds an
@@ -136,13 +139,12 @@ class InstanceLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        labels_required(labels)
-        assert labels is not None
+        labels = labels_required(labels)
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
             return self.zero_losses()
-        sim = acc_matrix(self.distance, embeddings, embeddings)
+        sim = self.distance.acc_matrix(embeddings)
         # every row reads every embedding (log-softmax): NaN/inf propagate without a guard
         losses = instance_loss(sim, labels, self.gamma).to(embeddings.dtype)
         rows = torch.arange(len(embeddings), device=embeddings.device)

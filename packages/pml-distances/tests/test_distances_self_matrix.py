@@ -146,3 +146,23 @@ def test_cosine_similarity_matrix_dtypes(dtype, device):
     torch.testing.assert_close(
         out.double(), cosine_similarity_matrix(x.double(), x.double()), rtol=1e-2, atol=1e-2
     )
+
+
+@pytest.mark.parametrize(
+    "make", [LpDistance, CosineSimilarity, DotProductSimilarity, lambda: LpDistance(power=2)]
+)
+def test_against_equals_the_plain_call_block_by_block(make):
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(7, 5, generator=g), torch.randn(11, 5, generator=g)
+    dist = make()
+    f = dist.against(r)
+    torch.testing.assert_close(torch.cat([f(q[:3]), f(q[3:])]), dist(q, r))
+
+
+def test_against_uses_a_subclass_forward():
+    class Halved(LpDistance):
+        def forward(self, query_emb, ref_emb=None):
+            return super().forward(query_emb, ref_emb) / 2
+
+    q, r = torch.randn(4, 3), torch.randn(5, 3)
+    torch.testing.assert_close(Halved().against(r)(q), LpDistance()(q, r) / 2)

@@ -335,3 +335,19 @@ def test_pca_matches_svd_up_to_sign():
     torch.testing.assert_close(got.abs(), want.abs())
     with pytest.raises(ValueError, match="output_dimensionality"):
         EF.pca(x, 7)
+
+
+def test_knn_honours_a_distance_subclass_that_overrides_forward():
+    from pml.distances import LpDistance
+
+    class Reversed(LpDistance):
+        """Largest distance first: the nearest neighbour becomes the farthest."""
+
+        def forward(self, query_emb, ref_emb=None):
+            return -super().forward(query_emb, ref_emb)
+
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(6, 3, generator=g), torch.randn(9, 3, generator=g)
+    _, got = EF.knn(q, r, 1, distance_fn=Reversed(normalize_embeddings=False))
+    want = torch.cdist(q, r).argmax(dim=1, keepdim=True)
+    assert torch.equal(got, want)

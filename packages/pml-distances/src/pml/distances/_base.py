@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -103,6 +104,31 @@ class BaseDistance(ModuleWithRecords):
         taken only when :meth:`_computes_like` holds (else ``self(x)``, which records stats).
         """
         return self(x)
+
+    def against(self, ref_emb: Tensor) -> Callable[[Tensor], Tensor]:
+        """A function ``f(query_block) -> (B, M)`` matrix against the fixed ``ref_emb``.
+
+        For searches that sweep many query blocks over one reference set: the reference is
+        normalised once. A subclass that changes how the matrix is computed, or a distance
+        recording stats, gets ``self(query_block, ref_emb)`` for every block instead.
+
+        Example:
+            >>> from pml.distances import CosineSimilarity
+            >>> f = CosineSimilarity().against(torch.eye(2))
+            >>> f(torch.tensor([[3.0, 4.0]]))
+            tensor([[0.6000, 0.8000]])
+        """
+        if not self._computes_like(type(self)):
+            return lambda query: self(query, ref_emb)
+        self.check_shapes(ref_emb, None)
+        ref = self.maybe_normalize(ref_emb)
+
+        def blocks(query: Tensor) -> Tensor:
+            self.check_shapes(query, ref_emb)
+            mat = self.compute_mat(self.maybe_normalize(query), ref)
+            return mat**self.power if self.power != 1 else mat
+
+        return blocks
 
     def _computes_like(self, owner: type) -> bool:
         """Whether ``forward``, ``check_shapes`` and ``compute_mat`` are still ``owner``'s.

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.validation import check_finite
-from pml.distances import BaseDistance
 
 __all__ = [
     "DistanceFn",
@@ -86,15 +85,9 @@ def block_distance(
         ref = reference.to(acc)
         norms = (ref * ref).sum(1)
         return lambda q: squared_l2_matrix(q, ref, norms)
-    if isinstance(distance_fn, BaseDistance):
-        dist = distance_fn
-        ref_n = dist.maybe_normalize(reference)
-
-        def blocks(q: Tensor) -> Tensor:
-            mat = dist.compute_mat(dist.maybe_normalize(q), ref_n)
-            return mat**dist.power if dist.power != 1 else mat
-
-        return blocks
+    against = getattr(distance_fn, "against", None)
+    if against is not None:  # a pml distance: it prepares the reference once itself
+        return against(reference)
     return lambda q: distance_fn(q, reference)
 
 
@@ -237,7 +230,7 @@ def knn(
     rows = chunk_rows(num_ref, batch_size)
     blocks = block_distance(reference, distance_fn)
     # blocks computed here are ours to overwrite; a custom callable's output is copied
-    owned = distance_fn is None or isinstance(distance_fn, BaseDistance)
+    owned = distance_fn is None or hasattr(distance_fn, "against")
     out_d, out_i = [], []
     for s in range(0, max(query.shape[0], 1), rows):  # one (empty) block when N == 0
         mat = blocks(query[s : s + rows])

@@ -156,8 +156,16 @@ def convert_to_pos_pairs_with_unique_labels(
 ) -> tuple[Tensor, Tensor]:
     """One positive pair per distinct anchor label: the first one in pair order.
 
-    Output is ordered by ascending label value (what NPairsLoss uses).
+    Output is ordered by ascending label value (what NPairsLoss uses). From labels alone
+    (``indices_tuple`` None) the first pair of a label is its two smallest indices: one sort
+    and a run-length count, without listing every pair.
     """
+    if indices_tuple is None:
+        keys = sortable_labels(labels)[0]
+        order = torch.argsort(keys, stable=True)
+        _, counts = torch.unique_consecutive(keys[order], return_counts=True)
+        starts = (torch.cumsum(counts, 0) - counts)[counts >= 2]
+        return order[starts], order[starts + 1]
     a, p, _, _ = convert_to_pairs(indices_tuple, labels)
     if len(a) == 0:
         return a, p

@@ -94,19 +94,6 @@ def labels_differ(labels: Tensor, ref_labels: Tensor) -> Tensor:
     return labels.unsqueeze(1) != ref_labels.to(labels.device).unsqueeze(0)
 
 
-def first_positive_pair_per_label(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """For each label with two or more samples: (its smallest index, its second smallest).
-
-    What ``convert_to_pos_pairs_with_unique_labels(None, labels)`` gives (the first positive
-    pair of each label in row-major pair order, ordered by label) without listing every pair.
-    One sort and a run-length count: cheaper than ``label_groups``' two binary searches here.
-    """
-    order = torch.argsort(labels, stable=True)
-    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
-    starts = (torch.cumsum(counts, 0) - counts)[counts >= 2]
-    return order[starts], order[starts + 1]
-
-
 class NPairsLoss(BaseMetricLossFunction):
     """N-pair loss (Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss", 2016).
 
@@ -114,8 +101,8 @@ class NPairsLoss(BaseMetricLossFunction):
     similarity matrix is classified with target ``i`` (cross entropy). Math:
     :func:`pml.losses.functional.npairs_loss`.
 
-    Routes: from labels, the first pair of each label by one sort; from a miner's tuple,
-    :func:`pml.core.indices.convert_to_pos_pairs_with_unique_labels`.
+    Routes: :func:`pml.core.indices.convert_to_pos_pairs_with_unique_labels` (from labels: the
+    first pair of each label by one sort; from a miner's tuple: its first pair per label).
 
     Args:
         **kwargs: ``distance`` (default :class:`DotProductSimilarity`, which normalises, i.e.
@@ -146,10 +133,7 @@ class NPairsLoss(BaseMetricLossFunction):
     ) -> LossDict:
         labels = labels_required(labels)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
-        if indices_tuple is None:
-            anchors, positives = first_positive_pair_per_label(labels)
-        else:
-            anchors, positives = convert_to_pos_pairs_with_unique_labels(indices_tuple, labels)
+        anchors, positives = convert_to_pos_pairs_with_unique_labels(indices_tuple, labels)
         anchors = anchors.to(device=embeddings.device, dtype=torch.long)
         positives = positives.to(device=embeddings.device, dtype=torch.long)
         # compat: the attribute is assigned on every call, stats on or off.

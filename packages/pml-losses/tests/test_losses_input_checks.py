@@ -349,3 +349,17 @@ def test_distance_check_shapes_decides_the_embeddings_rank() -> None:
         L.ContrastiveLoss(distance=LpDistance())(
             seq[:, 0], labels, ref_emb=seq[:, 0, :3], ref_labels=labels
         )
+
+
+@pytest.mark.parametrize("name", ["ContrastiveLoss", "TripletMarginLoss", "MultiSimilarityLoss"])
+def test_nonfinite_ref_emb_gives_nan_even_when_a_filtering_reducer_drops_every_loss(name):
+    from pml.reducers import AvgNonZeroReducer
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(6, 4, generator=g)
+    ref = torch.randn(6, 4, generator=g)
+    ref[:] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    pairs = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([2]))
+    loss = getattr(L, name)(reducer=AvgNonZeroReducer())(emb, labels, pairs, ref, labels)
+    assert torch.isnan(loss)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pml.core.dtypes import to_device
+from pml.core.functional import zero_loss
 from pml.core.indices import IndicesTuple
 from pml.core.validation import (
     UnsupportedLossError,
@@ -233,6 +234,10 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
         out = self.reducer(loss_dict, embeddings, labels)
+        if ref_emb is not embeddings and isinstance(out, Tensor):
+            # fix: a reducer's zero loss hangs on `embeddings` only, so NaN/inf in `ref_emb`
+            # whose NaN losses a filtering reducer dropped would give a finite 0: + 0 * ref
+            out = out + zero_loss(ref_emb).to(out.dtype)
         return out if embeddings.dtype == out_dtype else cast_output(out, out_dtype)
 
     def compute_loss(

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
+from pml.core.dtypes import accumulation_dtype, neg_inf
 from pml.core.functional import masked_logsumexp
 from pml.losses.functional._pair_ops import Hinge, hinge_losses, weighted_logsumexp
 
@@ -323,43 +323,3 @@ def circle_loss(
     total = masked_logsumexp(logit_p, pos) + masked_logsumexp(logit_n, neg)
     loss = torch.where(pos.amax(dim=1) & neg.amax(dim=1), F.softplus(total), 0)
     return loss.unsqueeze(1).to(mat.dtype)
-
-
-def supcon_loss(
-    mat: Tensor,
-    pos_mask: Tensor,
-    neg_mask: Tensor,
-    temperature: float = 0.1,
-    *,
-    is_inverted: bool = True,
-) -> Tensor:
-    """Per-row supervised contrastive loss (Khosla et al., NeurIPS 2020).
-
-    With ``z = s / temperature`` (``-d / temperature`` for a distance) and
-    ``den = LSE over positive and negative cells of z``:
-    ``-sum_pos (z - den) / (|pos| + tiny)``. Rows without a positive give ``-0.0``.
-
-    Args:
-        mat: distances/similarities, shape ``(N, M)``.
-        pos_mask: positive cells, bool or 0/1, shape ``(N, M)``.
-        neg_mask: negative cells, bool or 0/1, shape ``(N, M)``.
-        temperature: softmax temperature.
-        is_inverted: ``True`` when ``mat`` holds similarities.
-
-    Returns:
-        Shape ``(N,)``, dtype of ``mat``.
-
-    Example:
-        >>> mat = torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.6]])
-        >>> pos = torch.tensor([[0, 1, 0], [1, 0, 0]]).bool()
-        >>> supcon_loss(mat, pos, torch.tensor([[0, 0, 1], [0, 0, 1]]).bool())
-        tensor([0.0009, 0.1269])
-    """
-    x = _acc(mat)
-    z = x / temperature if is_inverted else -x / temperature
-    pos = pos_mask.bool()
-    den = masked_logsumexp(z, pos | neg_mask.bool())
-    num_pos = torch.count_nonzero(pos, dim=1).to(x.dtype)
-    log_prob_sum = torch.where(pos, z - den.unsqueeze(1), 0).sum(dim=1)
-    loss = -log_prob_sum / (num_pos + small_val(x.dtype))
-    return loss.to(mat.dtype)

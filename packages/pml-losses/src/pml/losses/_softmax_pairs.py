@@ -9,6 +9,7 @@ non-finite guard -> the loss dict.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,42 @@ from pml.losses._pairs import PairInputs, nan_if_nonfinite, pair_inputs, too_few
 from pml.losses.functional._softmax_ops import Negatives
 from pml.losses.functional._softmax_pairs import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.reducers import AvgNonZeroReducer, BaseReducer, LossDict
+
+#: ``f(mat, a1, p, negatives) -> (P,) or (P, 1)`` losses of the listed positive pairs
+PairLosses = Callable[[Tensor, Tensor, Tensor, Negatives], Tensor]
+
+
+def positive_pair_loss(
+    loss: GenericPairLoss,
+    pair_losses: PairLosses,
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices_tuple: IndicesTuple | None,
+    ref_emb: Tensor,
+    ref_labels: Tensor | None,
+) -> LossDict:
+    """``compute_loss`` of a loss with one value per positive pair over its anchor's negatives.
+
+    Pair inputs -> the too-few-pairs rule -> the distance's matrix in at least float32 ->
+    ``pair_losses`` -> the non-finite guard -> a "pos_pair" entry.
+    """
+    pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
+    if too_few_pairs(len(pairs.a1), pairs.num_neg):
+        return loss.zero_losses()
+    mat = loss.distance.acc_matrix(embeddings, ref_emb)
+    losses = pair_losses(mat, pairs.a1, pairs.p, pairs.neg).to(embeddings.dtype)
+    losses = nan_if_nonfinite(losses, embeddings, ref_emb)
+    return {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
+
+
+def listed_positive_pair_loss(
+    loss: GenericPairLoss, pair_losses: PairLosses, mat: Tensor, pairs: IndicesTuple
+) -> LossDict:
+    """The same from ``mat`` and a pair list ``(a1, p, a2, n)`` (the GenericPairLoss hook)."""
+    a1, p, a2, n = pairs
+    if too_few_pairs(len(a1), len(a2)):
+        return loss.zero_losses()
+    return {"loss": loss_entry(pair_losses(mat, a1, p, (a2, n)), (a1, p), "pos_pair")}
 
 
 class NTXentLoss(GenericPairLoss):
@@ -67,20 +104,13 @@ class NTXentLoss(GenericPairLoss):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
-        if too_few_pairs(len(pairs.a1), pairs.num_neg):
-            return self.zero_losses()
-        mat = self.distance.acc_matrix(embeddings, ref_emb)
-        losses = self._losses(mat, pairs.a1, pairs.p, pairs.neg).to(embeddings.dtype)
-        losses = nan_if_nonfinite(losses, embeddings, ref_emb)
-        return {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
+        return positive_pair_loss(
+            self, self._losses, embeddings, labels, indices_tuple, ref_emb, ref_labels
+        )
 
     def pair_based_loss(self, mat: Tensor, pairs: IndicesTuple) -> LossDict:
         """The loss dict from ``mat`` and a pair list ``(a1, p, a2, n)``: GenericPairLoss hook."""
-        a1, p, a2, n = pairs
-        if too_few_pairs(len(a1), len(a2)):
-            return self.zero_losses()
-        return {"loss": loss_entry(self._losses(mat, a1, p, (a2, n)), (a1, p), "pos_pair")}
+        return listed_positive_pair_loss(self, self._losses, mat, pairs)
 
     def _losses(self, mat: Tensor, a1: Tensor, p: Tensor, neg: Negatives) -> Tensor:
         is_inverted = self.distance.is_inverted
@@ -136,20 +166,13 @@ class TupletMarginLoss(GenericPairLoss):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> LossDict:
-        pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
-        if too_few_pairs(len(pairs.a1), pairs.num_neg):
-            return self.zero_losses()
-        sim = self.distance.acc_matrix(embeddings, ref_emb)
-        losses = self._losses(sim, pairs.a1, pairs.p, pairs.neg).to(embeddings.dtype)
-        losses = nan_if_nonfinite(losses, embeddings, ref_emb)
-        return {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
+        return positive_pair_loss(
+            self, self._losses, embeddings, labels, indices_tuple, ref_emb, ref_labels
+        )
 
     def pair_based_loss(self, mat: Tensor, pairs: IndicesTuple) -> LossDict:
         """The loss dict from ``mat`` and a pair list ``(a1, p, a2, n)``: GenericPairLoss hook."""
-        a1, p, a2, n = pairs
-        if too_few_pairs(len(a1), len(a2)):
-            return self.zero_losses()
-        return {"loss": loss_entry(self._losses(mat, a1, p, (a2, n)), (a1, p), "pos_pair")}
+        return listed_positive_pair_loss(self, self._losses, mat, pairs)
 
     def _losses(self, sim: Tensor, a1: Tensor, p: Tensor, neg: Negatives) -> Tensor:
         """``(P, 1)`` losses; the angle stats when collecting stats."""

@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from pml.core.indices import get_all_pairs_indices
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, naive_pair_triplets, naive_triplets
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import BaseMetricLossFunction, MarginLoss
 from pml.losses.functional import margin_loss, margin_loss_sums
@@ -27,23 +27,6 @@ REF_LABELS = torch.tensor([0, 1, 1, 2, 3, 3, 0, 2])
 def data(n: int = 10, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-def naive_triplets(labels, ref_labels=None, same=True):
-    ref = labels if ref_labels is None else ref_labels
-    return [
-        (a, p, n)
-        for a in range(len(labels))
-        for p in range(len(ref))
-        if ref[p] == labels[a] and not (same and p == a)
-        for n in range(len(ref))
-        if ref[n] != labels[a]
-    ]
-
-
-def naive_pair_triplets(pairs):
-    a1, p, a2, n = (t.tolist() for t in pairs)
-    return [(a, pp, nn) for a, pp in zip(a1, p) for aa, nn in zip(a2, n) if aa == a]
 
 
 def mined_pairs(labels, seed=1):

@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from pml.core.indices import get_all_pairs_indices, get_random_triplet_indices
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, naive_pair_triplets, naive_triplets
 from pml.distances import CosineSimilarity, LpDistance
 from pml.losses import BaseMetricLossFunction, TripletMarginLoss
 from pml.losses.functional import triplet_margin_loss, triplet_margin_loss_sums
@@ -37,26 +37,6 @@ ENGINE_KNOBS = {
 def data(n: int = 12, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-def naive_triplets(labels, ref_labels=None, same=True):
-    """All (a, p, n) in lexicographic order, from the spec's definition."""
-    ref = labels if ref_labels is None else ref_labels
-    out = []
-    for a in range(len(labels)):
-        for p in range(len(ref)):
-            if ref[p] != labels[a] or (same and p == a):
-                continue
-            for n in range(len(ref)):
-                if ref[n] != labels[a]:
-                    out.append((a, p, n))
-    return out
-
-
-def naive_pair_triplets(pairs):
-    """Every positive entry with every negative entry of its anchor (spec §2.3)."""
-    a1, p, a2, n = (t.tolist() for t in pairs)
-    return [(a, pp, nn) for a, pp in zip(a1, p) for aa, nn in zip(a2, n) if aa == a]
 
 
 def naive_losses(mat, triplets, margin, smooth=False, inverted=False, mat_pn=None):

@@ -8,8 +8,8 @@ import stat
 import pytest
 import torch
 
+from pml.core import io as eval_io
 from pml.eval import FaissKNN, InferenceModel, TorchKNN, _faiss
-from pml.eval import _io as eval_io
 
 needs_faiss = pytest.mark.skipif(not _faiss.faiss_available(), reason="faiss not installed")
 

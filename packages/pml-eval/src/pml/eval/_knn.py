@@ -10,12 +10,13 @@ import torch
 from torch import Tensor
 
 from pml.core import config
+from pml.core.io import atomic_write
 from pml.core.validation import check_finite, check_int, check_type
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
 from pml.eval._faiss import num_gpus, require_faiss
 from pml.eval._index_files import TORCH_FORMAT, file_kind, read_faiss_flat_l2, read_torch_index
-from pml.eval._io import as_embeddings, atomic_write, check_dim, to_numpy_f32
+from pml.eval._io import as_embeddings, check_dim, to_numpy_f32
 
 __all__ = ["CustomKNN", "FaissKNN", "IndexNotReadyError", "TorchKNN"]
 

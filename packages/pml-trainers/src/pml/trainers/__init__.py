@@ -1,6 +1,9 @@
 """pml-trainers: training loops, hook containers, checkpoints with exact resume, datasets."""
 
 from pml.trainers.__about__ import __version__
+from pml.trainers._datasets import BaseDataset
+from pml.trainers._datasets_generic import DigitsDataset, FeaturesDataset, ImageFolderDataset
+from pml.trainers._datasets_reference import CUB, Cars196, INaturalist2018, StanfordOnlineProducts
 from pml.trainers._transforms import (
     CenterCrop,
     Compose,
@@ -12,12 +15,20 @@ from pml.trainers._transforms import (
 )
 
 __all__ = [
+    "BaseDataset",
+    "CUB",
+    "Cars196",
     "CenterCrop",
     "Compose",
+    "DigitsDataset",
+    "FeaturesDataset",
+    "INaturalist2018",
+    "ImageFolderDataset",
     "Normalize",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "Resize",
+    "StanfordOnlineProducts",
     "ToTensor",
     "__version__",
 ]

@@ -203,9 +203,9 @@ def parse_int(text: str, path: str, line: int, what: str) -> int:
         raise ValueError(f"{path}, line {line}: {what} must be an integer; got {text!r}") from None
 
 
-def split_fields(text: str, path: str, line: int, names: tuple[str, ...], sep: str | None = None):
-    """Split ``text`` into ``len(names)`` fields (the last keeps any extra separators)."""
-    fields = text.split(sep, len(names) - 1)
+def split_fields(text: str, path: str, line: int, names: tuple[str, ...]) -> list[str]:
+    """Split ``text`` at whitespace into ``len(names)`` fields (the last keeps any spaces)."""
+    fields = text.split(None, len(names) - 1)
     if len(fields) < len(names):
         raise ValueError(
             f"{path}, line {line}: expected {len(names)} fields ({', '.join(names)}); got {text!r}"

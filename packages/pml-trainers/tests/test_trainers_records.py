@@ -265,12 +265,17 @@ def test_tensorboard_is_written_only_when_asked_for(tmp_path, monkeypatch):
     assert calls == [("init", str(tmp_path / "tb")), ("loss_histories/total_loss", 0.5, 7), "flush"]
 
 
-def test_missing_tensorboard_is_a_clear_error_only_when_asked_for(tmp_path, monkeypatch):
+def test_missing_tensorboard_is_a_warning_and_csv_records_go_on(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     keeper, _, tb = get_record_keeper(tmp_path / "csv")
-    assert tb is None and isinstance(keeper, RecordKeeper)
-    with pytest.raises(ImportError, match=r"pml-trainers\[tensorboard\]"):
-        get_record_keeper(tmp_path / "csv", tensorboard_folder=tmp_path / "tb")
+    assert tb is None and isinstance(keeper, RecordKeeper) and not caplog.text
+    with caplog.at_level(logging.WARNING, logger="PML"):
+        keeper, _, tb = get_record_keeper(tmp_path / "csv", tensorboard_folder=tmp_path / "tb")
+    assert tb is None and "pml-trainers[tensorboard]" in caplog.text
+    keeper.update_records({"loss_histories": {"total_loss": 1.0}}, 0)
+    keeper.save_records()
+    assert (tmp_path / "csv" / "loss_histories.csv").is_file()
+    assert not (tmp_path / "tb").exists()
 
 
 def test_records_need_neither_tensorboard_nor_sqlite_nor_record_keeper(tmp_path):

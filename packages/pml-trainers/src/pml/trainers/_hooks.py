@@ -70,8 +70,11 @@ def get_record_keeper(
 
     Args:
         csv_folder: where the tables are written (see :class:`~pml.trainers.RecordWriter`).
-        tensorboard_folder: also write TensorBoard scalars there (needs the ``tensorboard``
-            package: ``pip install pml-trainers[tensorboard]``). None: no TensorBoard.
+        tensorboard_folder: also write TensorBoard scalars there, if the ``tensorboard``
+            package is installed (``pip install 'pml-trainers[tensorboard]'``); without it a
+            warning says so and only the CSV/JSON Lines records are written (the
+            reference's documented example passes a folder: it still runs). None: no
+            TensorBoard.
         global_db_path: accepted and ignored (no SQLite database; a warning is logged).
         experiment_name: accepted for compatibility.
         is_new_experiment: accepted for compatibility.
@@ -79,10 +82,7 @@ def get_record_keeper(
 
     Returns:
         ``(record_keeper, record_writer, tensorboard_writer)``; the last is None without
-        ``tensorboard_folder``.
-
-    Raises:
-        ImportError: ``tensorboard_folder`` given but TensorBoard is not installed.
+        ``tensorboard_folder`` or without TensorBoard.
     """
     record_writer = RecordWriter(
         csv_folder,
@@ -96,12 +96,16 @@ def get_record_keeper(
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ImportError(
-                f"tensorboard_folder={os.fspath(tensorboard_folder)!r} needs the tensorboard "
-                "package (pip install 'pml-trainers[tensorboard]'); pass tensorboard_folder=None "
-                "to keep only the CSV/JSON Lines records"
-            ) from err
-        tensorboard_writer = SummaryWriter(log_dir=os.fspath(tensorboard_folder))
+            # compat: the reference then returns (None, None, None) (no hooks at all)
+            config.LOGGER.warning(
+                "tensorboard_folder=%r is ignored: TensorBoard is not installed (%s; pip "
+                "install 'pml-trainers[tensorboard]'); records are written to %s only",
+                os.fspath(tensorboard_folder),
+                err,
+                os.fspath(csv_folder),
+            )
+        else:
+            tensorboard_writer = SummaryWriter(log_dir=os.fspath(tensorboard_folder))
     record_keeper = RecordKeeper(tensorboard_writer, record_writer)
     return record_keeper, record_writer, tensorboard_writer
 
@@ -258,38 +262,52 @@ class HookContainer:
             self.record_keeper.save_records()
             if epoch % test_interval != 0:
                 return True
-            tester.test(
+            best_epoch = self.save_models_and_eval(
+                trainer,
                 dataset_dict,
-                epoch,
-                trainer.models["trunk"],
-                trainer.models["embedder"],
+                folder,
+                test_interval,
+                tester,
                 splits_to_eval,
                 test_collate_fn,
-            )
-            self._record_if_missing(tester, epoch)
-            best_epoch = self.save_models_and_eval_tested(
-                trainer, tester, folder, epoch, test_interval, validation_split
+                validation_split=validation_split,
             )
             return self.patience_remaining(epoch, best_epoch, patience)
 
         return actual_hook
 
-    def save_models_and_eval_tested(
+    def save_models_and_eval(
         self,
         trainer: Any,
-        tester: Any,
+        dataset_dict: Mapping[str, Any],
         model_folder: str | os.PathLike[str],
-        epoch: int,
         test_interval: int,
+        tester: Any,
+        splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None = None,
+        collate_fn: Callable[..., Any] | None = None,
+        *,
         validation_split: str | None = None,
     ) -> int:
-        """After ``tester.test`` at ``epoch``: plateau schedulers, checkpoints; the best epoch."""
+        """Test at ``trainer.epoch``, step plateau schedulers, save checkpoints.
+
+        Returns:
+            the best epoch (this one if its primary metric beats every earlier one).
+        """
+        epoch = trainer.epoch
+        tester.test(
+            dataset_dict,
+            epoch,
+            trainer.models["trunk"],
+            trainer.models["embedder"],
+            splits_to_eval,
+            collate_fn,
+        )
+        self._record_if_missing(tester, epoch)
         split = self.validation_split_name if validation_split is None else validation_split
-        prev_best_epoch, prev_best = self.get_best_epoch_and_accuracy(
+        is_new_best, curr, _, _ = self.is_new_best_accuracy(tester, split, epoch)
+        prev_best_epoch, _ = self.get_best_epoch_and_accuracy(
             tester, split, ignore_epoch=(-1, epoch)
         )
-        curr = self.get_curr_primary_metric(tester, split)
-        is_new_best = prev_best_epoch is None or (not _is_nan(curr) and curr > prev_best)
         self.record_keeper.save_records()
         step_plateau = getattr(trainer, "step_lr_plateau_schedulers", None)
         if step_plateau is not None:
@@ -311,7 +329,9 @@ class HookContainer:
             epoch = accuracies["epoch"]
             table = self.record_group_name(tester, split_name)
             self.record_keeper.update_records({table: accuracies}, epoch)
-            best_epoch, best_accuracy = self.get_best_epoch_and_accuracy(tester, split_name)
+            if self._metric_key(tester, self.primary_metric, list(accuracies)) is None:
+                continue  # no primary metric (no epoch hook checked it): no best columns
+            _, _, best_epoch, best_accuracy = self.is_new_best_accuracy(tester, split_name, epoch)
             self.record_keeper.update_records(
                 {table: {"best_epoch": best_epoch, "best_accuracy": best_accuracy}}, epoch
             )

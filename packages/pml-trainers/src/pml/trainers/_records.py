@@ -93,6 +93,10 @@ def _plain(value: Any, save_lists: bool) -> Any:
     return None
 
 
+def _json_line(table: str, row: Mapping[str, Any]) -> str:
+    return json.dumps({_TABLE_KEY: table, **row}) + "\n"
+
+
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -160,7 +164,9 @@ class RecordWriter:
         self._columns: dict[str, list[str]] = {}
         self._csv_rows: dict[str, int] = {}  # rows of each table in its CSV file
         self._csv_header: dict[str, list[str]] = {}
-        self._jsonl_rows: dict[str, int] = {}  # rows of each table in records.jsonl
+        # every row in the order it was first recorded (records.jsonl's order)
+        self._log: list[tuple[str, dict[str, Any]]] = []
+        self._jsonl_done = 0  # entries of _log already in records.jsonl
         self._rewrite_jsonl = False
         self._saved_rows: dict[str, int] = {}  # rows of each table already saved (not merged)
         self.hash_map: dict[str, str] = {}  # file stem -> table name (hashed names only)
@@ -201,7 +207,9 @@ class RecordWriter:
         ):
             last.update(plain)
         else:
-            rows.append({ITERATION_COLUMN: iteration, **plain})
+            row = {ITERATION_COLUMN: iteration, **plain}
+            rows.append(row)
+            self._log.append((table, row))
         for name in plain:
             if name not in columns:
                 columns.append(name)
@@ -259,16 +267,10 @@ class RecordWriter:
                 self._csv_rows[table] = len(rows)
         if self._rewrite_jsonl:
             self._write_jsonl()
-        else:
-            new = [
-                {_TABLE_KEY: table, **row}
-                for table, rows in self.tables.items()
-                for row in rows[self._jsonl_rows.get(table, 0) :]
-            ]
-            if new:
-                with open(self.jsonl_path, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in new)
-            self._jsonl_rows = self.row_counts()
+        elif self._jsonl_done < len(self._log):
+            with open(self.jsonl_path, "a", encoding="utf-8") as f:
+                f.writelines(_json_line(t, r) for t, r in self._log[self._jsonl_done :])
+            self._jsonl_done = len(self._log)
         self._saved_rows = self.row_counts()
         self._save_hash_map()
 
@@ -288,6 +290,8 @@ class RecordWriter:
         if not changed:
             return
         self._saved_rows = {t: min(n, len(self.tables[t])) for t, n in self._saved_rows.items()}
+        kept = {id(r) for rows in self.tables.values() for r in rows}
+        self._log = [(t, r) for t, r in self._log if id(r) in kept]
         for table, rows in self.tables.items():
             if self._csv_rows.get(table, 0) > len(rows):
                 self._write_csv(table, rows, self._columns[table])
@@ -308,14 +312,9 @@ class RecordWriter:
             self.hash_map[stem] = table
 
     def _write_jsonl(self) -> None:
-        lines = [
-            json.dumps({_TABLE_KEY: table, **row}) + "\n"
-            for table, rows in self.tables.items()
-            for row in rows
-        ]
-        text = "".join(lines)
+        text = "".join(_json_line(t, r) for t, r in self._log)
         atomic_write(self.jsonl_path, lambda tmp: Path(tmp).write_text(text, "utf-8"))
-        self._jsonl_rows = self.row_counts()
+        self._jsonl_done = len(self._log)
         self._rewrite_jsonl = False
 
     def _save_hash_map(self) -> None:
@@ -354,9 +353,10 @@ class RecordWriter:
                 continue
             table = record.pop(_TABLE_KEY)
             self.tables.setdefault(table, []).append(record)
+            self._log.append((table, record))
             columns = self._columns.setdefault(table, [ITERATION_COLUMN])
             columns.extend(c for c in record if c not in columns)
-        self._jsonl_rows = self.row_counts()
+        self._jsonl_done = len(self._log)
         for table in self.tables:
             header, count = self._read_csv_shape(table)
             if header is not None:
@@ -393,10 +393,10 @@ class RecordWriter:
                     if ITERATION_COLUMN in row:
                         rows.append(row)
             self.tables[table] = rows
+            self._log.extend((table, r) for r in rows)  # records.jsonl gets them at next save
             self._columns[table] = list(header)
             self._csv_header[table] = list(header)
             self._csv_rows[table] = len(rows)
-            self._jsonl_rows[table] = 0  # not yet in records.jsonl: written at the next save
 
 
 class RecordKeeper:

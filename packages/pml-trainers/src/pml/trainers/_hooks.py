@@ -153,8 +153,9 @@ class HookContainer:
 
     Example:
         >>> import tempfile
-        >>> record_keeper, _, _ = get_record_keeper(tempfile.mkdtemp())
-        >>> hooks = get_hook_container(record_keeper, primary_metric="precision_at_1")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     record_keeper, _, _ = get_record_keeper(folder)
+        ...     hooks = get_hook_container(record_keeper, primary_metric="precision_at_1")
         >>> hooks.primary_metric
         'precision_at_1'
     """

@@ -33,6 +33,12 @@ from pml.eval._testers import (
     GlobalTwoStreamEmbeddingSpaceTester,
     WithSameParentLabelTester,
 )
+from pml.eval._verification import (
+    ThresholdSelection,
+    VerificationResult,
+    select_threshold,
+    verification_metrics,
+)
 
 __all__ = [
     "AccuracyCalculator",
@@ -46,8 +52,10 @@ __all__ = [
     "IndexNotReadyError",
     "InferenceModel",
     "MatchFinder",
+    "ThresholdSelection",
     "TorchKMeans",
     "TorchKNN",
+    "VerificationResult",
     "WithSameParentLabelTester",
     "__version__",
     "get_label_match_counts",
@@ -61,5 +69,7 @@ __all__ = [
     "precision_at_k",
     "r_precision",
     "run_pca",
+    "select_threshold",
     "try_getting_not_lone_labels",
+    "verification_metrics",
 ]

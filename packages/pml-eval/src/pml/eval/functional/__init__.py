@@ -6,6 +6,8 @@
 * ranking (:mod:`._ranked`): the same values from an exact chunked ranking, without
   neighbour lists (what ``AccuracyCalculator`` uses by default).
 * clustering (:mod:`._clustering`): k-means (k-means++ seeding) and PCA in plain torch.
+* verification (:mod:`._verification`): pair scores in blocks, exact or streamed operating
+  points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
@@ -29,26 +31,46 @@ from pml.eval.functional._retrieval import (
     reciprocal_rank_values,
     relevance,
 )
+from pml.eval.functional._verification import (
+    CRITERIA,
+    OperatingPoints,
+    best_threshold,
+    criterion_values,
+    operating_points,
+    pair_score_blocks,
+    points_at_fmr,
+    robust_thresholds,
+    streamed_operating_points,
+)
 
 __all__ = [
+    "CRITERIA",
     "DistanceFn",
+    "OperatingPoints",
     "RETRIEVAL_METRICS",
     "average_precision_values",
+    "best_threshold",
     "block_distance",
     "chunk_rows",
     "class_means",
     "closest_first",
+    "criterion_values",
     "kmeans",
     "knn",
     "label_ids",
     "nearest_centroid",
+    "operating_points",
+    "pair_score_blocks",
     "pca",
+    "points_at_fmr",
     "precision_at_k_values",
     "r_precision_values",
     "reciprocal_rank_values",
     "relevance",
     "remove_self_matches",
     "retrieval_values",
+    "robust_thresholds",
     "smallest_k",
     "squared_l2_matrix",
+    "streamed_operating_points",
 ]

@@ -183,9 +183,7 @@ def test_histogram_route_is_exact_when_the_deciding_bins_fit():
     x, labels = concentrated()
     pairs = naive_pairs(x, labels)
     num_pairs = len(pairs)
-    res = verification_metrics(
-        x, labels, fmr_targets=TARGETS, max_buffered_scores=num_pairs // 2
-    )
+    res = verification_metrics(x, labels, fmr_targets=TARGETS, max_buffered_scores=num_pairs // 2)
     assert res.route == "histogram" and res.exact
     for i, t in enumerate(TARGETS):
         assert res.tar[i] == pytest.approx(naive_tar_at_fmr(pairs, t), abs=1e-12)
@@ -213,7 +211,9 @@ def test_histogram_route_states_its_error_when_a_bin_does_not_fit():
 
 
 def test_histogram_bins_are_order_preserving_and_edges_below_values():
-    values = torch.tensor([-3.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 0.5000001, 7.0], dtype=torch.float64)
+    values = torch.tensor(
+        [-3.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 0.5000001, 7.0], dtype=torch.float64
+    )
     p = EF.streamed_operating_points(
         lambda: iter([(values, torch.arange(8) % 2 == 0)]), max_buffered_scores=0
     )

@@ -11,6 +11,7 @@ Example:
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
+from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
 from pml.eval._metrics import (
@@ -66,6 +67,7 @@ __all__ = [
     "mean_average_precision",
     "mean_reciprocal_rank",
     "nan_accuracy",
+    "ndcg_at_k",
     "precision_at_k",
     "r_precision",
     "run_pca",

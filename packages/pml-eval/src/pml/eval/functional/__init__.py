@@ -8,9 +8,11 @@
 * clustering (:mod:`._clustering`): k-means (k-means++ seeding) and PCA in plain torch.
 * verification (:mod:`._verification`): pair scores in blocks, exact or streamed operating
   points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
+* graded relevance (:mod:`._graded`): NDCG@k with gains from labels or a user function.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
+from pml.eval.functional._graded import RelevanceFn, label_gains, ndcg_values
 from pml.eval.functional._knn import (
     DistanceFn,
     block_distance,
@@ -48,6 +50,7 @@ __all__ = [
     "DistanceFn",
     "OperatingPoints",
     "RETRIEVAL_METRICS",
+    "RelevanceFn",
     "average_precision_values",
     "best_threshold",
     "block_distance",
@@ -57,7 +60,9 @@ __all__ = [
     "criterion_values",
     "kmeans",
     "knn",
+    "label_gains",
     "label_ids",
+    "ndcg_values",
     "nearest_centroid",
     "operating_points",
     "pair_score_blocks",

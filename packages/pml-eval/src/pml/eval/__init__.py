@@ -28,6 +28,7 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
+from pml.eval._reid import reid_metrics
 from pml.eval._tester_base import BaseTester
 from pml.eval._testers import (
     GlobalEmbeddingSpaceTester,
@@ -70,6 +71,7 @@ __all__ = [
     "ndcg_at_k",
     "precision_at_k",
     "r_precision",
+    "reid_metrics",
     "run_pca",
     "select_threshold",
     "try_getting_not_lone_labels",

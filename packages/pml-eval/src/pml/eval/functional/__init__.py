@@ -9,6 +9,7 @@
 * verification (:mod:`._verification`): pair scores in blocks, exact or streamed operating
   points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
 * graded relevance (:mod:`._graded`): NDCG@k with gains from labels or a user function.
+* re-identification (:mod:`._reid`): CMC@k and AP with same-camera and junk removal.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
@@ -24,6 +25,7 @@ from pml.eval.functional._knn import (
     squared_l2_matrix,
 )
 from pml.eval.functional._ranked import RETRIEVAL_METRICS, retrieval_values
+from pml.eval.functional._reid import reid_values
 from pml.eval.functional._retrieval import (
     average_precision_values,
     class_means,
@@ -71,6 +73,7 @@ __all__ = [
     "precision_at_k_values",
     "r_precision_values",
     "reciprocal_rank_values",
+    "reid_values",
     "relevance",
     "remove_self_matches",
     "retrieval_values",

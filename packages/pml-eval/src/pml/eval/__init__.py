@@ -14,6 +14,7 @@ from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
+from pml.eval._knn_classifier import KNNClassifier
 from pml.eval._metrics import (
     EQUALITY,
     get_label_match_counts,
@@ -53,6 +54,7 @@ __all__ = [
     "GlobalTwoStreamEmbeddingSpaceTester",
     "IndexNotReadyError",
     "InferenceModel",
+    "KNNClassifier",
     "MatchFinder",
     "ThresholdSelection",
     "TorchKMeans",

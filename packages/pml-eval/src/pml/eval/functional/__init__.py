@@ -10,6 +10,7 @@
   points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
 * graded relevance (:mod:`._graded`): NDCG@k with gains from labels or a user function.
 * re-identification (:mod:`._reid`): CMC@k and AP with same-camera and junk removal.
+* k-NN vote (:mod:`._knn_vote`): class probabilities from neighbours' labels.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
@@ -24,6 +25,7 @@ from pml.eval.functional._knn import (
     smallest_k,
     squared_l2_matrix,
 )
+from pml.eval.functional._knn_vote import class_probabilities, inverse_distance_weights
 from pml.eval.functional._ranked import RETRIEVAL_METRICS, retrieval_values
 from pml.eval.functional._reid import reid_values
 from pml.eval.functional._retrieval import (
@@ -58,8 +60,10 @@ __all__ = [
     "block_distance",
     "chunk_rows",
     "class_means",
+    "class_probabilities",
     "closest_first",
     "criterion_values",
+    "inverse_distance_weights",
     "kmeans",
     "knn",
     "label_gains",

@@ -11,6 +11,7 @@ Example:
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
+from pml.eval._collapse import embedding_collapse
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
@@ -62,6 +63,7 @@ __all__ = [
     "VerificationResult",
     "WithSameParentLabelTester",
     "__version__",
+    "embedding_collapse",
     "get_label_match_counts",
     "get_lone_query_labels",
     "get_relevance_mask",

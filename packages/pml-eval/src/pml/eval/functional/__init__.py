@@ -10,10 +10,13 @@
   points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
 * graded relevance (:mod:`._graded`): NDCG@k with gains from labels or a user function.
 * re-identification (:mod:`._reid`): CMC@k and AP with same-camera and junk removal.
+* collapse (:mod:`._collapse`): covariance spectrum, principal-component fractions and
+  effective rank.
 * k-NN vote (:mod:`._knn_vote`): class probabilities from neighbours' labels.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
+from pml.eval.functional._collapse import collapse_statistics, covariance_spectrum
 from pml.eval.functional._graded import RelevanceFn, label_gains, ndcg_values
 from pml.eval.functional._knn import (
     DistanceFn,
@@ -62,6 +65,8 @@ __all__ = [
     "class_means",
     "class_probabilities",
     "closest_first",
+    "collapse_statistics",
+    "covariance_spectrum",
     "criterion_values",
     "inverse_distance_weights",
     "kmeans",

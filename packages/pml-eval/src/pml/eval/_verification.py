@@ -298,7 +298,7 @@ def verification_metrics(
     is_inverted: bool | None = None,
     fmr_targets: Sequence[float] = DEFAULT_FMR_TARGETS,
     batch_size: int | None = None,
-    max_buffered_scores: int = 1 << 24,
+    max_buffered_scores: int = 1 << 22,
 ) -> VerificationResult:
     """TAR@FAR / FNMR@FMR and ROC points ``(fmr, tar)`` at each of ``fmr_targets``.
 
@@ -312,12 +312,12 @@ def verification_metrics(
     ``m = floor(a * num_impostor)``, a pair matches when it scores better than the
     ``(m + 1)``-th best impostor score, so ``FMR <= a`` and the TAR is the largest possible.
 
-    Memory: up to ``max_buffered_scores`` pairs are scored once, held and sorted (route
-    ``"sorted"``, exact). More are streamed twice over blocks of the score matrix (route
-    ``"histogram"``): a histogram of ``2**20`` order-preserving bins (relative width
-    ``2**-11``), then the bin that decides each target is re-read exactly; a bin holding more
-    than ``max_buffered_scores`` scores is not, and ``tar_slack`` bounds the TAR it could
-    hide (``result.exact`` says whether all are exact).
+    Memory: up to ``max_buffered_scores`` pairs (default ``2**22``; about 80 bytes each at
+    the peak) are scored once, held and sorted (route ``"sorted"``, exact). More are streamed
+    twice over blocks of the score matrix (route ``"histogram"``): a histogram of ``2**20``
+    order-preserving bins (relative width ``2**-11``), then the bin that decides each target
+    is re-read exactly; a bin holding more than ``max_buffered_scores`` scores is not, and
+    ``tar_slack`` bounds the TAR it could hide (``result.exact`` says whether all are exact).
 
     Args:
         query: ``(N, D)`` embeddings (tensor or numpy array; f16/bf16 computed in float32).
@@ -390,7 +390,7 @@ def select_threshold(
     criterion: Literal["accuracy", "balanced_accuracy", "f1", "fmr"] = "accuracy",
     target_fmr: float | None = None,
     batch_size: int | None = None,
-    max_buffered_scores: int = 1 << 24,
+    max_buffered_scores: int = 1 << 22,
 ) -> ThresholdSelection:
     """The match threshold maximising accuracy, balanced accuracy or F1, or meeting an FMR.
 

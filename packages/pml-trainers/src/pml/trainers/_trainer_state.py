@@ -49,10 +49,10 @@ def to_plain(obj: Any, where: str) -> Any:
     Containers whose items need no conversion are returned as they are (a module's
     ``OrderedDict`` state keeps its ``_metadata``).
     """
+    if isinstance(obj, np.generic):  # before the atoms: np.float64 is a float
+        return obj.item()
     if isinstance(obj, _ATOMS):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.array(obj))
     if isinstance(obj, dict):

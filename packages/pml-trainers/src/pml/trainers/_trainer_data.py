@@ -129,7 +129,9 @@ def build_dataloader(
 
     A batch sampler (see :func:`is_batch_sampler`) gives the batches; otherwise batches of
     ``batch_size`` (the last incomplete one dropped) from ``sampler``, or from a
-    ``RandomSampler`` drawing from ``generator`` when ``sampler`` is None.
+    ``RandomSampler`` drawing from ``generator`` when ``sampler`` is None. The DataLoader
+    itself has no generator: like the reference's, each pass draws the workers' base seed
+    from the global torch generator.
     """
     if is_batch_sampler(sampler):
         batches = sampler
@@ -143,7 +145,6 @@ def build_dataloader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=False,
-        generator=generator,
     )
 
 

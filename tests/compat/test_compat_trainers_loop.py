@@ -188,9 +188,13 @@ def test_hierarchical_sampler_batches_are_2d_here_5d_in_the_reference() -> None:
             seen.append(t.losses["metric_loss"])
 
         class Flat(nn.Module):
+            def __init__(self, trunk=trunk) -> None:
+                super().__init__()
+                self.trunk = trunk
+
             def forward(self, data, seen=seen):
                 seen.append(tuple(data.shape))
-                return trunk(data.reshape(-1, 8))
+                return self.trunk(data.reshape(-1, 8))
 
         sampler = ps.HierarchicalSampler(
             labels, batch_size=8, samples_per_class=2, batches_per_super_tuple=8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -98,25 +99,23 @@ class LabelSpy(BaseMetricLossFunction):
 def test_key_checker_rejects_an_unknown_key_naming_dict_key_and_patterns() -> None:
     schema = KeyCheckerDict({"models": KeyChecker(["trunk", "embedder"], essential=["trunk"])})
 
-    class Holder:
-        models = {"trunk": 1, "foo": 2}
+    holder = SimpleNamespace(models={"trunk": 1, "foo": 2})
 
     with pytest.raises(
         InvalidArgumentError, match=r"models keys must be one of trunk, embedder.*'foo'"
     ):
-        schema.verify(Holder())
+        schema.verify(holder)
     with pytest.raises(AssertionError):
-        schema.verify(Holder())
+        schema.verify(holder)
 
 
 def test_key_checker_missing_essential_key_is_an_error() -> None:
     schema = KeyCheckerDict({"models": KeyChecker(["trunk", "embedder"], essential=["trunk"])})
 
-    class Holder:
-        models = {"embedder": 1}
+    holder = SimpleNamespace(models={"embedder": 1})
 
     with pytest.raises(ValueError, match='models must contain "trunk"'):
-        schema.verify(Holder())
+        schema.verify(holder)
 
 
 def test_key_checker_warns_about_missing_important_and_empty(caplog) -> None:
@@ -128,13 +127,10 @@ def test_key_checker_warns_about_missing_important_and_empty(caplog) -> None:
         }
     )
 
-    class Holder:
-        a = {"x": 1}
-        b = {}
-        c = None
+    holder = SimpleNamespace(a={"x": 1}, b={}, c=None)
 
     with caplog.at_level(logging.WARNING, logger="PML"):
-        schema.verify(Holder())
+        schema.verify(holder)
     assert 'a is missing "y"' in caplog.text
     assert "b is empty" in caplog.text
     assert "c is empty" not in caplog.text
@@ -143,11 +139,10 @@ def test_key_checker_warns_about_missing_important_and_empty(caplog) -> None:
 def test_key_checker_prefix_match_passes_with_a_warning(caplog) -> None:
     schema = KeyCheckerDict({"loss_funcs": KeyChecker(["metric_loss"])})
 
-    class Holder:
-        loss_funcs = {"metric_lossX": 1}
+    holder = SimpleNamespace(loss_funcs={"metric_lossX": 1})
 
     with caplog.at_level(logging.WARNING, logger="PML"):
-        schema.verify(Holder())
+        schema.verify(holder)
     assert "'metric_lossX'" in caplog.text and "misspelling" in caplog.text
 
 
@@ -161,14 +156,14 @@ def test_key_checker_callable_keys_see_the_other_checkers() -> None:
         }
     )
 
-    class Holder:
-        models = {"trunk": 1, "classifier_3": 2}
-        optimizers = {"classifier_3_optimizer": 1}
+    holder = SimpleNamespace(
+        models={"trunk": 1, "classifier_3": 2}, optimizers={"classifier_3_optimizer": 1}
+    )
 
-    schema.verify(Holder())
-    Holder.optimizers = {"classifier_optimizer": 1}
+    schema.verify(holder)
+    holder.optimizers = {"classifier_optimizer": 1}
     with pytest.raises(InvalidArgumentError, match="classifier_optimizer"):
-        schema.verify(Holder())
+        schema.verify(holder)
 
 
 # ---------------------------------------------------------------- LossTracker

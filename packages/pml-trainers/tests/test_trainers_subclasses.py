@@ -384,3 +384,28 @@ def test_daml_metric_loss_falls() -> None:
     trainer = daml(metric_alone_epochs=0, g_alone_epochs=0, log=log)
     trainer.train(1, 5)
     assert log.mean("metric_loss", 5) < log.mean("metric_loss", 1)
+
+
+def test_daml_trains_float64_models() -> None:
+    # fix: the reference interleaves the synthetic batch into a float32 tensor (float64 crashes)
+    log = LossLog()
+    trainer = daml(metric_alone_epochs=0, g_alone_epochs=0, log=log)
+    for model in trainer.models.values():
+        model.double()
+    trainer.dataset = TensorDataset(blobs()[0].double(), blobs()[1])
+    trainer.train()
+    assert all(np.isfinite(r["g_adv_loss"]) and r["g_hard_loss"] > 0 for r in log.rows)
+
+
+def test_daml_without_random_triplets_gives_zero_losses_not_nan() -> None:
+    # fix: no (anchor, positive, negative) in a batch gave NaN mean squared errors
+    log = LossLog()
+    x, _ = blobs()
+    trainer = daml(
+        metric_alone_epochs=0,
+        g_alone_epochs=0,
+        log=log,
+        dataset=TensorDataset(x, torch.arange(len(x))),  # every label unique: no positives
+    )
+    trainer.train()
+    assert all(r["g_hard_loss"] == 0 and r["g_reg_loss"] == 0 for r in log.rows)

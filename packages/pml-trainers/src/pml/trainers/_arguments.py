@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -147,8 +147,3 @@ def check_mixed_precision(value: Any, device: torch.device) -> torch.dtype | Non
             f"mixed_precision needs autocast on data_device = {device}; it is not available there"
         )
     return dtype
-
-
-def mapping_keys(value: Mapping[str, Any] | None) -> list[str]:
-    """The keys of a possibly-None mapping."""
-    return [] if value is None else list(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +22,8 @@ from pml.trainers._arguments import (
     check_hierarchy_level,
     check_mixed_precision,
 )
-from pml.trainers._checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pml.trainers._batch_stream import BatchStream
+from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
 from pml.trainers._key_checker import KeyChecker, KeyCheckerDict
 from pml.trainers._loss_tracker import LossTracker
 from pml.trainers._trainer_data import (
@@ -30,21 +31,12 @@ from pml.trainers._trainer_data import (
     build_dataloader,
     is_batch_sampler,
     process_label,
-    sampler_chain,
 )
-from pml.trainers._trainer_state import (
-    restore_sampler_objects,
-    snapshot_sampler_objects,
-    to_plain,
-)
+from pml.trainers._trainer_state import STATE_FORMAT, load_trainer_state, trainer_state
 
 __all__ = ["STATE_FORMAT", "BaseTrainer"]
 
-#: the ``"format"`` entry of :meth:`BaseTrainer.state_dict`
-STATE_FORMAT = "pml-trainers/1"
-
 Hook = Callable[["BaseTrainer"], Any]
-_STATE_DICTS = ("models", "loss_funcs", "mining_funcs", "optimizers", "lr_schedulers")
 
 
 def _no_hook(trainer: BaseTrainer) -> None:
@@ -238,15 +230,7 @@ class BaseTrainer:
             self.grad_scaler = torch.amp.GradScaler(self.data_device.type)
         self.check_trainable_loss_parameters()
         self.dataloader: Any = None
-        # the shuffling generator of the default sampler (its state is checkpointed)
-        self._generator = torch.Generator()
-        self._generator.manual_seed(torch.initial_seed())
-        self._iterator: Iterator[Any] | None = None
-        self._lookahead: Any = None
-        self._passes = 0
-        self._consumed = 0
-        self._pass_start: dict[str, Any] | None = None
-        self._pending_replay: tuple[int, dict[str, Any]] | None = None
+        self._stream = BatchStream(self.sampler)
         self._finished_epoch = 0
         self._scaler_stepped = False
 
@@ -431,8 +415,9 @@ class BaseTrainer:
             self.sampler,
             self.collate_fn,
             self.dataloader_num_workers,
-            self._generator,
+            self._stream.generator,
         )
+        self._stream.set_dataloader(self.dataloader, self.sampler)
         if not self._epoch_is_pass:
             return
         try:
@@ -456,7 +441,6 @@ class BaseTrainer:
         start_epoch = check_int("start_epoch", start_epoch, min=1)
         num_epochs = check_int("num_epochs", num_epochs, min=0)
         self.initialize_dataloader()
-        self._replay_pending_pass()
         for epoch in range(start_epoch, num_epochs + 1):
             self.epoch = epoch
             self.set_to_train()
@@ -474,7 +458,7 @@ class BaseTrainer:
         limit = None if self._epoch_is_pass else self.iterations_per_epoch
         done, loss_sum = 0, 0.0
         while limit is None or done < limit:
-            if self._epoch_is_pass and not self._has_next_batch():
+            if self._epoch_is_pass and not self._stream.has_next():
                 break
             self.iteration = done
             self.forward_and_backward()
@@ -628,77 +612,10 @@ class BaseTrainer:
         dtype = None if self.mixed_precision is not None else self.dtype
         return data.to(device=self.data_device, dtype=dtype)
 
-    def _has_next_batch(self) -> bool:
-        """Fetch the next batch of the current pass ahead; False when the pass is over."""
-        if self._lookahead is None:
-            if self._iterator is None:
-                self._start_pass()
-            try:
-                self._lookahead = (next(self._iterator),)  # type: ignore[arg-type]
-            except StopIteration:
-                self._iterator = None
-                self._consumed = 0
-                return False
-            self._consumed += 1
-        return True
-
     def _next_batch(self) -> Any:
-        if self._lookahead is None and not self._has_next_batch():
-            if self._epoch_is_pass:
-                raise RuntimeError("get_batch() was called after the end of the pass")
-            # compat: spec §1 (with iterations_per_epoch, a new pass starts when one ends)
-            if not self._has_next_batch():
-                raise ValueError("the sampler yielded no batch in a whole pass")
-        (batch,) = self._lookahead
-        self._lookahead = None
-        return batch
-
-    # ----------------------------------------------------------------- sampler passes
-    def _sampler_chain(self) -> list[Any]:
-        return sampler_chain(self.sampler)
-
-    def _set_sampler_epoch(self, pass_index: int) -> None:
-        for obj in self._sampler_chain():
-            set_epoch = getattr(obj, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(pass_index)
-
-    def _start_pass(self) -> None:
-        self._set_sampler_epoch(self._passes)
-        self._pass_start = {
-            "generator": self._generator.get_state(),
-            "objects": snapshot_sampler_objects(self._sampler_chain()),
-            "rng": rng_state(),
-        }
-        self._iterator = iter(self.dataloader)
-        self._passes += 1
-        self._consumed = 0
-
-    def _replay_pending_pass(self) -> None:
-        """After loading a checkpoint taken in the middle of a pass, redo that pass's draws."""
-        if self._pending_replay is None:
-            return
-        consumed, start = self._pending_replay
-        self._pending_replay = None
-        chain = self._sampler_chain()
-        now = {
-            "generator": self._generator.get_state(),
-            "objects": snapshot_sampler_objects(chain),
-            "rng": rng_state(),
-        }
-        set_rng_state(start["rng"])
-        self._generator.set_state(start["generator"])
-        restore_sampler_objects(chain, start["objects"])
-        self._set_sampler_epoch(self._passes - 1)
-        batches = self.dataloader.batch_sampler
-        batches.skip = consumed
-        self._iterator = iter(self.dataloader)
-        batches.last_iter.prime()  # the pass's draws, in the order of the interrupted run
-        self._pass_start = start
-        self._consumed = consumed
-        set_rng_state(now["rng"])
-        self._generator.set_state(now["generator"])
-        restore_sampler_objects(chain, now["objects"])
+        """The next batch of the sampler (reference semantics with ``iterations_per_epoch``)."""
+        # compat: spec §1 (with iterations_per_epoch, a new pass starts when one ends)
+        return self._stream.next(start_new_pass=not self._epoch_is_pass)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -706,39 +623,15 @@ class BaseTrainer:
 
         Keys: ``models``, ``loss_funcs``, ``mining_funcs``, ``optimizers``,
         ``lr_schedulers`` (key -> state dict, None for objects without state),
-        ``grad_scaler``, ``rng``, ``sampler``, ``epoch`` (the last finished epoch) and
-        ``format``.
+        ``grad_scaler``, ``rng`` (torch, numpy and Python generators), ``sampler`` (the
+        position in the sampler's passes), ``epoch`` (the last finished epoch) and
+        ``format``. Exact at the end of an epoch (e.g. from ``end_of_epoch_hook``).
 
         Raises:
             TypeError: a state holding something a weights-only checkpoint cannot hold
                 (naming where).
         """
-        state: dict[str, Any] = {name: self._states_of(name) for name in _STATE_DICTS}
-        state["grad_scaler"] = None if self.grad_scaler is None else self.grad_scaler.state_dict()
-        state["rng"] = rng_state()
-        state["sampler"] = self._sampler_state()
-        state["epoch"] = self._finished_epoch
-        state["format"] = STATE_FORMAT
-        return to_plain(state, "state")
-
-    def _states_of(self, name: str) -> dict[str, Any]:
-        out = {}
-        for key, obj in getattr(self, name).items():
-            get = getattr(obj, "state_dict", None)
-            out[key] = get() if callable(get) else None
-        return out
-
-    def _sampler_state(self) -> dict[str, Any]:
-        consumed = self._consumed if self._iterator is not None else 0
-        if self._lookahead is not None:
-            consumed -= 1  # fetched ahead, not trained on yet
-        return {
-            "generator": self._generator.get_state(),
-            "passes": self._passes,
-            "consumed": consumed,
-            "objects": snapshot_sampler_objects(self._sampler_chain()),
-            "pass_start": self._pass_start if consumed > 0 else None,
-        }
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (also sets the global RNG states).
@@ -747,43 +640,7 @@ class BaseTrainer:
             ValueError: not a trainer state, or its dict keys differ from this trainer's
                 (naming the dict and the keys).
         """
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(
-                f"state must be a trainer state of format {STATE_FORMAT!r}; got {got!r}"
-            )
-        for name in _STATE_DICTS:
-            mine, saved = getattr(self, name), state[name]
-            if set(mine) != set(saved):
-                raise ValueError(
-                    f"the checkpoint's {name} keys {sorted(saved)} differ from this trainer's "
-                    f"{sorted(mine)}"
-                )
-        for name in _STATE_DICTS:
-            for key, obj in getattr(self, name).items():
-                if state[name][key] is not None:
-                    obj.load_state_dict(state[name][key])
-        if state["grad_scaler"] is not None:
-            if self.grad_scaler is None:
-                config.LOGGER.warning(
-                    "the checkpoint holds a GradScaler state; this trainer has none "
-                    '(mixed_precision != "fp16"): ignored'
-                )
-            else:
-                self.grad_scaler.load_state_dict(state["grad_scaler"])
-        set_rng_state(state["rng"])
-        if state["sampler"] is not None:
-            self._load_sampler_state(state["sampler"])
-        self._finished_epoch = int(state["epoch"])
-        self.epoch = self._finished_epoch
-
-    def _load_sampler_state(self, st: dict[str, Any]) -> None:
-        self._generator.set_state(st["generator"])
-        restore_sampler_objects(self._sampler_chain(), st["objects"])
-        self._passes = int(st["passes"])
-        self._iterator, self._lookahead, self._consumed = None, None, 0
-        consumed = int(st["consumed"])
-        self._pending_replay = (consumed, st["pass_start"]) if consumed > 0 else None
+        load_trainer_state(self, state)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to ``path`` atomically."""

@@ -136,7 +136,8 @@ def build_dataloader(
     if is_batch_sampler(sampler):
         batches = sampler
     else:
-        assert batch_size is not None  # checked by the trainer
+        if batch_size is None:
+            raise TypeError("batch_size must be an int unless sampler is a batch sampler")
         inner = sampler if sampler is not None else RandomSampler(dataset, generator=generator)
         batches = BatchSampler(inner, batch_size, drop_last=True)
     return DataLoader(

@@ -1,7 +1,7 @@
-"""Trainer state as plain data: the weights-only check, and the samplers' positions.
+"""Trainer state as plain data: gathering and restoring it, and the samplers' own states.
 
 A checkpoint must load with ``torch.load(weights_only=True)``; :func:`to_plain` converts
-numpy values (a ReduceLROnPlateau fed a numpy accuracy keeps ``best`` as ``np.float64``) and
+numpy values (scalars, arrays: a scheduler or sampler of one's own may hold them) and
 rejects anything else by name, at save time rather than at load time.
 
 A sampler's state is what makes its next batches identical after a restart:
@@ -24,9 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from pml.core import config
 from pml.samplers import MPerClassSampler
+from pml.trainers._checkpoint import rng_state, set_rng_state
 
-__all__ = ["restore_sampler_objects", "snapshot_sampler_objects", "to_plain"]
+__all__ = [
+    "STATE_DICTS",
+    "STATE_FORMAT",
+    "load_trainer_state",
+    "restore_sampler_objects",
+    "snapshot_sampler_objects",
+    "to_plain",
+    "trainer_state",
+]
 
 _ATOMS = (
     torch.Tensor,
@@ -143,3 +153,57 @@ def restore_sampler_objects(chain: list[Any], states: list[Mapping[str, Any]]) -
                     f"trainer's has {obj._order.shape[0]}"
                 )
             obj._order[...] = order
+
+
+#: the ``"format"`` entry of a trainer's state
+STATE_FORMAT = "pml-trainers/1"
+#: the trainer's dicts whose entries' ``state_dict()`` are saved
+STATE_DICTS = ("models", "loss_funcs", "mining_funcs", "optimizers", "lr_schedulers")
+
+
+def trainer_state(trainer: Any) -> dict[str, Any]:
+    """``trainer.state_dict()``: see :meth:`pml.trainers.BaseTrainer.state_dict`."""
+    state: dict[str, Any] = {}
+    for name in STATE_DICTS:
+        state[name] = {}
+        for key, obj in getattr(trainer, name).items():
+            get = getattr(obj, "state_dict", None)
+            state[name][key] = get() if callable(get) else None
+    scaler = trainer.grad_scaler
+    state["grad_scaler"] = None if scaler is None else scaler.state_dict()
+    state["rng"] = rng_state()
+    state["sampler"] = trainer._stream.state_dict()
+    state["epoch"] = trainer._finished_epoch
+    state["format"] = STATE_FORMAT
+    return to_plain(state, "state")
+
+
+def load_trainer_state(trainer: Any, state: Mapping[str, Any]) -> None:
+    """``trainer.load_state_dict(state)``: see :meth:`pml.trainers.BaseTrainer.load_state_dict`."""
+    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"state must be a trainer state of format {STATE_FORMAT!r}; got {got!r}")
+    for name in STATE_DICTS:
+        mine, saved = getattr(trainer, name), state[name]
+        if set(mine) != set(saved):
+            raise ValueError(
+                f"the checkpoint's {name} keys {sorted(saved)} differ from this trainer's "
+                f"{sorted(mine)}"
+            )
+    for name in STATE_DICTS:
+        for key, obj in getattr(trainer, name).items():
+            if state[name][key] is not None:
+                obj.load_state_dict(state[name][key])
+    if state["grad_scaler"] is not None:
+        if trainer.grad_scaler is None:
+            config.LOGGER.warning(
+                "the checkpoint holds a GradScaler state; this trainer has none "
+                '(mixed_precision != "fp16"): ignored'
+            )
+        else:
+            trainer.grad_scaler.load_state_dict(state["grad_scaler"])
+    set_rng_state(state["rng"])
+    if state["sampler"] is not None:
+        trainer._stream.load_state_dict(state["sampler"])
+    trainer._finished_epoch = int(state["epoch"])
+    trainer.epoch = trainer._finished_epoch

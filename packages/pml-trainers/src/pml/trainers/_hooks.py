@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from pml.core.io import atomic_write
 from pml.core.validation import check_bool, check_int, check_type
 from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
 from pml.trainers._records import RecordKeeper, RecordWriter
+
+if TYPE_CHECKING:
+    from pml.eval import BaseTester
 
 __all__ = ["EmptyContainer", "HookContainer", "get_hook_container", "get_record_keeper"]
 
@@ -224,7 +227,7 @@ class HookContainer:
 
     def end_of_epoch_hook(
         self,
-        tester: Any,
+        tester: BaseTester,
         dataset_dict: Mapping[str, Any],
         model_folder: str | os.PathLike[str],
         test_interval: int = 1,
@@ -283,7 +286,7 @@ class HookContainer:
         dataset_dict: Mapping[str, Any],
         model_folder: str | os.PathLike[str],
         test_interval: int,
-        tester: Any,
+        tester: BaseTester,
         splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None = None,
         collate_fn: Callable[..., Any] | None = None,
         *,
@@ -320,7 +323,7 @@ class HookContainer:
                 self.save_models(trainer, model_folder, f"best{epoch}", prev)
         return epoch if is_new_best else prev_best_epoch
 
-    def end_of_testing_hook(self, tester: Any) -> None:
+    def end_of_testing_hook(self, tester: BaseTester) -> None:
         """Record each evaluated split's accuracies, then its best epoch and accuracy.
 
         Rows go to :meth:`record_group_name` at iteration = epoch; ``best_epoch`` and
@@ -337,7 +340,7 @@ class HookContainer:
                 {table: {"best_epoch": best_epoch, "best_accuracy": best_accuracy}}, epoch
             )
 
-    def _record_if_missing(self, tester: Any, epoch: int) -> None:
+    def _record_if_missing(self, tester: BaseTester, epoch: int) -> None:
         """Record the test's accuracies if the tester's end_of_testing_hook is not ours."""
         accuracies = getattr(tester, "all_accuracies", None) or {}
         missing = [
@@ -352,7 +355,7 @@ class HookContainer:
 
     def run_tester_separately(
         self,
-        tester: Any,
+        tester: BaseTester,
         dataset_dict: Mapping[str, Any],
         epoch: int,
         trunk: nn.Module,
@@ -380,7 +383,7 @@ class HookContainer:
 
     def get_splits_to_eval(
         self,
-        tester: Any,
+        tester: BaseTester,
         dataset_dict: Mapping[str, Any],
         epoch: int,
         input_splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None,
@@ -527,12 +530,12 @@ class HookContainer:
                 target.load_state_dict(stripped)
 
     # ------------------------------------------------------------------ names
-    def base_record_group_name(self, tester: Any) -> str:
+    def base_record_group_name(self, tester: BaseTester) -> str:
         """``[<prefix>_]`` + ``tester.description_suffixes("accuracies")``."""
         prefix = f"{self.record_group_name_prefix}_" if self.record_group_name_prefix else ""
         return prefix + tester.description_suffixes("accuracies")
 
-    def record_group_name(self, tester: Any, split_name: str) -> str:
+    def record_group_name(self, tester: BaseTester, split_name: str) -> str:
         """The accuracy table of ``split_name``.
 
         Base + ``_<SPLIT>_vs_<REF1>_and_<REF2>`` (references sorted, upper case), or
@@ -553,7 +556,7 @@ class HookContainer:
         writer = self.record_keeper.record_writer
         return [] if writer is None else writer.rows(table)
 
-    def _metric_key(self, tester: Any, metric: str, columns: Sequence[str]) -> str | None:
+    def _metric_key(self, tester: BaseTester, metric: str, columns: Sequence[str]) -> str | None:
         """The column holding ``metric``: ``AVERAGE_<metric>``, then ``<metric>_level<L>``."""
         candidates = [tester.accuracies_keyname(metric, average=True)]
         level = getattr(tester, "label_hierarchy_level", 0)
@@ -572,7 +575,7 @@ class HookContainer:
         writer = self.record_keeper.record_writer
         return [] if writer is None else writer.columns(table)
 
-    def get_curr_primary_metric(self, tester: Any, split_name: str) -> Any:
+    def get_curr_primary_metric(self, tester: BaseTester, split_name: str) -> Any:
         """The primary metric of ``split_name`` in ``tester.all_accuracies``.
 
         Raises:
@@ -595,7 +598,7 @@ class HookContainer:
 
     def get_accuracy_history(
         self,
-        tester: Any,
+        tester: BaseTester,
         split_name: str,
         return_all_metrics: bool = False,
         metrics: Sequence[str] = (),
@@ -628,7 +631,7 @@ class HookContainer:
         return {c: [r.get(c) for r in rows] for c in columns}
 
     def get_accuracies_of_epoch(
-        self, tester: Any, split_name: str, epoch: int, select_all: bool = True
+        self, tester: BaseTester, split_name: str, epoch: int, select_all: bool = True
     ) -> list[dict[str, Any]]:
         """The rows of ``split_name`` for ``epoch`` (all columns, or epoch + primary metric)."""
         table = self.record_group_name(tester, split_name)
@@ -640,7 +643,7 @@ class HookContainer:
 
     def get_accuracies_of_best_epoch(
         self,
-        tester: Any,
+        tester: BaseTester,
         split_name: str,
         select_all: bool = True,
         ignore_epoch: Sequence[int] = (-1,),
@@ -670,7 +673,7 @@ class HookContainer:
         return rows, key
 
     def get_best_epoch_and_accuracy(
-        self, tester: Any, split_name: str, ignore_epoch: Sequence[int] = (-1,)
+        self, tester: BaseTester, split_name: str, ignore_epoch: Sequence[int] = (-1,)
     ) -> tuple[int | None, Any]:
         """``(epoch, value)`` of the best primary metric; ``(None, 0)`` when none.
 
@@ -683,7 +686,7 @@ class HookContainer:
         return first.get("epoch"), first[key]
 
     def is_new_best_accuracy(
-        self, tester: Any, split_name: str, epoch: int
+        self, tester: BaseTester, split_name: str, epoch: int
     ) -> tuple[bool, Any, int | None, Any]:
         """``(is_new_best, current, best_epoch, best_accuracy)`` for ``epoch``.
 
@@ -709,7 +712,7 @@ class HookContainer:
         return {"lr": optimizer.param_groups[0]["lr"]}
 
     # ------------------------------------------------------------------ checks
-    def _check_primary_metric(self, tester: Any) -> None:
+    def _check_primary_metric(self, tester: BaseTester) -> None:
         calculator = getattr(tester, "accuracy_calculator", None)
         if calculator is None:
             return

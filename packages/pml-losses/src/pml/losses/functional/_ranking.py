@@ -10,7 +10,8 @@ reference's ``N x N x N`` tensors. FastAP builds its histograms with two ``scatt
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ __all__ = [
     "fast_ap_loss",
     "pnp_loss",
     "ranked_list_loss",
-    "sigmoid_rank_sums",
+    "row_rank_values",
     "smooth_ap_loss",
 ]
 
@@ -32,135 +33,186 @@ PNPVariant = Literal["Ds", "Dq", "Iu", "Ib", "O"]
 #: PNP's rank functions, in the reference's order
 PNP_VARIANTS: tuple[str, ...] = ("Ds", "Dq", "Iu", "Ib", "O")
 
-#: cells (pairs x columns) of one chunk of :class:`_SigmoidRankSums` (16 MB in float32)
-_CHUNK_CELLS = 1 << 22
+#: cells (pairs x columns) of one chunk of :class:`_RowRankValues` (1 MB in float32)
+_CHUNK_CELLS = 1 << 18
+
+#: ``(start, stop, all_sums, block_sums) -> (values, d values / d all_sums, d / d block_sums)``
+#: for the pairs ``start:stop`` (``block_sums`` and its derivative None without blocks)
+PairFunction = Callable[[int, int, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _chunks(num_pairs: int, num_cols: int) -> range:
-    step = max(1, _CHUNK_CELLS // max(num_cols, 1))
-    return range(0, num_pairs, step)
+def _block_columns(rows: Tensor, block_size: int) -> Tensor:
+    """Columns of the block of consecutive rows holding each row, shape ``(c, g)``."""
+    offsets = torch.arange(block_size, device=rows.device)
+    return (rows - rows % block_size).unsqueeze(1) + offsets
 
 
-def _chunk_sigmoid(
-    sim: Tensor, rows: Tensor, cols: Tensor, temperature: float, bound: float | None
-) -> tuple[Tensor, Tensor | None]:
-    """``sig_pk = 1 / (1 + exp(clamp((sim[r_p, c_p] - sim[r_p, k]) / τ, ±bound)))``, ``(c, N)``.
+class _RowRankValues(torch.autograd.Function):
+    """Per-row sums of a function of soft rank counts, with the row Jacobian built on the way.
 
-    Also returns the cells where the clamp let the gradient through (None without a bound).
-    """
-    t = sim[rows].neg_().add_(sim[rows, cols].unsqueeze(1)).div_(temperature)
-    inside = None
-    if bound is not None:
-        inside = (t >= -bound) & (t <= bound)
-        t.clamp_(-bound, bound)
-    return t.exp_().add_(1).reciprocal_(), inside
-
-
-def _chunk_mask(keys: Tensor, rows: Tensor, same: bool) -> Tensor:
-    """``keys[k] == keys[r_p]`` (``same``) or ``!=``, shape ``(c, N)``."""
-    mine = keys[rows].unsqueeze(1)
-    return mine == keys.unsqueeze(0) if same else mine != keys.unsqueeze(0)
-
-
-class _SigmoidRankSums(torch.autograd.Function):
-    """Masked (and optionally full) row sums of sigmoids of similarity differences.
-
-    Forward and backward walk the pairs in chunks of about ``_CHUNK_CELLS`` cells and keep
-    nothing of size ``pairs x N``: the backward recomputes each chunk's sigmoids.
+    For pair ``p`` (row ``r_p``), ``sig_pk = sigmoid(logits[r_p, k] - pivots_p)``; its sums
+    over all columns (and over the block of ``r_p``) go through ``pair_fn``, and row ``r``'s
+    value is the sum of its pairs' values. Each value depends only on row ``r`` of ``logits``
+    and the row's pivots, so the gradient is ``grad_r · J[r]`` with ``J`` of ``logits``' shape:
+    the forward accumulates ``J`` chunk by chunk while the sigmoids are at hand (each sigmoid
+    is computed once; nothing of size ``pairs x M`` is kept).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: FunctionCtx,
-        sim: Tensor,
+        logits: Tensor,
+        pivots: Tensor,
         rows: Tensor,
-        cols: Tensor,
-        keys: Tensor,
-        same: bool,
-        with_all: bool,
-        temperature: float,
-        bound: float | None,
+        block_size: int | None,
+        pair_fn: PairFunction,
+        pairs_per_row: int | None,
     ) -> Tensor:
-        out = sim.new_empty((len(rows), 2 if with_all else 1))
-        step = _chunks(len(rows), sim.shape[1]).step
+        values = logits.new_zeros(logits.shape[0])
+        needs_grad = any(ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
+        jac = torch.zeros_like(logits) if needs_grad else None
+        jac_pivots = torch.empty_like(pivots) if needs_grad else None
+        num_cols = max(logits.shape[1], 1)
+        # dense layout (every row has m consecutive pairs): whole rows per chunk, no gather
+        per = pairs_per_row or 1
+        step = max(1, _CHUNK_CELLS // (num_cols * per)) * per
         for start in range(0, len(rows), step):
-            r, c = rows[start : start + step], cols[start : start + step]
-            sig, _ = _chunk_sigmoid(sim, r, c, temperature, bound)
-            if with_all:
-                out[start : start + step, 1] = sig.sum(1)
-            out[start : start + step, 0] = sig.mul_(_chunk_mask(keys, r, same)).sum(1)
-        ctx.save_for_backward(sim, rows, cols, keys)
-        ctx.same, ctx.with_all = same, with_all  # type: ignore[attr-defined]
-        ctx.temperature, ctx.bound = temperature, bound  # type: ignore[attr-defined]
-        return out
+            stop = min(start + step, len(rows))
+            r = rows[start:stop]
+            piv = pivots[start:stop]
+            if pairs_per_row is None:
+                sig = logits.index_select(0, r).sub_(piv.unsqueeze(1))
+            else:
+                first, last = start // per, stop // per
+                sig = logits[first:last].unsqueeze(1) - piv.view(last - first, per, 1)
+                sig = sig.view(stop - start, -1)
+            sig.sigmoid_()
+            cols = block = None
+            if block_size is not None:
+                cols = _block_columns(r, block_size)
+                block = sig.gather(1, cols)
+            vals, d_all, d_block = pair_fn(
+                start, stop, sig.sum(1), None if block is None else block.sum(1)
+            )
+            if pairs_per_row is None:
+                values.index_add_(0, r, vals)
+            else:
+                values[first:last] = vals.view(-1, per).sum(1)
+            if jac is None or jac_pivots is None:
+                continue
+            # d sigmoid(x) = sigmoid(x)(1 - sigmoid(x)) dx, one fused pass
+            d = torch.ops.aten.sigmoid_backward(d_all.unsqueeze(1).expand_as(sig), sig)
+            if cols is not None and block is not None and d_block is not None:
+                d_blk = torch.ops.aten.sigmoid_backward(
+                    d_block.unsqueeze(1).expand_as(block), block
+                )
+                d.scatter_add_(1, cols, d_blk)
+            if pairs_per_row is None:
+                jac.index_add_(0, r, d)
+            else:
+                torch.sum(d.view(last - first, per, -1), 1, out=jac[first:last])
+            torch.sum(d, 1, out=jac_pivots[start:stop]).neg_()
+        ctx.save_for_backward(jac, jac_pivots, rows)
+        return values
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        sim, rows, cols, keys = ctx.saved_tensors  # type: ignore[attr-defined]
-        same, with_all = ctx.same, ctx.with_all  # type: ignore[attr-defined]
-        temperature, bound = ctx.temperature, ctx.bound  # type: ignore[attr-defined]
-        grad = torch.zeros_like(sim)
-        grad_out = grad_out.to(sim.dtype)
-        step = _chunks(len(rows), sim.shape[1]).step
-        for start in range(0, len(rows), step):
-            r, c = rows[start : start + step], cols[start : start + step]
-            g = grad_out[start : start + step]
-            sig, inside = _chunk_sigmoid(sim, r, c, temperature, bound)
-            # dsig/dsim[r, k] = sig(1 - sig)/τ (inside the clamp); dsig/dsim[r, c] is its negative
-            d = sig.sub_(sig.square()).div_(temperature)
-            if inside is not None:
-                d.mul_(inside)
-            coef = _chunk_mask(keys, r, same) * g[:, :1]
-            if with_all:
-                coef.add_(g[:, 1:2])
-            d.mul_(coef)
-            grad.index_add_(0, r, d)
-            grad.index_put_((r, c), -d.sum(1), accumulate=True)
-        return grad, None, None, None, None, None, None, None
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        jac, jac_pivots, rows = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.to(jac.dtype)
+        return jac * grad.unsqueeze(1), jac_pivots * grad[rows], None, None, None, None
 
 
-def sigmoid_rank_sums(
-    sim: Tensor,
+def row_rank_values(
+    logits: Tensor,
+    pivots: Tensor,
     rows: Tensor,
-    cols: Tensor,
-    keys: Tensor,
-    *,
-    same: bool,
-    with_all: bool = False,
-    temperature: float,
-    bound: float | None = None,
+    pair_fn: PairFunction,
+    block_size: int | None = None,
+    pairs_per_row: int | None = None,
 ) -> Tensor:
-    """Soft rank counts: sums of ``sig((sim[r, k] - sim[r, c]) / τ)`` over columns ``k``.
+    """Per-row sums of ``pair_fn`` of soft rank counts, in bounded chunks of pairs.
 
-    For pair ``p = (r, c)`` (query row ``r``, pivot column ``c``) and every column ``k``,
-    ``sig_pk = 1 / (1 + exp(clamp(-(sim[r, k] - sim[r, c]) / τ, -bound, bound)))`` (no clamp
-    without ``bound``). Column ``k`` counts when ``keys[k] == keys[r]`` (``same``) or
-    ``keys[k] != keys[r]`` (not ``same``); the pivot's own term, if counted, is ``sig(0) = 0.5``.
-    Computed in bounded chunks of pairs, forward and backward: memory ``O(chunk·N)``.
+    For pair ``p`` with row ``r_p`` the soft rank count is ``Σ_k sigmoid(logits[r_p, k] -
+    pivots_p)``: with ``logits = sim / τ`` and ``pivots_p = sim[r_p, c_p] / τ`` it counts
+    (softly) the columns of row ``r_p`` that rank above column ``c_p``; a column set to
+    ``-inf`` counts 0. With ``block_size = g`` the count over the ``g`` columns of the block
+    of consecutive rows holding ``r_p`` is formed too. ``pair_fn`` turns the counts of pairs
+    ``start:stop`` into values and their derivatives; row ``r``'s result is the sum of its
+    pairs' values. Memory ``O(chunk·M)`` plus one ``(N, M)`` Jacobian, never ``P x M``.
 
     Args:
-        sim: similarities, shape ``(N, M)``, floating point (kept in its dtype).
-        rows: query rows of the pairs, int64 ``(P,)``.
-        cols: pivot columns of the pairs, int64 ``(P,)``.
-        keys: one key per column, shape ``(M,)`` (labels, block ids), compared with ``==``;
-            ``keys[r]`` is the row's key (so ``N <= M`` and rows index ``keys``).
-        same: count the columns whose key equals the row's (else those that differ).
-        with_all: also return the sums over every column.
-        temperature: ``τ > 0``.
-        bound: clamp of the sigmoid's argument (PNP: 50), or None.
+        logits: shape ``(N, M)``, floating point (kept in its dtype).
+        pivots: shape ``(P,)``, ``logits``' dtype.
+        rows: rows of the pairs, int64 ``(P,)``.
+        pair_fn: ``(start, stop, all_counts (c,), block_counts (c,) | None) -> (values (c,),
+            d values / d all_counts, d values / d block_counts | None)``.
+        block_size: ``g`` (a divisor of ``M``), or None.
+        pairs_per_row: ``m`` when ``rows`` is ``arange(N).repeat_interleave(m)`` (a faster
+            layout: whole rows per chunk, no row gather), else None.
 
     Returns:
-        Shape ``(P, 1)`` (masked sums), or ``(P, 2)`` (masked, all) with ``with_all``;
-        ``sim``'s dtype.
+        Shape ``(N,)``, ``logits``' dtype (0 for rows without pairs).
 
     Example:
-        >>> sim = torch.tensor([[1.0, 0.5, 0.9], [0.5, 1.0, 0.2], [0.9, 0.2, 1.0]])
-        >>> r, c = torch.tensor([0]), torch.tensor([1])
-        >>> sigmoid_rank_sums(sim, r, c, torch.tensor([0, 0, 1]), same=False, temperature=0.1)
-        tensor([[0.9820]])
+        >>> logits = torch.tensor([[0.0, 2.0, float("-inf")], [1.0, 0.0, 3.0]])
+        >>> count = lambda i, j, a, b: (a, torch.ones_like(a), None)
+        >>> row_rank_values(logits, torch.tensor([2.0, 1.0]), torch.tensor([0, 1]), count)
+        tensor([0.6192, 1.6497])
     """
-    return _SigmoidRankSums.apply(sim, rows, cols, keys, same, with_all, float(temperature), bound)
+    return _RowRankValues.apply(logits, pivots, rows, block_size, pair_fn, pairs_per_row)
+
+
+def _same_label_counts(labels: Tensor) -> Tensor:
+    """How often each row's label occurs in ``labels`` (itself included), int64 ``(N,)``."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
+class _TriangularHistograms(torch.autograd.Function):
+    """Per row, triangular-pulse histograms of the distances: positives, negatives, self.
+
+    Distance ``d`` sits at ``u = d / Δ`` between bins ``floor(u)`` and ``floor(u) + 1`` and
+    adds ``1 - frac(u)`` and ``frac(u)`` to them (exactly ``relu(1 - |d - t_b| / Δ)`` on
+    every bin ``b``). Row ``i`` has three histograms of ``num_bins + 4`` bins (``-1`` to
+    ``num_bins + 2``, the ends only catch what falls outside): its positives (same label),
+    its negatives and itself. Output ``(N, 3·(num_bins + 4))``; memory ``O(N²)`` (one int64
+    bin index per cell, kept for the backward).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, dist: Tensor, same: Tensor, num_bins: int, delta: float
+    ) -> Tensor:
+        n, width = dist.shape[0], num_bins + 4
+        u = dist / delta
+        # outside [-1, num_bins + 1] every pulse is 0 (gradient 0, like the reference's relu)
+        inside = (u >= -1) & (u <= num_bins + 1)
+        u.clamp_(-1, num_bins + 1)
+        lower = u.floor()
+        frac = u.sub_(lower)
+        # histogram 0: positives, 1: negatives, 2: the row itself; a NaN goes to column 0
+        lower.add_(1 + width).add_(same, alpha=-width)
+        lower.diagonal().add_(2 * width)
+        idx = lower.nan_to_num_(nan=0.0).long()
+        del lower
+        counts = dist.new_zeros((n, 3 * width))
+        counts.scatter_add_(1, idx, dist.new_ones(()).expand_as(frac))
+        upper = dist.new_zeros((n, 3 * width)).scatter_add_(1, idx, frac)
+        hist = counts.sub_(upper)  # 1 - frac at the lower bin
+        hist[:, 1:] += upper[:, :-1]  # frac at the next bin
+        ctx.save_for_backward(idx, inside)
+        ctx.delta = delta  # type: ignore[attr-defined]
+        return hist
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        idx, inside = ctx.saved_tensors  # type: ignore[attr-defined]
+        slope = torch.zeros_like(grad)  # d loss / d frac: grad[next bin] - grad[lower bin]
+        torch.sub(grad[:, 1:], grad[:, :-1], out=slope[:, :-1])
+        grad_dist = slope.gather(1, idx).mul_(inside).div_(ctx.delta)  # type: ignore[attr-defined]
+        return grad_dist, None, None, None
 
 
 def fast_ap_loss(
@@ -198,20 +250,9 @@ def fast_ap_loss(
     """
     acc = accumulation_dtype(dist.dtype)
     d = dist.to(acc)
-    n = d.shape[0]
-    delta = hist_max / num_bins
     width = num_bins + 4  # bins -1 .. num_bins + 2 of one histogram: the ends are dropped
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    # clamp: a pulse centred past the range is 0 on every bin (gradient 0 there, like relu)
-    u = (d / delta).clamp(-1, num_bins + 1)
-    with torch.no_grad():
-        lower = torch.nan_to_num(torch.floor(u), nan=-1.0)
-        # histogram 0: positives, 1: negatives, 2: the row itself (dropped)
-        idx = lower.long() + 1 + torch.where(same, 0, width)
-        idx.diagonal().add_(2 * width)
-    frac = u - lower  # NaN distances stay NaN here and make their row's histogram NaN
-    hist = d.new_zeros((n, 3 * width))
-    hist = hist.scatter_add(1, idx, 1 - frac).scatter_add(1, idx + 1, frac)
+    hist = _TriangularHistograms.apply(d, same, num_bins, hist_max / num_bins)
     h_pos = hist[:, 1 : num_bins + 2]
     h_neg = hist[:, width + 1 : width + num_bins + 2]
     cum_pos = torch.cumsum(h_pos, 1)
@@ -219,14 +260,33 @@ def fast_ap_loss(
     num = h_pos * cum_pos
     counts = (num > 0) & (cum_all > 0)
     fast_ap = torch.where(counts, num / torch.where(counts, cum_all, 1), 0).sum(1)
-    num_pos = same.sum(1) - 1
+    num_pos = _same_label_counts(labels) - 1
     losses = 1 - fast_ap / num_pos.clamp_min(1)
     if weights is not None:
         losses = losses * weights.to(acc)
-    finite = torch.isfinite(hist.detach().sum(1))
+    finite = torch.isfinite(hist.detach().sum(1))  # a NaN distance lands in its row
     losses = torch.where(finite, losses, torch.nan)
     valid = (num_pos > 0) & counts.any()
     return losses, valid
+
+
+def _pnp_function(ranks: Tensor, variant: str, b: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """PNP's ``f(R)`` and ``f'(R)`` for one variant."""
+    one_plus = 1 + ranks
+    match variant:
+        case "O":
+            return ranks, torch.ones_like(ranks)
+        case "Ds":
+            return torch.log(one_plus), 1 / one_plus
+        case "Dq":
+            power = one_plus.pow(-alpha)
+            return power, -alpha * power / one_plus
+        case "Iu":
+            log = torch.log(one_plus)
+            return one_plus * log, log + 1
+        case _:  # "Ib"
+            scaled = b * ranks
+            return (scaled - torch.log(1 + scaled)) / b**2, ranks / (1 + scaled)
 
 
 def pnp_loss(
@@ -241,9 +301,10 @@ def pnp_loss(
 
     Positives of row ``i``: same-label rows ``j ≠ i`` and, when there is one, ``i`` itself
     (``N⁺_i`` = their number); rows with no other same-label row are not valid. For each
-    positive ``(i, j)``, ``R_ij = Σ_{k: y_k ≠ y_i} sig(s_ik - s_ij)`` with
-    ``sig(x) = 1 / (1 + exp(clamp(-x / anneal, -50, 50)))``, computed by
-    :func:`sigmoid_rank_sums` in bounded chunks (``O(N²)`` memory, not ``N³``). With
+    positive ``(i, j)``, ``R_ij = Σ_{k: y_k ≠ y_i} sigmoid((s_ik - s_ij) / anneal)``,
+    computed by :func:`sigmoid_rank_sums` in bounded chunks (``O(N²)`` memory, not ``N³``;
+    the reference clamps the sigmoid's argument to ``[-50, 50]``, which changes a term by
+    less than ``sigmoid(-50) = 2e-22``). With
     ``f`` = ``O``: ``R``; ``Ds``: ``log(1 + R)``; ``Dq``: ``(1 + R)^-alpha``; ``Iu``:
     ``(1 + R)·log(1 + R)``; ``Ib``: ``(b·R - log(1 + b·R)) / b²``, the loss is the mean over
     valid rows of ``Σ_j f(R_ij) / N⁺_i`` (``1 -`` that for ``Dq``).
@@ -274,26 +335,26 @@ def pnp_loss(
     s = sim.to(acc)
     n = s.shape[0]
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    num_others = same.sum(1) - 1
+    num_others = _same_label_counts(labels) - 1
     valid = num_others > 0
     positives = same.clone()
     positives.diagonal().copy_(valid)  # the row itself counts only where it has a positive
     rows, cols = positives.nonzero(as_tuple=True)
-    ranks = sigmoid_rank_sums(
-        s, rows, cols, labels, same=False, temperature=anneal, bound=50.0
-    ).squeeze(1)
-    match variant:
-        case "O":
-            f = ranks
-        case "Ds":
-            f = torch.log(1 + ranks)
-        case "Dq":
-            f = (1 + ranks).pow(-alpha)
-        case "Iu":
-            f = (1 + ranks) * torch.log(1 + ranks)
-        case _:  # "Ib"
-            f = (b * ranks - torch.log(1 + b * ranks)) / b**2
-    per_row = s.new_zeros(n).index_add(0, rows, f) / (num_others + 1)
+    scaled = s / anneal
+    # compat: the reference clamps the sigmoid's argument to [-50, 50]; a term beyond differs
+    # by less than sigmoid(-50) = 2e-22 (invisible in float64 sums and gradients)
+    negatives = torch.where(same, float("-inf"), scaled)
+    pair_scale = 1 / (num_others + 1).to(acc)[rows]
+
+    def per_pair(start: int, stop: int, ranks: Tensor, _: Tensor | None) -> tuple:
+        value, slope = _pnp_function(ranks, variant, b, alpha)
+        scale = pair_scale[start:stop]
+        return value * scale, slope * scale, None
+
+    num_pairs = torch.where(valid, num_others + 1, 0)
+    low, high = torch.aminmax(num_pairs) if n > 0 else (num_pairs.new_zeros(()),) * 2
+    dense = int(high) if bool(low == high) and int(high) > 0 else None
+    per_row = row_rank_values(negatives, scaled[rows, cols], rows, per_pair, None, dense)
     loss = torch.where(valid, per_row, 0).sum() / valid.sum()
     return (1 - loss if variant == "Dq" else loss), valid
 
@@ -345,12 +406,16 @@ def smooth_ap_loss(
         ids = torch.arange(n, device=s.device)
         rows = ids.repeat_interleave(block_size)
         cols = rows - rows % block_size + ids[:block_size].repeat(n)
-        sums = sigmoid_rank_sums(
-            s, rows, cols, ids // block_size, same=True, with_all=True, temperature=temperature
-        )
-        # each sum holds the pivot's own term sig(0) = 0.5: 1 + Σ_{k ≠ l} = sum + 0.5
-        ratio = (sums[:, 0] + 0.5) / (sums[:, 1] + 0.5)
-        losses = 1 - ratio.view(n, block_size).mean(1)
+        scaled = s / temperature
+
+        def per_pair(start: int, stop: int, all_sums: Tensor, pos_sums: Tensor | None) -> tuple:
+            # each sum holds the pivot's own term sigmoid(0) = 0.5: 1 + Σ_{k ≠ l} = sum + 0.5
+            pos_rank, all_rank = cast(Tensor, pos_sums) + 0.5, all_sums + 0.5
+            inv = 1 / (all_rank * block_size)
+            return pos_rank * inv, -pos_rank * inv / all_rank, inv
+
+        ap = row_rank_values(scaled, scaled[rows, cols], rows, per_pair, block_size, block_size)
+        losses = 1 - ap
     if weights is not None:
         losses = losses * weights.to(acc)
     return losses

@@ -169,10 +169,10 @@ class PNPLoss(BaseMetricLossFunction):
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         sim = self.distance.acc_matrix(embeddings)
         loss, valid = pnp_loss(sim, labels, self.b, self.alpha, self.anneal, self.variant)  # type: ignore[arg-type]
-        if not bool(valid.any()):
+        rows = torch.nonzero(valid).squeeze(1)
+        if len(rows) == 0:
             return self.zero_losses()
-        # compat: the reference lists every row as the indices of its reduced value
-        rows = _rows(len(embeddings), embeddings)
+        # compat: the reduced value lists the rows it averages as its indices
         return {"loss": loss_entry(loss.to(embeddings.dtype), rows, "already_reduced")}
 
 

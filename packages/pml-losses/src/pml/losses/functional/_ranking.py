@@ -196,10 +196,8 @@ class _TriangularHistograms(torch.autograd.Function):
         lower.diagonal().add_(2 * width)
         idx = lower.nan_to_num_(nan=0.0).long()
         del lower
-        counts = dist.new_zeros((n, 3 * width))
-        counts.scatter_add_(1, idx, dist.new_ones(()).expand_as(frac))
+        hist = dist.new_zeros((n, 3 * width)).scatter_add_(1, idx, 1 - frac)  # lower bin
         upper = dist.new_zeros((n, 3 * width)).scatter_add_(1, idx, frac)
-        hist = counts.sub_(upper)  # 1 - frac at the lower bin
         hist[:, 1:] += upper[:, :-1]  # frac at the next bin
         ctx.save_for_backward(idx, inside)
         ctx.delta = delta  # type: ignore[attr-defined]
@@ -343,7 +341,9 @@ def pnp_loss(
     scaled = s / anneal
     # compat: the reference clamps the sigmoid's argument to [-50, 50]; a term beyond differs
     # by less than sigmoid(-50) = 2e-22 (invisible in float64 sums and gradients)
-    negatives = torch.where(same, float("-inf"), scaled)
+    negatives = scaled.clone()  # same-label cells at -inf count 0 (an index fill: cheap)
+    negatives.diagonal().fill_(float("-inf"))
+    negatives[rows, cols] = float("-inf")
     pair_scale = 1 / (num_others + 1).to(acc)[rows]
 
     def per_pair(start: int, stop: int, ranks: Tensor, _: Tensor | None) -> tuple:
@@ -421,6 +421,15 @@ def smooth_ap_loss(
     return losses
 
 
+def _weighted_mean_gap(gap: Tensor, mask: Tensor, temperature: float, pad: float) -> Tensor:
+    """``Σ_j w·gap / (Σ_j w + pad)`` per row, ``w = exp(temperature·gap)`` on ``mask``.
+
+    ``gap`` is 0 outside ``mask``, so no ``exp`` there can overflow.
+    """
+    weights = mask if temperature == 0 else torch.exp(temperature * gap) * mask
+    return (weights * gap).sum(1) / (weights.sum(1) + pad)
+
+
 def ranked_list_loss(
     dist: Tensor,
     labels: Tensor,
@@ -461,17 +470,13 @@ def ranked_list_loss(
     d = dist.to(acc)
     n = d.shape[0]
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
+    different = ~same
     same.fill_diagonal_(False)
-    different = labels.unsqueeze(1) != labels.unsqueeze(0)
-    positive = d > 0
-    pos_gap = d - (alpha - margin)
-    pos_sel = same & (pos_gap > 0) & positive
-    neg_gap = alpha - d
-    neg_sel = different & (neg_gap > 0) & positive
-    # exp of the selected cells only: an overflow elsewhere would poison the gradient
-    pos_w = torch.where(pos_sel, torch.exp(Tp * torch.where(pos_sel, pos_gap, 0)), 0)
-    neg_w = torch.where(neg_sel, torch.exp(Tn * torch.where(neg_sel, neg_gap, 0)), 0)
+    # selected cells as float masks: multiplying is much cheaper than where/masked_fill, and a
+    # NaN distance still reaches the sums (0 * NaN = NaN)
+    pos_mask = (same & (d > max(alpha - margin, 0))).to(acc)
+    neg_mask = (different & (d > 0) & (d < alpha)).to(acc)
     pad = n * 1e-5
-    loss_pos = (pos_w * pos_gap).sum(1) / (pos_w.sum(1) + pad)
-    loss_neg = (neg_w * neg_gap).sum(1) / (neg_w.sum(1) + pad)
+    loss_pos = _weighted_mean_gap((d - (alpha - margin)) * pos_mask, pos_mask, Tp, pad)
+    loss_neg = _weighted_mean_gap((alpha - d) * neg_mask, neg_mask, Tn, pad)
     return (1 - imbalance) * loss_pos + imbalance * loss_neg

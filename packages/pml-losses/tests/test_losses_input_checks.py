@@ -27,6 +27,7 @@ LOSSES: dict[str, dict[str, Any]] = {
     "CircleLoss": {},
     "ContrastiveLoss": {},
     "DynamicSoftMarginLoss": {},
+    "FastAPLoss": {},
     "GeneralizedLiftedStructureLoss": {},
     "HistogramLoss": {"n_bins": 10},
     "InstanceLoss": {},
@@ -37,15 +38,23 @@ LOSSES: dict[str, dict[str, Any]] = {
     "NCALoss": {},
     "NPairsLoss": {},
     "NTXentLoss": {},
+    "PNPLoss": {},
+    "RankedListLoss": {"margin": 0.4, "Tn": 1.0},
     "SignalToNoiseRatioContrastiveLoss": {},
+    "SmoothAPLoss": {},
     "SupConLoss": {},
     "ThresholdConsistentMarginLoss": {},
     "TripletMarginLoss": {},
     "TupletMarginLoss": {},
+    "VICRegLoss": {},
 }
 
 #: losses that take an indices_tuple (the others reject one by name)
-TUPLE_LOSSES = [n for n in LOSSES if n not in ("InstanceLoss", "NPairsLoss")]
+TUPLE_LOSSES = [
+    n
+    for n in LOSSES
+    if n not in ("InstanceLoss", "NPairsLoss", "PNPLoss", "RankedListLoss", "VICRegLoss")
+]
 
 
 def make(name: str) -> BaseMetricLossFunction:

@@ -6,6 +6,7 @@ the int64 labels 0/1, on the dense and on the gathered (large batch) paths.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -24,7 +25,10 @@ _NOT_LOSSES = {
     "DistributedLossWrapper",
     "MultipleLosses",
     "SelfSupervisedLoss",
+    "VICRegLoss",  # takes no labels
 }
+#: arguments without a default
+_REQUIRED: dict[str, dict] = {"RankedListLoss": {"margin": 0.4, "Tn": 1.0}}
 LOSS_NAMES = sorted(
     name
     for name in L.__all__
@@ -57,7 +61,7 @@ def test_bool_labels_work_in_every_loss(name, gathered, monkeypatch):
     # seven losses raised NotImplementedError ("searchsorted" for Bool) before the fix
     if gathered:
         monkeypatch.setattr(_softmax_ops, "_DENSE_CELLS", 0)
-    cls = getattr(L, name)
+    cls = functools.partial(getattr(L, name), **_REQUIRED.get(name, {}))
     expected, expected_grad = run(cls, VALUES)
     got, grad = run(cls, VALUES.bool())
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)

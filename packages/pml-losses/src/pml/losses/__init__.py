@@ -15,6 +15,7 @@ from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca_instance import InstanceLoss, NCALoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
+from pml.losses._ranking import FastAPLoss, PNPLoss, RankedListLoss, SmoothAPLoss
 from pml.losses._regularizer_mixins import (
     EmbeddingRegularizerMixin,
     TorchInitWrapper,
@@ -24,6 +25,7 @@ from pml.losses._regularizer_mixins import (
 from pml.losses._softmax_pairs import NTXentLoss, SupConLoss, TupletMarginLoss
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
+from pml.losses._vicreg import VICRegLoss
 from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "DistributedLossWrapper",
     "DynamicSoftMarginLoss",
     "EmbeddingRegularizerMixin",
+    "FastAPLoss",
     "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
     "HistogramLoss",
@@ -48,13 +51,17 @@ __all__ = [
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "PNPLoss",
+    "RankedListLoss",
     "SelfSupervisedLoss",
     "SignalToNoiseRatioContrastiveLoss",
+    "SmoothAPLoss",
     "SupConLoss",
     "ThresholdConsistentMarginLoss",
     "TorchInitWrapper",
     "TripletMarginLoss",
     "TupletMarginLoss",
+    "VICRegLoss",
     "WeightMixin",
     "WeightRegularizerMixin",
     "__version__",

@@ -18,6 +18,12 @@ from pml.losses.functional._pair_sets import (
     soft_histogram,
     threshold_consistent_margin_loss,
 )
+from pml.losses.functional._ranking import (
+    fast_ap_loss,
+    pnp_loss,
+    ranked_list_loss,
+    smooth_ap_loss,
+)
 from pml.losses.functional._softmax_pairs import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
@@ -28,6 +34,7 @@ from pml.losses.functional._triplet import (
     triplet_margin_loss,
     triplet_margin_loss_sums,
 )
+from pml.losses.functional._vicreg import vicreg_loss
 
 __all__: list[str] = [
     "angular_average_angle",
@@ -37,6 +44,7 @@ __all__: list[str] = [
     "dynamic_soft_margin_loss",
     "dynamic_soft_margin_loss_from_mat",
     "dynamic_soft_margin_paired_x",
+    "fast_ap_loss",
     "generalized_lifted_structure_loss",
     "histogram_loss",
     "instance_loss",
@@ -48,10 +56,14 @@ __all__: list[str] = [
     "nca_loss",
     "npairs_loss",
     "ntxent_loss",
+    "pnp_loss",
+    "ranked_list_loss",
+    "smooth_ap_loss",
     "soft_histogram",
     "supcon_loss",
     "threshold_consistent_margin_loss",
     "triplet_margin_loss",
     "triplet_margin_loss_sums",
     "tuplet_margin_loss",
+    "vicreg_loss",
 ]

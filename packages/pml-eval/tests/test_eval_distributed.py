@@ -204,13 +204,21 @@ def _knn_results(rank: int) -> dict[str, Any]:
             shards, _ = case_data(mode, 4, 7, torch.float32, ties)
             q, _, r, _, riq = shards[rank]
             knn = DistributedKNN()
-            res[f"{mode}_{ties}_local"] = knn(q, 9, r, riq)
+            res[f"{mode}_{ties}_local"] = knn.search(q, 9, r, riq)
             res[f"{mode}_{ties}_all"] = knn.search(q, 9, r, riq, all_queries=True)
     return res
 
 
-def _error_results(rank: int) -> dict[str, str]:
+def _result_or_error(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # recorded for the parent process to assert on
+        return f"{type(e).__name__}: {e}"
+
+
+def _error_results(rank: int) -> dict[str, Any]:
     calc = AccuracyCalculator(k="max_bin_count", device="cpu", exclude=("NMI", "AMI"))
+    knn_calc = AccuracyCalculator(device="cpu", exclude=("NMI", "AMI"), knn_func=DistributedKNN())
     x, labels = clustered(20, 3, 5, torch.float32)
     wide = torch.randn(20, D + rank)  # rank 1: another embedding dim
     bad = x.clone()
@@ -219,7 +227,12 @@ def _error_results(rank: int) -> dict[str, str]:
     out = {
         "dim": _error(lambda: distributed_get_accuracy(calc, wide, labels)),
         "nan": _error(lambda: distributed_get_accuracy(calc, bad, labels)),
-        "knn_k": _error(lambda: DistributedKNN()(x, 3 + rank, x, True)),
+        "knn_k": _error(lambda: DistributedKNN().search(x, 3 + rank, x, True)),
+        "knn_call": _error(lambda: DistributedKNN()(x, 3, x, True)),
+        # the calculator's own get_accuracy must not index local labels with global rows:
+        # an error, or (with a hook routing it to distributed_get_accuracy) the right numbers
+        "get_accuracy": _result_or_error(lambda: knn_calc.get_accuracy(x, labels)),
+        "expected": distributed_get_accuracy(knn_calc, x, labels),
         "after_errors": _error(lambda: distributed_get_accuracy(calc, x, labels)),
     }
     return out
@@ -370,6 +383,12 @@ def test_a_failing_rank_makes_every_rank_raise_instead_of_hanging(
         assert errors["dim"].startswith("ValueError: every rank must pass the same embedding dim")
         assert errors["knn_k"].startswith("ValueError: every rank must pass the same k")
         assert errors["after_errors"] == "ok"  # the group still works
+        assert errors["knn_call"].startswith("RuntimeError: DistributedKNN is called as a plain")
+        got = errors["get_accuracy"]
+        if isinstance(got, str):
+            assert got.startswith("RuntimeError: DistributedKNN is called as a plain")
+        else:
+            assert got == errors["expected"]
     assert e1["nan"].startswith("ValueError") and "query" in e1["nan"]
     assert e0["nan"].startswith("RuntimeError") and "rank(s) [1] failed" in e0["nan"]
 

@@ -1,7 +1,8 @@
 """Distributed evaluation on ``torch.distributed``: sharded exact k-NN and AccuracyCalculator.
 
 Every rank holds a shard of the queries and a shard of the reference set (any sizes, empty
-ones too). The results are exactly those of one process holding the concatenated data:
+ones too). The results are those of one process holding the concatenated data, to the last
+bit (up to the BLAS caveat in :class:`DistributedKNN`):
 
 * queries are gathered (every rank searches all of them against its own reference shard,
   with the local k-NN, indices mapped to the whole reference);
@@ -196,21 +197,25 @@ def _owner_merge(
 class DistributedKNN:
     """Exact k-NN over a reference set sharded across the ranks of ``torch.distributed``.
 
-    A ``knn_func`` (``fn(query, k, reference, ref_includes_query) -> (distances, indices)``):
-    without a process group (or with world size 1) it is ``local_knn`` itself. With a group
-    of world size > 1 every rank must call it together (a collective), each passing **its
-    own shard** of the queries and of the reference, and the same ``k`` and
-    ``ref_includes_query``. It returns the neighbours of this rank's queries in the **whole**
-    reference: indices are rows of the shards concatenated in rank order (with
-    ``ref_includes_query``: every rank's query rows in rank order, then every rank's other
-    reference rows in rank order; each rank's query shard must be the first rows of its
-    reference shard). Distances and ties are exactly those of one ``local_knn`` search of
-    the whole reference when ``local_knn`` orders ties by reference index (TorchKNN, and
-    faiss flat indexes on CPU do).
+    The ``knn_func`` that makes an :class:`AccuracyCalculator` evaluate distributed: give
+    ``AccuracyCalculator(knn_func=DistributedKNN())`` to a tester, or pass the calculator to
+    :func:`distributed_get_accuracy` (which gathers the labels the metrics need). Without a
+    process group (or with world size 1) it is ``local_knn`` itself, called as a knn_func.
 
-    For metrics use :func:`distributed_get_accuracy` (which gathers the labels); an
-    ``AccuracyCalculator(knn_func=DistributedKNN())`` given to a tester makes the tester
-    evaluate that way.
+    The search itself is :meth:`search`: with a group of world size > 1 every rank calls it
+    together (a collective), each passing **its own shard** of the queries and of the
+    reference, and the same ``k`` and ``ref_includes_query``. It returns the neighbours of
+    this rank's queries (or of all queries) in the **whole** reference: indices are rows of
+    the shards concatenated in rank order (with ``ref_includes_query``: every rank's query
+    rows in rank order, then every rank's other reference rows in rank order; each rank's
+    query shard must be the first rows of its reference shard). Lists and ties are those of
+    one ``local_knn`` search of the whole reference when ``local_knn`` orders ties by
+    reference index (TorchKNN and faiss flat indexes on CPU do) and computes a shard's
+    distances as it does the whole reference's (BLAS may round one differently by an ulp for
+    another matrix shape; only references within that ulp of each other can then swap).
+
+    Calling it as a knn_func under a group of world size > 1 is an error: the caller would
+    index its own shard's labels with whole-reference indices (a silent wrong number).
 
     Args:
         local_knn: the search of one shard (a ``knn_func``); None: :class:`TorchKNN`.
@@ -253,8 +258,20 @@ class DistributedKNN:
         reference: Tensor | None = None,
         ref_includes_query: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """The ``k`` nearest rows of the whole reference for each of this rank's queries."""
-        return self.search(query, k, reference, ref_includes_query)
+        """``local_knn(query, k, reference, ref_includes_query)`` without a process group.
+
+        Raises:
+            RuntimeError: under a process group of world size > 1 (use
+                :func:`distributed_get_accuracy`, a tester, or :meth:`search`).
+        """
+        if get_world_size() > 1:
+            raise RuntimeError(
+                "DistributedKNN is called as a plain knn_func under torch.distributed: its "
+                "indices are rows of the whole (sharded) reference, which this rank's labels "
+                "do not hold. Evaluate with distributed_get_accuracy(calculator, ...) (or a "
+                "tester), or call DistributedKNN.search(...) for the neighbours themselves"
+            )
+        return self.local_knn(query, k, reference, ref_includes_query)
 
     def search(
         self,

@@ -12,6 +12,7 @@ from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._collapse import embedding_collapse
+from pml.eval._distributed_knn import DistributedKNN, distributed_get_accuracy
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
@@ -48,6 +49,7 @@ __all__ = [
     "AccuracyCalculator",
     "BaseTester",
     "CustomKNN",
+    "DistributedKNN",
     "EQUALITY",
     "FaissKMeans",
     "FaissKNN",
@@ -63,6 +65,7 @@ __all__ = [
     "VerificationResult",
     "WithSameParentLabelTester",
     "__version__",
+    "distributed_get_accuracy",
     "embedding_collapse",
     "get_label_match_counts",
     "get_lone_query_labels",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pml.core.validation import InvalidArgumentError
+from pml.eval._distributed_knn import calculator_accuracy, calculator_unique
 from pml.eval._tester_base import BaseTester
 
 __all__ = [
@@ -33,8 +34,13 @@ def _accuracies_per_level(
     tester.label_levels = tester.label_levels_to_evaluate(query_labels)
     calc = tester._calculator
     for level in tester.label_levels:  # label columns, not samples
-        result = calc.get_accuracy(
-            query_emb, query_labels[:, level], ref_emb, ref_labels[:, level], ref_includes_query
+        result = calculator_accuracy(
+            calc,
+            query_emb,
+            query_labels[:, level],
+            ref_emb,
+            ref_labels[:, level],
+            ref_includes_query,
         )
         for metric, value in result.items():
             accuracies[tester.accuracies_keyname(metric, label_hierarchy_level=level)] = value
@@ -108,10 +114,12 @@ class WithSameParentLabelTester(BaseTester):
             per_metric: dict[str, list[Any]] = defaultdict(list)
             query_parents = query_labels[:, level + 1]
             ref_parents = ref_labels[:, level + 1]
-            for parent in torch.unique(query_parents):  # parent classes: one k-means each
+            # parent classes (of every rank's queries when distributed): one k-means each
+            for parent in calculator_unique(calc, query_parents):
                 q_mask = query_parents == parent
                 r_mask = ref_parents == parent
-                result = calc.get_accuracy(
+                result = calculator_accuracy(
+                    calc,
                     query_emb[q_mask],
                     query_labels[q_mask, level],
                     ref_emb[r_mask],

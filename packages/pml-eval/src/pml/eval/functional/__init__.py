@@ -12,6 +12,8 @@
 * re-identification (:mod:`._reid`): CMC@k and AP with same-camera and junk removal.
 * collapse (:mod:`._collapse`): covariance spectrum, principal-component fractions and
   effective rank.
+* merging (:mod:`._topk_merge`): k-NN candidate lists of disjoint reference parts into the
+  lists of the whole reference (distributed evaluation), ties by reference index.
 * k-NN vote (:mod:`._knn_vote`): class probabilities from neighbours' labels.
 """
 
@@ -40,6 +42,7 @@ from pml.eval.functional._retrieval import (
     reciprocal_rank_values,
     relevance,
 )
+from pml.eval.functional._topk_merge import PAD_INDEX, merge_topk, pad_candidates
 from pml.eval.functional._verification import (
     CRITERIA,
     OperatingPoints,
@@ -56,6 +59,7 @@ __all__ = [
     "CRITERIA",
     "DistanceFn",
     "OperatingPoints",
+    "PAD_INDEX",
     "RETRIEVAL_METRICS",
     "RelevanceFn",
     "average_precision_values",
@@ -73,9 +77,11 @@ __all__ = [
     "knn",
     "label_gains",
     "label_ids",
+    "merge_topk",
     "ndcg_values",
     "nearest_centroid",
     "operating_points",
+    "pad_candidates",
     "pair_score_blocks",
     "pca",
     "points_at_fmr",

@@ -18,6 +18,14 @@ from pml.losses.functional._pair_sets import (
     soft_histogram,
     threshold_consistent_margin_loss,
 )
+from pml.losses.functional._proxy import (
+    manifold_loss,
+    manifold_ranking,
+    p2sgrad_loss,
+    proxy_anchor_loss,
+    soft_triple_class_similarity,
+    soft_triple_loss,
+)
 from pml.losses.functional._softmax_pairs import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
@@ -42,13 +50,19 @@ __all__: list[str] = [
     "instance_loss",
     "intra_pair_variance_loss",
     "lifted_structure_loss",
+    "manifold_loss",
+    "manifold_ranking",
     "margin_loss",
     "margin_loss_sums",
     "multi_similarity_loss",
     "nca_loss",
     "npairs_loss",
     "ntxent_loss",
+    "p2sgrad_loss",
+    "proxy_anchor_loss",
     "soft_histogram",
+    "soft_triple_class_similarity",
+    "soft_triple_loss",
     "supcon_loss",
     "threshold_consistent_margin_loss",
     "triplet_margin_loss",

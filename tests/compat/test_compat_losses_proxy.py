@@ -113,10 +113,7 @@ def run(fn: Any, name: str, emb: torch.Tensor, labels, indices_tuple=None, seed=
     e = emb.clone().requires_grad_()
     if seed is not None:
         torch.manual_seed(seed)
-    if name == "ManifoldLoss":
-        loss = fn(e, None, indices_tuple)
-    else:
-        loss = fn(e, labels, indices_tuple)
+    loss = fn(e, None if name == "ManifoldLoss" else labels, indices_tuple)
     loss.backward()
     params = {n: p.grad.detach().clone() for n, p in fn.named_parameters()}
     return loss.detach(), e.grad, params
@@ -328,14 +325,11 @@ def test_manifold_lambda_c_inf_is_the_context_term():
 
 def test_manifold_half_precision_does_not_overflow():
     """Reference in half (module and inputs): NaN; pml computes in float32."""
-    make = with_distance("LpDistance", l=D, K=K)
-    ours, ref = build(
-        "ManifoldLoss",
-        lambda lib: {
-            **make(lib),
-            "distance": getattr(lib["distances"], "LpDistance")(normalize_embeddings=False),
-        },
-    )
+
+    def make(lib: Lib) -> dict:
+        return {"l": D, "K": K, "distance": lib["distances"].LpDistance(normalize_embeddings=False)}
+
+    ours, ref = build("ManifoldLoss", make)
     emb, _, meta = inputs_for("ManifoldLoss", seed=12)
     expected = ours(emb.half().float(), indices_tuple=meta)
     assert ref.half()(emb.half(), indices_tuple=meta).isnan()

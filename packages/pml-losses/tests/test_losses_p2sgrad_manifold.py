@@ -117,6 +117,22 @@ def test_p2sgrad_bad_constructor_arguments(kwargs, error, match):
 
 def test_p2sgrad_functional_gradcheck():
     gradcheck(lambda e, w: p2sgrad_loss(e, w, LABELS), (data() * 0.3, unit_columns()))
+    # longer columns: some cosines are clamped at ±1 (no gradient through those)
+    w = unit_columns() * 2.5
+    raw = data() @ w / data().norm(dim=1, keepdim=True)
+    assert (raw.abs() > 1).any() and (raw.abs() < 1).any()
+    gradcheck(lambda e, w: p2sgrad_loss(e, w, LABELS), (data(), w))
+
+
+def test_p2sgrad_functional_matches_autograd_of_the_formula():
+    e, w = data().requires_grad_(), (unit_columns() * 2).requires_grad_()
+    got = p2sgrad_loss(e, w, LABELS)
+    got_grads = torch.autograd.grad(got, (e, w))
+    cos = (e @ w / e.norm(dim=1, keepdim=True)).clamp(-1, 1)
+    expected = ((cos - F.one_hot(LABELS, C).double()) ** 2).mean()
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(got_grads, torch.autograd.grad(expected, (e, w)), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_p2sgrad_dtypes_keep_a_float32_weight(dtype):

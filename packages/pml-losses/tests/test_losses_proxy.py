@@ -14,6 +14,7 @@ from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, DotProductSimilarity, LpDistance
 from pml.losses import NCALoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from pml.losses.functional import (
+    nca_loss,
     proxy_anchor_loss,
     soft_triple_class_similarity,
     soft_triple_loss,
@@ -444,3 +445,26 @@ def test_bad_constructor_arguments(cls, kwargs, error, match):
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_state_dict_holds_only_the_parameter(name):
     assert list(BUILDERS[name]().state_dict()) == [PARAM[name]]
+
+
+@pytest.mark.parametrize(("scale", "inverted"), [(1, False), (3, True), (2000, False), (0, False)])
+def test_nca_loss_with_one_reference_per_class_equals_arange_reference_labels(scale, inverted):
+    """nca_loss(ref_labels=None), ProxyNCA's route: the same numbers and gradients."""
+    mat = data(9, C, seed=4).abs().requires_grad_()
+    labels = torch.tensor([0, 5, 1, 1, 3, 3, 3, 4, 0])
+    w = torch.rand(9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got, kept = nca_loss(mat, labels, None, scale, is_inverted=inverted, weights=w)
+    (g_got,) = torch.autograd.grad(got.sum(), mat)
+    expected, _ = nca_loss(mat, labels, torch.arange(C), scale, is_inverted=inverted, weights=w)
+    (g_exp,) = torch.autograd.grad(expected.sum(), mat)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_exp)
+    assert kept.all()
+    with pytest.raises(ValueError, match="mask_diagonal"):
+        nca_loss(mat, labels, None, mask_diagonal=True)
+
+
+def test_soft_triple_class_similarity_gradcheck():
+    sim = data(4, 6, seed=5)
+    gradcheck(lambda s: soft_triple_class_similarity(s, 3, 2, 3.0), sim)
+    gradcheck(lambda s: soft_triple_class_similarity(s, 2, 3, 0.5), sim)

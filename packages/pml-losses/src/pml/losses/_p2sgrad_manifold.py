@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple
 from pml.core.validation import (
     InvalidArgumentError,
@@ -120,15 +121,17 @@ class P2SGradLoss(BaseMetricLossFunction):
             w = param.data  # compat: in place on .data, as the reference (no version bump)
             w.renorm_(2, 1, 1e-5).mul_(1e5)
             tol = 1e-2 if w.dtype in (torch.float16, torch.bfloat16) else 1e-5
-            bad = ~((torch.linalg.vector_norm(w.float(), dim=0) - 1).abs() <= tol)
-            if bool(bad.any()):
+            norms = torch.linalg.vector_norm(w, dim=0, dtype=accumulation_dtype(w.dtype))
+            low, high = torch.stack(torch.aminmax(norms)).tolist() if norms.numel() else (1, 1)
+            if not (abs(low - 1) <= tol and abs(high - 1) <= tol):  # NaN fails too
+                bad = ~((norms - 1).abs() <= tol)
                 col = int(bad.nonzero()[0])
-                norm = float(torch.linalg.vector_norm(w[:, col].float()))
                 # fix: the reference's bare assertion said nothing
                 raise InvalidArgumentError(
                     f"P2SGradLoss.weight must have columns of unit L2 norm after the "
                     f"renormalisation of every forward; {int(bad.sum())} column(s) cannot be "
-                    f"normalised (column {col} has norm {norm}): zero or non-finite columns"
+                    f"normalised (column {col} has norm {float(norms[col])}): zero or "
+                    "non-finite columns"
                 )
         return parameter_for(param, embeddings)
 

@@ -123,6 +123,8 @@ class ProxyAnchorLoss(ClassVectorLoss):
         ref_labels: Tensor | None,
     ) -> LossDict:
         labels = self.class_labels(embeddings, labels, ref_emb, ref_labels)
+        # compat: an int like the reference's (labels were just synced by their range check)
+        present = int(torch.bincount(labels, minlength=self.num_classes).count_nonzero())
         proxies = self.vectors_for(self.proxies, embeddings)
         mat = self.distance.acc_matrix(embeddings.to(proxies.dtype), proxies)
         weights = self.miner_weights(indices_tuple, labels, mat.dtype)
@@ -135,8 +137,6 @@ class ProxyAnchorLoss(ClassVectorLoss):
             weights=weights,
         )
         classes = torch.arange(self.num_classes, device=mat.device)
-        # classes present in the batch: a 0-dim tensor (no device sync)
-        present = torch.bincount(labels, minlength=self.num_classes).gt(0).sum()
         loss_dict: LossDict = {
             "pos_loss": loss_entry(pos.to(embeddings.dtype), classes, "element", divisor=present),
             "neg_loss": loss_entry(
@@ -218,12 +218,11 @@ class ProxyNCALoss(ClassVectorLoss, NCALoss):
         proxies = self.vectors_for(self.proxies, embeddings)
         mat = self.distance.acc_matrix(embeddings.to(proxies.dtype), proxies)
         weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=True)
-        proxy_labels = torch.arange(self.num_classes, device=mat.device)
-        # every label has its proxy: each row has its target, none is dropped
+        # reference labels arange(C): each row's one target is its label's proxy (none dropped)
         losses, _ = nca_loss(
             mat,
             labels,
-            proxy_labels,
+            None,
             self.softmax_scale,
             is_inverted=self.distance.is_inverted,
             weights=weights,

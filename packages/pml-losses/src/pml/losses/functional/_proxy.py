@@ -16,7 +16,6 @@ from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.functional import masked_logsumexp
-from pml.losses.functional._softmax_ops import segment_logsumexp, softplus_exact
 
 __all__ = [
     "manifold_loss",
@@ -53,7 +52,8 @@ def proxy_anchor_loss(
 
     The positive part reads only the ``N`` target entries (a segment log-sum-exp by label);
     the negative part is one masked log-sum-exp over the columns of ``mat``: ``O(N·C)`` time
-    and memory, no per-class loop.
+    and memory, no per-class loop. One autograd node with a fused backward (the softmax
+    weights of both parts, recomputed from ``mat``).
 
     Args:
         mat: distances or similarities between embeddings and proxies, shape ``(N, C)``.
@@ -61,7 +61,7 @@ def proxy_anchor_loss(
         alpha: the scale ``alpha``.
         margin: the margin ``δ``.
         is_inverted: ``True`` when ``mat`` holds similarities.
-        weights: per-sample miner weights ``(N,)`` (None: all ones).
+        weights: per-sample miner weights ``(N,)`` (None: all ones); not differentiated.
 
     Returns:
         ``(pos, neg)``, each of shape ``(C,)``, dtype ``accumulation_dtype(mat.dtype)``.
@@ -74,22 +74,65 @@ def proxy_anchor_loss(
     """
     acc = accumulation_dtype(mat.dtype)
     mat = mat.to(acc)
-    n, num_classes = mat.shape
     labels = labels.to(mat.device).long()
-    shift = None if weights is None else weights.to(device=mat.device, dtype=acc) - 1
-    rows = torch.arange(n, device=mat.device)
-    target = mat[rows, labels]
-    pos_x = alpha * _margin(target, margin, is_inverted)
-    if shift is not None:
-        pos_x = pos_x + shift
-    pos = softplus_exact(segment_logsumexp(pos_x, labels, num_classes))
-    neg_x = alpha * _margin(-margin, mat, is_inverted)
-    if shift is not None:
-        neg_x = neg_x + shift.unsqueeze(1)
-    keep = torch.ones(n, num_classes, dtype=torch.bool, device=mat.device)
-    keep[rows, labels] = False
-    neg = masked_logsumexp(neg_x, keep, dim=0, add_one=True)
+    if mat.shape[0] == 0:  # no rows: log(1 + 0) everywhere, on the graph of mat
+        zero = mat.sum(dim=0) * 0
+        return zero, zero
+    shift = None if weights is None else weights.to(device=mat.device, dtype=acc).detach() - 1
+    # similarity: neg = alpha·(s + δ), pos = alpha·(δ - s); distance: both negated
+    scale = alpha if is_inverted else -alpha
+    pos, neg = _ProxyAnchorLSE.apply(mat, labels, shift, scale, scale * margin)
     return pos, neg
+
+
+def _neg_exponents(mat: Tensor, shift: Tensor | None, scale: float, offset: float) -> Tensor:
+    x = torch.mul(mat, scale).add_(offset)
+    return x if shift is None else x.add_(shift.unsqueeze(1))
+
+
+class _ProxyAnchorLSE(torch.autograd.Function):
+    """``(pos, neg)`` of :func:`proxy_anchor_loss` with a fused backward.
+
+    With ``x_ic = scale·S_ic + offset + shift_i`` (negatives) and
+    ``z_i = -scale·S_iy_i + offset + shift_i`` (positives): ``neg_c = LSE₁ over y_i ≠ c of
+    x_ic``, ``pos_c = LSE₁ over y_i = c of z_i``. The gradient of an add-one log-sum-exp is
+    the softmax weight of each entry, so ``∂/∂S_ic = scale·(g_neg_c·exp(x_ic - neg_c)
+    [y_i ≠ c] - g_pos_c·exp(z_i - pos_c)[y_i = c])``: two passes over ``(N, C)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        mat: Tensor,
+        labels: Tensor,
+        shift: Tensor | None,
+        scale: float,
+        offset: float,
+    ) -> tuple[Tensor, Tensor]:
+        num_classes = mat.shape[1]
+        keep = labels.unsqueeze(1) != torch.arange(num_classes, device=mat.device)
+        neg = masked_logsumexp(_neg_exponents(mat, shift, scale, offset), keep, add_one=True, dim=0)
+        z = mat.gather(1, labels.unsqueeze(1)).squeeze(1).mul(-scale).add_(offset)
+        if shift is not None:
+            z = z.add_(shift)
+        top = z.new_zeros(num_classes).scatter_reduce(0, labels, z, "amax", include_self=True)
+        total = torch.exp(-top).index_add_(0, labels, torch.exp(z - top[labels]))
+        pos = top.add_(total.log_())
+        ctx.save_for_backward(mat, labels, shift, z, pos, neg)
+        ctx.scale, ctx.offset = scale, offset  # type: ignore[attr-defined]
+        return pos, neg
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, g_pos: Tensor, g_neg: Tensor
+    ) -> tuple[Tensor, None, None, None, None]:
+        mat, labels, shift, z, pos, neg = ctx.saved_tensors  # type: ignore[attr-defined]
+        scale, offset = ctx.scale, ctx.offset  # type: ignore[attr-defined]
+        lab = labels.unsqueeze(1)
+        x = _neg_exponents(mat, shift, scale, offset).scatter_(1, lab, float("-inf"))
+        grad = x.sub_(neg).exp_().mul_(g_neg.to(mat.dtype) * scale)
+        z_weight = torch.exp(z - pos[labels]) * g_pos.to(mat.dtype)[labels] * -scale
+        return grad.scatter_add_(1, lab, z_weight.unsqueeze(1)), None, None, None, None
 
 
 def soft_triple_class_similarity(
@@ -115,8 +158,34 @@ def soft_triple_class_similarity(
         tensor([[0.7311, 0.5000]])
     """
     s = sim.to(accumulation_dtype(sim.dtype)).reshape(-1, num_classes, centers_per_class)
-    p = torch.softmax(s * gamma, dim=2)
-    return (p * s).sum(dim=2)
+    # centers along dim 1, classes contiguous: a softmax over a short inner dimension (K = 10)
+    # is many times slower on CPU than one vectorised across the classes
+    return _SoftTripleSimilarity.apply(s.transpose(1, 2).contiguous(), gamma)
+
+
+class _SoftTripleSimilarity(torch.autograd.Function):
+    """``S = Σ_k p_k·s_k`` with ``p = softmax_k(gamma·s)`` for ``s`` of shape ``(N, K, C)``.
+
+    Fused backward: ``∂S/∂s_k = p_k·(1 + gamma·(s_k - S))``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, s: Tensor, gamma: float
+    ) -> Tensor:
+        p = torch.softmax(s * gamma, dim=1)
+        out = (p * s).sum(dim=1)
+        ctx.save_for_backward(s, p, out)
+        ctx.gamma = gamma  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, None]:
+        s, p, out = ctx.saved_tensors  # type: ignore[attr-defined]
+        weight = (s - out.unsqueeze(1)).mul_(ctx.gamma).add_(1).mul_(p)  # type: ignore[attr-defined]
+        return weight.mul_(grad.unsqueeze(1)), None
 
 
 def soft_triple_loss(
@@ -182,12 +251,43 @@ def p2sgrad_loss(embeddings: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
         tensor(0.1464)
     """
     acc = accumulation_dtype(torch.promote_types(embeddings.dtype, weight.dtype))
-    e = embeddings.to(acc)
-    cos = (e @ weight.to(acc)) / torch.linalg.vector_norm(e, dim=1, keepdim=True)
-    cos = cos.clamp(-1, 1)
-    labels = labels.to(cos.device).long().unsqueeze(1)
-    target = torch.zeros_like(cos).scatter_(1, labels, 1.0)
-    return ((cos - target) ** 2).mean()
+    labels = labels.to(embeddings.device).long()
+    return _P2SGrad.apply(embeddings.to(acc), weight.to(acc), labels)
+
+
+class _P2SGrad(torch.autograd.Function):
+    """:func:`p2sgrad_loss` with a fused backward.
+
+    With ``m = e·W``, ``raw = m / ‖e‖``, ``d = clamp(raw, -1, 1) - onehot`` and ``g_m =
+    (2g / NC)·d·[|raw| ≤ 1] / ‖e‖``: ``∂W = eᵀ·g_m`` and ``∂e = g_m·Wᵀ - e·Σ_j(g_m·raw)_j /
+    ‖e‖`` (the second term through the norm).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, e: Tensor, w: Tensor, labels: Tensor
+    ) -> Tensor:
+        norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
+        raw = (e @ w).div_(norm)
+        diff = raw.clamp(-1, 1)
+        diff.scatter_add_(1, labels.unsqueeze(1), diff.new_full((len(labels), 1), -1))
+        ctx.save_for_backward(e, w, norm, raw, diff)
+        return diff.square().mean()
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None]:
+        e, w, norm, raw, diff = ctx.saved_tensors  # type: ignore[attr-defined]
+        g_m = diff.mul(grad * (2 / max(diff.numel(), 1))).masked_fill_(raw.abs() > 1, 0)
+        g_m = g_m.div_(norm)
+        grad_e = grad_w = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            through_norm = (g_m * raw).sum(dim=1, keepdim=True).div_(norm)
+            grad_e = torch.addcmul(g_m @ w.t(), e, through_norm, value=-1)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            grad_w = e.t() @ g_m
+        return grad_e, grad_w, None
 
 
 def manifold_ranking(sim: Tensor, alpha: float = 0.8) -> Tensor:

@@ -356,3 +356,46 @@ def test_manifold_bad_meta_classes():
         ref(emb[: K - 1])
     with pytest.raises(ValueError, match="at least K"):
         ours(emb[: K - 1])
+
+
+def test_empty_batch_gives_the_zero_loss():
+    """Reference: NaN (the mean of nothing) for all but ProxyAnchor; pml: the zero loss."""
+    emb = torch.zeros(0, D, dtype=torch.float64)
+    no_labels = torch.zeros(0, dtype=torch.long)
+    for name, make in [
+        ("ProxyNCALoss", kw(**CLASS_ARGS)),
+        ("SoftTripleLoss", kw(**CLASS_ARGS)),
+        ("P2SGradLoss", kw(descriptors_dim=D, num_classes=C)),
+        ("ManifoldLoss", kw(l=D, K=K)),
+    ]:
+        ours, ref = build(name, make)
+        args = (None, no_labels) if name == "ManifoldLoss" else (no_labels,)
+        assert ref.double()(emb, *args).isnan(), name
+        assert ours.double()(emb, *args) == 0, name
+    ours, ref = build("ProxyAnchorLoss", kw(**CLASS_ARGS))
+    assert ours(emb, no_labels) == 0 and ref(emb, no_labels) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("ProxyAnchorLoss", {**CLASS_ARGS, "alpha": 0}),
+        ("ProxyAnchorLoss", {**CLASS_ARGS, "alpha": -1}),
+        ("SoftTripleLoss", {**CLASS_ARGS, "la": 0}),
+        ("ManifoldLoss", {"l": D, "alpha": 1.0}),
+        ("ManifoldLoss", {"l": D, "alpha": 1.5}),
+    ],
+)
+def test_arguments_the_reference_accepted_are_rejected(name, kwargs):
+    """Reference: a constant or flipped loss (alpha >= 1: a diverging random walk)."""
+    getattr(ref_losses, name)(**kwargs)
+    with pytest.raises(ValueError, match=next(k for k in kwargs if k in ("alpha", "la"))):
+        getattr(our_losses, name)(**kwargs)
+
+
+def test_soft_triple_gamma_zero():
+    """Reference: ZeroDivisionError; pml: ValueError naming gamma."""
+    with pytest.raises(ZeroDivisionError):
+        ref_losses.SoftTripleLoss(C, D, gamma=0)
+    with pytest.raises(ValueError, match="gamma"):
+        our_losses.SoftTripleLoss(C, D, gamma=0)

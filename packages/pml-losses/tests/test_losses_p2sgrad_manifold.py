@@ -151,6 +151,14 @@ def test_p2sgrad_dtypes_keep_a_float32_weight(dtype):
     torch.testing.assert_close(auto, loss_fn(emb.detach().float(), LABELS))
 
 
+def test_p2sgrad_empty_batch_gives_the_zero_loss():
+    """The reference's mean over no entries was NaN."""
+    emb = torch.zeros(0, D, requires_grad=True)
+    loss = P2SGradLoss(D, C)(emb, torch.zeros(0, dtype=torch.long))
+    assert loss == 0 and loss.requires_grad
+    loss.backward()
+
+
 def test_p2sgrad_nan_embeddings_give_nan():
     emb = data()
     emb[1, 1] = float("nan")

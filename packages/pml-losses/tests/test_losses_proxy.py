@@ -468,3 +468,12 @@ def test_soft_triple_class_similarity_gradcheck():
     sim = data(4, 6, seed=5)
     gradcheck(lambda s: soft_triple_class_similarity(s, 3, 2, 3.0), sim)
     gradcheck(lambda s: soft_triple_class_similarity(s, 2, 3, 0.5), sim)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_empty_batch_gives_the_zero_loss(name):
+    """The reference's mean over no rows was NaN (SoftTriple)."""
+    emb = torch.zeros(0, D, requires_grad=True)
+    loss = BUILDERS[name]()(emb, torch.zeros(0, dtype=torch.long))
+    assert loss == 0 and loss.requires_grad
+    loss.backward()

@@ -148,6 +148,8 @@ class P2SGradLoss(BaseMetricLossFunction):
         # fix: labels None raised AttributeError in the reference
         labels = check_index_labels(labels_required(labels), "labels", self.num_classes)
         weight = self.normalized_weight(embeddings)
+        if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
+            return self.zero_losses()
         loss = p2sgrad_loss(embeddings, weight, labels)
         return {"loss": loss_entry(loss.to(embeddings.dtype), None, "already_reduced")}
 

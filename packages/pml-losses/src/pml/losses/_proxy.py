@@ -155,8 +155,9 @@ class ProxyNCALoss(ClassVectorLoss, NCALoss):
     :class:`NCALoss` with the learnable proxies as the reference set: row ``i`` is
     ``-log softmax_j(-softmax_scale·d(x_i, proxy_j))[y_i]`` (default: squared Euclidean
     distance of normalised vectors), times the miner weight of ``i`` as an anchor. Math:
-    :func:`pml.losses.functional.nca_loss` (reference labels ``arange(C)``, no diagonal
-    masking).
+    :func:`pml.losses.functional.nca_loss` with ``ref_labels=None`` (reference ``j`` is class
+    ``j``, i.e. reference labels ``arange(C)``; no diagonal masking): one target per row, a
+    cross entropy.
 
     fix: ``-log p_i`` is computed exactly (a log-sum-exp), so no row is dropped; the reference
     dropped rows whose ``p_i`` underflowed to 0 and returned NaN when that dropped every row
@@ -339,6 +340,8 @@ class SoftTripleLoss(ClassVectorLoss):
         ref_labels: Tensor | None,
     ) -> LossDict:
         labels = self.class_labels(embeddings, labels, ref_emb, ref_labels)
+        if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
+            return self.zero_losses()
         fc = self.vectors_for(self.fc, embeddings)
         sim = self.distance.acc_matrix(embeddings.to(fc.dtype), fc.t())
         weights = self.miner_weights(indices_tuple, labels, sim.dtype)

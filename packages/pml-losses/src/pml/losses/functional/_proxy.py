@@ -27,11 +27,6 @@ __all__ = [
 ]
 
 
-def _margin(x: Tensor | float, y: Tensor | float, is_inverted: bool) -> Tensor:
-    """``distance.margin(x, y)``: ``y - x`` for a similarity, ``x - y`` for a distance."""
-    return (y - x) if is_inverted else (x - y)  # type: ignore[return-value]
-
-
 def proxy_anchor_loss(
     mat: Tensor,
     labels: Tensor,

@@ -41,6 +41,21 @@ def numeric_parameters() -> list[tuple[str, str]]:
 
 NUMERIC = numeric_parameters()
 
+#: values for the required constructor arguments of the losses with class vectors
+REQUIRED = {"num_classes": 4, "embedding_size": 8, "descriptors_dim": 8, "l": 8}
+
+
+def build(name: str, **kwargs: object) -> L.BaseMetricLossFunction:
+    """``name(**kwargs)`` with its required arguments (``num_classes``, ...) filled in."""
+    cls = getattr(L, name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    required = {
+        p.name: REQUIRED[p.name]
+        for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return cls(**{**required, **kwargs})
+
 
 def test_numeric_parameters_found() -> None:
     assert ("TripletMarginLoss", "margin") in NUMERIC and len(NUMERIC) >= 25
@@ -50,35 +65,35 @@ def test_numeric_parameters_found() -> None:
 @pytest.mark.parametrize("bad", ["x", None, [1.0], True])
 def test_non_numeric_hyperparameter_fails_only_at_forward(name, arg, bad) -> None:
     with pytest.raises(TypeError, match=arg):
-        getattr(L, name)(**{arg: bad})
+        build(name, **{arg: bad})
 
 
 @pytest.mark.parametrize(("name", "arg"), NUMERIC)
 def test_nan_hyperparameter_is_silent(name, arg) -> None:
     # a count (num_bins) given NaN is a TypeError: it is not an int
     with pytest.raises((ValueError, TypeError), match=arg):
-        getattr(L, name)(**{arg: float("nan")})
+        build(name, **{arg: float("nan")})
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["cosine", CosineSimilarity, 2, torch.nn.Identity()])
 def test_distance_that_is_not_a_distance_fails_only_at_forward(name, bad) -> None:
     with pytest.raises(TypeError, match="distance"):
-        getattr(L, name)(distance=bad)
+        build(name, distance=bad)
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["mean", MeanReducer, 1.0])
 def test_reducer_that_is_not_a_reducer_is_not_named_in_the_error(name, bad) -> None:
     with pytest.raises(TypeError, match="reducer"):
-        getattr(L, name)(reducer=bad)
+        build(name, reducer=bad)
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["lp", LpRegularizer, 3.0])
 def test_embedding_regularizer_that_is_not_one_fails_only_at_forward(name, bad) -> None:
     with pytest.raises(TypeError, match="embedding_regularizer"):
-        getattr(L, name)(embedding_regularizer=bad)
+        build(name, embedding_regularizer=bad)
 
 
 @pytest.mark.parametrize("bad", ["x", None, float("nan")])
@@ -115,7 +130,7 @@ POSITIVE = [
 def test_zero_or_negative_temperature_or_scale_is_silent(name, arg, bad) -> None:
     # the reference gives NaN, 0, a ZeroDivisionError at forward, or a negated objective
     with pytest.raises(ValueError, match=arg):
-        getattr(L, name)(**{arg: bad})
+        build(name, **{arg: bad})
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,10 @@ class ProxyAnchorLoss(ClassVectorLoss):
         present = int(torch.bincount(labels, minlength=self.num_classes).count_nonzero())
         proxies = self.vectors_for(self.proxies, embeddings)
         mat = self.distance.acc_matrix(embeddings.to(proxies.dtype), proxies)
-        weights = self.miner_weights(indices_tuple, labels, mat.dtype)
+        # no miner: all weights are 1 (skip the ones and the products)
+        weights = (
+            None if indices_tuple is None else self.miner_weights(indices_tuple, labels, mat.dtype)
+        )
         pos, neg = proxy_anchor_loss(
             mat,
             labels,
@@ -218,7 +221,9 @@ class ProxyNCALoss(ClassVectorLoss, NCALoss):
             return self.zero_losses()
         proxies = self.vectors_for(self.proxies, embeddings)
         mat = self.distance.acc_matrix(embeddings.to(proxies.dtype), proxies)
-        weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=True)
+        weights = None
+        if indices_tuple is not None:  # miner weights of the anchors (1 without a miner)
+            weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=True)
         # reference labels arange(C): each row's one target is its label's proxy (none dropped)
         losses, _ = nca_loss(
             mat,
@@ -344,7 +349,9 @@ class SoftTripleLoss(ClassVectorLoss):
             return self.zero_losses()
         fc = self.vectors_for(self.fc, embeddings)
         sim = self.distance.acc_matrix(embeddings.to(fc.dtype), fc.t())
-        weights = self.miner_weights(indices_tuple, labels, sim.dtype)
+        weights = (
+            None if indices_tuple is None else self.miner_weights(indices_tuple, labels, sim.dtype)
+        )
         losses = soft_triple_loss(
             sim,
             labels,

@@ -46,9 +46,9 @@ def proxy_anchor_loss(
       similarity ``alpha·(s + δ)``.
 
     The positive part reads only the ``N`` target entries (a segment log-sum-exp by label);
-    the negative part is one masked log-sum-exp over the columns of ``mat``: ``O(N·C)`` time
-    and memory, no per-class loop. One autograd node with a fused backward (the softmax
-    weights of both parts, recomputed from ``mat``).
+    the negative part is one masked log-sum-exp over the columns of ``mat`` (the targets set
+    to ``-inf``): ``O(N·C)`` time and memory, no per-class loop. One autograd node with a
+    fused backward (the softmax weights of both parts, recomputed from ``mat``).
 
     Args:
         mat: distances or similarities between embeddings and proxies, shape ``(N, C)``.
@@ -105,8 +105,12 @@ class _ProxyAnchorLSE(torch.autograd.Function):
         offset: float,
     ) -> tuple[Tensor, Tensor]:
         num_classes = mat.shape[1]
-        keep = labels.unsqueeze(1) != torch.arange(num_classes, device=mat.device)
-        neg = masked_logsumexp(_neg_exponents(mat, shift, scale, offset), keep, add_one=True, dim=0)
+        # the masked add-one log-sum-exp (losses.md §2.8) with the one target per row as -inf:
+        # a scatter instead of an (N, C) boolean mask, whose reductions are slow on CPU
+        x = _neg_exponents(mat, shift, scale, offset).scatter_(1, labels.unsqueeze(1), -math.inf)
+        top = x.amax(dim=0).clamp_min_(0)  # the implicit zero entry included
+        neg = torch.log(torch.sub(x, top).exp_().sum(dim=0).add_(torch.exp(-top))).add_(top)
+        del x
         z = mat.gather(1, labels.unsqueeze(1)).squeeze(1).mul(-scale).add_(offset)
         if shift is not None:
             z = z.add_(shift)

@@ -27,15 +27,11 @@ LOSSES = sorted(
     and n not in ("BaseMetricLossFunction", "GenericPairLoss")
 )
 
-#: arguments without a default, given where a test builds a loss from one keyword
-REQUIRED: dict[str, dict] = {"RankedListLoss": {"margin": 0.4, "Tn": 1.0}}
+#: arguments without a default whose value depends on the loss
+REQUIRED_BY_LOSS: dict[str, dict] = {"RankedListLoss": {"margin": 0.4, "Tn": 1.0}}
 #: VICRegLoss rejects the keywords distance and embedding_regularizer whatever their value
 #: (ValueError, like the reference; test_losses_vicreg.py)
 NO_DISTANCE = {"VICRegLoss"}
-
-
-def build(name: str, **kwargs):  # type: ignore[no-untyped-def]
-    return getattr(L, name)(**{**REQUIRED.get(name, {}), **kwargs})
 
 
 def numeric_parameters() -> list[tuple[str, str]]:
@@ -50,6 +46,22 @@ def numeric_parameters() -> list[tuple[str, str]]:
 
 
 NUMERIC = numeric_parameters()
+
+#: values for the required constructor arguments of the losses with class vectors
+REQUIRED = {"num_classes": 4, "embedding_size": 8, "descriptors_dim": 8, "l": 8}
+REQUIRED.update({k: v for args in REQUIRED_BY_LOSS.values() for k, v in args.items()})
+
+
+def build(name: str, **kwargs: object) -> L.BaseMetricLossFunction:
+    """``name(**kwargs)`` with its required arguments (``num_classes``, ...) filled in."""
+    cls = getattr(L, name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    required = {
+        p.name: REQUIRED[p.name]
+        for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return cls(**{**required, **kwargs})
 
 
 def test_numeric_parameters_found() -> None:
@@ -125,7 +137,7 @@ POSITIVE = [
 def test_zero_or_negative_temperature_or_scale_is_silent(name, arg, bad) -> None:
     # the reference gives NaN, 0, a ZeroDivisionError at forward, or a negated objective
     with pytest.raises(ValueError, match=arg):
-        getattr(L, name)(**{arg: bad})
+        build(name, **{arg: bad})
 
 
 @pytest.mark.parametrize(

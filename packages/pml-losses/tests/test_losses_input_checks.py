@@ -33,15 +33,20 @@ LOSSES: dict[str, dict[str, Any]] = {
     "InstanceLoss": {},
     "IntraPairVarianceLoss": {},
     "LiftedStructureLoss": {},
+    "ManifoldLoss": {"l": D},
     "MarginLoss": {},
     "MultiSimilarityLoss": {},
     "NCALoss": {},
     "NPairsLoss": {},
     "NTXentLoss": {},
+    "P2SGradLoss": {"descriptors_dim": D, "num_classes": 4},
     "PNPLoss": {},
+    "ProxyAnchorLoss": {"num_classes": 4, "embedding_size": D},
+    "ProxyNCALoss": {"num_classes": 4, "embedding_size": D},
     "RankedListLoss": {"margin": 0.4, "Tn": 1.0},
     "SignalToNoiseRatioContrastiveLoss": {},
     "SmoothAPLoss": {},
+    "SoftTripleLoss": {"num_classes": 4, "embedding_size": D},
     "SupConLoss": {},
     "ThresholdConsistentMarginLoss": {},
     "TripletMarginLoss": {},
@@ -49,15 +54,26 @@ LOSSES: dict[str, dict[str, Any]] = {
     "VICRegLoss": {},
 }
 
-#: losses that take an indices_tuple (the others reject one by name)
+#: losses that take an indices_tuple (the others reject one by name; ManifoldLoss's is not a
+#: miner's tuple)
 TUPLE_LOSSES = [
     n
     for n in LOSSES
-    if n not in ("InstanceLoss", "NPairsLoss", "PNPLoss", "RankedListLoss", "VICRegLoss")
+    if n
+    not in (
+        "InstanceLoss",
+        "NPairsLoss",
+        "PNPLoss",
+        "RankedListLoss",
+        "VICRegLoss",
+        "P2SGradLoss",
+        "ManifoldLoss",
+    )
 ]
 
 
 def make(name: str) -> BaseMetricLossFunction:
+    torch.manual_seed(0)  # losses with class vectors draw them: the same ones on every call
     return getattr(L, name)(**LOSSES[name])
 
 

@@ -105,6 +105,15 @@ def _rtol(case: dict) -> float:
 ELEMENT_ATOL = {"SmoothAPLoss": 1e-7}
 
 
+def _grad_atol(case: dict, expected: torch.Tensor) -> float:
+    """1e-12; float32-accurate classes: 1e-6 of the largest entry (float32 rounding is
+    relative to the tensor's scale, so its tiny entries carry a larger relative error: the
+    reference itself misses ManifoldLoss_default_K50 by 2e-5 relative on one tiny entry)."""
+    if case["class"] not in FLOAT32_CLASSES or expected.numel() == 0:
+        return 1e-12
+    return max(1e-12, 1e-6 * float(expected.abs().max()))
+
+
 def _check_call(obj: torch.nn.Module, inputs: dict, expected: dict, case: dict) -> None:
     rtol = _rtol(case)
     loss = obj(**inputs)
@@ -122,20 +131,22 @@ def _check_call(obj: torch.nn.Module, inputs: dict, expected: dict, case: dict) 
     )
     if expected.get("grad") is not None:
         got = grads[0] if grads[0] is not None else torch.zeros_like(wrt[0])
+        want = torch.tensor(expected["grad"], dtype=torch.float64)
         torch.testing.assert_close(
             got,
-            torch.tensor(expected["grad"], dtype=torch.float64),
+            want,
             rtol=rtol,
-            atol=1e-12,
+            atol=_grad_atol(case, want),
             msg=lambda m: f"grad: {m}",
         )
     if expected.get("grad_ref_emb") is not None:
         got = grads[1] if grads[1] is not None else torch.zeros_like(wrt[1])
+        want = torch.tensor(expected["grad_ref_emb"], dtype=torch.float64)
         torch.testing.assert_close(
             got,
-            torch.tensor(expected["grad_ref_emb"], dtype=torch.float64),
+            want,
             rtol=rtol,
-            atol=1e-12,
+            atol=_grad_atol(case, want),
             msg=lambda m: f"grad_ref_emb: {m}",
         )
     for name, value in (expected.get("param_grads") or {}).items():
@@ -143,11 +154,12 @@ def _check_call(obj: torch.nn.Module, inputs: dict, expected: dict, case: dict) 
             continue
         idx = len(wrt) + list(params).index(name)
         got = grads[idx] if grads[idx] is not None else torch.zeros_like(params[name])
+        want = torch.tensor(value, dtype=torch.float64).reshape(-1)
         torch.testing.assert_close(
             got.reshape(-1),
-            torch.tensor(value, dtype=torch.float64).reshape(-1),
+            want,
             rtol=rtol,
-            atol=1e-12,
+            atol=_grad_atol(case, want),
             msg=lambda m, name=name: f"param grad {name}: {m}",
         )
 

@@ -14,7 +14,9 @@ from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from pml.losses._nca_instance import InstanceLoss, NCALoss
+from pml.losses._p2sgrad_manifold import ManifoldLoss, P2SGradLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
+from pml.losses._proxy import ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from pml.losses._ranking import FastAPLoss, PNPLoss, RankedListLoss, SmoothAPLoss
 from pml.losses._regularizer_mixins import (
     EmbeddingRegularizerMixin,
@@ -45,17 +47,22 @@ __all__ = [
     "InstanceLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
+    "ManifoldLoss",
     "MarginLoss",
     "MultiSimilarityLoss",
     "MultipleLosses",
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "P2SGradLoss",
     "PNPLoss",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
     "RankedListLoss",
     "SelfSupervisedLoss",
     "SignalToNoiseRatioContrastiveLoss",
     "SmoothAPLoss",
+    "SoftTripleLoss",
     "SupConLoss",
     "ThresholdConsistentMarginLoss",
     "TorchInitWrapper",

@@ -6,7 +6,9 @@ Both return *unreduced* per-row losses in the matrix's dtype, computed in at lea
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype
 from pml.losses.functional._softmax_ops import neg_log_target_mass, same_label_targets
@@ -17,7 +19,7 @@ __all__ = ["instance_loss", "nca_loss"]
 def nca_loss(
     mat: Tensor,
     labels: Tensor,
-    ref_labels: Tensor,
+    ref_labels: Tensor | None,
     softmax_scale: float = 1,
     *,
     is_inverted: bool = False,
@@ -39,7 +41,10 @@ def nca_loss(
     Args:
         mat: distances or similarities, shape ``(N, M)``.
         labels: query labels, shape ``(N,)``.
-        ref_labels: reference labels, shape ``(M,)``.
+        ref_labels: reference labels, shape ``(M,)``; None when reference ``j`` is class ``j``
+            (one reference per class, e.g. proxies: ``labels`` are int class ids in
+            ``[0, M)``): each row's only target is its label's column, and the loss is the
+            cross entropy (the same numbers as ``ref_labels = arange(M)``, one log-softmax).
         softmax_scale: multiplier of the logits.
         is_inverted: ``True`` when ``mat`` holds similarities.
         mask_diagonal: exclude ``j == i`` (the query set is the reference set).
@@ -57,6 +62,13 @@ def nca_loss(
     """
     acc = accumulation_dtype(mat.dtype)
     logits = mat.to(acc) * (softmax_scale if is_inverted else -softmax_scale)
+    if ref_labels is None:  # one reference per class: -log p_i is the cross entropy
+        if mask_diagonal:
+            raise ValueError("mask_diagonal needs ref_labels (the query set is the reference set)")
+        losses = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")
+        if weights is not None:
+            losses = losses * weights.to(acc)
+        return losses.to(mat.dtype), torch.ones_like(losses, dtype=torch.bool)
     own = "drop" if mask_diagonal and softmax_scale != 0 else "keep"
     targets, excluded = same_label_targets(labels, ref_labels, own)
     if excluded is not None:

@@ -54,6 +54,7 @@ class BaseMiner(ModuleWithRecordsAndDistance):
         self,
         distance: BaseDistance | None = None,
         collect_stats: bool | None = None,
+        *,
         tuples_per_anchor: int | None = None,
     ) -> None:
         super().__init__(distance=distance, collect_stats=collect_stats)

@@ -239,6 +239,9 @@ class EmbeddingsAlreadyPackagedAsTriplets(BaseMiner):
     needs_labels = False
     handles_tuples_per_anchor = True  # one triplet per anchor: any cap >= 1 keeps it
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # compat: no arguments of its own (kwargs of BaseMiner)
+
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> TripletsTuple:

@@ -10,7 +10,7 @@ from torch import Tensor
 from pml.core.dtypes import neg_inf, pos_inf
 from pml.core.indices import PairsTuple, TripletsTuple, pos_neg_masks
 from pml.core.validation import check_option
-from pml.miners.functional._sample import cap_mask_rows, check_tuples_per_anchor
+from pml.miners.functional._sample import capped_where, check_tuples_per_anchor
 
 __all__ = ["batch_easy_hard_miner", "batch_hard_miner"]
 
@@ -138,21 +138,17 @@ def batch_easy_hard_miner(
         if neg_strategy != "all":
             neg_val, neg_col, neg_ok = pick_neg(neg_cand)
 
-    if pos_strategy == "all":
-        pos = cap_mask_rows(pos, tuples_per_anchor)
-    if neg_strategy == "all":
-        neg = cap_mask_rows(neg, tuples_per_anchor)
     if pos_strategy == "all" and neg_strategy == "all":
-        a1, p = torch.where(pos)
-        a2, n = torch.where(neg)
+        a1, p = capped_where(pos, tuples_per_anchor)
+        a2, n = capped_where(neg, tuples_per_anchor)
     elif pos_strategy == "all":
-        a1, p = torch.where(pos)
+        a1, p = capped_where(pos, tuples_per_anchor)
         a2 = torch.where(neg_ok)[0]
         n = neg_col[a2]
     elif neg_strategy == "all":
         a1 = torch.where(pos_ok)[0]
         p = pos_col[a1]
-        a2, n = torch.where(neg)
+        a2, n = capped_where(neg, tuples_per_anchor)
     else:
         a1 = torch.where(pos_ok & neg_ok)[0]
         p, a2, n = pos_col[a1], a1, neg_col[a1]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype, neg_inf, pos_inf
 from pml.core.indices import PairsTuple, is_same_set, pos_neg_masks
-from pml.miners.functional._sample import cap_mask_rows, cap_tuples, check_tuples_per_anchor
+from pml.miners.functional._sample import cap_tuples, capped_where, check_tuples_per_anchor
 
 __all__ = [
     "hdc_miner",
@@ -31,9 +31,8 @@ def _empty_pairs(device: torch.device) -> PairsTuple:
     return e, e.clone(), e.clone(), e.clone()
 
 
-def _sorted_by_anchor_then_value(keep: Tensor, mat: Tensor) -> tuple[Tensor, Tensor]:
-    """Entries of ``keep``, ordered by row, then by ascending ``mat`` value (stable)."""
-    a, j = torch.where(keep)
+def _sorted_by_anchor_then_value(a: Tensor, j: Tensor, mat: Tensor) -> tuple[Tensor, Tensor]:
+    """Cells ``(a, j)`` (row-major), ordered by row, then by ascending ``mat`` value (stable)."""
     order = torch.sort(mat[a, j], stable=True).indices
     order = order[torch.sort(a[order], stable=True).indices]
     return a[order], j[order]
@@ -102,11 +101,8 @@ def multi_similarity_miner(
         hardest_pos = torch.where(pos, mat, lo).amax(1, keepdim=True)
         keep_pos = pos & has_neg & (mat + epsilon > hardest_neg)
         keep_neg = neg & has_pos & (mat - epsilon < hardest_pos)
-    if tuples_per_anchor is not None:
-        keep_pos = cap_mask_rows(keep_pos, tuples_per_anchor)
-        keep_neg = cap_mask_rows(keep_neg, tuples_per_anchor)
-    a1, p = _sorted_by_anchor_then_value(keep_pos, mat)
-    a2, n = _sorted_by_anchor_then_value(keep_neg, mat)
+    a1, p = _sorted_by_anchor_then_value(*capped_where(keep_pos, tuples_per_anchor), mat)
+    a2, n = _sorted_by_anchor_then_value(*capped_where(keep_neg, tuples_per_anchor), mat)
     return a1, p, a2, n
 
 
@@ -150,11 +146,8 @@ def pair_margin_miner(
         pos, neg = pos & (mat < pos_margin), neg & (mat > neg_margin)
     else:
         pos, neg = pos & (mat > pos_margin), neg & (mat < neg_margin)
-    if tuples_per_anchor is not None:
-        pos = cap_mask_rows(pos, tuples_per_anchor)
-        neg = cap_mask_rows(neg, tuples_per_anchor)
-    a1, p = torch.where(pos)
-    a2, n = torch.where(neg)
+    a1, p = capped_where(pos, tuples_per_anchor)
+    a2, n = capped_where(neg, tuples_per_anchor)
     return a1, p, a2, n
 
 

@@ -7,7 +7,7 @@ torch's default generator of the tensors' device (``torch.manual_seed`` seeds it
 
 * listed tuples (:func:`cap_per_anchor`): a ``randperm`` of the list, grouped by anchor with a
   stable sort, keeps the first ``k`` of each group: an exact uniform draw, ``O(T log T)``;
-* a boolean ``(N, M)`` mask (:func:`cap_mask_rows`): in the rows holding more than ``k``
+* a boolean ``(N, M)`` mask (:func:`capped_where`): in the rows holding more than ``k``
   entries only, an i.i.d. random key per entry and the ``k`` smallest keys of the row's
   ``True`` entries, blocks of rows at a time;
 * triplets found block by block (:class:`SampledTriplets`, the drop-in of
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pml.core.indices import IndicesTuple, TripletsTuple
+from pml.core.indices import IndicesTuple, TripletsTuple, is_same_set, label_groups
 from pml.core.validation import check_int
 from pml.miners.functional._triplet_blocks import (
     DEFAULT_MAX_ELEMENTS,
@@ -36,9 +36,9 @@ from pml.miners.functional._triplet_blocks import (
 
 __all__ = [
     "SampledTriplets",
-    "cap_mask_rows",
     "cap_per_anchor",
     "cap_tuples",
+    "capped_where",
     "check_tuples_per_anchor",
     "triplet_collector",
 ]
@@ -104,13 +104,14 @@ def cap_tuples(indices_tuple: IndicesTuple, k: int | None) -> IndicesTuple:
     return tuple(out)  # type: ignore[return-value]
 
 
-def cap_mask_rows(
+def capped_where(
     mask: Tensor, k: int | None, *, max_elements: int = DEFAULT_MAX_ELEMENTS
-) -> Tensor:
-    """``mask`` with at most ``k`` ``True`` entries per row, a uniformly random choice.
+) -> tuple[Tensor, Tensor]:
+    """``torch.where(mask)`` keeping at most ``k`` entries per row, a uniformly random choice.
 
-    Rows with at most ``k`` entries are unchanged. Memory: one block of about
-    ``max_elements`` keys plus the output mask.
+    The entries are listed first; only when a row holds more than ``k`` do the rows over the
+    cap draw keys (blocks of about ``max_elements``) and the capped mask is listed again. No
+    draw at all when no row exceeds ``k``.
 
     Args:
         mask: boolean, shape ``(N, M)``.
@@ -118,31 +119,33 @@ def cap_mask_rows(
         max_elements: keys drawn per block of rows.
 
     Returns:
-        Boolean mask, shape ``(N, M)``, a subset of ``mask``.
+        ``(rows, cols)`` int64, row-major like ``torch.where``.
 
     Example:
         >>> _ = torch.manual_seed(0)
-        >>> cap_mask_rows(torch.tensor([[True, True, False], [False, True, False]]), 1).int()
-        tensor([[0, 1, 0],
-                [0, 1, 0]], dtype=torch.int32)
+        >>> rows, cols = capped_where(torch.tensor([[True, True, False], [False, True, False]]), 1)
+        >>> rows.tolist(), cols.tolist()
+        ([0, 1], [1, 1])
     """
     k = check_tuples_per_anchor(k)
-    cols = mask.shape[1]
-    if k is None or k >= cols or mask.numel() == 0:
-        return mask
-    over = torch.where(mask.sum(1) > k)[0]  # only these rows need a draw
+    rows, cols = torch.where(mask)
+    if k is None or len(rows) <= k:
+        return rows, cols
+    over = torch.where(torch.bincount(rows, minlength=mask.shape[0]) > k)[0]
     if len(over) == 0:
-        return mask
+        return rows, cols
+    del rows, cols
     out = mask.clone()
-    step = block_rows(cols, max_elements)
-    keys = torch.empty(min(step, len(over)), cols, dtype=torch.long, device=mask.device)
+    width = mask.shape[1]
+    step = block_rows(width, max_elements)
+    keys = torch.empty(min(step, len(over)), width, dtype=torch.long, device=mask.device)
     for s in range(0, len(over), step):
-        rows = over[s : s + step]
-        block = mask[rows]
-        kb = keys[: len(rows)].random_(0, _EMPTY).masked_fill_(~block, _EMPTY)
+        block_rows_ = over[s : s + step]
+        block = mask[block_rows_]
+        kb = keys[: len(block_rows_)].random_(0, _EMPTY).masked_fill_(~block, _EMPTY)
         idx = torch.topk(kb, k, dim=1, largest=False, sorted=False).indices
-        out[rows] = torch.zeros_like(block).scatter_(1, idx, True)
-    return out
+        out[block_rows_] = torch.zeros_like(block).scatter_(1, idx, True)
+    return torch.where(out)
 
 
 class SampledTriplets:
@@ -150,11 +153,13 @@ class SampledTriplets:
 
     ``add(a1, p, keep)`` takes a block of positive pairs in row-major order and the
     ``(P_c, M)`` selection of their negatives. Each selected triplet gets an i.i.d. random
-    key; the block's entries are merged with the anchors' running ``k`` smallest keys by one
-    sort of ``(anchor, key)`` codes. A sparse selection is keyed entry by entry; a dense one
-    (more than ``k`` per row on average) gets a key per cell and a per-row ``topk`` first,
-    so a merge sorts at most ``P_c k`` new entries. :meth:`assemble` returns the kept
-    triplets in lexicographic ``(a, p, n)`` order. Memory: ``O(P_c M + N k)``.
+    key, and each anchor keeps the ``k`` smallest keys seen so far (one sort of ``(anchor,
+    key)`` codes per block). A sparse selection is keyed entry by entry; a dense one (more
+    than ``k`` per row on average) gets a key per cell and a per-row ``topk`` first, so a
+    block sorts at most ``P_c k + k`` entries. Blocks come in row-major order, so only the
+    first anchor of a block can hold triplets from an earlier block: its ``k`` slots join the
+    sort. :meth:`assemble` returns the kept triplets in lexicographic ``(a, p, n)`` order.
+    Memory: ``O(P_c M + N k)``.
 
     Args:
         num_anchors: ``N``, the number of query rows.
@@ -169,9 +174,9 @@ class SampledTriplets:
     ) -> None:
         self.k, self.cols, self.device = k, cols, device
         self.keys = torch.full((num_anchors, k), _EMPTY, dtype=torch.long, device=device)
-        self.p = torch.zeros(num_anchors, k, dtype=torch.long, device=device)
-        self.n = torch.zeros(num_anchors, k, dtype=torch.long, device=device)
+        self.codes = torch.zeros(num_anchors, k, dtype=torch.long, device=device)  # p M + n
         self.ws = Workspace(max(min(rows, _MAX_MERGE_ROWS), 1), cols, device)
+        self.last = -1  # the last anchor of the previous block
 
     def add(self, a1: Tensor, p: Tensor, keep: Tensor) -> None:
         c, cols = keep.shape
@@ -181,67 +186,81 @@ class SampledTriplets:
                 self.add(a1[s:e], p[s:e], keep[s:e])
             return
         kk = min(self.k, cols)
-        count = int(keep.sum())
+        count = int(torch.count_nonzero(keep))
         if count == 0:
             return
         if count <= c * kk:  # sparse: key the selected entries only
             rows, n = torch.where(keep)
             keys = torch.randint(0, _EMPTY, (count,), device=keep.device)
-            anchors, pp = a1[rows], p[rows]
+            anchors, codes = a1[rows], p[rows] * cols + n
         else:  # dense: a key per cell, then each row's kk smallest
             cells = self.ws.get("keys", c, torch.long).random_(0, _EMPTY)
-            keys, n = torch.topk(
-                cells.masked_fill_(~keep, _EMPTY), kk, dim=1, largest=False, sorted=False
-            )
-            keys, n = keys.flatten(), n.flatten()
-            anchors, pp = a1.repeat_interleave(kk), p.repeat_interleave(kk)
-        self._merge(anchors, pp, n, keys)
+            cells.masked_fill_(~keep, _EMPTY)
+            keys, n = torch.topk(cells, kk, dim=1, largest=False, sorted=False)
+            keys = keys.flatten()
+            anchors = a1.repeat_interleave(kk)
+            codes = (p.unsqueeze(1) * cols + n).flatten()
+        self._merge(anchors, codes, keys)
 
-    def _merge(self, anchors: Tensor, p: Tensor, n: Tensor, keys: Tensor) -> None:
-        """Keep each anchor's ``k`` smallest keys among its slots and these entries.
-
-        ``anchors`` is non-decreasing (blocks come in row-major order).
-        """
+    def _merge(self, anchors: Tensor, codes: Tensor, keys: Tensor) -> None:
+        """Keep each anchor's ``k`` smallest keys (``anchors`` is non-decreasing)."""
         k = self.k
-        touched, local = torch.unique_consecutive(anchors, return_inverse=True)
-        slots = torch.arange(len(touched), device=anchors.device).repeat_interleave(k)
-        all_local = torch.cat([slots, local])
-        all_keys = torch.cat([self.keys[touched].flatten(), keys])
-        # one sort: by anchor, then by key (codes fit in 63 bits: < 2^20 anchors)
-        order = torch.sort((all_local << (_KEY_BITS + 1)) | all_keys).indices
-        counts = torch.bincount(all_local, minlength=len(touched))
-        starts = torch.cumsum(counts, 0) - counts  # each anchor has >= k entries (its slots)
-        pick = order[(starts.unsqueeze(1) + torch.arange(k, device=anchors.device)).flatten()]
-        self.keys[touched] = all_keys[pick].view(-1, k)
-        self.p[touched] = torch.cat([self.p[touched].flatten(), p])[pick].view(-1, k)
-        self.n[touched] = torch.cat([self.n[touched].flatten(), n])[pick].view(-1, k)
+        first = int(anchors[0])
+        if first == self.last:  # continued from the previous block: its slots compete
+            anchors = torch.cat([anchors.new_full((k,), first), anchors])
+            keys = torch.cat([self.keys[first], keys])
+            codes = torch.cat([self.codes[first], codes])
+        self.last = int(anchors[-1])
+        _, local, counts = torch.unique_consecutive(
+            anchors, return_inverse=True, return_counts=True
+        )
+        # one sort: by anchor, then by key (codes of 63 bits: < 2^20 anchors per block)
+        order = torch.sort((local << (_KEY_BITS + 1)) | keys).indices
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=order.device)
+        rank -= starts.repeat_interleave(counts, output_size=len(order))
+        kept = rank < k
+        sel, rank = order[kept], rank[kept]
+        rows = anchors[sel]
+        self.keys[rows, rank] = keys[sel]
+        self.codes[rows, rank] = codes[sel]
 
     def assemble(self) -> TripletsTuple:
         valid = self.keys < _EMPTY
-        code = torch.where(valid, self.p * self.cols + self.n, torch.iinfo(torch.long).max)
-        order = torch.sort(code, dim=1).indices
-        valid = valid.gather(1, order)
+        codes = torch.where(valid, self.codes, torch.iinfo(torch.long).max)
+        codes = torch.sort(codes, dim=1).values
         anchors = torch.arange(len(valid), device=self.device).unsqueeze(1).expand_as(valid)
-        return anchors[valid], self.p.gather(1, order)[valid], self.n.gather(1, order)[valid]
+        valid = codes != torch.iinfo(torch.long).max
+        codes = codes[valid]
+        return anchors[valid], codes // self.cols, codes % self.cols
 
 
 def triplet_collector(
-    pos: Tensor, neg: Tensor, k: int | None, rows: int
+    labels: Tensor,
+    ref_labels: Tensor | None,
+    cols: int,
+    k: int | None,
+    rows: int,
+    device: torch.device,
 ) -> TripletParts | SampledTriplets:
     """Where a block miner puts its selected triplets: all of them, or ``k`` per anchor.
 
-    A cap no anchor can exceed (``k >= max |positives| * |negatives|``) keeps everything,
-    through the uncapped route (no random draw).
+    A cap no anchor can exceed (``k >= max |positives| * |negatives|``, counted from the
+    labels in ``O((N + M) log M)``) keeps everything through the uncapped route, without a
+    random draw.
 
     Args:
-        pos: positive mask, shape ``(N, M)``.
-        neg: negative mask, shape ``(N, M)``.
+        labels: query labels, shape ``(N,)``.
+        ref_labels: reference labels, shape ``(M,)``; None or ``labels`` for the same set.
+        cols: ``M``.
         k: the cap per anchor, or None.
         rows: the largest block of positive pairs.
+        device: where the blocks and the output live.
     """
     k = check_tuples_per_anchor(k)
-    if k is not None and pos.numel():
-        most = int((pos.sum(1) * neg.sum(1)).max())
-        if k < most:
-            return SampledTriplets(pos.shape[0], pos.shape[1], k, rows, pos.device)
-    return TripletParts(pos.device)
+    if k is not None and len(labels) and cols:
+        same = label_groups(labels, ref_labels).count
+        num_pos = (same - int(is_same_set(labels, ref_labels))).clamp_min(0)
+        if k < int((num_pos * (cols - same)).max()):
+            return SampledTriplets(len(labels), cols, k, rows, device)
+    return TripletParts(device)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import TripletsTuple, get_random_triplet_indices, pos_neg_masks
-from pml.miners.functional._sample import SampledTriplets, cap_per_anchor, triplet_collector
+from pml.miners.functional._sample import cap_per_anchor, triplet_collector
 from pml.miners.functional._triplet_blocks import (
     DEFAULT_MAX_ELEMENTS,
     TripletParts,
@@ -97,8 +97,8 @@ def triplet_margin_miner(
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(mat.device), neg.to(mat.device)
     step = block_rows(mat.shape[1], max_elements)
-    rows = min(step, int(pos.sum()))
-    parts = triplet_collector(pos, neg, tuples_per_anchor, rows)
+    rows = min(step, int(torch.count_nonzero(pos)))
+    parts = triplet_collector(labels, ref_labels, mat.shape[1], tuples_per_anchor, rows, mat.device)
     ws = Workspace(rows, mat.shape[1], mat.device)
     for ca, cp in pos_pair_chunks(pos, mat.shape[1], max_elements):
         c = len(ca)
@@ -200,14 +200,9 @@ def angular_miner(
         ref.shape[0],
         embeddings.device,
     )
-    if tuples_per_anchor is None:
-        parts: TripletParts | SampledTriplets = TripletParts(embeddings.device)
-    else:
-        pos, neg = pos_neg_masks(labels, ref_labels)
-        parts = triplet_collector(
-            pos.to(embeddings.device), neg.to(embeddings.device), tuples_per_anchor, ws.rows
-        )
-        del pos, neg
+    parts = triplet_collector(
+        labels, ref_labels, ref.shape[0], tuples_per_anchor, ws.rows, embeddings.device
+    )
     for ca, cp, neg, ap, d2, err, c in angular_blocks(
         embeddings, labels, ref_emb, ref_labels, max_elements, ws
     ):

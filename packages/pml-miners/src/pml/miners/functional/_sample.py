@@ -140,11 +140,11 @@ def capped_where(
     step = block_rows(width, max_elements)
     keys = torch.empty(min(step, len(over)), width, dtype=torch.long, device=mask.device)
     for s in range(0, len(over), step):
-        block_rows_ = over[s : s + step]
-        block = mask[block_rows_]
-        kb = keys[: len(block_rows_)].random_(0, _EMPTY).masked_fill_(~block, _EMPTY)
+        chunk = over[s : s + step]
+        block = mask[chunk]
+        kb = keys[: len(chunk)].random_(0, _EMPTY).masked_fill_(~block, _EMPTY)
         idx = torch.topk(kb, k, dim=1, largest=False, sorted=False).indices
-        out[block_rows_] = torch.zeros_like(block).scatter_(1, idx, True)
+        out[chunk] = torch.zeros_like(block).scatter_(1, idx, True)
     return torch.where(out)
 
 

@@ -52,6 +52,14 @@ tm_pml, tm_ref = _factory("pml", "TripletMarginMiner"), _factory("ref", "Triplet
 tmh_pml = _factory("pml", "TripletMarginMiner", type_of_triplets="hard")
 tmh_ref = _factory("ref", "TripletMarginMiner", type_of_triplets="hard")
 uh_pml, uh_ref = _factory("pml", "UniformHistogramMiner"), _factory("ref", "UniformHistogramMiner")
+# tuples_per_anchor (issue 15): the reference has no such keyword, its column is the plain miner
+ms64_pml, ms64_ref = _factory("pml", "MultiSimilarityMiner", tuples_per_anchor=64), ms_ref
+tm64_pml, tm64_ref = _factory("pml", "TripletMarginMiner", tuples_per_anchor=64), tm_ref
+# "easy" selects almost every candidate: without the cap the output itself is the memory
+tme_pml = _factory("pml", "TripletMarginMiner", type_of_triplets="easy")
+tme_ref = _factory("ref", "TripletMarginMiner", type_of_triplets="easy")
+tme64_pml = _factory("pml", "TripletMarginMiner", type_of_triplets="easy", tuples_per_anchor=64)
+tme64_ref = tme_ref
 
 
 def _case(name: str, key: str, n: int, ref_skip: str | None = None, repeats: int = 3) -> dict:
@@ -83,12 +91,34 @@ SUITE = [
     _case("MultiSimilarityMiner", "ms", 1024),
     _case("MultiSimilarityMiner", "ms", 2048),
     _case("MultiSimilarityMiner", "ms", 4096),
+    _case("MultiSimilarityMiner tuples_per_anchor=64 (reference: plain)", "ms64", 4096),
     _case("PairMarginMiner", "pm", 1024),
     _case("PairMarginMiner", "pm", 4096),
     _case("TripletMarginMiner", "tm", 1024, repeats=1),
     _case(
         "TripletMarginMiner",
         "tm",
+        4096,
+        ref_skip="all 117M candidate triplets as int64 indices plus gathered values (> 8 GB)",
+        repeats=1,
+    ),
+    _case(
+        "TripletMarginMiner tuples_per_anchor=64 (reference: plain)",
+        "tm64",
+        4096,
+        ref_skip="all 117M candidate triplets as int64 indices plus gathered values (> 8 GB)",
+        repeats=1,
+    ),
+    _case(
+        "TripletMarginMiner easy",
+        "tme",
+        4096,
+        ref_skip="all 117M candidate triplets as int64 indices plus gathered values (> 8 GB)",
+        repeats=1,
+    ),
+    _case(
+        "TripletMarginMiner easy tuples_per_anchor=64 (reference: plain)",
+        "tme64",
         4096,
         ref_skip="all 117M candidate triplets as int64 indices plus gathered values (> 8 GB)",
         repeats=1,

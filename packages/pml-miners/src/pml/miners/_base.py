@@ -8,13 +8,14 @@ import torch
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple
-from pml.core.validation import InvalidArgumentError, check_embeddings, check_shapes
+from pml.core.validation import InvalidArgumentError, check_embeddings, check_int, check_shapes
 from pml.distances import (
     BaseDistance,
     LpDistance,
     ModuleWithRecordsAndDistance,
     assert_distance_type,
 )
+from pml.miners.functional._sample import cap_tuples
 
 
 class BaseMiner(ModuleWithRecordsAndDistance):
@@ -30,17 +31,39 @@ class BaseMiner(ModuleWithRecordsAndDistance):
         distance: the distance used to build the ``(N, M)`` matrix; None for the miner's
             default (a fresh ``LpDistance(p=2)`` unless the miner says otherwise).
         collect_stats: record per-call statistics (None: the global default).
+        tuples_per_anchor: None (default) returns every tuple the miner selects. An int
+            ``k >= 1`` keeps, for each anchor, a uniformly random subset (without
+            replacement) of ``min(count, k)`` of its ``count`` selected tuples; pair miners
+            cap positive and negative pairs separately (at most ``k`` of each per anchor).
+            Kept tuples stay in the miner's order; draws come from torch's default
+            generator of the embeddings' device (``torch.manual_seed``). Each miner says
+            how it applies the cap; a subclass that does not handle it in :meth:`mine`
+            (``handles_tuples_per_anchor = False``) gets its output capped by ``forward``.
+
+    Raises:
+        TypeError: ``tuples_per_anchor`` is not None or an int.
+        ValueError: ``tuples_per_anchor`` is smaller than 1.
     """
 
     #: whether ``mine`` reads the labels (False only for miners that ignore them)
     needs_labels: bool = True
+    #: whether ``mine`` applies ``tuples_per_anchor`` itself (else ``forward`` caps the output)
+    handles_tuples_per_anchor: bool = False
 
     def __init__(
-        self, distance: BaseDistance | None = None, collect_stats: bool | None = None
+        self,
+        distance: BaseDistance | None = None,
+        collect_stats: bool | None = None,
+        *,
+        tuples_per_anchor: int | None = None,
     ) -> None:
         super().__init__(distance=distance, collect_stats=collect_stats)
         self.add_to_recordable_attributes(
             list_of_names=["num_pos_pairs", "num_neg_pairs", "num_triplets"], is_stat=True
+        )
+        # not a recordable attribute: the reference's records stay as they are
+        self.tuples_per_anchor = check_int(
+            "tuples_per_anchor", tuples_per_anchor, min=1, allow_none=True
         )
 
     def mine(
@@ -88,6 +111,9 @@ class BaseMiner(ModuleWithRecordsAndDistance):
             )
             _check_finite(embeddings, ref_emb)
             output = self.mine(embeddings, labels, ref_emb, ref_labels)  # type: ignore[arg-type]
+        if self.tuples_per_anchor is not None and not self.handles_tuples_per_anchor:
+            self.output_assertion(output)  # a well-formed tuple before capping it
+            output = cap_tuples(output, self.tuples_per_anchor)
         self.output_assertion(output)
         return output
 
@@ -158,7 +184,9 @@ class BaseMiner(ModuleWithRecordsAndDistance):
             )
 
     def extra_repr(self) -> str:
-        names = getattr(self, "_record_these", [])
+        names = list(getattr(self, "_record_these", []))
+        if getattr(self, "tuples_per_anchor", None) is not None:
+            names.append("tuples_per_anchor")
         return ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
 
     def _require_lp_distance(self) -> None:

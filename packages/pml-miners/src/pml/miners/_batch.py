@@ -28,7 +28,9 @@ class BatchEasyHardMiner(BaseMiner):
             ``"hard"`` (closest), ``"easy"`` (farthest) or ``"all"``.
         allowed_pos_range: ``(lo, hi)``: only positives with ``lo <= value <= hi``.
         allowed_neg_range: ``(lo, hi)``: only negatives with ``lo <= value <= hi``.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor``: at most that many
+            pairs per anchor on an ``"all"`` side (a uniformly random subset of its pairs);
+            a chosen side has one pair per anchor, which any cap keeps.
 
     Raises:
         ValueError: an unknown strategy, both ``"semihard"``, or ``"semihard"`` with ``"all"``.
@@ -45,6 +47,7 @@ class BatchEasyHardMiner(BaseMiner):
     EASY = "easy"
     ALL = "all"
     all_batch_mining_strategies: ClassVar[list[str]] = [HARD, SEMIHARD, EASY, ALL]
+    handles_tuples_per_anchor = True
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class BatchEasyHardMiner(BaseMiner):
             allowed_pos_range=self.allowed_pos_range,
             allowed_neg_range=self.allowed_neg_range,
             is_inverted=self.distance.is_inverted,
+            tuples_per_anchor=self.tuples_per_anchor,
         )
         if self.collect_stats:
             self._set_pair_stats(mat, pairs)
@@ -126,7 +130,9 @@ class BatchHardMiner(BatchEasyHardMiner):
 
     Args:
         **kwargs: ``allowed_pos_range``, ``allowed_neg_range``, ``distance``,
-            ``collect_stats`` (passing a strategy is a ``TypeError``).
+            ``collect_stats`` (passing a strategy is a ``TypeError``), ``tuples_per_anchor``
+            (None or an int ``>= 1``: accepted and changes nothing, there is at most one
+            triplet per anchor).
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])

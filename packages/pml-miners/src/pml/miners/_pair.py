@@ -21,7 +21,9 @@ class MultiSimilarityMiner(BaseMiner):
 
     Args:
         epsilon: margin added when comparing with the hardest pair of the other side.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor`` (at most that many
+            of each anchor's selected positive pairs and, separately, negative pairs, a
+            uniformly random subset; see :class:`BaseMiner`).
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
@@ -29,6 +31,8 @@ class MultiSimilarityMiner(BaseMiner):
         >>> a2.tolist(), n.tolist()
         ([0, 1, 1, 2, 2, 3], [2, 3, 2, 0, 1, 1])
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(self, epsilon: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -49,6 +53,7 @@ class MultiSimilarityMiner(BaseMiner):
             epsilon=self.epsilon,
             is_inverted=self.distance.is_inverted,
             exclude_diagonal=embeddings is ref_emb,  # compat: identity of the embeddings
+            tuples_per_anchor=self.tuples_per_anchor,
         )
 
 
@@ -58,7 +63,9 @@ class PairMarginMiner(BaseMiner):
     Args:
         pos_margin: positives farther than this (less similar, for similarities) are kept.
         neg_margin: negatives closer than this (more similar) are kept.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor`` (at most that many
+            of each anchor's violating positive pairs and, separately, negative pairs, a
+            uniformly random subset; the statistics still describe all pairs).
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
@@ -66,6 +73,8 @@ class PairMarginMiner(BaseMiner):
         >>> a1.tolist(), p.tolist(), a2.tolist(), n.tolist()
         ([0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 2, 3], [2, 3, 0, 1])
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -90,6 +99,7 @@ class PairMarginMiner(BaseMiner):
             pos_margin=self.pos_margin,
             neg_margin=self.neg_margin,
             is_inverted=self.distance.is_inverted,
+            tuples_per_anchor=self.tuples_per_anchor,
         )
 
 
@@ -102,7 +112,13 @@ class HDCMiner(BaseMiner):
 
     Args:
         filter_percentage: fraction of pairs kept on each side, in ``[0, 1]``.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor``: applied after the
+            filter. ``filter_percentage`` first keeps the hardest
+            ``ceil(filter_percentage * count)`` pairs of each side over the whole batch,
+            exactly as without the keyword; then each anchor keeps a uniformly random subset
+            of at most ``tuples_per_anchor`` of its remaining positive pairs and, separately,
+            negative pairs (hardest-first order kept). So the output is a random subset of
+            the hard pairs, never a pair the filter dropped.
 
     Raises:
         ValueError: ``filter_percentage`` outside ``[0, 1]``.
@@ -113,6 +129,8 @@ class HDCMiner(BaseMiner):
         >>> len(a1), len(a2)
         (2, 4)
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(self, filter_percentage: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -140,6 +158,7 @@ class HDCMiner(BaseMiner):
             candidates,  # type: ignore[arg-type]
             filter_percentage=self.filter_percentage,
             is_inverted=self.distance.is_inverted,
+            tuples_per_anchor=self.tuples_per_anchor,
         )
         self.a1, self.p, self.a2, self.n = out
         return out
@@ -174,7 +193,11 @@ class UniformHistogramMiner(BaseMiner):
         num_bins: equal-width bins between the smallest and largest value of each side.
         pos_per_bin: positive pairs drawn (with replacement) per non-empty bin.
         neg_per_bin: negative pairs drawn per non-empty bin.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor``: after all bins
+            are drawn (the same random stream as without it), each anchor keeps a uniformly
+            random subset of at most that many of its drawn positive entries and, separately,
+            negative entries (the bins draw with replacement, so a pair drawn twice may stay
+            twice).
 
     Raises:
         TypeError: ``num_bins``, ``pos_per_bin`` or ``neg_per_bin`` is not an int.
@@ -187,6 +210,8 @@ class UniformHistogramMiner(BaseMiner):
         >>> len(a1), len(a2)
         (3, 5)
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(
         self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10, **kwargs: Any
@@ -211,4 +236,5 @@ class UniformHistogramMiner(BaseMiner):
             num_bins=self.num_bins,
             pos_per_bin=self.pos_per_bin,
             neg_per_bin=self.neg_per_bin,
+            tuples_per_anchor=self.tuples_per_anchor,
         )

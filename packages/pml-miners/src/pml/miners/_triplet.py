@@ -27,7 +27,10 @@ class TripletMarginMiner(BaseMiner):
         type_of_triplets: ``"all"`` (``tm <= m``), ``"hard"`` (``tm <= 0``), ``"semihard"``
             (``0 < tm <= m``) or ``"easy"`` (``tm > m``), with ``tm`` the gap between the
             negative and the positive.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor`` (at most that many
+            of each anchor's selected triplets, a uniformly random subset drawn block by
+            block: memory is one block plus ``N x tuples_per_anchor``, the selected
+            triplets are never all listed; the statistics still describe every candidate).
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0]])
@@ -35,6 +38,8 @@ class TripletMarginMiner(BaseMiner):
         >>> a.tolist(), p.tolist(), n.tolist()
         ([0, 1, 2, 2, 3, 3], [1, 0, 3, 3, 2, 2], [2, 2, 0, 1, 0, 1])
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class TripletMarginMiner(BaseMiner):
             margin=self.margin,
             type_of_triplets=self.type_of_triplets,
             is_inverted=inverted,
+            tuples_per_anchor=self.tuples_per_anchor,
         )
 
 
@@ -87,7 +93,10 @@ class AngularMiner(BaseMiner):
 
     Args:
         angle: threshold in degrees; stored as ``self.angle`` in radians.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor`` (at most that many
+            of each anchor's selected triplets, a uniformly random subset drawn block by
+            block, like :class:`TripletMarginMiner`; the statistics describe every
+            candidate).
 
     Raises:
         InvalidArgumentError: another distance.
@@ -98,6 +107,8 @@ class AngularMiner(BaseMiner):
         >>> a.tolist(), p.tolist(), n.tolist()
         ([0, 1, 2, 2, 3, 3], [1, 0, 3, 3, 2, 2], [2, 2, 0, 1, 0, 1])
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(self, angle: float = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -121,7 +132,14 @@ class AngularMiner(BaseMiner):
     ) -> TripletsTuple:
         if self.collect_stats:
             self._set_angle_stats(embeddings, labels, ref_emb, ref_labels)
-        return MF.angular_miner(embeddings, labels, ref_emb, ref_labels, angle=self.angle)
+        return MF.angular_miner(
+            embeddings,
+            labels,
+            ref_emb,
+            ref_labels,
+            angle=self.angle,
+            tuples_per_anchor=self.tuples_per_anchor,
+        )
 
     def _set_angle_stats(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
@@ -157,7 +175,12 @@ class DistanceWeightedMiner(BaseMiner):
     Args:
         cutoff: distances below are raised to this value.
         nonzero_loss_cutoff: negatives at or beyond this distance are never drawn.
-        **kwargs: ``distance``, ``collect_stats``.
+        **kwargs: ``distance``, ``collect_stats``, ``tuples_per_anchor``: each anchor draws
+            as many triplets as its label has members, exactly as without the keyword (same
+            random stream); then it keeps a uniformly random subset of at most
+            ``tuples_per_anchor`` of its draws (the draws are with replacement, as in the
+            reference, so a triplet drawn twice may stay twice). A cap at or above the
+            largest class changes nothing.
 
     Raises:
         InvalidArgumentError: another distance.
@@ -168,6 +191,8 @@ class DistanceWeightedMiner(BaseMiner):
         >>> len(a) == len(p) == len(n)
         True
     """
+
+    handles_tuples_per_anchor = True
 
     def __init__(
         self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, **kwargs: Any
@@ -189,6 +214,7 @@ class DistanceWeightedMiner(BaseMiner):
             embedding_size=embeddings.shape[1],
             cutoff=self.cutoff,
             nonzero_loss_cutoff=self.nonzero_loss_cutoff,
+            tuples_per_anchor=self.tuples_per_anchor,
         )
 
 
@@ -197,6 +223,9 @@ class EmbeddingsAlreadyPackagedAsTriplets(BaseMiner):
 
     Pair it with ``pml.samplers.FixedSetOfTriplets``. Labels and distance are not used
     (``labels`` may be None). Indices are created on the embeddings' device.
+
+    ``tuples_per_anchor`` (None or an int ``>= 1``, see :class:`BaseMiner`) is accepted and
+    changes nothing: each anchor row has exactly one triplet.
 
     Raises:
         InvalidArgumentError: the batch size is not a multiple of 3.
@@ -208,6 +237,10 @@ class EmbeddingsAlreadyPackagedAsTriplets(BaseMiner):
     """
 
     needs_labels = False
+    handles_tuples_per_anchor = True  # one triplet per anchor: any cap >= 1 keeps it
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # compat: no arguments of its own (kwargs of BaseMiner)
 
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor

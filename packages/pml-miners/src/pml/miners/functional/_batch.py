@@ -10,6 +10,7 @@ from torch import Tensor
 from pml.core.dtypes import neg_inf, pos_inf
 from pml.core.indices import PairsTuple, TripletsTuple, pos_neg_masks
 from pml.core.validation import check_option
+from pml.miners.functional._sample import capped_where, check_tuples_per_anchor
 
 __all__ = ["batch_easy_hard_miner", "batch_hard_miner"]
 
@@ -66,6 +67,7 @@ def batch_easy_hard_miner(
     allowed_pos_range: tuple[float, float] | None = None,
     allowed_neg_range: tuple[float, float] | None = None,
     is_inverted: bool = False,
+    tuples_per_anchor: int | None = None,
 ) -> PairsTuple:
     """One positive and one negative per anchor, or all of one side (Xuan et al., WACV 2020).
 
@@ -84,6 +86,10 @@ def batch_easy_hard_miner(
         allowed_pos_range: inclusive value range of positive candidates.
         allowed_neg_range: inclusive value range of negative candidates.
         is_inverted: ``True`` when ``mat`` holds similarities.
+        tuples_per_anchor: keep at most this many pairs per anchor on an ``"all"`` side, a
+            uniformly random subset (torch's default generator of ``mat``'s device); a
+            chosen side has one pair per anchor, which any cap ``>= 1`` keeps. None keeps
+            all.
 
     Returns:
         ``(a1, p, a2, n)`` int64. Without ``"all"``: one pair per side for each anchor that
@@ -102,6 +108,7 @@ def batch_easy_hard_miner(
         [[0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 2, 3], [3, 2, 1, 0]]
     """
     check_strategies(pos_strategy, neg_strategy)
+    tuples_per_anchor = check_tuples_per_anchor(tuples_per_anchor)
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(mat.device), neg.to(mat.device)
     # "farthest" is the max of a distance, the min of a similarity
@@ -132,16 +139,16 @@ def batch_easy_hard_miner(
             neg_val, neg_col, neg_ok = pick_neg(neg_cand)
 
     if pos_strategy == "all" and neg_strategy == "all":
-        a1, p = torch.where(pos)
-        a2, n = torch.where(neg)
+        a1, p = capped_where(pos, tuples_per_anchor)
+        a2, n = capped_where(neg, tuples_per_anchor)
     elif pos_strategy == "all":
-        a1, p = torch.where(pos)
+        a1, p = capped_where(pos, tuples_per_anchor)
         a2 = torch.where(neg_ok)[0]
         n = neg_col[a2]
     elif neg_strategy == "all":
         a1 = torch.where(pos_ok)[0]
         p = pos_col[a1]
-        a2, n = torch.where(neg)
+        a2, n = capped_where(neg, tuples_per_anchor)
     else:
         a1 = torch.where(pos_ok & neg_ok)[0]
         p, a2, n = pos_col[a1], a1, neg_col[a1]
@@ -156,8 +163,12 @@ def batch_hard_miner(
     allowed_pos_range: tuple[float, float] | None = None,
     allowed_neg_range: tuple[float, float] | None = None,
     is_inverted: bool = False,
+    tuples_per_anchor: int | None = None,
 ) -> TripletsTuple:
     """Per anchor, the farthest positive and the closest negative (Hermans et al., 2017).
+
+    ``tuples_per_anchor`` (None or an int ``>= 1``) is accepted for uniformity with the
+    other miners and changes nothing: there is at most one triplet per anchor.
 
     Returns:
         ``(a, p, n)`` int64, one triplet per anchor having a positive and a negative.
@@ -176,5 +187,6 @@ def batch_hard_miner(
         allowed_pos_range=allowed_pos_range,
         allowed_neg_range=allowed_neg_range,
         is_inverted=is_inverted,
+        tuples_per_anchor=tuples_per_anchor,
     )
     return a, p, n

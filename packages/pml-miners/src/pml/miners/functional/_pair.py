@@ -14,6 +14,7 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype, neg_inf, pos_inf
 from pml.core.indices import PairsTuple, is_same_set, pos_neg_masks
+from pml.miners.functional._sample import cap_tuples, capped_where, check_tuples_per_anchor
 
 __all__ = [
     "hdc_miner",
@@ -30,9 +31,8 @@ def _empty_pairs(device: torch.device) -> PairsTuple:
     return e, e.clone(), e.clone(), e.clone()
 
 
-def _sorted_by_anchor_then_value(keep: Tensor, mat: Tensor) -> tuple[Tensor, Tensor]:
-    """Entries of ``keep``, ordered by row, then by ascending ``mat`` value (stable)."""
-    a, j = torch.where(keep)
+def _sorted_by_anchor_then_value(a: Tensor, j: Tensor, mat: Tensor) -> tuple[Tensor, Tensor]:
+    """Cells ``(a, j)`` (row-major), ordered by row, then by ascending ``mat`` value (stable)."""
     order = torch.sort(mat[a, j], stable=True).indices
     order = order[torch.sort(a[order], stable=True).indices]
     return a[order], j[order]
@@ -46,6 +46,7 @@ def multi_similarity_miner(
     epsilon: float = 0.1,
     is_inverted: bool = True,
     exclude_diagonal: bool | None = None,
+    tuples_per_anchor: int | None = None,
 ) -> PairsTuple:
     """Pairs that violate the multi-similarity margin (Wang et al., CVPR 2019).
 
@@ -64,6 +65,9 @@ def multi_similarity_miner(
         exclude_diagonal: drop ``(i, i)`` from both sides; None means "same set" (decided
             from ``ref_labels`` by identity). The reference decides it by ``embeddings is
             ref_emb``, so the class passes that.
+        tuples_per_anchor: keep at most this many positive and, separately, this many
+            negative pairs per anchor, a uniformly random subset of the selected ones
+            (torch's default generator of ``mat``'s device); None keeps all.
 
     Returns:
         ``(a1, p, a2, n)`` int64, by anchor and then by ascending matrix value.
@@ -73,6 +77,7 @@ def multi_similarity_miner(
         >>> [t.tolist() for t in multi_similarity_miner(sim, torch.tensor([0, 1, 1]))]
         [[1], [2], [1], [0]]
     """
+    tuples_per_anchor = check_tuples_per_anchor(tuples_per_anchor)
     device = mat.device
     label_pos, label_neg = pos_neg_masks(labels, ref_labels)
     if not (bool(label_pos.any()) and bool(label_neg.any())):
@@ -96,8 +101,8 @@ def multi_similarity_miner(
         hardest_pos = torch.where(pos, mat, lo).amax(1, keepdim=True)
         keep_pos = pos & has_neg & (mat + epsilon > hardest_neg)
         keep_neg = neg & has_pos & (mat - epsilon < hardest_pos)
-    a1, p = _sorted_by_anchor_then_value(keep_pos, mat)
-    a2, n = _sorted_by_anchor_then_value(keep_neg, mat)
+    a1, p = _sorted_by_anchor_then_value(*capped_where(keep_pos, tuples_per_anchor), mat)
+    a2, n = _sorted_by_anchor_then_value(*capped_where(keep_neg, tuples_per_anchor), mat)
     return a1, p, a2, n
 
 
@@ -109,6 +114,7 @@ def pair_margin_miner(
     pos_margin: float = 0.2,
     neg_margin: float = 0.8,
     is_inverted: bool = False,
+    tuples_per_anchor: int | None = None,
 ) -> PairsTuple:
     """Positive pairs beyond ``pos_margin`` and negative pairs within ``neg_margin``.
 
@@ -122,6 +128,9 @@ def pair_margin_miner(
         pos_margin: threshold for positive pairs.
         neg_margin: threshold for negative pairs.
         is_inverted: ``True`` when ``mat`` holds similarities.
+        tuples_per_anchor: keep at most this many positive and, separately, this many
+            negative pairs per anchor, a uniformly random subset of the selected ones
+            (torch's default generator of ``mat``'s device); None keeps all.
 
     Returns:
         ``(a1, p, a2, n)`` int64.
@@ -137,8 +146,8 @@ def pair_margin_miner(
         pos, neg = pos & (mat < pos_margin), neg & (mat > neg_margin)
     else:
         pos, neg = pos & (mat > pos_margin), neg & (mat < neg_margin)
-    a1, p = torch.where(pos)
-    a2, n = torch.where(neg)
+    a1, p = capped_where(pos, tuples_per_anchor)
+    a2, n = capped_where(neg, tuples_per_anchor)
     return a1, p, a2, n
 
 
@@ -162,7 +171,12 @@ def pair_margin_miner_stats(
 
 
 def hdc_miner(
-    mat: Tensor, pairs: PairsTuple, *, filter_percentage: float = 0.5, is_inverted: bool = False
+    mat: Tensor,
+    pairs: PairsTuple,
+    *,
+    filter_percentage: float = 0.5,
+    is_inverted: bool = False,
+    tuples_per_anchor: int | None = None,
 ) -> PairsTuple:
     """Keep the hardest ``ceil(filter_percentage * count)`` pairs of each side.
 
@@ -176,6 +190,11 @@ def hdc_miner(
         pairs: ``(a1, p, a2, n)`` candidate pairs.
         filter_percentage: fraction kept on each side, in ``[0, 1]``.
         is_inverted: ``True`` when ``mat`` holds similarities.
+        tuples_per_anchor: after the filter (which keeps the hardest pairs of the whole
+            batch, as without it), keep at most this many of each anchor's remaining
+            positive and, separately, negative pairs: a uniformly random subset (torch's
+            default generator of ``mat``'s device), still in hardest-first order. None
+            keeps all. A pair listed twice in ``pairs`` counts twice.
 
     Returns:
         ``(a1, p, a2, n)`` int64.
@@ -187,6 +206,7 @@ def hdc_miner(
         >>> [t.tolist() for t in hdc_miner(d, pairs)]
         [[0], [1], [0, 2], [2, 0]]
     """
+    tuples_per_anchor = check_tuples_per_anchor(tuples_per_anchor)
     out = list(pairs)
     for side, largest in ((0, not is_inverted), (2, is_inverted)):
         anchors, others = out[side], out[side + 1]
@@ -196,7 +216,7 @@ def hdc_miner(
         k = math.ceil(filter_percentage * len(values))
         idx = torch.topk(values, k, largest=largest).indices
         out[side], out[side + 1] = anchors[idx], others[idx]
-    return tuple(out)  # type: ignore[return-value]
+    return cap_tuples(tuple(out), tuples_per_anchor)  # type: ignore[arg-type]
 
 
 def _first_cdf_reaching(u: Tensor, sizes: Tensor) -> Tensor:
@@ -293,15 +313,23 @@ def uniform_histogram_miner(
     num_bins: int = 100,
     pos_per_bin: int = 10,
     neg_per_bin: int = 10,
+    tuples_per_anchor: int | None = None,
 ) -> PairsTuple:
     """Pairs sampled so that their values are spread uniformly over a histogram.
 
     Positive pairs first, then negative pairs, each through :func:`histogram_sample`
     (``per_bin`` draws in each non-empty bin). A side without pairs stays empty.
 
+    ``tuples_per_anchor`` caps the drawn pairs per anchor (positives and negatives
+    separately): all histogram draws are made first, exactly as without it (same random
+    stream), then each anchor keeps a uniformly random subset of at most
+    ``tuples_per_anchor`` of its drawn entries (without replacement among the entries; the
+    histogram draws are with replacement, so a pair drawn twice may stay twice).
+
     Returns:
         ``(a1, p, a2, n)`` int64; duplicates are expected.
     """
+    tuples_per_anchor = check_tuples_per_anchor(tuples_per_anchor)
     pos, neg = pos_neg_masks(labels, ref_labels)
     out: list[Tensor] = []
     flat_mat = mat.reshape(-1)
@@ -311,4 +339,4 @@ def uniform_histogram_miner(
         if len(flat):
             flat = flat[histogram_sample(flat_mat[flat], num_bins, per_bin)]
         out += [torch.div(flat, mat.shape[1], rounding_mode="floor"), flat % mat.shape[1]]
-    return out[0], out[1], out[2], out[3]
+    return cap_tuples((out[0], out[1], out[2], out[3]), tuples_per_anchor)  # type: ignore[return-value]

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import TripletsTuple, get_random_triplet_indices, pos_neg_masks
+from pml.miners.functional._sample import cap_per_anchor, triplet_collector
 from pml.miners.functional._triplet_blocks import (
     DEFAULT_MAX_ELEMENTS,
     TripletParts,
@@ -62,6 +63,7 @@ def triplet_margin_miner(
     type_of_triplets: TripletType | str = "all",
     is_inverted: bool = False,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    tuples_per_anchor: int | None = None,
 ) -> TripletsTuple:
     """Triplets whose margin ``tm`` satisfies the chosen condition.
 
@@ -79,6 +81,10 @@ def triplet_margin_miner(
         type_of_triplets: ``"all"``, ``"hard"``, ``"semihard"`` or ``"easy"``.
         is_inverted: ``True`` when ``mat`` holds similarities.
         max_elements: candidate entries evaluated per block (bounds the memory).
+        tuples_per_anchor: keep at most this many of each anchor's selected triplets, a
+            uniformly random subset (torch's default generator of ``mat``'s device);
+            None keeps all. Memory is one block plus ``N x tuples_per_anchor``: the
+            selected triplets are never all listed.
 
     Returns:
         ``(a, p, n)`` int64 on ``mat``'s device, in lexicographic order.
@@ -90,9 +96,10 @@ def triplet_margin_miner(
     """
     pos, neg = pos_neg_masks(labels, ref_labels)
     pos, neg = pos.to(mat.device), neg.to(mat.device)
-    parts = TripletParts(mat.device)
     step = block_rows(mat.shape[1], max_elements)
-    ws = Workspace(min(step, int(pos.sum())), mat.shape[1], mat.device)
+    rows = min(step, int(torch.count_nonzero(pos)))
+    parts = triplet_collector(labels, ref_labels, mat.shape[1], tuples_per_anchor, rows, mat.device)
+    ws = Workspace(rows, mat.shape[1], mat.device)
     for ca, cp in pos_pair_chunks(pos, mat.shape[1], max_elements):
         c = len(ca)
         tm = torch.index_select(mat, 0, ca, out=ws.get("tm", c, mat.dtype))  # an
@@ -145,6 +152,7 @@ def angular_miner(
     *,
     angle: float = math.radians(20),
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    tuples_per_anchor: int | None = None,
 ) -> TripletsTuple:
     """Triplets whose angle at the negative exceeds ``angle`` (Wang et al., ICCV 2017).
 
@@ -165,6 +173,9 @@ def angular_miner(
         ref_labels: shape ``(M,)``; None (or ``labels`` itself) for the same set.
         angle: threshold in radians.
         max_elements: candidate entries evaluated per block.
+        tuples_per_anchor: keep at most this many of each anchor's selected triplets, a
+            uniformly random subset (torch's default generator of the embeddings' device);
+            None keeps all. Memory stays one block plus ``N x tuples_per_anchor``.
 
     Returns:
         ``(a, p, n)`` int64 in lexicographic order, on ``embeddings``' device.
@@ -178,9 +189,8 @@ def angular_miner(
         ref_emb, ref_labels = embeddings, labels
     acc = accumulation_dtype(embeddings.dtype)
     ref = ref_emb.to(acc)
-    parts = TripletParts(embeddings.device)
     if angle >= math.pi / 2:  # atan(x) < pi / 2 for finite x: nothing passes
-        return parts.assemble()
+        return TripletParts(embeddings.device).assemble()
     tan = math.tan(angle) if angle > 0 else 1.0
     scale = 1 / (4 * tan**2)
     # the reference rounds in angle space; d(d2)/d2 = 2 (1 + tan^2) / tan * angle * d(angle)/angle
@@ -189,6 +199,9 @@ def angular_miner(
         min(block_rows(ref.shape[0], max_elements), max(len(labels) * ref.shape[0], 1)),
         ref.shape[0],
         embeddings.device,
+    )
+    parts = triplet_collector(
+        labels, ref_labels, ref.shape[0], tuples_per_anchor, ws.rows, embeddings.device
     )
     for ca, cp, neg, ap, d2, err, c in angular_blocks(
         embeddings, labels, ref_emb, ref_labels, max_elements, ws
@@ -330,12 +343,20 @@ def distance_weighted_miner(
     embedding_size: int,
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float = 1.4,
+    tuples_per_anchor: int | None = None,
 ) -> TripletsTuple:
     """Distance-weighted triplets: negatives drawn with :func:`distance_weighted_weights`.
 
     Every anchor of a label gets as many triplets as the label has (reference) members;
     positives are uniform, negatives follow the weights. Anchors without any weight are
     dropped. Uses torch's global RNG like the reference.
+
+    ``tuples_per_anchor`` caps the draws per anchor: the triplets are drawn exactly as
+    without it (same random stream), then each anchor keeps a uniformly random subset of at
+    most ``tuples_per_anchor`` of its draws (without replacement among the draws; the draws
+    themselves are with replacement, as in the reference, so a triplet drawn twice may stay
+    twice). An anchor draws as many triplets as its label has members, so a cap at or
+    above the largest class changes nothing.
 
     Returns:
         ``(a, p, n)`` int64 on the labels' device.
@@ -348,7 +369,11 @@ def distance_weighted_miner(
         cutoff=cutoff,
         nonzero_loss_cutoff=nonzero_loss_cutoff,
     )
-    return get_random_triplet_indices(labels, ref_labels=ref_labels, weights=weights)
+    a, p, n = get_random_triplet_indices(labels, ref_labels=ref_labels, weights=weights)
+    keep = cap_per_anchor(a, tuples_per_anchor)
+    if len(keep) == len(a):
+        return a, p, n
+    return a[keep], p[keep], n[keep]
 
 
 def embeddings_already_packaged_as_triplets(

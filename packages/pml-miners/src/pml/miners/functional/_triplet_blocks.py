@@ -36,7 +36,7 @@ class TripletParts:
         self.blocks: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, int]] = []
 
     def add(self, a1: Tensor, p: Tensor, keep: Tensor) -> None:
-        count = int(keep.sum())
+        count = int(torch.count_nonzero(keep))
         if count == 0:
             return
         if 8 * count < keep.numel() and max(keep.shape) < 2**31:
@@ -120,7 +120,9 @@ def angular_blocks(
     kappa = (2 * emb.shape[1] + 16) * torch.finfo(acc).eps
     m = ref.shape[0]
     if ws is None:
-        ws = Workspace(min(block_rows(m, max_elements), int(pos.sum())), m, emb.device)
+        ws = Workspace(
+            min(block_rows(m, max_elements), int(torch.count_nonzero(pos))), m, emb.device
+        )
     for ca, cp in pos_pair_chunks(pos, m, max_elements):
         rows = len(ca)
         a, p = emb[ca], ref[cp]

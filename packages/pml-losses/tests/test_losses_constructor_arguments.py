@@ -41,6 +41,22 @@ def numeric_parameters() -> list[tuple[str, str]]:
 
 NUMERIC = numeric_parameters()
 
+#: values of required constructor arguments (losses that learn per-class vectors)
+REQUIRED = {"num_classes": 4, "embedding_size": 8, "descriptors_dim": 8, "l": 8}
+
+
+def build(name: str, **kwargs: object) -> L.BaseMetricLossFunction:
+    """``name(**kwargs)`` plus the arguments it cannot go without (from :data:`REQUIRED`)."""
+    cls = getattr(L, name)
+    needed = {
+        p.name: REQUIRED[p.name]
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in kwargs
+    }
+    return cls(**needed, **kwargs)
+
 
 def test_numeric_parameters_found() -> None:
     assert ("TripletMarginLoss", "margin") in NUMERIC and len(NUMERIC) >= 25
@@ -50,35 +66,35 @@ def test_numeric_parameters_found() -> None:
 @pytest.mark.parametrize("bad", ["x", None, [1.0], True])
 def test_non_numeric_hyperparameter_fails_only_at_forward(name, arg, bad) -> None:
     with pytest.raises(TypeError, match=arg):
-        getattr(L, name)(**{arg: bad})
+        build(name, **{arg: bad})
 
 
 @pytest.mark.parametrize(("name", "arg"), NUMERIC)
 def test_nan_hyperparameter_is_silent(name, arg) -> None:
     # a count (num_bins) given NaN is a TypeError: it is not an int
     with pytest.raises((ValueError, TypeError), match=arg):
-        getattr(L, name)(**{arg: float("nan")})
+        build(name, **{arg: float("nan")})
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["cosine", CosineSimilarity, 2, torch.nn.Identity()])
 def test_distance_that_is_not_a_distance_fails_only_at_forward(name, bad) -> None:
     with pytest.raises(TypeError, match="distance"):
-        getattr(L, name)(distance=bad)
+        build(name, distance=bad)
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["mean", MeanReducer, 1.0])
 def test_reducer_that_is_not_a_reducer_is_not_named_in_the_error(name, bad) -> None:
     with pytest.raises(TypeError, match="reducer"):
-        getattr(L, name)(reducer=bad)
+        build(name, reducer=bad)
 
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("bad", ["lp", LpRegularizer, 3.0])
 def test_embedding_regularizer_that_is_not_one_fails_only_at_forward(name, bad) -> None:
     with pytest.raises(TypeError, match="embedding_regularizer"):
-        getattr(L, name)(embedding_regularizer=bad)
+        build(name, embedding_regularizer=bad)
 
 
 @pytest.mark.parametrize("bad", ["x", None, float("nan")])
@@ -115,7 +131,7 @@ POSITIVE = [
 def test_zero_or_negative_temperature_or_scale_is_silent(name, arg, bad) -> None:
     # the reference gives NaN, 0, a ZeroDivisionError at forward, or a negated objective
     with pytest.raises(ValueError, match=arg):
-        getattr(L, name)(**{arg: bad})
+        build(name, **{arg: bad})
 
 
 @pytest.mark.parametrize(
@@ -137,7 +153,7 @@ def test_zero_or_negative_temperature_or_scale_is_silent(name, arg, bad) -> None
 )
 def test_out_of_range_hyperparameter_is_silent_or_fails_far_away(name, kwargs, arg) -> None:
     with pytest.raises(ValueError, match=arg):
-        getattr(L, name)(**kwargs)
+        build(name, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +166,7 @@ def test_out_of_range_hyperparameter_is_silent_or_fails_far_away(name, kwargs, a
 )
 def test_fractional_count_is_silently_truncated(name, kwargs, arg) -> None:
     with pytest.raises(TypeError, match=arg):
-        getattr(L, name)(**kwargs)
+        build(name, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +196,7 @@ def test_fractional_count_is_silently_truncated(name, kwargs, arg) -> None:
     ],
 )
 def test_reference_accepted_values_still_work(name, kwargs) -> None:
-    loss = getattr(L, name)(**kwargs)
+    loss = build(name, **kwargs)
     out = loss(EMB, LABELS)
     assert out.ndim == 0 and torch.isfinite(out)
 

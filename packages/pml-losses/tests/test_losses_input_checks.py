@@ -24,20 +24,26 @@ N, D = 8, 4
 #: every loss of pml.losses, with constructor arguments it needs
 LOSSES: dict[str, dict[str, Any]] = {
     "AngularLoss": {},
+    "ArcFaceLoss": {"num_classes": 4, "embedding_size": D},
     "CircleLoss": {},
     "ContrastiveLoss": {},
+    "CosFaceLoss": {"num_classes": 4, "embedding_size": D},
     "DynamicSoftMarginLoss": {},
     "GeneralizedLiftedStructureLoss": {},
     "HistogramLoss": {"n_bins": 10},
     "InstanceLoss": {},
     "IntraPairVarianceLoss": {},
+    "LargeMarginSoftmaxLoss": {"num_classes": 4, "embedding_size": D},
     "LiftedStructureLoss": {},
     "MarginLoss": {},
     "MultiSimilarityLoss": {},
     "NCALoss": {},
     "NPairsLoss": {},
     "NTXentLoss": {},
+    "NormalizedSoftmaxLoss": {"num_classes": 4, "embedding_size": D},
     "SignalToNoiseRatioContrastiveLoss": {},
+    "SphereFaceLoss": {"num_classes": 4, "embedding_size": D},
+    "SubCenterArcFaceLoss": {"num_classes": 4, "embedding_size": D},
     "SupConLoss": {},
     "ThresholdConsistentMarginLoss": {},
     "TripletMarginLoss": {},
@@ -49,6 +55,7 @@ TUPLE_LOSSES = [n for n in LOSSES if n not in ("InstanceLoss", "NPairsLoss")]
 
 
 def make(name: str) -> BaseMetricLossFunction:
+    torch.manual_seed(0)  # losses with learnable class vectors draw them at construction
     return getattr(L, name)(**LOSSES[name])
 
 

@@ -13,6 +13,14 @@ from pml.losses._distributed import DistributedLossWrapper
 from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from pml.losses._margin_softmax import (
+    ArcFaceLoss,
+    CosFaceLoss,
+    LargeMarginSoftmaxLoss,
+    NormalizedSoftmaxLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+)
 from pml.losses._nca_instance import InstanceLoss, NCALoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
 from pml.losses._regularizer_mixins import (
@@ -28,10 +36,12 @@ from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
     "AngularLoss",
+    "ArcFaceLoss",
     "BaseLossWrapper",
     "BaseMetricLossFunction",
     "CircleLoss",
     "ContrastiveLoss",
+    "CosFaceLoss",
     "CrossBatchMemory",
     "DistributedLossWrapper",
     "DynamicSoftMarginLoss",
@@ -41,6 +51,7 @@ __all__ = [
     "HistogramLoss",
     "InstanceLoss",
     "IntraPairVarianceLoss",
+    "LargeMarginSoftmaxLoss",
     "LiftedStructureLoss",
     "MarginLoss",
     "MultiSimilarityLoss",
@@ -48,8 +59,11 @@ __all__ = [
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "NormalizedSoftmaxLoss",
     "SelfSupervisedLoss",
     "SignalToNoiseRatioContrastiveLoss",
+    "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
     "SupConLoss",
     "ThresholdConsistentMarginLoss",
     "TorchInitWrapper",

@@ -1,0 +1,273 @@
+"""Margin-softmax classification losses: class logits, target-logit margins, cross entropy.
+
+The losses of the ``LargeMarginSoftmaxLoss`` family (L-Softmax, SphereFace, ArcFace, CosFace,
+sub-center ArcFace) and ``NormalizedSoftmaxLoss`` are a softmax cross entropy over class
+logits in which the logit of the true class (the *target* logit) is replaced by a harder
+one. The pieces:
+
+* :func:`class_logits`: ``scale · row_i · col_j · cos(e_i, w_j)`` against the columns of a
+  ``(D, C)`` weight matrix, with one ``(N, D) @ (D, C)`` product and one ``(N, C)``
+  multiplication (the weight columns are never copied normalised); optionally the maximum over
+  ``K`` sub-centers per class;
+* :func:`large_margin_target_logits`, :func:`arcface_target_logits`,
+  :func:`cosface_target_logits`: the margin applied to the target cosines, shape ``(N,)``;
+* :func:`margin_cross_entropy`: the cross entropy with the target logits replaced (one
+  scatter, no one-hot matrix), times per-sample weights, in at least float32.
+
+Everything takes and returns tensors in at least float32 (float64 stays float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from pml.core.dtypes import accumulation_dtype
+
+__all__ = [
+    "arcface_target_logits",
+    "class_logits",
+    "cosface_target_logits",
+    "large_margin_target_logits",
+    "margin_cross_entropy",
+    "sub_center_max",
+    "sub_center_outliers",
+]
+
+_EPS = 1e-12  # the norm floor of torch.nn.functional.normalize
+
+
+def class_logits(
+    embeddings: Tensor,
+    weight: Tensor,
+    *,
+    scale: float = 1.0,
+    row_scale: Tensor | None = None,
+    col_scale: Tensor | None = None,
+    p: float = 2,
+    normalize_embeddings: bool = True,
+    sub_centers: int = 1,
+) -> Tensor:
+    """``scale · row_scale_i · col_scale_j · cos(e_i, w_j)`` for the columns ``w_j`` of ``weight``.
+
+    ``cos(e_i, w_j) = (e_i / max(‖e_i‖_p, 1e-12)) · (w_j / max(‖w_j‖_p, 1e-12))``, the
+    cosine similarity of ``CosineSimilarity(p=p)`` (with ``normalize_embeddings=False`` the
+    embeddings are taken as they are: ``DotProductSimilarity(normalize_embeddings=False)``
+    against normalised columns). The factors are folded into the two sides of one matrix
+    product: the row factors into the ``(N, D)`` embeddings, the column factors into a
+    ``(C,)`` vector, so only two ``(N, C)`` tensors are made (no normalised copy of
+    ``weight``).
+
+    With ``sub_centers = K > 1`` the columns ``c·K + k`` (``k < K``) belong to class ``c`` and
+    the result is the maximum over each class's ``K`` columns, shape ``(N, C/K)`` (the factors
+    must be positive for this to equal the factor times the maximal cosine).
+
+    Args:
+        embeddings: ``(N, D)``, floating point.
+        weight: ``(D, C)`` (columns are classes or sub-centers).
+        scale: a multiplier of every entry.
+        row_scale: ``(N,)`` per-row multipliers, or None.
+        col_scale: ``(C,)`` per-column multipliers, or None.
+        p: the norm order of the normalisation.
+        normalize_embeddings: normalise the embeddings (the columns are always normalised).
+        sub_centers: ``K``, the number of columns per class.
+
+    Returns:
+        ``(N, C / K)`` in the promoted dtype of the inputs, at least float32.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> class_logits(torch.tensor([[3.0, 4.0]]), w, scale=10.0)
+        tensor([[6., 8.]])
+    """
+    acc = accumulation_dtype(torch.promote_types(embeddings.dtype, weight.dtype))
+    x, w = embeddings.to(acc), weight.to(acc)
+    if normalize_embeddings:
+        x = F.normalize(x, p=p, dim=1)
+    if row_scale is not None:
+        x = x * row_scale.to(acc).unsqueeze(1)
+    col = torch.linalg.vector_norm(w, ord=p, dim=0).clamp_min(_EPS).reciprocal()
+    if col_scale is not None:
+        col = col * col_scale.to(acc)
+    if scale != 1:
+        col = col * scale
+    logits = (x @ w) * col
+    return sub_center_max(logits, sub_centers) if sub_centers > 1 else logits
+
+
+def sub_center_max(mat: Tensor, sub_centers: int) -> Tensor:
+    """The maximum over each class's ``K`` consecutive columns: ``(N, C·K) -> (N, C)``.
+
+    Column ``c·K + k`` is sub-center ``k`` of class ``c``. The gradient goes to one maximal
+    entry per class (``torch.max``).
+
+    Example:
+        >>> sub_center_max(torch.tensor([[0.1, 0.7, 0.3, 0.2]]), 2)
+        tensor([[0.7000, 0.3000]])
+    """
+    n, cols = mat.shape
+    if cols % sub_centers:
+        raise ValueError(
+            f"mat must have a multiple of sub_centers = {sub_centers} columns; got {cols}"
+        )
+    return mat.view(n, cols // sub_centers, sub_centers).max(dim=2).values
+
+
+def _sin_of_acos(cos: Tensor) -> Tensor:
+    """``sin(acos(cos)) = sqrt(1 - cos²)`` for ``cos`` in ``[-1, 1]``, with a finite gradient.
+
+    At ``|cos| = 1`` the exact derivative is infinite; the floor ``finfo.tiny`` under the
+    square root changes the value by at most ``sqrt(tiny)`` (1e-19 in float32) and gives a
+    zero gradient there instead of NaN.
+    """
+    return torch.sqrt((1 - cos * cos).clamp_min(torch.finfo(cos.dtype).tiny))
+
+
+def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
+    """ArcFace's additive angular margin (Deng et al., CVPR 2019) on target cosines.
+
+    With ``θ = acos(clamp(cos, -1, 1))``: ``cos(θ + m)`` where ``θ ≤ π - m``, else
+    ``cos(θ) - m·sin(m)`` (keeps the logit decreasing in ``θ`` past ``π - m``).
+    ``cos(θ + m)`` is computed as ``cos·cos(m) - sin(θ)·sin(m)``, which has a finite
+    gradient at ``θ = 0``.
+
+    fix: an embedding exactly on its class vector (``cos = 1``) gave NaN gradients in the
+    reference (the derivative of ``acos`` at 1); here its gradient is finite.
+
+    Args:
+        cos: target cosines, any shape, floating point.
+        margin: ``m`` in radians.
+
+    Returns:
+        The margin-penalised cosines, same shape and dtype.
+
+    Example:
+        >>> arcface_target_logits(torch.tensor([1.0, 0.0, -1.0]), math.pi / 6)
+        tensor([ 0.8660, -0.5000, -1.2618])
+    """
+    c = cos.clamp(-1, 1)
+    with torch.no_grad():
+        keep = torch.acos(c) <= math.pi - margin
+    plus = c * math.cos(margin) - _sin_of_acos(c) * math.sin(margin)
+    return torch.where(keep, plus, c - margin * math.sin(margin))
+
+
+def cosface_target_logits(cos: Tensor, margin: float) -> Tensor:
+    """CosFace's additive cosine margin (Wang et al., CVPR 2018): ``cos - margin``.
+
+    Example:
+        >>> cosface_target_logits(torch.tensor([0.5]), 0.35)
+        tensor([0.1500])
+    """
+    return cos - margin
+
+
+def large_margin_target_logits(cos: Tensor, margin: int) -> Tensor:
+    """L-Softmax's multiplicative angular margin (Liu et al., ICML 2016) on target cosines.
+
+    ``ψ(θ) = (-1)^k · cos(mθ) - 2k`` with ``θ = acos(clamp(cos, -1, 1))`` and
+    ``k = floor(θ·m / π)`` (no gradient through ``k``), monotonically decreasing in ``θ``.
+    ``cos(mθ)`` is the multiple-angle polynomial
+    ``Σ_{n ≤ m/2} (-1)^n · C(m, 2n) · cos^{m-2n} · (1 - cos²)^n`` of the *unclamped* cosine.
+
+    Args:
+        cos: target cosines, any shape, floating point (compute in at least float32: the
+            powers overflow float16 for large margins).
+        margin: ``m``, an integer ``>= 1`` (1: no margin).
+
+    Returns:
+        ``ψ``, same shape and dtype as ``cos``.
+
+    Example:
+        >>> large_margin_target_logits(torch.tensor([1.0, 0.5, 0.0]), 2)
+        tensor([ 1.0000, -0.5000, -1.0000])
+    """
+    with torch.no_grad():
+        theta = torch.acos(cos.clamp(-1, 1))
+        k = torch.floor(theta / (math.pi / margin))
+        sign = 1 - 2 * torch.remainder(k, 2)
+    sin2 = 1 - cos * cos
+    cos_m = torch.zeros_like(cos)
+    for n in range(margin // 2 + 1):
+        term = _power(cos, margin - 2 * n) * _power(sin2, n) * float(math.comb(margin, 2 * n))
+        cos_m = cos_m - term if n % 2 else cos_m + term
+    return sign * cos_m - 2 * k
+
+
+def _power(x: Tensor, exponent: int) -> Tensor | float:
+    """``x ** exponent`` for an integer ``exponent >= 0`` (1.0 for 0: no ``0 · x^-1`` gradient)."""
+    return x**exponent if exponent else 1.0
+
+
+def margin_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    target_logits: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Per-sample cross entropy with the target logits replaced, times per-sample weights.
+
+    ``loss_i = w_i · (log Σ_j exp(z_ij) - z_{i,y_i})`` where ``z`` is ``logits`` with
+    ``z_{i,y_i} = target_logits_i``. The replacement is one scatter into a copy of
+    ``logits`` (no ``(N, C)`` one-hot). Computed in at least float32.
+
+    Args:
+        logits: ``(N, C)`` class logits without the margin.
+        labels: ``(N,)`` int64 class indices in ``[0, C)``.
+        target_logits: ``(N,)`` the logits of the true classes, or None to keep them.
+        weights: ``(N,)`` per-sample weights (a miner's, see
+            ``pml.core.indices.convert_to_weights``), or None for ones.
+
+    Returns:
+        ``(N,)`` unreduced losses in the accumulation dtype of ``logits``.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> margin_cross_entropy(logits, torch.tensor([0, 1]), torch.tensor([0.0, 2.0]))
+        tensor([0.6931, 0.1269])
+    """
+    acc = accumulation_dtype(logits.dtype)
+    z = logits.to(acc)
+    if target_logits is not None:
+        z = z.scatter(1, labels.unsqueeze(1), target_logits.to(acc).unsqueeze(1))
+    losses = F.cross_entropy(z, labels, reduction="none")
+    return losses if weights is None else losses * weights.to(acc)
+
+
+def sub_center_outliers(
+    own_cos: Tensor, labels: Tensor, num_classes: int, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Dominant sub-center per class and the samples far from it (sub-center ArcFace).
+
+    Every sample votes for the sub-center of its class nearest to it; a class's dominant
+    sub-center is the one with the most votes (the lowest index on a tie). A sample whose
+    cosine to its class's dominant sub-center is below ``threshold`` is an outlier. No loop
+    over classes: one ``bincount`` of the votes.
+
+    Args:
+        own_cos: ``(N, K)`` cosine of every sample to the ``K`` sub-centers of its class.
+        labels: ``(N,)`` int64 class indices in ``[0, num_classes)``.
+        num_classes: ``C``.
+        threshold: the cosine below which a sample is an outlier.
+
+    Returns:
+        ``(outliers, dominant)``: the outliers' indices (int64, ordered by class, then by
+        index) and the dominant sub-center of every class (int64 ``(C,)``, ``-1`` for a
+        class without samples).
+
+    Example:
+        >>> own = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.3]])
+        >>> sub_center_outliers(own, torch.tensor([0, 0, 0]), 2, 0.5)
+        (tensor([2]), tensor([ 0, -1]))
+    """
+    k = own_cos.shape[1]
+    votes = labels * k + own_cos.argmax(dim=1)
+    counts = torch.bincount(votes, minlength=num_classes * k).view(num_classes, k)
+    dominant = torch.where(counts.sum(dim=1) > 0, counts.argmax(dim=1), -1)
+    to_dominant = own_cos.gather(1, dominant[labels].unsqueeze(1)).squeeze(1)
+    idx = torch.nonzero(to_dominant < threshold).squeeze(1)
+    order = torch.argsort(labels[idx], stable=True)
+    return idx[order], dominant

@@ -64,13 +64,13 @@ def _is_plain_dot_product(distance: BaseDistance) -> bool:
     )
 
 
-def _nan_if_any_nonfinite(losses: Tensor) -> Tensor:
-    """NaN everywhere when one loss is NaN/inf: a broken input never gives a finite number.
-
-    A NaN/inf embedding makes its own row non-finite, a NaN/inf column of ``W`` every row;
-    filtering reducers (AvgNonZero, Threshold) would otherwise drop those rows. No sync.
-    """
-    return torch.where(torch.isfinite(losses).all(), losses, torch.nan)
+def _check_embedding_size(embeddings: Tensor, W: Tensor) -> None:
+    """``ValueError`` unless the embeddings have ``W.shape[0]`` columns (not a matmul error)."""
+    if embeddings.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"embeddings must have embedding_size = {W.shape[0]} columns; "
+            f"got shape {tuple(embeddings.shape)}"
+        )
 
 
 def _positive_finite(name: str, value: Any) -> float:
@@ -121,7 +121,7 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
         >>> loss_fn = LargeMarginSoftmaxLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(16.3250, grad_fn=<MeanBackward0>)
+        tensor(16.3250, grad_fn=<...>)
     """
 
     #: columns of ``W`` per class (sub-centers)
@@ -216,13 +216,14 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
         ref_labels: Tensor | None,
     ) -> LossDict:
         labels = self.class_labels(embeddings, labels, ref_emb, ref_labels)
+        _check_embedding_size(embeddings, self.W)
         W = self.vectors_for(self.W, embeddings)
         loss_dict: LossDict = {"loss": zero_loss_entry()}
         if len(embeddings) > 0:  # fix: the reference's mean of nothing was NaN
             emb = embeddings.to(W.dtype)
             logits, target, cos = self._margin_logits(emb, W, labels)
             weights = self.miner_weights(indices_tuple, labels, logits.dtype)
-            losses = _nan_if_any_nonfinite(margin_cross_entropy(logits, labels, target, weights))
+            losses = self.nonfinite_guard(margin_cross_entropy(logits, labels, target, weights))
             if self.collect_stats:
                 with torch.no_grad():
                     angles = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
@@ -243,6 +244,7 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
             ‖W_j‖``), on the autograd graph.
         """
         check_embeddings(embeddings, "embeddings")
+        _check_embedding_size(embeddings, self.W)
         with full_precision(embeddings.device):
             W = self.vectors_for(self.W, embeddings)
             emb = embeddings.to(W.dtype)
@@ -261,7 +263,7 @@ class SphereFaceLoss(LargeMarginSoftmaxLoss):
         >>> loss_fn = SphereFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(7.7827, grad_fn=<MeanBackward0>)
+        tensor(7.7827, grad_fn=<...>)
     """
 
     def _logit_factors(self, emb: Tensor, W: Tensor) -> tuple[float, Tensor | None, Tensor | None]:
@@ -301,7 +303,7 @@ class ArcFaceLoss(LargeMarginSoftmaxLoss):
         >>> loss_fn = ArcFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(66.8956, grad_fn=<MeanBackward0>)
+        tensor(66.8956, grad_fn=<...>)
     """
 
     def __init__(
@@ -356,7 +358,7 @@ class CosFaceLoss(LargeMarginSoftmaxLoss):
         >>> loss_fn = CosFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(68.6969, grad_fn=<MeanBackward0>)
+        tensor(68.6969, grad_fn=<...>)
     """
 
     def __init__(
@@ -404,7 +406,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         >>> loss_fn = SubCenterArcFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(52.8478, grad_fn=<MeanBackward0>)
+        tensor(52.8478, grad_fn=<...>)
     """
 
     def __init__(
@@ -465,11 +467,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
             (torch.Size([4, 2]), True)
         """
         check_embeddings(embeddings, "embeddings")
-        if embeddings.shape[1] != self.embedding_size:
-            raise ValueError(
-                f"embeddings must have embedding_size = {self.embedding_size} columns; "
-                f"got {embeddings.shape[1]}"
-            )
+        _check_embedding_size(embeddings, self.W)
         check_shapes(embeddings, labels)
         labels = check_index_labels(
             labels.to(embeddings.device), "labels", num_classes=self.num_classes
@@ -523,7 +521,7 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
         >>> loss_fn = NormalizedSoftmaxLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(15.8992, grad_fn=<MeanBackward0>)
+        tensor(15.8992, grad_fn=<...>)
     """
 
     def __init__(
@@ -561,12 +559,13 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
         ref_labels: Tensor | None,
     ) -> LossDict:
         labels = self.class_labels(embeddings, labels, ref_emb, ref_labels)
+        _check_embedding_size(embeddings, self.W)
         W = self.vectors_for(self.W, embeddings)
         loss_dict: LossDict = {"loss": zero_loss_entry()}
         if len(embeddings) > 0:  # fix: the reference's mean of nothing was NaN
             logits = self._logits(embeddings.to(W.dtype), W)
             weights = self.miner_weights(indices_tuple, labels, logits.dtype)
-            losses = _nan_if_any_nonfinite(margin_cross_entropy(logits, labels, None, weights))
+            losses = self.nonfinite_guard(margin_cross_entropy(logits, labels, None, weights))
             rows = torch.arange(len(labels), device=labels.device)
             loss_dict["loss"] = loss_entry(losses, rows, "element")
         self.add_weight_regularization_to_loss_dict(loss_dict, W.t())
@@ -575,6 +574,7 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``distance(e, Ŵ) / temperature`` (negated for a distance), ``(N, C)``, >= float32."""
         check_embeddings(embeddings, "embeddings")
+        _check_embedding_size(embeddings, self.W)
         with full_precision(embeddings.device):
             W = self.vectors_for(self.W, embeddings)
             return self._logits(embeddings.to(W.dtype), W)

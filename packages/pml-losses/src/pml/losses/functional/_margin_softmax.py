@@ -20,6 +20,7 @@ Everything takes and returns tensors in at least float32 (float64 stays float64)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -89,13 +90,46 @@ def class_logits(
         x = F.normalize(x, p=p, dim=1)
     if row_scale is not None:
         x = x * row_scale.to(acc).unsqueeze(1)
-    col = torch.linalg.vector_norm(w, ord=p, dim=0).clamp_min(_EPS).reciprocal()
+    if p == 2:
+        logits = _ColumnCosine.apply(x, w, float(scale))
+    else:
+        col = torch.linalg.vector_norm(w, ord=p, dim=0).clamp_min(_EPS).reciprocal() * scale
+        logits = (x @ w) * col
     if col_scale is not None:
-        col = col * col_scale.to(acc)
-    if scale != 1:
-        col = col * scale
-    logits = (x @ w) * col
+        logits = logits * col_scale.to(acc)
     return sub_center_max(logits, sub_centers) if sub_centers > 1 else logits
+
+
+class _ColumnCosine(torch.autograd.Function):
+    """``(x @ w) · scale / max(‖w_j‖₂, eps)`` with a one-pass gradient for ``w``.
+
+    Autograd through ``vector_norm`` walks the ``(D, C)`` weight several times in the
+    backward; here ``grad_w = xᵀ(G·v) - w·(inv_j² Σ_i G_ij out_ij)`` (``v = scale·inv``) is one
+    product and one fused ``addcmul`` (0 for clamped columns). The output is saved for the
+    backward instead of the raw product (same size).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, scale: float) -> Tensor:
+        norms = torch.linalg.vector_norm(w, dim=0)
+        inv = norms.clamp_min(_EPS).reciprocal()
+        out = (x @ w).mul_(inv * scale)
+        ctx.save_for_backward(x, w, inv, norms, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, w, inv, norms, out = ctx.saved_tensors
+        grad_scaled = grad * (inv * ctx.scale)
+        grad_x = grad_scaled @ w.t() if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            coef = (grad * out).sum(dim=0) * inv * inv
+            coef = torch.where(norms > _EPS, coef, 0)  # a clamped norm is a constant
+            grad_w = torch.addcmul(x.t() @ grad_scaled, w, coef, value=-1)
+        return grad_x, grad_w, None
 
 
 def sub_center_max(mat: Tensor, sub_centers: int) -> Tensor:

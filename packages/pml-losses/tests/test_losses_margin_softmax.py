@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import pml.losses._margin_softmax as margin_module
+import pml.losses.functional._margin_softmax as functional_module
 from pml.core.indices import convert_to_weights
 from pml.core.testing import assert_close, gradcheck
 from pml.core.validation import InvalidArgumentError
@@ -148,6 +149,26 @@ def test_loss_and_gradients_match_a_naive_loop(cls, kwargs, mined):
     emb2 = emb.detach().clone().requires_grad_()
     W2 = loss.W.detach().clone().requires_grad_()
     expected = naive_losses(loss, emb2, LABELS, t, W=W2).mean()
+    expected.backward()
+    assert_close(got, expected)
+    assert_close(emb.grad, emb2.grad)
+    assert_close(loss.W.grad, W2.grad)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("route", ["product_side", "one_pass"])
+def test_narrow_batch_routes_match_a_naive_loop(cls, kwargs, route, monkeypatch):
+    # N <= D: the column factors scale the (N, C) product; one_pass: the custom W gradient
+    if route == "one_pass":
+        monkeypatch.setattr(functional_module, "_ONE_PASS_MIN", 0)
+    loss = build(cls, **kwargs).double()
+    labels = torch.tensor([0, 3, 1, 1, 4])
+    emb = data(5, D, seed=4).requires_grad_()
+    got = loss(emb, labels)
+    got.backward()
+    emb2 = emb.detach().clone().requires_grad_()
+    W2 = loss.W.detach().clone().requires_grad_()
+    expected = naive_losses(loss, emb2, labels, W=W2).mean()
     expected.backward()
     assert_close(got, expected)
     assert_close(emb.grad, emb2.grad)
@@ -574,8 +595,12 @@ def test_class_logits_is_scaled_cosine_similarity(p):
     assert_close(class_logits(emb, W, p=p, sub_centers=2), (expected / 3).view(10, 4, 2).amax(2))
 
 
-def test_class_logits_gradients():
-    emb, W = data(5, 4), data(4, 6, seed=1)
+@pytest.mark.parametrize("one_pass", [False, True])
+@pytest.mark.parametrize("n", [3, 5])  # fewer rows than D = 4, and more
+def test_class_logits_gradients(n, one_pass, monkeypatch):
+    if one_pass:
+        monkeypatch.setattr(functional_module, "_ONE_PASS_MIN", 0)
+    emb, W = data(n, 4), data(4, 6, seed=1)
     assert gradcheck(lambda e, w: class_logits(e, w, scale=3.0), (emb, W))
     assert gradcheck(lambda e, w: class_logits(e, w, p=3), (emb, W))
     assert gradcheck(lambda e, w: class_logits(e, w, sub_centers=3), (emb, W))
@@ -583,8 +608,11 @@ def test_class_logits_gradients():
     assert gradcheck(rs, (emb, W))
 
 
-def test_class_logits_zero_column_gradient_equals_normalize():
-    emb, W = data(5, 4), data(4, 6, seed=1)
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_class_logits_zero_column_gradient_equals_normalize(one_pass, monkeypatch):
+    if one_pass:
+        monkeypatch.setattr(functional_module, "_ONE_PASS_MIN", 0)
+    emb, W = data(3, 4), data(4, 6, seed=1)
     W[:, 2] = 0
     g = torch.arange(6.0, dtype=torch.float64)
     a, b = emb.clone().requires_grad_(), W.clone().requires_grad_()

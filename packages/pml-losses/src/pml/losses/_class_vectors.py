@@ -55,7 +55,7 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """Switch autocast off on ``device`` (cpu/cuda) for the enclosed block."""
-    if device.type in ("cpu", "cuda"):
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     else:
@@ -133,16 +133,16 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         return check_index_labels(labels, "labels", num_classes=self.num_classes)
 
     def nonfinite_guard(self, losses: Tensor) -> Tensor:
-        """``losses``, or NaN everywhere when one of them is NaN/inf; the result is then NaN.
+        """``losses`` unchanged; the reduced loss becomes NaN when one of them is NaN/inf.
 
         A NaN/inf parameter column reaches every row's loss, a NaN/inf embedding its own; a
         filtering reducer (AvgNonZero, Threshold) drops NaN losses and would report the rest
         (or the zero loss) as a finite number. The forward adds NaN to the reduced loss in
         that case. No device sync.
         """
-        finite = torch.isfinite(losses).all()
-        self._nonfinite = torch.where(finite, 0.0, torch.nan)
-        return torch.where(finite, losses, torch.nan)
+        # 0 when every loss is finite, NaN otherwise (an overflowing sum, inf, is NaN too)
+        self._nonfinite = losses.detach().sum() * 0
+        return losses
 
     @staticmethod
     def miner_weights(

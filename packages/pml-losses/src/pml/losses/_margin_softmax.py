@@ -196,12 +196,10 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
         factors = self._logit_factors(emb, W)
         logits = self._logits(emb, W, factors)
         scale, row, col = factors
-        factor = logits.new_full(labels.shape, scale)
-        if row is not None:
-            factor = factor * row
-        if col is not None:
-            factor = factor * col[labels]
         target = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+        if row is None and col is None:
+            return logits, scale * self._target_cosines(target / scale), target / scale
+        factor = row * scale if col is None else row * col[labels] * scale  # type: ignore[operator]
         # a zero norm gives the cosine 0 (normalisation) and the factor 0: the cosine is 0
         nonzero = factor != 0
         cos = torch.where(nonzero, target / torch.where(nonzero, factor, 1), 0)
@@ -222,7 +220,9 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
         if len(embeddings) > 0:  # fix: the reference's mean of nothing was NaN
             emb = embeddings.to(W.dtype)
             logits, target, cos = self._margin_logits(emb, W, labels)
-            weights = self.miner_weights(indices_tuple, labels, logits.dtype)
+            weights = None
+            if indices_tuple is not None:
+                weights = self.miner_weights(indices_tuple, labels, logits.dtype)
             losses = self.nonfinite_guard(margin_cross_entropy(logits, labels, target, weights))
             if self.collect_stats:
                 with torch.no_grad():
@@ -564,7 +564,9 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
         loss_dict: LossDict = {"loss": zero_loss_entry()}
         if len(embeddings) > 0:  # fix: the reference's mean of nothing was NaN
             logits = self._logits(embeddings.to(W.dtype), W)
-            weights = self.miner_weights(indices_tuple, labels, logits.dtype)
+            weights = None
+            if indices_tuple is not None:
+                weights = self.miner_weights(indices_tuple, labels, logits.dtype)
             losses = self.nonfinite_guard(margin_cross_entropy(logits, labels, None, weights))
             rows = torch.arange(len(labels), device=labels.device)
             loss_dict["loss"] = loss_entry(losses, rows, "element")

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 _EPS = 1e-12  # the norm floor of torch.nn.functional.normalize
+#: weight matrices from this size on take the one-pass W gradient (below: plain autograd,
+#: whose per-call overhead is smaller); same values either way
+_ONE_PASS_MIN = 1 << 16
 
 
 def class_logits(
@@ -59,12 +62,18 @@ def class_logits(
     embeddings are taken as they are: ``DotProductSimilarity(normalize_embeddings=False)``
     against normalised columns). The factors are folded into the two sides of one matrix
     product: the row factors into the ``(N, D)`` embeddings, the column factors into a
-    ``(C,)`` vector, so only two ``(N, C)`` tensors are made (no normalised copy of
-    ``weight``).
+    ``(C,)`` vector applied to the smaller side (see Routes).
 
     With ``sub_centers = K > 1`` the columns ``c·K + k`` (``k < K``) belong to class ``c`` and
     the result is the maximum over each class's ``K`` columns, shape ``(N, C/K)`` (the factors
     must be positive for this to equal the factor times the maximal cosine).
+
+    Routes (same values up to rounding): with more rows ``N`` than ``D`` the column factors
+    scale a ``(D, C)`` copy of ``weight`` before the product; otherwise they scale the
+    ``(N, C)`` product, and for ``p = 2`` and a ``weight`` of at least 65,536 entries that
+    requires grad a custom backward computes the gradient of ``weight`` (through its column
+    norms) in one pass over it (no normalised copy of ``weight``: the face-recognition case,
+    a batch against 100,000 classes).
 
     Args:
         embeddings: ``(N, D)``, floating point.
@@ -86,17 +95,21 @@ def class_logits(
     """
     acc = accumulation_dtype(torch.promote_types(embeddings.dtype, weight.dtype))
     x, w = embeddings.to(acc), weight.to(acc)
-    if normalize_embeddings:
-        x = F.normalize(x, p=p, dim=1)
+    if normalize_embeddings:  # F.normalize's formula without its Python overhead
+        x = x / torch.linalg.vector_norm(x, ord=p, dim=1, keepdim=True).clamp_min(_EPS)
     if row_scale is not None:
         x = x * row_scale.to(acc).unsqueeze(1)
-    if p == 2:
+    one_pass = p == 2 and w.requires_grad and w.numel() >= _ONE_PASS_MIN
+    if x.shape[0] <= w.shape[0] and one_pass:
         logits = _ColumnCosine.apply(x, w, float(scale))
+        if col_scale is not None:
+            logits = logits * col_scale.to(acc)
     else:
         col = torch.linalg.vector_norm(w, ord=p, dim=0).clamp_min(_EPS).reciprocal() * scale
-        logits = (x @ w) * col
-    if col_scale is not None:
-        logits = logits * col_scale.to(acc)
+        if col_scale is not None:
+            col = col * col_scale.to(acc)
+        # more rows than D: scale the (D, C) side, else the (N, C) product
+        logits = x @ (w * col) if x.shape[0] > w.shape[0] else (x @ w) * col
     return sub_center_max(logits, sub_centers) if sub_centers > 1 else logits
 
 
@@ -183,10 +196,14 @@ def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
         tensor([ 0.8660, -0.5000, -1.2618])
     """
     c = cos.clamp(-1, 1)
-    with torch.no_grad():
-        keep = torch.acos(c) <= math.pi - margin
     plus = c * math.cos(margin) - _sin_of_acos(c) * math.sin(margin)
-    return torch.where(keep, plus, c - margin * math.sin(margin))
+    if margin <= 0:  # θ ≤ π ≤ π - m: always the first branch
+        return plus
+    linear = c - margin * math.sin(margin)
+    if margin > math.pi:  # π - m < 0 ≤ θ: never
+        return linear
+    # θ ≤ π - m  ⇔  cos ≥ cos(π - m) = -cos(m), as acos decreases on [-1, 1]
+    return torch.where(c >= -math.cos(margin), plus, linear)
 
 
 def cosface_target_logits(cos: Tensor, margin: float) -> Tensor:
@@ -205,7 +222,8 @@ def large_margin_target_logits(cos: Tensor, margin: int) -> Tensor:
     ``ψ(θ) = (-1)^k · cos(mθ) - 2k`` with ``θ = acos(clamp(cos, -1, 1))`` and
     ``k = floor(θ·m / π)`` (no gradient through ``k``), monotonically decreasing in ``θ``.
     ``cos(mθ)`` is the multiple-angle polynomial
-    ``Σ_{n ≤ m/2} (-1)^n · C(m, 2n) · cos^{m-2n} · (1 - cos²)^n`` of the *unclamped* cosine.
+    ``Σ_{n ≤ m/2} (-1)^n · C(m, 2n) · cos^{m-2n} · (1 - cos²)^n`` of the *unclamped* cosine
+    (computed as the Chebyshev polynomial ``T_m(cos)``, the same polynomial).
 
     Args:
         cos: target cosines, any shape, floating point (compute in at least float32: the
@@ -220,20 +238,13 @@ def large_margin_target_logits(cos: Tensor, margin: int) -> Tensor:
         tensor([ 1.0000, -0.5000, -1.0000])
     """
     with torch.no_grad():
-        theta = torch.acos(cos.clamp(-1, 1))
-        k = torch.floor(theta / (math.pi / margin))
+        k = torch.floor(torch.acos(cos.clamp(-1, 1)) / (math.pi / margin))
         sign = 1 - 2 * torch.remainder(k, 2)
-    sin2 = 1 - cos * cos
-    cos_m = torch.zeros_like(cos)
-    for n in range(margin // 2 + 1):
-        term = _power(cos, margin - 2 * n) * _power(sin2, n) * float(math.comb(margin, 2 * n))
-        cos_m = cos_m - term if n % 2 else cos_m + term
+    # the multiple-angle polynomial is the Chebyshev polynomial T_m: T_{n+1} = 2c·T_n - T_{n-1}
+    before, cos_m, twice = torch.ones_like(cos), cos, 2 * cos
+    for _ in range(margin - 1):
+        before, cos_m = cos_m, twice * cos_m - before
     return sign * cos_m - 2 * k
-
-
-def _power(x: Tensor, exponent: int) -> Tensor | float:
-    """``x ** exponent`` for an integer ``exponent >= 0`` (1.0 for 0: no ``0 · x^-1`` gradient)."""
-    return x**exponent if exponent else 1.0
 
 
 def margin_cross_entropy(

@@ -156,11 +156,13 @@ def test_loss_and_gradients_match_a_naive_loop(cls, kwargs, mined):
 
 
 @pytest.mark.parametrize(("cls", "kwargs"), CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("route", ["product_side", "one_pass"])
+@pytest.mark.parametrize("route", ["product_side", "one_pass_fused"])
 def test_narrow_batch_routes_match_a_naive_loop(cls, kwargs, route, monkeypatch):
-    # N <= D: the column factors scale the (N, C) product; one_pass: the custom W gradient
-    if route == "one_pass":
+    # N <= D: the column factors scale the (N, C) product; one_pass_fused: the custom W
+    # gradient and the fused target cross entropy (the routes of a batch vs many classes)
+    if route == "one_pass_fused":
         monkeypatch.setattr(functional_module, "_ONE_PASS_MIN", 0)
+        monkeypatch.setattr(functional_module, "_FUSED_CE_MIN", 0)
     loss = build(cls, **kwargs).double()
     labels = torch.tensor([0, 3, 1, 1, 4])
     emb = data(5, D, seed=4).requires_grad_()
@@ -531,8 +533,10 @@ def naive_outliers(loss, emb, labels, threshold):
 
 
 @pytest.mark.parametrize("threshold", [75, 40, 10, 180])
-def test_get_outliers_matches_a_loop_over_classes(threshold):
-    loss = build(SubCenterArcFaceLoss, num_classes=6)
+@pytest.mark.parametrize("distance", [None, RecordingCosine], ids=["gathered", "distance_call"])
+def test_get_outliers_matches_a_loop_over_classes(threshold, distance):
+    kwargs = {} if distance is None else {"distance": distance()}
+    loss = build(SubCenterArcFaceLoss, num_classes=6, **kwargs)
     emb = data(dtype=torch.float32)
     outliers, centers = loss.get_outliers(emb, LABELS, threshold=threshold)
     exp_out, exp_centers = naive_outliers(loss, emb, LABELS, threshold)
@@ -666,7 +670,10 @@ def test_cosface_target_logits():
     assert_close(cosface_target_logits(cos, 0.35), cos - 0.35)
 
 
-def test_margin_cross_entropy_replaces_the_target_logit_and_weights():
+@pytest.mark.parametrize("fused", [False, True])
+def test_margin_cross_entropy_replaces_the_target_logit_and_weights(fused, monkeypatch):
+    if fused:
+        monkeypatch.setattr(functional_module, "_FUSED_CE_MIN", 0)
     logits, labels = data(10, C), LABELS
     target = torch.linspace(-1, 1, 10, dtype=torch.float64)
     w = torch.rand(10, dtype=torch.float64)
@@ -678,7 +685,18 @@ def test_margin_cross_entropy_replaces_the_target_logit_and_weights():
         margin_cross_entropy(logits, labels), F.cross_entropy(logits, labels, reduction="none")
     )
     assert margin_cross_entropy(logits.half(), labels).dtype == torch.float32
+    assert margin_cross_entropy(logits.half(), labels, target.half()).dtype == torch.float32
     assert gradcheck(lambda z, t: margin_cross_entropy(z, labels, t, w).sum(), (logits, target))
+    # the replaced entry does not take part: a huge original target logit changes nothing
+    huge = logits.clone()
+    huge[torch.arange(10), labels] = 1e4
+    assert_close(margin_cross_entropy(huge, labels, target, w), got)
+    nan = logits.clone()
+    nan[3, 0] = float("nan")
+    assert (
+        margin_cross_entropy(nan, labels, target).isnan().tolist()
+        == [False] * 3 + [True] + [False] * 6
+    )
 
 
 def test_sub_center_outliers_ties_and_absent_classes():

@@ -8,10 +8,11 @@ is a softmax cross entropy over class logits whose target logit carries a margin
 
 Routes: with the default distance (exactly ``CosineSimilarity``/``DotProductSimilarity``,
 ``power`` 1, not recording stats) the logits are one product of the normalised embeddings
-with the raw ``W`` whose column norms are folded into a ``(C,)`` vector (no normalised copy of
-``W``, no ``(N, C)`` one-hot: the target logits are gathered and scattered); any other
-distance (a subclass, stats on) is called as ``distance(embeddings, W.t())``. Both give the
-same numbers.
+with ``W``, its column norms folded into the smaller side (see
+:func:`~pml.losses.functional.class_logits`; a batch against 100,000 classes makes no
+normalised copy of ``W``); any other distance (a subclass, stats on) is called as
+``distance(embeddings, W.t())``. Both give the same numbers. Either way there is no
+``(N, C)`` one-hot: the target logits are gathered and scattered.
 """
 
 from __future__ import annotations
@@ -116,8 +117,7 @@ class LargeMarginSoftmaxLoss(ClassVectorLoss):
         TypeError, ValueError: a bad argument (named in the message).
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = LargeMarginSoftmaxLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -258,8 +258,7 @@ class SphereFaceLoss(LargeMarginSoftmaxLoss):
     ``scale · ‖e_i‖`` only (no ``‖W_j‖``). Same arguments, defaults, records and fixes.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = SphereFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -298,8 +297,7 @@ class ArcFaceLoss(LargeMarginSoftmaxLoss):
         **kwargs: as :class:`LargeMarginSoftmaxLoss`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = ArcFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -353,8 +351,7 @@ class CosFaceLoss(LargeMarginSoftmaxLoss):
         **kwargs: as :class:`LargeMarginSoftmaxLoss`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = CosFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -401,8 +398,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         **kwargs: as :class:`LargeMarginSoftmaxLoss`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = SubCenterArcFaceLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -468,23 +464,22 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         """
         check_embeddings(embeddings, "embeddings")
         _check_embedding_size(embeddings, self.W)
+        labels = check_index_labels(labels, "labels", num_classes=self.num_classes)
         check_shapes(embeddings, labels)
-        labels = check_index_labels(
-            labels.to(embeddings.device), "labels", num_classes=self.num_classes
-        )
+        labels = labels.to(embeddings.device)
         cos_threshold = math.cos(math.radians(check_real("threshold", threshold, min=0, max=180)))
         k = self.sub_centers
         with torch.no_grad(), full_precision(embeddings.device):
             W = self.vectors_for(self.W, embeddings)
             emb = embeddings.to(W.dtype)
-            if _is_plain_dot_product(self.distance):
-                cos = class_logits(emb, W, p=self.distance.p)
-            else:
-                cos = self.distance(emb, W.t())
             cols = labels.unsqueeze(1) * k + torch.arange(k, device=labels.device)
-            outliers, dominant = sub_center_outliers(
-                cos.gather(1, cols), labels, self.num_classes, cos_threshold
-            )
+            if _is_plain_dot_product(self.distance):  # only the K columns of each sample
+                own_vectors = self.distance.normalize(W.t()[cols], dim=2)  # (N, K, D)
+                x = self.distance.normalize(emb).unsqueeze(2)
+                own = (own_vectors @ x).squeeze(2)
+            else:
+                own = self.distance(emb, W.t()).gather(1, cols)
+            outliers, dominant = sub_center_outliers(own, labels, self.num_classes, cos_threshold)
             present = dominant >= 0
             centers = W.new_full((self.embedding_size, self.num_classes), math.nan)
             classes = torch.arange(self.num_classes, device=W.device)
@@ -516,8 +511,7 @@ class NormalizedSoftmaxLoss(ClassVectorLoss):
         ``W``: ``(embedding_size, num_classes)``.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
         >>> loss_fn = NormalizedSoftmaxLoss(num_classes=3, embedding_size=4)
         >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))

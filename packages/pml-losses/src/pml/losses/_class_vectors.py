@@ -52,10 +52,19 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """Switch autocast off on ``device`` (cpu/cuda) for the enclosed block."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+    if device.type in ("cpu", "cuda") and _autocast_enabled(device.type):
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     else:

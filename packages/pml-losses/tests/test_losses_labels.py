@@ -6,7 +6,6 @@ the int64 labels 0/1, on the dense and on the gathered (large batch) paths.
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import pytest
@@ -27,8 +26,6 @@ _NOT_LOSSES = {
     "SelfSupervisedLoss",
     "VICRegLoss",  # takes no labels
 }
-#: arguments without a default
-_REQUIRED: dict[str, dict] = {"RankedListLoss": {"margin": 0.4, "Tn": 1.0}}
 LOSS_NAMES = sorted(
     name
     for name in L.__all__
@@ -38,18 +35,31 @@ LOSS_NAMES = sorted(
 )
 
 
+#: values of required constructor arguments (losses that learn per-class vectors; D = 4)
+REQUIRED = {
+    "num_classes": 3,
+    "embedding_size": 4,
+    "descriptors_dim": 4,
+    "l": 4,
+    "margin": 0.4,
+    "Tn": 1.0,
+}
+
+
+def make(name):
+    """A factory of ``name`` with the arguments it cannot go without (from :data:`REQUIRED`)."""
+    cls = getattr(L, name)
+    needed = {
+        p.name: REQUIRED[p.name]
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return lambda: cls(**needed)
+
+
 def data(n: int = 10, d: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=dtype)
-
-
-#: required constructor arguments of the losses with class vectors (labels are 0/1 here)
-_ARGS = {
-    "P2SGradLoss": {"descriptors_dim": 4, "num_classes": 2},
-    "ProxyAnchorLoss": {"num_classes": 2, "embedding_size": 4},
-    "ProxyNCALoss": {"num_classes": 2, "embedding_size": 4},
-    "SoftTripleLoss": {"num_classes": 2, "embedding_size": 4},
-}
 
 
 def run(make_loss, labels, seed=7):
@@ -72,7 +82,7 @@ def test_bool_labels_work_in_every_loss(name, gathered, monkeypatch):
         pytest.skip("ManifoldLoss takes no labels")
     if gathered:
         monkeypatch.setattr(_softmax_ops, "_DENSE_CELLS", 0)
-    cls = functools.partial(getattr(L, name), **_REQUIRED.get(name, {}), **_ARGS.get(name, {}))
+    cls = make(name)
     expected, expected_grad = run(cls, VALUES)
     got, grad = run(cls, VALUES.bool())
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)

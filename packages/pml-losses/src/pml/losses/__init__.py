@@ -13,6 +13,14 @@ from pml.losses._distributed import DistributedLossWrapper
 from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from pml.losses._margin_softmax import (
+    ArcFaceLoss,
+    CosFaceLoss,
+    LargeMarginSoftmaxLoss,
+    NormalizedSoftmaxLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+)
 from pml.losses._nca_instance import InstanceLoss, NCALoss
 from pml.losses._p2sgrad_manifold import ManifoldLoss, P2SGradLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
@@ -32,10 +40,12 @@ from pml.losses._wrappers import MultipleLosses, SelfSupervisedLoss
 
 __all__ = [
     "AngularLoss",
+    "ArcFaceLoss",
     "BaseLossWrapper",
     "BaseMetricLossFunction",
     "CircleLoss",
     "ContrastiveLoss",
+    "CosFaceLoss",
     "CrossBatchMemory",
     "DistributedLossWrapper",
     "DynamicSoftMarginLoss",
@@ -46,6 +56,7 @@ __all__ = [
     "HistogramLoss",
     "InstanceLoss",
     "IntraPairVarianceLoss",
+    "LargeMarginSoftmaxLoss",
     "LiftedStructureLoss",
     "ManifoldLoss",
     "MarginLoss",
@@ -54,6 +65,7 @@ __all__ = [
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "NormalizedSoftmaxLoss",
     "P2SGradLoss",
     "PNPLoss",
     "ProxyAnchorLoss",
@@ -63,6 +75,8 @@ __all__ = [
     "SignalToNoiseRatioContrastiveLoss",
     "SmoothAPLoss",
     "SoftTripleLoss",
+    "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
     "SupConLoss",
     "ThresholdConsistentMarginLoss",
     "TorchInitWrapper",

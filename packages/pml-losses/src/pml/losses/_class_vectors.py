@@ -13,7 +13,10 @@
   kept, so an optimizer holding it still trains it);
 * the class labels (integers in ``[0, num_classes)``, a clear ``ValueError`` otherwise) and the
   per-sample miner weights;
-* autocast is switched off inside ``forward``: logits and softmax reduce in at least float32.
+* autocast is switched off inside ``forward``: logits and softmax reduce in at least float32;
+  the result is returned in the embeddings' dtype;
+* :meth:`ClassVectorLoss.nonfinite_guard`: a NaN/inf loss (a broken embedding or parameter)
+  makes the reduced loss NaN, also under reducers that drop non-finite losses.
 
 The math of each loss lives in ``pml.losses.functional``.
 """
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 from pml.core.indices import IndicesTuple, convert_to_weights
 from pml.core.validation import check_index_labels, labels_required, ref_not_supported
 from pml.losses._arguments import check_count
-from pml.losses._base import BaseMetricLossFunction
+from pml.losses._base import BaseMetricLossFunction, cast_output
 from pml.losses._regularizer_mixins import WeightRegularizerMixin
 
 __all__ = ["ClassVectorLoss", "compute_dtype", "full_precision", "parameter_for"]
@@ -49,10 +52,19 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """Switch autocast off on ``device`` (cpu/cuda) for the enclosed block."""
-    if device.type in ("cpu", "cuda"):
+    if device.type in ("cpu", "cuda") and _autocast_enabled(device.type):
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     else:
@@ -129,6 +141,18 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         labels = labels_required(labels)
         return check_index_labels(labels, "labels", num_classes=self.num_classes)
 
+    def nonfinite_guard(self, losses: Tensor) -> Tensor:
+        """``losses`` unchanged; the reduced loss becomes NaN when one of them is NaN/inf.
+
+        A NaN/inf parameter column reaches every row's loss, a NaN/inf embedding its own; a
+        filtering reducer (AvgNonZero, Threshold) drops NaN losses and would report the rest
+        (or the zero loss) as a finite number. The forward adds NaN to the reduced loss in
+        that case. No device sync.
+        """
+        # 0 when every loss is finite, NaN otherwise (an overflowing sum, inf, is NaN too)
+        self._nonfinite = losses.detach().sum() * 0
+        return losses
+
     @staticmethod
     def miner_weights(
         indices_tuple: IndicesTuple | None, labels: Tensor, dtype: torch.dtype
@@ -155,5 +179,11 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             ref_emb, ref_labels: not supported (ValueError).
         """
         device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
+        self._nonfinite: Tensor | None = None
         with full_precision(device):
-            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        nonfinite, self._nonfinite = self._nonfinite, None
+        if nonfinite is not None and isinstance(out, Tensor):
+            out = out + nonfinite.to(out.dtype)  # fix: NaN in, NaN out (see nonfinite_guard)
+        # the losses are computed in at least float32: the result in the embeddings' dtype
+        return cast_output(out, embeddings.dtype)

@@ -4,6 +4,15 @@ One private module per family; this file only re-exports their public names.
 """
 
 from pml.losses.functional._angular_npairs import angular_average_angle, angular_loss, npairs_loss
+from pml.losses.functional._margin_softmax import (
+    arcface_target_logits,
+    class_logits,
+    cosface_target_logits,
+    large_margin_target_logits,
+    margin_cross_entropy,
+    sub_center_max,
+    sub_center_outliers,
+)
 from pml.losses.functional._nca_instance import instance_loss, nca_loss
 from pml.losses.functional._pair import (
     circle_loss,
@@ -47,8 +56,11 @@ from pml.losses.functional._vicreg import vicreg_loss
 __all__: list[str] = [
     "angular_average_angle",
     "angular_loss",
+    "arcface_target_logits",
     "circle_loss",
+    "class_logits",
     "contrastive_loss",
+    "cosface_target_logits",
     "dynamic_soft_margin_loss",
     "dynamic_soft_margin_loss_from_mat",
     "dynamic_soft_margin_paired_x",
@@ -57,9 +69,11 @@ __all__: list[str] = [
     "histogram_loss",
     "instance_loss",
     "intra_pair_variance_loss",
+    "large_margin_target_logits",
     "lifted_structure_loss",
     "manifold_loss",
     "manifold_ranking",
+    "margin_cross_entropy",
     "margin_loss",
     "margin_loss_sums",
     "multi_similarity_loss",
@@ -74,6 +88,8 @@ __all__: list[str] = [
     "soft_histogram",
     "soft_triple_class_similarity",
     "soft_triple_loss",
+    "sub_center_max",
+    "sub_center_outliers",
     "supcon_loss",
     "threshold_consistent_margin_loss",
     "triplet_margin_loss",

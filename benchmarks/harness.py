@@ -107,6 +107,8 @@ def run_suite(
     for case in suite:
         if only and only.lower() not in case["name"].lower():
             continue
+        if only and os.environ.get("PML_BENCH_EXACT") and only != case["name"]:
+            continue
         repeats = case.get("repeats", 3)
         print(f"[{area}] {case['name']} {case['params']}", flush=True)
         params = ", ".join(f"{k}={v}" for k, v in case["params"].items())

@@ -13,6 +13,7 @@ import pml.losses.functional._ranking as ranking
 from pml.core.testing import TOLERANCES, assert_close, gradcheck
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
+import pml.losses as ranking_losses
 from pml.losses import FastAPLoss, PNPLoss, RankedListLoss, SmoothAPLoss
 from pml.losses.functional import fast_ap_loss, pnp_loss, ranked_list_loss, smooth_ap_loss
 from pml.reducers import DoNothingReducer, SumReducer
@@ -592,3 +593,21 @@ def test_functional_forms_match_the_classes():
     torch.testing.assert_close(losses[valid].mean(), FastAPLoss()(emb, MIXED))
     cos9 = cos[:9, :9]
     torch.testing.assert_close(smooth_ap_loss(cos9, 3).mean(), SmoothAPLoss()(emb[:9], GROUPED))
+
+
+@pytest.mark.parametrize("name", ["FastAPLoss", "PNPLoss", "SmoothAPLoss", "RankedListLoss"])
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_backward_of_ranking_losses_works(name, amp):
+    # fix: the hand-written backwards failed under autocast ("expected m1 and m2 to have the
+    # same dtype") for FastAP, PNP and Smooth-AP; seen on CUDA first, same on CPU
+    labels = torch.arange(10).repeat_interleave(4)
+    emb = torch.randn(40, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    kwargs = {"margin": 0.4, "Tn": 1.0} if name == "RankedListLoss" else {}
+    loss = getattr(ranking_losses, name)(**kwargs)
+    expected = loss(emb, labels)
+    (want,) = torch.autograd.grad(expected, emb)
+    with torch.autocast("cpu", dtype=amp):
+        got = loss(emb, labels)
+    (grad,) = torch.autograd.grad(got.float(), emb)
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(grad, want, rtol=5e-2, atol=1e-3)

@@ -25,6 +25,7 @@ from pml.core.validation import (
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
+from pml.losses._class_vectors import full_precision
 from pml.losses._pairs import nan_if_nonfinite
 from pml.losses.functional._ranking import (
     PNP_VARIANTS,
@@ -42,7 +43,29 @@ def _rows(n: int, like: Tensor) -> Tensor:
     return torch.arange(n, device=like.device)
 
 
-class FastAPLoss(BaseMetricLossFunction):
+class _Float32RankingLoss(BaseMetricLossFunction):
+    """A ranking loss whose hand-written backwards need autocast off.
+
+    fix: under ``torch.autocast`` the custom autograd functions of FastAP, PNP and Smooth-AP
+    saved bfloat16/float16 products and their backward failed with a dtype mismatch; they
+    compute in at least float32 anyway, so autocast is switched off for the whole forward.
+    """
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: IndicesTuple | None = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """``BaseMetricLossFunction.forward`` with autocast off."""
+        device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
+        with full_precision(device):
+            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+
+class FastAPLoss(_Float32RankingLoss):
     """FastAP: average precision from distance histograms (Cakir et al., CVPR 2019).
 
     Paper: "Deep Metric Learning to Rank". Row ``i`` ranks the batch by distance; its
@@ -102,7 +125,7 @@ class FastAPLoss(BaseMetricLossFunction):
         return {"loss": loss_entry(losses[rows].to(embeddings.dtype), rows, "element")}
 
 
-class PNPLoss(BaseMetricLossFunction):
+class PNPLoss(_Float32RankingLoss):
     """PNP loss (Li et al., AAAI 2022): ranking with penalised positives and negatives.
 
     Paper: "Rethinking the Optimization of Average Precision: Only Penalizing Negative
@@ -176,7 +199,7 @@ class PNPLoss(BaseMetricLossFunction):
         return {"loss": loss_entry(loss.to(embeddings.dtype), rows, "already_reduced")}
 
 
-class SmoothAPLoss(BaseMetricLossFunction):
+class SmoothAPLoss(_Float32RankingLoss):
     """Smooth-AP (Brown et al., ECCV 2020): a sigmoid-smoothed average precision.
 
     Paper: "Smooth-AP: Smoothing the Path Towards Large-Scale Image Retrieval". Every

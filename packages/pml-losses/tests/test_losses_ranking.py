@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import pml.losses as ranking_losses
 import pml.losses.functional._ranking as ranking
 from pml.core.testing import TOLERANCES, assert_close, gradcheck
 from pml.core.validation import InvalidArgumentError
 from pml.distances import CosineSimilarity, LpDistance
-import pml.losses as ranking_losses
 from pml.losses import FastAPLoss, PNPLoss, RankedListLoss, SmoothAPLoss
 from pml.losses.functional import fast_ap_loss, pnp_loss, ranked_list_loss, smooth_ap_loss
 from pml.reducers import DoNothingReducer, SumReducer

@@ -31,6 +31,7 @@ NAMES = [p.name for p in PACKAGE_DIRS]
 THIRD_PARTY = {
     "torch": "torch",
     "numpy": "numpy",
+    "PIL": "pillow",
     "sklearn": "scikit-learn",
     "faiss": "faiss-cpu",
     "scipy": "scipy",

@@ -11,8 +11,11 @@ Example:
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
+from pml.eval._collapse import embedding_collapse
+from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
+from pml.eval._knn_classifier import KNNClassifier
 from pml.eval._metrics import (
     EQUALITY,
     get_label_match_counts,
@@ -27,11 +30,18 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
+from pml.eval._reid import reid_metrics
 from pml.eval._tester_base import BaseTester
 from pml.eval._testers import (
     GlobalEmbeddingSpaceTester,
     GlobalTwoStreamEmbeddingSpaceTester,
     WithSameParentLabelTester,
+)
+from pml.eval._verification import (
+    ThresholdSelection,
+    VerificationResult,
+    select_threshold,
+    verification_metrics,
 )
 
 __all__ = [
@@ -45,11 +55,15 @@ __all__ = [
     "GlobalTwoStreamEmbeddingSpaceTester",
     "IndexNotReadyError",
     "InferenceModel",
+    "KNNClassifier",
     "MatchFinder",
+    "ThresholdSelection",
     "TorchKMeans",
     "TorchKNN",
+    "VerificationResult",
     "WithSameParentLabelTester",
     "__version__",
+    "embedding_collapse",
     "get_label_match_counts",
     "get_lone_query_labels",
     "get_relevance_mask",
@@ -58,8 +72,12 @@ __all__ = [
     "mean_average_precision",
     "mean_reciprocal_rank",
     "nan_accuracy",
+    "ndcg_at_k",
     "precision_at_k",
     "r_precision",
+    "reid_metrics",
     "run_pca",
+    "select_threshold",
     "try_getting_not_lone_labels",
+    "verification_metrics",
 ]

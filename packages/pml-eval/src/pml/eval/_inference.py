@@ -51,6 +51,46 @@ class MatchFinder:
         self.distance = distance
         self.threshold = threshold
 
+    @classmethod
+    def from_threshold_selection(
+        cls, selection: Any, distance: BaseDistance | None = None
+    ) -> MatchFinder:
+        """A MatchFinder applying a :func:`~pml.eval.select_threshold` result.
+
+        Same as ``MatchFinder(distance, threshold=selection.threshold)``, with the distance
+        the threshold was selected with by default, and a check that ``distance`` ranks the
+        same way (a similarity threshold needs an inverted distance).
+
+        Args:
+            selection: a :class:`~pml.eval.ThresholdSelection`.
+            distance: the distance to match with (None: ``selection.distance``).
+
+        Raises:
+            TypeError: no distance here nor in ``selection`` (pair scores were given).
+            ValueError: ``distance.is_inverted`` differs from ``selection.is_inverted``.
+
+        Example:
+            >>> from pml.eval import select_threshold
+            >>> x, y = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), torch.tensor([0, 0, 1])
+            >>> mf = MatchFinder.from_threshold_selection(select_threshold(x, y))
+            >>> mf.get_matching_pairs(x).tolist()
+            [[True, True, False], [True, True, False], [False, False, True]]
+        """
+        distance = getattr(selection, "distance", None) if distance is None else distance
+        if distance is None:
+            raise TypeError(
+                "distance must be given: the selection was made from pair scores, not with a "
+                "pml distance"
+            )
+        if bool(distance.is_inverted) != bool(selection.is_inverted):
+            kind = "a similarity" if selection.is_inverted else "a distance"
+            raise ValueError(
+                f"distance must rank like the selection's scores ({kind} threshold, "
+                f"is_inverted={selection.is_inverted}); got {type(distance).__name__} with "
+                f"is_inverted={distance.is_inverted}"
+            )
+        return cls(distance, threshold=selection.threshold)
+
     def _compare(self, mat: Tensor, threshold: float) -> Tensor:
         return mat >= threshold if self.distance.is_inverted else mat <= threshold
 

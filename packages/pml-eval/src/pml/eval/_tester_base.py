@@ -15,8 +15,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pml.core import config
-from pml.core.validation import check_int
+from pml.core.validation import check_bool, check_int
 from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._collapse import embedding_collapse
 from pml.eval._labels import LabelMapper
 from pml.eval._tester_embeddings import embed_streams, eval_dataloader, joint_pca
 from pml.eval._tester_splits import (
@@ -53,6 +54,11 @@ class BaseTester:
         accuracy_calculator: None: ``AccuracyCalculator()``.
         visualizer: object with ``fit_transform(ndarray) -> ndarray`` (UMAP, PCA, ...).
         visualizer_hook: ``fn(visualizer, reduced, labels, split_name, keyname, epoch)``.
+        embedding_diagnostics: also record, per query split, the embedding-collapse
+            diagnostic of its (PCA'd, normalised) embeddings under
+            ``collapse_pc90_fraction``, ``collapse_pc99_fraction`` and
+            ``collapse_effective_rank`` (see :func:`~pml.eval.embedding_collapse`). Off by
+            default: the results stay those of the reference.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class BaseTester:
         accuracy_calculator: AccuracyCalculator | None = None,
         visualizer: Any = None,
         visualizer_hook: Callable[..., Any] | None = None,
+        embedding_diagnostics: bool = False,
     ) -> None:
         self.normalize_embeddings = normalize_embeddings
         self.use_trunk_output = use_trunk_output
@@ -94,6 +101,7 @@ class BaseTester:
         self.set_min_label_to_zero = set_min_label_to_zero
         self.accuracy_calculator = accuracy_calculator
         self.visualizer = visualizer
+        self.embedding_diagnostics = check_bool("embedding_diagnostics", embedding_diagnostics)
         if visualizer_hook is not None:
             self.visualizer_hook = visualizer_hook  # type: ignore[method-assign]
         self.initialize_label_mapper()
@@ -382,12 +390,19 @@ class BaseTester:
             self.do_knn_and_accuracies(
                 accuracies, self.embeddings_and_labels, query_split_name, reference_split_names
             )
+            if self.embedding_diagnostics:
+                accuracies.update(self.collapse_diagnostics(query_split_name))
         if self.end_of_testing_hook is not None:
             self.end_of_testing_hook(self)
         else:
             config.LOGGER.info("%s", dict(self.all_accuracies))
         del self.embeddings_and_labels
         return self.all_accuracies
+
+    def collapse_diagnostics(self, split_name: str) -> dict[str, float]:
+        """``collapse_*`` keys of a split's embeddings (see :func:`embedding_collapse`)."""
+        embeddings = self.embeddings_and_labels[split_name][0]
+        return {f"collapse_{k}": v for k, v in embedding_collapse(embeddings).items()}
 
     def do_knn_and_accuracies(
         self,

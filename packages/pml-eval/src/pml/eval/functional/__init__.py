@@ -6,9 +6,18 @@
 * ranking (:mod:`._ranked`): the same values from an exact chunked ranking, without
   neighbour lists (what ``AccuracyCalculator`` uses by default).
 * clustering (:mod:`._clustering`): k-means (k-means++ seeding) and PCA in plain torch.
+* verification (:mod:`._verification`): pair scores in blocks, exact or streamed operating
+  points (TAR/FMR at every candidate threshold), FMR targets and threshold criteria.
+* graded relevance (:mod:`._graded`): NDCG@k with gains from labels or a user function.
+* re-identification (:mod:`._reid`): CMC@k and AP with same-camera and junk removal.
+* collapse (:mod:`._collapse`): covariance spectrum, principal-component fractions and
+  effective rank.
+* k-NN vote (:mod:`._knn_vote`): class probabilities from neighbours' labels.
 """
 
 from pml.eval.functional._clustering import kmeans, nearest_centroid, pca
+from pml.eval.functional._collapse import collapse_statistics, covariance_spectrum
+from pml.eval.functional._graded import RelevanceFn, label_gains, ndcg_values
 from pml.eval.functional._knn import (
     DistanceFn,
     block_distance,
@@ -19,7 +28,9 @@ from pml.eval.functional._knn import (
     smallest_k,
     squared_l2_matrix,
 )
+from pml.eval.functional._knn_vote import class_probabilities, inverse_distance_weights
 from pml.eval.functional._ranked import RETRIEVAL_METRICS, retrieval_values
+from pml.eval.functional._reid import reid_values
 from pml.eval.functional._retrieval import (
     average_precision_values,
     class_means,
@@ -29,26 +40,54 @@ from pml.eval.functional._retrieval import (
     reciprocal_rank_values,
     relevance,
 )
+from pml.eval.functional._verification import (
+    CRITERIA,
+    OperatingPoints,
+    best_threshold,
+    criterion_values,
+    operating_points,
+    pair_score_blocks,
+    points_at_fmr,
+    robust_thresholds,
+    streamed_operating_points,
+)
 
 __all__ = [
+    "CRITERIA",
     "DistanceFn",
+    "OperatingPoints",
     "RETRIEVAL_METRICS",
+    "RelevanceFn",
     "average_precision_values",
+    "best_threshold",
     "block_distance",
     "chunk_rows",
     "class_means",
+    "class_probabilities",
     "closest_first",
+    "collapse_statistics",
+    "covariance_spectrum",
+    "criterion_values",
+    "inverse_distance_weights",
     "kmeans",
     "knn",
+    "label_gains",
     "label_ids",
+    "ndcg_values",
     "nearest_centroid",
+    "operating_points",
+    "pair_score_blocks",
     "pca",
+    "points_at_fmr",
     "precision_at_k_values",
     "r_precision_values",
     "reciprocal_rank_values",
+    "reid_values",
     "relevance",
     "remove_self_matches",
     "retrieval_values",
+    "robust_thresholds",
     "smallest_k",
     "squared_l2_matrix",
+    "streamed_operating_points",
 ]

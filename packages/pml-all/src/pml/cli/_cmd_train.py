@@ -267,10 +267,12 @@ def _train(
     stop_after: int | None,
     argv: Any,
 ) -> int:
+    from pml.cli._recipe import check_names
     from pml.cli._training import Training, TrainJob
 
     out = sys.stdout
     started = time.perf_counter()
+    check_names(settings)
     if run is None:
         changed = changed_settings(settings)
         if changed:

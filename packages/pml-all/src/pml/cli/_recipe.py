@@ -9,7 +9,7 @@ filled in where the class declares them:
 * miner: ``distance`` from ``--distance``;
 * sampler: the training labels (first argument), ``batch_size``, ``length_before_new_iter``
   (one epoch = one pass over the training items), ``seed``, and ``m`` for MPerClassSampler
-  (the smallest divisor of the batch size, at least 4, whose batches fit the classes);
+  (a divisor of the batch size whose batches fit the classes: see :func:`choose_m`);
 * optimizer: ``lr``; one optimizer per trained part (``trunk``, ``embedder``, and
   ``metric_loss`` when the loss has trainable parameters, e.g. ArcFace's class weights);
 * scheduler (one per optimizer, stepped each epoch): ``T_max = epochs``; a
@@ -19,7 +19,7 @@ filled in where the class declares them:
 from __future__ import annotations
 
 import dataclasses
-import inspect
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import nn
 from pml.cli import _registry as registry
 from pml.cli._errors import UsageError
 
-__all__ = ["Recipe", "accepts", "build_recipe", "choose_m", "describe"]
+__all__ = ["Recipe", "accepts", "build_recipe", "check_names", "choose_m", "describe"]
 
 
 @dataclasses.dataclass
@@ -46,22 +46,26 @@ class Recipe:
 
 
 def accepts(cls: Any, name: str) -> bool:
-    """Whether ``cls(...)`` declares a parameter ``name`` (or takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    if name in params:
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Whether ``cls(...)`` takes the keyword argument ``name`` (True when unknowable)."""
+    accepted = registry.keywords(cls)
+    return accepted is None or name in accepted
 
 
-def choose_m(batch_size: int, num_classes: int) -> int:
-    """The smallest divisor ``m >= 4`` of ``batch_size`` with ``m * num_classes >= batch_size``."""
-    for m in range(min(4, batch_size), batch_size + 1):
-        if batch_size % m == 0 and m * num_classes >= batch_size:
-            return m
-    return batch_size
+def choose_m(batch_size: int, class_sizes: list[int]) -> int:
+    """MPerClassSampler's ``m`` for ``batch_size`` and the training classes' sizes.
+
+    ``m`` must divide the batch size and fill a batch from the classes (``m * classes >=
+    batch_size``); among those, values no larger than the smallest class are preferred (no
+    duplicates within a batch), and of these the smallest at least 4 (else the largest).
+    """
+    fits = [
+        m
+        for m in range(2, batch_size + 1)
+        if batch_size % m == 0 and m * len(class_sizes) >= batch_size
+    ]
+    pool = [m for m in fits if m <= min(class_sizes)] or fits
+    large = [m for m in pool if m >= 4]
+    return large[0] if large else pool[-1]
 
 
 def describe(name: str, kwargs: Mapping[str, Any]) -> str:
@@ -139,7 +143,8 @@ def build_recipe(
             "seed": settings.seed,
         }
         if "m" not in sampler_kwargs and _declares(sampler_cls, "m"):
-            auto["m"] = choose_m(settings.batch_size, len(set(train_labels)))
+            sizes = list(Counter(train_labels).values())
+            auto["m"] = choose_m(settings.batch_size, sizes)
         for key, value in auto.items():
             if key not in sampler_kwargs and _declares(sampler_cls, key):
                 sampler_kwargs[key] = value
@@ -187,11 +192,21 @@ def build_recipe(
     return Recipe(loss, miner, sampler, optimizers, schedulers, distance, "; ".join(parts))
 
 
+def check_names(settings: Any) -> None:
+    """Resolve every class name of ``settings`` (fail fast, before any data is read).
+
+    Raises:
+        UsageError: an unknown name (with the closest names).
+    """
+    for kind in ("loss", "miner", "sampler", "distance", "reducer", "optimizer", "scheduler"):
+        name = getattr(settings, kind)
+        if name is not None:
+            registry.resolve(kind, name)
+
+
 def _declares(cls: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
+    accepted = registry.keywords(cls)
+    return accepted is not None and name in accepted
 
 
 def _nested(cls: Any, key: str, name: str, option: str) -> Any:

@@ -178,6 +178,11 @@ def _how(settings: Any) -> str:
 
 
 def _splits(train: LabeledData, test: LabeledData, description: str) -> DataSplits:
+    if len(test) == len(set(test.labels)):
+        raise UsageError(
+            f"the held-out data ({test.source}, {len(test)} items) has no two items of one "
+            "class, so retrieval cannot be measured; give it at least 2 items of some classes"
+        )
     return DataSplits(
         train=train,
         test=test,

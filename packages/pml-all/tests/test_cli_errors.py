@@ -167,7 +167,7 @@ def test_bad_settings(tmp_path, capsys) -> None:
         ["--device", "tpu"], runs, capsys
     )
     data = features(tmp_path / "f.npz", np.arange(12) % 3)
-    assert "batch size 64 is larger than the training split (9 items)" in fails(
+    assert "batch size 64 is larger than the training split (6 items)" in fails(
         ["--data", str(data)], runs, capsys
     )
     assert "--model must be mlp or package.module:factory" in fails(

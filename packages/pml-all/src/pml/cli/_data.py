@@ -199,8 +199,9 @@ def split_indices(
 
     By samples, each class of ``n`` items puts ``round(n * test_size)`` of them in the test
     split, at least one and at most ``n - 1``; a class of 4 items or more puts 2 to ``n - 2``
-    there (a single held-out item of a class could not be retrieved by the others). By classes, ``round(C * test_size)`` classes
-    (at least one, at most ``C - 1``) go to the test split.
+    there (a single held-out item of a class could not be retrieved by the others). By
+    classes, ``round(C * test_size)`` classes (at least one, at most ``C - 1``) go to the
+    test split.
     """
     y = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)

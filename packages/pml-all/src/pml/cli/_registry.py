@@ -1,0 +1,187 @@
+"""Classes by name: losses, miners, samplers, distances, reducers, regularizers, optimizers.
+
+``pml train --loss ArcFaceLoss --loss-arg margin=28.6`` resolves ``ArcFaceLoss`` in
+``pml.losses`` and builds it with ``margin=28.6``. Unknown names suggest the closest ones;
+keyword arguments a class rejects name the class and the keyword.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+import torch
+
+import pml.distances
+import pml.losses
+import pml.miners
+import pml.reducers
+import pml.regularizers
+import pml.samplers
+from pml.cli._errors import UsageError
+
+__all__ = ["KINDS", "build", "keywords", "names", "parse_kwargs", "resolve"]
+
+#: kind -> (module, base class that every entry must subclass or None, what to skip)
+KINDS: dict[str, tuple[ModuleType, type | None]] = {
+    "loss": (pml.losses, torch.nn.Module),
+    "miner": (pml.miners, torch.nn.Module),
+    "sampler": (pml.samplers, torch.utils.data.Sampler),
+    "distance": (pml.distances, torch.nn.Module),
+    "reducer": (pml.reducers, torch.nn.Module),
+    "regularizer": (pml.regularizers, torch.nn.Module),
+    "optimizer": (torch.optim, torch.optim.Optimizer),
+    "scheduler": (torch.optim.lr_scheduler, None),
+}
+
+#: keyword arguments whose string value names an object of another kind
+_NESTED_KINDS = {
+    "distance": "distance",
+    "reducer": "reducer",
+    "embedding_regularizer": "regularizer",
+    "weight_regularizer": "regularizer",
+}
+
+_ABSTRACT = {"BatchedDistance", "DistributedLossWrapper", "DistributedMinerWrapper"}
+
+
+def names(kind: str) -> list[str]:
+    """The constructible class names of ``kind`` (sorted)."""
+    module, base = _kind(kind)
+    out = []
+    for name in getattr(module, "__all__", dir(module)):
+        obj = getattr(module, name, None)
+        if not inspect.isclass(obj) or inspect.isabstract(obj) or name.startswith("_"):
+            continue
+        if name in _ABSTRACT or name.endswith("Mixin") or name.startswith(("Base", "ModuleWith")):
+            continue
+        if base is not None and not issubclass(obj, base):
+            continue
+        out.append(name)
+    return sorted(out)
+
+
+def resolve(kind: str, name: str) -> type:
+    """The class called ``name`` of ``kind``.
+
+    Raises:
+        UsageError: no such class (the message suggests the closest names).
+    """
+    if name in names(kind):
+        return getattr(_kind(kind)[0], name)
+    options = names(kind)
+    lowered = {n.lower(): n for n in options}
+    if name.lower() in lowered:
+        return getattr(_kind(kind)[0], lowered[name.lower()])
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(options)}"
+    raise UsageError(f"unknown {kind} {name!r}{hint}")
+
+
+def parse_kwargs(items: Iterable[str] | Mapping[str, Any] | None, option: str) -> dict[str, Any]:
+    """``["margin=0.2", "type_of_triplets='hard'"]`` -> ``{"margin": 0.2, ...}``.
+
+    Values are Python literals (numbers, strings, booleans, None, lists, tuples, dicts);
+    anything else stays a string. A mapping (from a config file) is copied.
+
+    Raises:
+        UsageError: an item without ``=`` (naming ``option``).
+    """
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{option} expects key=value; got {item!r}")
+        try:
+            out[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key] = raw.strip()
+    return out
+
+
+def build(kind: str, name: str, kwargs: Mapping[str, Any] | None = None, *args: Any) -> Any:
+    """``resolve(kind, name)(*args, **kwargs)``; nested names are built too.
+
+    A string value of ``distance``/``reducer``/``*_regularizer`` names a class of that kind
+    (``distance="CosineSimilarity"``); a dict ``{"name": ..., **kwargs}`` builds it with
+    arguments.
+
+    Raises:
+        UsageError: an unknown name, or arguments the class rejects (naming the class).
+    """
+    cls = resolve(kind, name)
+    kwargs = dict(kwargs or {})
+    for key, nested_kind in _NESTED_KINDS.items():
+        value = kwargs.get(key)
+        if isinstance(value, str):
+            kwargs[key] = build(nested_kind, value)
+        elif isinstance(value, Mapping) and "name" in value:
+            spec = dict(value)
+            kwargs[key] = build(nested_kind, spec.pop("name"), spec)
+    _check_keywords(cls, kwargs, len(args))
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as err:
+        raise UsageError(f"{cls.__name__} rejects the arguments {sorted(kwargs)} ({err})") from None
+    except ValueError as err:
+        raise UsageError(f"{cls.__name__}: {err}") from None
+
+
+def keywords(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` accepts, or None when they cannot be listed.
+
+    Follows ``**kwargs`` up the class hierarchy (a subclass handing them to its base) and
+    stops at ``torch.nn.Module``, which takes none.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is torch.nn.Module or klass is object:
+            return names
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return None
+        open_ended = False
+        for p in params:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ):
+                names.add(p.name)
+        if not open_ended:
+            return names
+    return None
+
+
+def _check_keywords(cls: type, kwargs: Mapping[str, Any], positional: int) -> None:
+    accepted = keywords(cls)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(
+                f"{cls.__name__} takes no argument {key!r}; {hint}it takes "
+                f"{', '.join(sorted(accepted)) or 'none'}"
+            )
+
+
+def _kind(kind: str) -> tuple[ModuleType, type | None]:
+    if kind not in KINDS:
+        raise UsageError(f"unknown kind {kind!r}; choose from {', '.join(sorted(KINDS))}")
+    return KINDS[kind]

@@ -69,6 +69,9 @@ SMOKE = {
     "x = torch.randn(20, 4); y = torch.arange(4).repeat(5); "
     "r = c(include=('precision_at_1',), k=3).get_accuracy(x, y) if c else {'precision_at_1': 0}; "
     "assert 0 <= r['precision_at_1'] <= 1",
+    "pml-trainers": "import torch, pml.trainers as T; "
+    "d = T.DigitsDataset(split='test'); assert len(d) > 0 and d[0][0].shape == (64,)",
+    "pml-all": "from pml.cli.__main__ import main; assert main(['train', '--loss', 'Nope']) == 2",
 }
 
 

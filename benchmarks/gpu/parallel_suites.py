@@ -20,12 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
-    areas = sys.argv[1:]
+    # "area" runs every case; "area:Name1,Name2" only those cases (rows merged into the table)
+    wanted = {
+        a.split(":")[0]: (a.split(":")[1].split(",") if ":" in a else None) for a in sys.argv[1:]
+    }
+    areas = list(wanted)
     jobs = []
     work = Path(tempfile.mkdtemp(prefix="pml-bench-"))
     for area in areas:
         suite = importlib.import_module(f"benchmarks.cases_{area}").SUITE
         names = list(dict.fromkeys(c["name"] for c in suite))
+        names = [n for n in names if wanted[area] is None or n in wanted[area]]
         for i, name in enumerate(names):
             copy = work / f"{area}-{i}"
             shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".whl", "runs"))
@@ -58,8 +63,15 @@ def main() -> None:
             for line in lines[first + 2 :]:
                 if line.startswith("| ") and line.split("|")[1].strip() == name:
                     rows.setdefault(name, []).append(line)
-        out = header + [line for n in names for line in dict.fromkeys(rows.get(n, []))]
-        (ROOT / "benchmarks" / "results" / f"{area}.md").write_text("\n".join(out) + "\n")
+        target = ROOT / "benchmarks" / "results" / f"{area}.md"
+        if wanted[area] is not None and target.exists():
+            # replace the re-measured rows (same case and parameters) in the committed table
+            new = {tuple(c.strip() for c in r.split("|")[1:3]): r for v in rows.values() for r in v}
+            old = target.read_text().splitlines()
+            out = [new.get(tuple(c.strip() for c in r.split("|")[1:3]), r) for r in old]
+        else:
+            out = header + [line for n in names for line in dict.fromkeys(rows.get(n, []))]
+        target.write_text("\n".join(out) + "\n")
         print(f"wrote benchmarks/results/{area}.md ({sum(len(v) for v in rows.values())} rows)")
 
 

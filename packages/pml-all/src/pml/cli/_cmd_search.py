@@ -40,6 +40,7 @@ from pml.cli._loading import (
     load_dataset,
     load_queries,
     load_trained,
+    one_line,
     resolve_device,
     run_distance,
     write_atomically,
@@ -230,8 +231,9 @@ def _load_index(inference: Any, filename: str) -> None:
         raise UsageError(f"--index {filename!r} does not exist")
     try:
         inference.load_knn_func(os.path.expanduser(filename))
-    except (ValueError, OSError) as err:
-        raise UsageError(f"cannot load --index {filename!r}: {err}") from None
+    except Exception as err:  # damaged files: ValueError, and struct/zip errors from torch
+        detail = str(err) if isinstance(err, ValueError) else f"not an index file ({err})"
+        raise UsageError(one_line(f"cannot load --index {filename!r}: {detail}")) from None
 
 
 def _save_index(inference: Any, filename: str) -> None:

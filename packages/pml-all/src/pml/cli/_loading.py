@@ -40,6 +40,7 @@ __all__ = [
     "load_dataset",
     "load_queries",
     "load_trained",
+    "one_line",
     "resolve_device",
     "run_distance",
     "write_atomically",
@@ -142,7 +143,10 @@ def load_trained(run_or_checkpoint: str, device: torch.device) -> TrainedModel:
     from pml.cli._run_folder import find_checkpoint, load_model
 
     file = find_checkpoint(run_or_checkpoint)
-    model, settings = load_model(file, device=device)
+    try:
+        model, settings = load_model(file, device=device)
+    except UsageError as err:
+        raise UsageError(one_line(str(err))) from None
     # load_model validated the file (weights only); read its "cli" entry without copying
     # the weights again (memory-mapped)
     state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -157,6 +161,20 @@ def load_trained(run_or_checkpoint: str, device: torch.device) -> TrainedModel:
         num_classes=None if num_classes is None else int(num_classes),
         epoch=None if epoch is None else int(epoch),
     )
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line; torch's multi-line explanation of a refused file cut off."""
+    cut = message.find("Weights only load failed")
+    if cut >= 0:
+        message = message[:cut].rstrip(" (:") + (
+            ": it holds pickled objects other than tensors and plain containers; refused "
+            "(weights-only loading), nothing in it was run)"
+        )
+    cut = message.find(" (weights_only load failed")
+    if cut >= 0:
+        message = message[:cut] + " (weights-only loading refused it; nothing in it was run)"
+    return " ".join(message.split())
 
 
 def run_distance(trained: TrainedModel) -> Any:

@@ -25,11 +25,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from pml.cli._errors import UsageError
 
-__all__ = ["build_model", "default_mlp", "load_factory"]
+__all__ = ["build_model", "default_mlp", "embed_dataset", "load_factory"]
 
 
 def build_model(settings: Any, input_shape: Sequence[int]) -> nn.Sequential:
@@ -132,3 +133,32 @@ def _call_factory(
             f"--model {spec} must return a torch.nn.Module; got {type(model).__name__}"
         )
     return model
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    dataset: Any,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The embeddings ``(N, D)`` of every item of ``dataset``, in order (eval mode, float32).
+
+    The model is put in eval mode and left there. ``dataset`` is a
+    :class:`~pml.cli._data.LabeledData` (sliced directly) or any dataset of
+    ``(tensor, label)`` items. No random generator is touched.
+    """
+    model.eval()
+    out = []
+    data = getattr(dataset, "data", None)
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        if isinstance(data, torch.Tensor):
+            x = data[start:stop]
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        else:
+            x = torch.stack([dataset[i][0] for i in range(start, stop)])
+        out.append(model(x.to(device)).float())
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)

@@ -24,7 +24,7 @@ import pml.regularizers
 import pml.samplers
 from pml.cli._errors import UsageError
 
-__all__ = ["KINDS", "build", "names", "parse_kwargs", "resolve"]
+__all__ = ["KINDS", "build", "keywords", "names", "parse_kwargs", "resolve"]
 
 #: kind -> (module, base class that every entry must subclass or None, what to skip)
 KINDS: dict[str, tuple[ModuleType, type | None]] = {
@@ -127,12 +127,58 @@ def build(kind: str, name: str, kwargs: Mapping[str, Any] | None = None, *args: 
         elif isinstance(value, Mapping) and "name" in value:
             spec = dict(value)
             kwargs[key] = build(nested_kind, spec.pop("name"), spec)
+    _check_keywords(cls, kwargs, len(args))
     try:
         return cls(*args, **kwargs)
     except TypeError as err:
         raise UsageError(f"{cls.__name__} rejects the arguments {sorted(kwargs)} ({err})") from None
     except ValueError as err:
         raise UsageError(f"{cls.__name__}: {err}") from None
+
+
+def keywords(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` accepts, or None when they cannot be listed.
+
+    Follows ``**kwargs`` up the class hierarchy (a subclass handing them to its base) and
+    stops at ``torch.nn.Module``, which takes none.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is torch.nn.Module or klass is object:
+            return names
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return None
+        open_ended = False
+        for p in params:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ):
+                names.add(p.name)
+        if not open_ended:
+            return names
+    return None
+
+
+def _check_keywords(cls: type, kwargs: Mapping[str, Any], positional: int) -> None:
+    accepted = keywords(cls)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(
+                f"{cls.__name__} takes no argument {key!r}; {hint}it takes "
+                f"{', '.join(sorted(accepted)) or 'none'}"
+            )
 
 
 def _kind(kind: str) -> tuple[ModuleType, type | None]:

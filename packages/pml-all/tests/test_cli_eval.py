@@ -239,3 +239,29 @@ def test_eval_run_whose_data_is_gone_asks_for_data(helpers, pml, tmp_path) -> No
     data.unlink()
     err = _one_line_error(*pml("eval", run))
     assert "cannot load the run's held-out data" in err and "--data" in err
+
+
+def test_eval_of_a_real_pml_train_run_repeats_its_best_epoch_metrics(helpers, pml, tmp_path):
+    features, labels = helpers.clustered_features()
+    data = tmp_path / "features.npz"
+    np.savez(data, features=features, labels=labels)
+    runs = tmp_path / "runs"
+    code, _, err = pml(
+        "train", "--data", data, "--epochs", "2", "--runs-dir", runs, "--batch-size", "16",
+        "--hidden-size", "16", "--embedding-size", "8", "--device", "cpu", "--name", "tiny",
+    )  # fmt: skip
+    assert code == 0, err
+    (run,) = runs.iterdir()
+    state = torch.load(run / "checkpoints" / "best.pth", weights_only=True)
+    best = state["cli"]["best_epoch"]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["epoch"] == best]
+    code, out, err = pml("eval", run, "--json", "--device", "cpu")
+    assert code == 0, err
+    values = _json(out)
+    assert list(values) == list(DEFAULT_METRICS)
+    for name in DEFAULT_METRICS:
+        assert values[name] == pytest.approx(row[name], abs=1e-6), name
+    code, out, err = pml("eval", run, "--metric", "all", "--data", data, "--device", "cpu")
+    assert code == 0, err
+    assert f"best.pth (epoch {best})" in out

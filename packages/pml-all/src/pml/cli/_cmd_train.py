@@ -313,6 +313,8 @@ def _train(
         run.unmark_complete()
         run.write_config(settings, header=_config_header(argv))
         env = _environment(settings, device, threads, argv)
+        if state is not None:
+            env["resumed_after_epoch"] = int(state["epoch"])
         run.write_env(env)
         print(f"run folder: {os.fspath(run.path)}", file=out)
         try:

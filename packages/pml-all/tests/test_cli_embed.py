@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pml.cli._data import load_data, load_path
 from pml.cli._settings import load_settings
@@ -119,3 +120,21 @@ def test_embed_data_of_the_wrong_width_is_a_one_line_error(fake_run, helpers, pm
 def test_embed_bad_batch_size_is_a_one_line_error(fake_run, pml, tmp_path):
     err = _one_line_error(*pml("embed", fake_run, "--out", tmp_path / "e.npy", "--batch-size", "0"))
     assert "--batch-size" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_embed_cuda_without_cuda_is_a_one_line_error(fake_run, pml, tmp_path):
+    err = _one_line_error(*pml("embed", fake_run, "--out", tmp_path / "e.npy", "--device", "cuda"))
+    assert "CUDA is not available" in err
+
+
+def test_embed_legacy_format_checkpoint(fake_run, pml, tmp_path):
+    import shutil
+
+    state = torch.load(fake_run / "checkpoints" / "best.pth", weights_only=True)
+    legacy = tmp_path / "run" / "checkpoints" / "best.pth"
+    legacy.parent.mkdir(parents=True)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    shutil.copy(fake_run / "config.toml", tmp_path / "run" / "config.toml")
+    code, _, err = pml("embed", tmp_path / "run", "--out", tmp_path / "e.npz")
+    assert code == 0, err

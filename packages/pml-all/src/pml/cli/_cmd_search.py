@@ -4,7 +4,7 @@ Through :class:`pml.eval.InferenceModel`: the reference items are embedded into 
 index (faiss's ``IndexFlatL2`` when faiss is installed, else plain torch; ``--knn`` picks),
 the queries are embedded and searched. Distances are squared L2 between the embeddings,
 L2-normalised by default when the run's distance normalises (its default), so the order is
-the cosine order.
+the cosine order. A query that is also in the reference set finds itself first (distance 0).
 
 ``--save-index FILE`` writes the index (atomically) and ``--index FILE`` searches a saved one
 instead of embedding the reference again. Neither format is a pickle: faiss writes its own

@@ -149,7 +149,10 @@ def load_trained(run_or_checkpoint: str, device: torch.device) -> TrainedModel:
         raise UsageError(one_line(str(err))) from None
     # load_model validated the file (weights only); read its "cli" entry without copying
     # the weights again (memory-mapped)
-    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file of torch's legacy (non-zip) format cannot be mapped
+        state = torch.load(file, map_location="cpu", weights_only=True)
     cli = state.get("cli", {})
     epoch = state.get("epoch")
     num_classes = cli.get("num_classes")

@@ -38,6 +38,8 @@ THIRD_PARTY = {
     "tqdm": "tqdm",
     "safetensors": "safetensors",
     "umap": "umap-learn",
+    "matplotlib": "matplotlib",
+    "yaml": "PyYAML",
 }
 #: heavy optional modules that must not be importable unless the package declares them
 FORBIDDEN_UNLESS_DECLARED = {"faiss": "faiss-cpu", "sklearn": "scikit-learn"}
@@ -79,6 +81,12 @@ def _dep_names(pkg_dir: Path) -> set[str]:
         re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower()
         for d in _project(pkg_dir)["dependencies"]
     }
+
+
+def _pml_dist(module: str) -> str:
+    """The distribution of a pml module (``pml.regularizers`` ships in pml-reducers)."""
+    name = module.split(".")[1]
+    return "pml-reducers" if name == "regularizers" else f"pml-{name}"
 
 
 def _version(pkg_dir: Path) -> str:
@@ -158,15 +166,13 @@ def test_declares_exactly_what_it_imports(pkg_dir: Path) -> None:
     required, optional = _imports(pkg_dir)
     stdlib = set(sys.stdlib_module_names)
     for mod in sorted(required - own - stdlib):
-        dist = f"pml-{mod.split('.')[1]}" if mod.startswith("pml.") else THIRD_PARTY.get(mod)
+        dist = _pml_dist(mod) if mod.startswith("pml.") else THIRD_PARTY.get(mod)
         assert dist is not None, f"{pkg_dir.name} imports unknown module {mod}"
         assert dist in declared, f"{pkg_dir.name} imports {mod} but does not declare {dist}"
     for mod in sorted(optional - own - stdlib):
         if mod.startswith("pml."):
-            assert f"pml-{mod.split('.')[1]}" in declared, f"{pkg_dir.name}: optional sibling {mod}"
-    used_pml = {f"pml-{m.split('.')[1]}" for m in required | optional if m.startswith("pml.")} - {
-        pkg_dir.name
-    }
+            assert _pml_dist(mod) in declared, f"{pkg_dir.name}: optional sibling {mod}"
+    used_pml = {_pml_dist(m) for m in required | optional if m.startswith("pml.")} - {pkg_dir.name}
     unused = {d for d in declared if d.startswith("pml-")} - used_pml
     assert not unused, f"{pkg_dir.name} declares siblings it never imports: {unused}"
 

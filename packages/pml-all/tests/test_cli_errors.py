@@ -167,7 +167,7 @@ def test_bad_settings(tmp_path, capsys) -> None:
         ["--device", "tpu"], runs, capsys
     )
     data = features(tmp_path / "f.npz", np.arange(12) % 3)
-    assert "batch size 64 is larger than the training split (9 items)" in fails(
+    assert "batch size 64 is larger than the training split (6 items)" in fails(
         ["--data", str(data)], runs, capsys
     )
     assert "--model must be mlp or package.module:factory" in fails(
@@ -239,3 +239,10 @@ def test_python_m_pml_cli_exits_2_without_traceback(tmp_path) -> None:
     )
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not runs.exists()
+
+
+def test_held_out_data_without_two_items_of_a_class(tmp_path, capsys) -> None:
+    train = features(tmp_path / "train.npz", np.arange(24) % 3)
+    test = features(tmp_path / "test.npz", np.arange(3))
+    msg = fails(["--data", str(train), "--test-data", str(test)], tmp_path / "runs", capsys)
+    assert "has no two items of one class, so retrieval cannot be measured" in msg

@@ -126,12 +126,13 @@ def test_choose_m(batch_size, sizes, m) -> None:
 
 
 def test_split_by_samples_is_stratified_seeded_and_keeps_every_class() -> None:
-    labels = np.repeat(np.arange(5), [2, 3, 10, 20, 7]).tolist()
+    labels = np.repeat(np.arange(6), [2, 3, 10, 20, 7, 4]).tolist()
     train, test = split_indices(labels, "samples", 0.3, seed=4)
     assert sorted(train.tolist() + test.tolist()) == list(range(len(labels)))
     y = np.asarray(labels)
-    assert Counter(y[test].tolist()) == {0: 1, 1: 1, 2: 3, 3: 6, 4: 2}
-    assert set(y[train].tolist()) == set(range(5))
+    # round(n * 0.3), at least 1 and at most n - 1; 2 to n - 2 for classes of 4 or more
+    assert Counter(y[test].tolist()) == {0: 1, 1: 1, 2: 3, 3: 6, 4: 2, 5: 2}
+    assert set(y[train].tolist()) == set(range(6))
     again = split_indices(labels, "samples", 0.3, seed=4)
     assert np.array_equal(again[1], test)
     assert not np.array_equal(split_indices(labels, "samples", 0.3, seed=5)[1], test)

@@ -281,3 +281,28 @@ def test_tsne_plot_and_other_recipe_options(tmp_path, capsys) -> None:
     assert "trunk_scheduler_by_plateau" in state["lr_schedulers"]
     report = (run / "report.md").read_text()
     assert "CosineSimilarity" in report and "Hadsell" in report
+
+
+def test_load_model_from_a_run_or_a_checkpoint_file_alone(tmp_path, capsys) -> None:
+    import shutil
+
+    from pml.cli._errors import UsageError
+
+    data = clustered_features(tmp_path / "feats.npz")
+    runs = tmp_path / "runs"
+    args = ["train", "--data", str(data), "--epochs", "1", "--runs-dir", str(runs), *SMALL]
+    assert main([*args, "--data-protocol", "classes"]) == 0
+    run = only_run(runs)
+    model, settings = load_model(run)
+    assert not model.training and settings.data_protocol == "classes"
+    alone = tmp_path / "model.pth"
+    shutil.copy(run / "checkpoints" / "best.pth", alone)
+    again, settings_again = load_model(alone)
+    assert settings_again == settings
+    x = torch.randn(5, 8)
+    assert torch.equal(model(x), again(x))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(UsageError, match="is not a checkpoint of pml train"):
+        load_model(tmp_path / "other.pth")
+    with pytest.raises(UsageError, match="neither a run folder nor a checkpoint"):
+        load_model(tmp_path / "missing")

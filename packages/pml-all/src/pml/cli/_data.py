@@ -178,6 +178,11 @@ def _how(settings: Any) -> str:
 
 
 def _splits(train: LabeledData, test: LabeledData, description: str) -> DataSplits:
+    if len(test) == len(set(test.labels)):
+        raise UsageError(
+            f"the held-out data ({test.source}, {len(test)} items) has no two items of one "
+            "class, so retrieval cannot be measured; give it at least 2 items of some classes"
+        )
     return DataSplits(
         train=train,
         test=test,
@@ -192,8 +197,9 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices (sorted) of a split by samples or by classes.
 
-    By samples, each class of ``n`` items puts ``round(n * test_size)`` of them (at least
-    one, at most ``n - 1``) in the test split. By classes, ``round(C * test_size)`` classes
+    By samples, each class of ``n`` items puts ``round(n * test_size)`` of them in the test
+    split, at least one and at most ``n - 1``; a class of 4 items or more puts 2 to ``n - 2``
+    there (a single held-out item of a class could not be retrieved by the others). By classes, ``round(C * test_size)`` classes
     (at least one, at most ``C - 1``) go to the test split.
     """
     y = np.asarray(labels, dtype=np.int64)
@@ -213,7 +219,9 @@ def split_indices(
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.empty(len(y), dtype=np.int64)
         rank[order] = np.arange(len(y)) - np.repeat(starts, counts)
-        n_test = np.clip(np.round(counts * test_size).astype(np.int64), 1, counts - 1)
+        low = np.where(counts >= 4, 2, 1)
+        high = np.where(counts >= 4, counts - 2, counts - 1)
+        n_test = np.clip(np.round(counts * test_size).astype(np.int64), low, high)
         in_test = rank < n_test[inverse]
     index = np.arange(len(y))
     return index[~in_test], index[in_test]

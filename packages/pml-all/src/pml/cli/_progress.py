@@ -64,6 +64,13 @@ class Progress:
             print(f"{self.label}: {self._count()} {self.postfix}".rstrip(), file=self.stream)
             self.stream.flush()
 
+    def due(self) -> bool:
+        """Whether the next :meth:`update` redraws the bar (compute a postfix only then)."""
+        if not self.tty:
+            return False
+        last_step = self.total is not None and self.done + 1 >= self.total
+        return last_step or time.perf_counter() - self._last_draw >= 0.1
+
     def close(self) -> None:
         """Erase the bar (terminal) so the next line starts clean."""
         if self.tty and self._drawn:

@@ -10,6 +10,7 @@ A run folder ``<runs_dir>/<YYYYmmdd-HHMMSS>-<name>/`` holds::
     checkpoints/best.pth   the same at the epoch of the best MAP@R on the held-out data
     report.md              data, settings, the epoch table, final metrics, protocol, time, citation
     plots/*.png            loss curve, accuracy curves, 2-D map of the test embeddings
+    summary.json           final, best, untrained and raw-input metrics
     COMPLETE               written last: a folder without it is an interrupted run
 
 Every file is written atomically (:func:`pml.core.io.atomic_write`). A checkpoint is the

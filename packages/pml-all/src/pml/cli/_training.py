@@ -350,7 +350,7 @@ class _Monitor:
                 self.job.stream,
             )
         postfix = None
-        if self.progress.tty:
+        if self.progress.due():  # the running loss costs a device sync: only when drawn
             postfix = f"loss {float(self.loss_sum) / self.batches:.4g}"
         self.progress.update(1, postfix)
 

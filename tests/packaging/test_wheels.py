@@ -136,17 +136,8 @@ def _imports(pkg_dir: Path) -> tuple[set[str], set[str]]:
     return required, optional
 
 
-@pytest.fixture(scope="session")
-def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheels")
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is needed to build wheels and venvs")
-    for pkg in PACKAGE_DIRS:
-        subprocess.run(
-            [uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(pkg)], check=True
-        )
-    return out
+# wheel_dir: the session fixture of tests/conftest.py (the wheels are built once and shared
+# with tests/integration)
 
 
 def _wheel(wheel_dir: Path, pkg_dir: Path) -> Path:

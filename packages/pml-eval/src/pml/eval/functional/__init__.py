@@ -1,6 +1,7 @@
 """The math of pml-eval: pure functions on tensors.
 
-* k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal.
+* k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal, and
+  the retrieval metrics of neighbour lists handed over block by block.
 * retrieval (:mod:`._retrieval`): per-query precision@k, R-precision, (MAP@R) average
   precision, reciprocal rank from relevance rows; label ids, class means.
 * ranking (:mod:`._ranked`): the same values from an exact chunked ranking, without
@@ -23,7 +24,11 @@ from pml.eval.functional._knn import (
     block_distance,
     chunk_rows,
     closest_first,
+    drop_self_matches,
     knn,
+    knn_blocks,
+    knn_retrieval_values,
+    relevance_values,
     remove_self_matches,
     smallest_k,
     squared_l2_matrix,
@@ -68,9 +73,12 @@ __all__ = [
     "collapse_statistics",
     "covariance_spectrum",
     "criterion_values",
+    "drop_self_matches",
     "inverse_distance_weights",
     "kmeans",
     "knn",
+    "knn_blocks",
+    "knn_retrieval_values",
     "label_gains",
     "label_ids",
     "ndcg_values",
@@ -84,6 +92,7 @@ __all__ = [
     "reciprocal_rank_values",
     "reid_values",
     "relevance",
+    "relevance_values",
     "remove_self_matches",
     "retrieval_values",
     "robust_thresholds",

@@ -14,7 +14,7 @@ from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._collapse import embedding_collapse
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
-from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
+from pml.eval._knn import ApproximateKNN, CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
 from pml.eval._knn_classifier import KNNClassifier
 from pml.eval._metrics import (
     EQUALITY,
@@ -46,6 +46,7 @@ from pml.eval._verification import (
 
 __all__ = [
     "AccuracyCalculator",
+    "ApproximateKNN",
     "BaseTester",
     "CustomKNN",
     "EQUALITY",

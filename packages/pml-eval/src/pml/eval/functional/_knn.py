@@ -29,7 +29,7 @@ __all__ = [
     "knn",
     "knn_blocks",
     "knn_retrieval_values",
-    "relevance_values",
+    "neighbour_recall",
     "remove_self_matches",
     "smallest_k",
     "squared_l2_matrix",
@@ -173,30 +173,21 @@ def _smallest_k_topk(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _smallest_k_bounded(values: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
-    """The ``k`` smallest of each row by ``(value, column)``, from a bound and one sort (CPU).
+    """The ``k`` smallest of each row by ``(value, column)``, from a bound and a short sort (CPU).
 
     Columns are dealt into ``G >= k`` interleaved groups (column ``j`` in group ``j mod G``,
     so that neighbours stored next to each other fall in different groups). The ``k``
     smallest group minima are ``k`` distinct entries, so the largest of them bounds the
     ``k``-th smallest value from above; the entries within the bound (typically little more
-    than ``k`` a row) are ranked with one sort of ``(row, value, column)`` keys. A few passes
-    over the block instead of a per-row partial sort. None when the bound selects too much
-    of the block (many ties): the caller then uses ``topk``.
+    than ``k`` a row) are ranked by sorting ``(value, column)`` keys, row by row. A few
+    passes over the block instead of a per-row partial sort. Rows with many entries within
+    their bound (ties) go to ``topk``; None when the bound selects too much of the block.
     """
     num_rows, num_cols = values.shape
     col_bits = max(num_cols - 1, 1).bit_length()
-    row_bits = max(num_rows - 1, 1).bit_length()
-    if col_bits > 28:
+    if col_bits > 30:
         return None
-    if row_bits + 32 + col_bits > 62:  # keys must fit an int64: smaller row blocks
-        step = 1 << (62 - 32 - col_bits)
-        parts = [_smallest_k_bounded(values[s : s + step], k) for s in range(0, num_rows, step)]
-        if any(p is None for p in parts):
-            return None
-        return (
-            torch.cat([p[0] for p in parts]),  # type: ignore[index]
-            torch.cat([p[1] for p in parts]),  # type: ignore[index]
-        )
+    device = values.device
     groups = max(k, min(2 * k, num_cols // 2))
     per_group = num_cols // groups
     minima = values[:, : per_group * groups].view(num_rows, per_group, groups).amin(1)
@@ -204,12 +195,24 @@ def _smallest_k_bounded(values: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     rows, cols = (values <= bound).nonzero(as_tuple=True)
     if rows.numel() * 8 > num_rows * num_cols:  # sorting them would cost more than topk
         return None
-    keys = (rows << (32 + col_bits)) | (_ordered_bits(values[rows, cols]) << col_bits) | cols
-    keys = torch.sort(keys).values
     counts = torch.bincount(rows, minlength=num_rows)  # >= k: the k minima are within
+    limit = max(2 * k, 2 * -(-rows.numel() // max(num_rows, 1)))
+    heavy = counts > limit
+    if bool(heavy.any()):  # a few rows with many ties: they would widen every row
+        light = ~heavy[rows]
+        rows, cols = rows[light], cols[light]
+        counts = counts.masked_fill(heavy, 0)
+    width = int(counts.max()) if num_rows else 0
     starts = torch.cumsum(counts, 0) - counts
-    picked = keys[starts.unsqueeze(1) + torch.arange(k, device=values.device)]
-    idx = picked & ((1 << col_bits) - 1)
+    pos = torch.arange(rows.shape[0], device=device) - starts[rows]
+    keys = torch.full((num_rows, width), torch.iinfo(torch.int64).max, device=device)
+    found = torch.take(values, rows * num_cols + cols)
+    keys.view(-1)[rows * width + pos] = (_ordered_bits(found) << col_bits) | cols
+    # rows are sorted independently (torch parallelises over rows, unlike one long sort)
+    idx = torch.sort(keys, dim=1).values[:, :k] & ((1 << col_bits) - 1)
+    if bool(heavy.any()):
+        heavy_rows = heavy.nonzero(as_tuple=True)[0]
+        idx[heavy_rows] = _smallest_k_topk(values[heavy_rows], k)[1]
     return values.gather(1, idx), idx
 
 
@@ -272,22 +275,30 @@ def remove_self_matches(
     """
     if indices.shape[1] == 0:
         return distances, indices
-    keep = _kept_columns(indices, offset)
+    keep = _kept_columns(indices, _own_rows(indices, offset))
     return distances.gather(1, keep), indices.gather(1, keep)
 
 
-def _kept_columns(indices: Tensor, offset: int) -> Tensor:
-    """Column positions ``(B, W - 1)`` that remain once each row's own column is dropped."""
-    num_rows, width = indices.shape
-    own = torch.arange(offset, offset + num_rows, device=indices.device).unsqueeze(1)
-    is_self = indices == own
+def _kept_columns(indices: Tensor, own: Tensor) -> Tensor:
+    """Column positions ``(B, W - 1)`` that remain once each row's ``own`` index is dropped."""
+    width = indices.shape[1]
+    is_self = indices == own.unsqueeze(1)
     drop = torch.where(is_self.any(1), is_self.to(torch.uint8).argmax(1), width - 1)
     cols = torch.arange(width - 1, device=indices.device).unsqueeze(0)
     return cols + (cols >= drop.unsqueeze(1)).long()  # skip the dropped column
 
 
-def drop_self_matches(indices: Tensor, offset: int = 0) -> Tensor:
+def _own_rows(indices: Tensor, offset: int) -> Tensor:
+    return torch.arange(offset, offset + indices.shape[0], device=indices.device)
+
+
+def drop_self_matches(indices: Tensor, offset: int = 0, own: Tensor | None = None) -> Tensor:
     """:func:`remove_self_matches` on neighbour indices alone.
+
+    Args:
+        indices: ``(B, k + 1)`` neighbour indices.
+        offset: row ``i`` is query (and reference row) ``offset + i``.
+        own: each row's own reference index ``(B,)`` instead (sampled rows).
 
     Example:
         >>> drop_self_matches(torch.tensor([[0, 2, 1], [0, 1, 2]]))
@@ -296,7 +307,31 @@ def drop_self_matches(indices: Tensor, offset: int = 0) -> Tensor:
     """
     if indices.shape[1] == 0:
         return indices
-    return indices.gather(1, _kept_columns(indices, offset))
+    own = _own_rows(indices, offset) if own is None else own.to(indices.device)
+    return indices.gather(1, _kept_columns(indices, own))
+
+
+def neighbour_recall(found: Tensor, exact: Tensor) -> Tensor:
+    """Fraction of each row's exact neighbours that were found: ``|found & exact| / k``.
+
+    Args:
+        found: ``(S, k)`` neighbour indices from an approximate search (``-1``: none).
+        exact: ``(S, k)`` the exact ``k`` nearest.
+
+    Returns:
+        ``(S,)`` float64 (NaN when ``k == 0``).
+
+    Example:
+        >>> neighbour_recall(torch.tensor([[3, 1, -1]]), torch.tensor([[1, 2, 3]]))
+        tensor([0.6667], dtype=torch.float64)
+    """
+    num_rows, k = exact.shape
+    hits = torch.zeros(num_rows, dtype=torch.float64, device=exact.device)
+    step = max(1, (1 << 22) // max(k * k, 1))
+    for s in range(0, num_rows, step):
+        same = found[s : s + step].unsqueeze(2) == exact[s : s + step].unsqueeze(1)
+        hits[s : s + step] = same.any(1).sum(1, dtype=torch.float64)
+    return hits / k if k else hits.fill_(float("nan"))
 
 
 def knn(
@@ -454,19 +489,19 @@ def knn_retrieval_values(
         rel = (reference_ids[idx.clamp(min=0)] == ids.unsqueeze(1)) & (idx >= 0)
         r = num_relevant[s:e]
         lone = r <= 0
-        for name, v in relevance_values(rel, r).items():
+        for name, v in _relevance_values(rel, r).items():
             out[name][s:e] = v.masked_fill(lone, float("nan"))
     out["num_relevant"] = num_relevant
     return out
 
 
-def relevance_values(rel: Tensor, num_relevant: Tensor) -> dict[str, Tensor]:
+def _relevance_values(rel: Tensor, num_relevant: Tensor) -> dict[str, Tensor]:
     """The built-in retrieval metrics per query from relevance rows ``(N, k)``.
 
     The functions of :mod:`._retrieval` (the neighbour-list route's math), each once.
 
     Example:
-        >>> out = relevance_values(torch.tensor([[False, True, True]]), torch.tensor([2]))
+        >>> out = _relevance_values(torch.tensor([[False, True, True]]), torch.tensor([2]))
         >>> out["mean_average_precision"].tolist(), out["mean_reciprocal_rank"].tolist()
         ([0.5833333333333333], [0.5])
     """

@@ -80,13 +80,16 @@ def accuracy_ref(n, d, classes, spread, k=None, clustering=False, include=None, 
     return _step(AccuracyCalculator(**_kwargs(k, clustering, include)), x, y)
 
 
-def _case(name: str, repeats: int = 1, ref_skip: str | None = None, **params) -> dict:  # type: ignore[no-untyped-def]
+def _case(  # type: ignore[no-untyped-def]
+    name: str, repeats: int = 1, ref_skip: str | None = None, rounds: int = 1, **params
+) -> dict:
     return {
         "name": name,
         "params": params,
         "pml": f"{__name__}:accuracy_pml",
         "ref": f"{__name__}:accuracy_ref",
         "repeats": repeats,
+        "rounds": rounds,
         "ref_skip": ref_skip,
     }
 
@@ -111,6 +114,7 @@ SUITE = [
         spread=1.5,
         k="max_bin_count",
         repeats=5,
+        rounds=3,
     ),
     _case(
         "k=max_bin_count without NMI/AMI, plain-torch search",
@@ -121,6 +125,7 @@ SUITE = [
         k="max_bin_count",
         knn="torch",
         repeats=5,
+        rounds=3,
     ),
     _case(
         "default metrics without NMI/AMI",
@@ -138,6 +143,7 @@ SUITE = [
         spread=1.5,
         k="max_bin_count",
         repeats=3,
+        rounds=3,
     ),
     _case(
         "k=max_bin_count without NMI/AMI, plain-torch search",
@@ -148,6 +154,7 @@ SUITE = [
         k="max_bin_count",
         knn="torch",
         repeats=3,
+        rounds=3,
     ),
     _case(
         f"P@1, R-precision, MAP@R with {_MBC}",

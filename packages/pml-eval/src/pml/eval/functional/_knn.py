@@ -64,15 +64,6 @@ def chunk_rows(num_ref: int, batch_size: int | None = None) -> int:
     return max(1, _BLOCK_ELEMENTS // max(num_ref, 1))
 
 
-def _search_rows(num_ref: int) -> int:
-    """Query rows per k-NN block: ~4M distances (cache-friendly selection).
-
-    At least 128 rows (efficient matrix products) while a block stays within ~16M distances.
-    """
-    num_ref = max(num_ref, 1)
-    return max(1, min(128, _BLOCK_ELEMENTS // num_ref), (_BLOCK_ELEMENTS // 4) // num_ref)
-
-
 def squared_l2_matrix(
     query: Tensor, reference: Tensor, reference_sq_norms: Tensor | None = None
 ) -> Tensor:
@@ -415,7 +406,7 @@ def knn_blocks(
     dtype = accumulation_dtype(torch.promote_types(query.dtype, reference.dtype))
     query, reference = query.to(dtype), reference.to(dtype)
     num_search = min(num_search, reference.shape[0])
-    rows = _search_rows(reference.shape[0]) if batch_size is None else batch_size
+    rows = chunk_rows(reference.shape[0], batch_size)
     blocks = block_distance(reference, distance_fn)
     # blocks computed here are ours to overwrite; a custom callable's output is copied
     owned = distance_fn is None or hasattr(distance_fn, "against")

@@ -161,3 +161,12 @@ def test_without_faiss_the_error_says_how_to_install(monkeypatch):
     monkeypatch.setattr(_faiss, "get_faiss", lambda: None)
     with pytest.raises(ImportError, match="ApproximateKNN needs faiss"):
         ApproximateKNN()
+
+
+def test_zero_k_and_an_empty_reference_give_empty_lists():
+    x, _ = _data(9)
+    knn = ApproximateKNN()
+    dist, idx = knn(x[:10], 0, x)
+    assert dist.shape == idx.shape == (10, 0) and knn.last_recall is None
+    dist, idx = knn(x[:10], 3, x[:0])
+    assert idx.shape == (10, 0)

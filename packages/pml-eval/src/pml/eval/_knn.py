@@ -622,6 +622,11 @@ class ApproximateKNN:
         num_search = min(num_search, reference.shape[0])
         self.last_recall = None
         self.last_exact_rows = 0
+        if num_search == 0:  # nothing to find (an empty reference, or k = 0)
+            for s in range(0, num_query, _FAISS_ROWS):
+                rows = min(_FAISS_ROWS, num_query - s)
+                yield s, torch.zeros((rows, 0), dtype=torch.long, device=query.device)
+            return
         index = self._new_index(reference)
         self._configure(index, num_search)
         gen = torch.Generator().manual_seed(self.seed)

@@ -75,10 +75,9 @@ def ranked_metrics(
     reference size is ranked (the cost is about the same for any ``k``); otherwise the
     ``knn_func``'s search hands ``k`` neighbours per query block by block.
     """
-    if not can_rank_exactly(calc, function_dict):
+    search = known_search(calc, query) if can_rank_exactly(calc, function_dict) else None
+    if search is None:
         return None
-    search = known_search(calc, query)
-    assert search is not None  # checked by can_rank_exactly
     query_ids, reference_ids, classes = EF.label_ids(query_labels, reference_labels)
     counts = torch.bincount(reference_ids, minlength=classes.shape[0])
     bin_counts = counts[torch.unique(query_ids)]

@@ -272,3 +272,14 @@ def test_faiss_search_breaks_ties_by_index_like_torch():
     faiss_result = AccuracyCalculator(**kw).get_accuracy(x, labels)
     torch_result = AccuracyCalculator(knn_func=TorchKNN(), **kw).get_accuracy(x, labels)
     assert faiss_result == torch_result
+
+
+def test_selection_of_empty_and_non_contiguous_blocks():
+    values = torch.randn(60, 30, generator=_gen(14)).T  # (30, 60), column-major
+    want = torch.sort(values, dim=1, stable=True)
+    vals, idx = EF.smallest_k(values, 5)
+    assert idx.tolist() == want.indices[:, :5].tolist() and torch.equal(vals, want.values[:, :5])
+    vals, idx = EF.smallest_k(torch.empty(0, 60), 5)
+    assert vals.shape == idx.shape == (0, 5)
+    d, i = EF.knn(torch.empty(0, 3), torch.randn(80, 3, generator=_gen(15)), 4)
+    assert d.shape == i.shape == (0, 4)

@@ -176,12 +176,12 @@ def _smallest_k_bounded(values: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     """
     num_rows, num_cols = values.shape
     col_bits = max(num_cols - 1, 1).bit_length()
-    if col_bits > 30:
+    if col_bits > 30 or num_rows == 0:
         return None
     device = values.device
     groups = max(k, min(2 * k, num_cols // 2))
     per_group = num_cols // groups
-    minima = values[:, : per_group * groups].view(num_rows, per_group, groups).amin(1)
+    minima = values[:, : per_group * groups].reshape(num_rows, per_group, groups).amin(1)
     bound = torch.topk(minima, k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
     rows, cols = (values <= bound).nonzero(as_tuple=True)
     if rows.numel() * 8 > num_rows * num_cols:  # sorting them would cost more than topk
@@ -193,7 +193,7 @@ def _smallest_k_bounded(values: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
         light = ~heavy[rows]
         rows, cols = rows[light], cols[light]
         counts = counts.masked_fill(heavy, 0)
-    width = int(counts.max()) if num_rows else 0
+    width = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
     pos = torch.arange(rows.shape[0], device=device) - starts[rows]
     keys = torch.full((num_rows, width), torch.iinfo(torch.int64).max, device=device)

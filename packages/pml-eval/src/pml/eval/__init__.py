@@ -15,7 +15,7 @@ from pml.eval._collapse import embedding_collapse
 from pml.eval._distributed_knn import DistributedKNN, distributed_get_accuracy
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
-from pml.eval._knn import CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
+from pml.eval._knn import ApproximateKNN, CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
 from pml.eval._knn_classifier import KNNClassifier
 from pml.eval._metrics import (
     EQUALITY,
@@ -47,6 +47,7 @@ from pml.eval._verification import (
 
 __all__ = [
     "AccuracyCalculator",
+    "ApproximateKNN",
     "BaseTester",
     "CustomKNN",
     "DistributedKNN",

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from pml.eval._accuracy_inputs import accuracy_inputs, check_k, check_metric_names, resolve_k
 from pml.eval._clustering import default_kmeans_func
-from pml.eval._knn import TorchKNN
+from pml.eval._knn import ApproximateKNN, TorchKNN
 from pml.eval._metrics import (
     EQUALITY,
     LabelComparisonFn,
@@ -53,7 +53,15 @@ class AccuracyCalculator:
 
     With the default ``knn_func`` (:class:`TorchKNN`) and label comparison, the built-in k-NN
     metrics come from an exact chunked ranking: identical numbers, without building
-    ``(N, k)`` neighbour lists, so ``k=None`` (the whole reference) works on large sets.
+    ``(N, k)`` neighbour lists, so ``k=None`` (the whole reference) works on large sets. A
+    small ``k`` (``4 k`` below the reference size, e.g. ``"max_bin_count"``) is searched
+    block by block and scored on the fly: with faiss's exact ``IndexFlatL2`` when faiss is
+    installed and the embeddings are float32 on the CPU, else plain torch
+    (``knn_func=TorchKNN()`` forces plain torch). ``FaissKNN()`` is served the same way.
+
+    For galleries of millions, ``knn_func=ApproximateKNN(...)`` (faiss IVF or HNSW) trades
+    exactness for speed; the results then also hold ``"knn_recall_at_k"``: the fraction of
+    the exact ``k`` nearest neighbours the index found, measured on a sample of queries.
 
     Args:
         include: metric names to compute (empty: all).
@@ -123,6 +131,8 @@ class AccuracyCalculator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.knn_func = TorchKNN() if knn_func is None else knn_func
+        # the default may search with faiss's exact flat index (see known_search)
+        self._default_knn = self.knn_func if knn_func is None else None
         self.kmeans_func = default_kmeans_func(self.device) if kmeans_func is None else kmeans_func
 
     # ------------------------------------------------------------------ metric set
@@ -346,7 +356,9 @@ class AccuracyCalculator:
 
         Returns:
             ``{metric: value}`` in metric order: Python floats (NaN when no query has a
-            possible neighbour), or lists with ``return_per_class``.
+            possible neighbour), or lists with ``return_per_class``; with an
+            :class:`ApproximateKNN` also ``"knn_recall_at_k"`` (its measured recall@k, None
+            when not measured).
 
         Raises:
             TypeError: inputs that are not tensors/arrays; include/exclude not a tuple or
@@ -364,8 +376,10 @@ class AccuracyCalculator:
         kwargs["label_comparison_fn"] = self.label_comparison_fn
         self.curr_function_dict = self.get_function_dict(include, exclude)
         function_dict = dict(self.curr_function_dict)
-        if any(m in self.requires_knn() for m in function_dict):
-            # route 1: an exact ranking (see _ranked.py), else route 2: knn_func's lists
+        uses_knn = any(m in self.requires_knn() for m in function_dict)
+        if uses_knn:
+            # route 1: a known search scored on the fly (see _ranked.py), else route 2:
+            # knn_func's (N, k) lists for the calculate_* methods
             ranked = ranked_metrics(self, function_dict, **kwargs)
             if ranked is None:
                 kwargs.update(neighbor_lists(self, **kwargs))
@@ -373,7 +387,11 @@ class AccuracyCalculator:
                 function_dict.update(ranked)
         if any(m in self.requires_clustering() for m in function_dict):
             kwargs["cluster_labels"] = self.get_cluster_labels(**kwargs)
-        return self._get_accuracy(function_dict, **kwargs)
+        results = self._get_accuracy(function_dict, **kwargs)
+        if uses_knn and isinstance(self.knn_func, ApproximateKNN):
+            # how approximate the neighbours were: recall@k against exact search (sampled)
+            results["knn_recall_at_k"] = self.knn_func.last_recall
+        return results
 
     def _get_accuracy(self, function_dict: dict[str, Callable[..., Any]], **kwargs: Any) -> dict:
         """Call every metric function with ``kwargs``; results in ``function_dict`` order."""

@@ -1,23 +1,117 @@
-"""AccuracyCalculator's neighbour-list route: ``knn_func``'s ``(N, k)`` lists for ``calculate_*``.
+"""AccuracyCalculator's neighbour lists: how its ``knn_func`` searches, and ``(N, k)`` lists.
 
-Taken whenever the exact ranking (:mod:`pml.eval._ranked`) cannot stand in: custom metrics,
-a custom label comparison, another ``knn_func``, or a small ``k``.
+:func:`known_search` says how a ``knn_func`` pml knows searches (plain torch, faiss's exact
+flat index, or :class:`~pml.eval.ApproximateKNN`): the built-in metrics then come from
+neighbour blocks scored on the fly (:mod:`pml.eval._ranked`). :func:`neighbor_lists` calls
+any ``knn_func`` for the ``(N, k)`` lists that ``calculate_*`` methods receive: custom
+metrics, a custom label comparison, or a ``knn_func`` pml does not know.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from pml.core import config
+from pml.eval import functional as EF
+from pml.eval._faiss import faiss_available
+from pml.eval._knn import ApproximateKNN, FaissKNN, TorchKNN, faiss_flat_l2_blocks
 from pml.eval._metrics import EQUALITY, get_label_match_counts, get_lone_query_labels
 
 if TYPE_CHECKING:
     from pml.eval._accuracy import AccuracyCalculator
 
-__all__ = ["check_knn_indices", "neighbor_lists"]
+__all__ = ["Search", "check_knn_indices", "known_search", "neighbor_lists", "redefined"]
+
+#: ``blocks(query, reference, num_search, ref_includes_query)`` -> ``(start, indices)`` blocks
+BlocksFn = Callable[[Tensor, Tensor, int, bool], Iterator[tuple[int, Tensor]]]
+
+
+def redefined(cls: type, attr: str) -> bool:
+    """Whether a subclass redefines ``attr``: more than one class of the MRO defines it."""
+    return sum(attr in vars(c) for c in cls.__mro__) > 1
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a ``knn_func`` pml knows finds neighbours.
+
+    Attributes:
+        kind: ``"torch"``, ``"faiss"`` (exact flat L2) or ``"approximate"``.
+        exact: the exact ranking of ``distance`` may stand in for it (any ``k``).
+        distance: what it ranks by (None: squared L2).
+        is_inverted: larger ``distance`` values are closer.
+        batch_size: query rows per block (torch), None: automatic.
+        blocks: the search, block by block, self matches not removed.
+    """
+
+    kind: str
+    exact: bool
+    distance: Any
+    is_inverted: bool
+    batch_size: int | None
+    blocks: BlocksFn
+
+
+def _torch_blocks(knn: TorchKNN) -> BlocksFn:
+    def blocks(
+        query: Tensor, reference: Tensor, num_search: int, ref_includes_query: bool
+    ) -> Iterator[tuple[int, Tensor]]:
+        found = EF.knn_blocks(
+            query,
+            reference.to(query.device),
+            num_search,
+            distance_fn=knn.distance,
+            is_inverted=knn.is_inverted,
+            batch_size=knn.batch_size,
+        )
+        return ((s, idx) for s, _, idx in found)
+
+    return blocks
+
+
+def _faiss_blocks(
+    query: Tensor, reference: Tensor, num_search: int, ref_includes_query: bool
+) -> Iterator[tuple[int, Tensor]]:
+    return faiss_flat_l2_blocks(query, reference, num_search)
+
+
+def known_search(calc: AccuracyCalculator, query: Tensor | None = None) -> Search | None:
+    """How ``calc.knn_func`` searches, when pml knows it exactly; None for any other callable.
+
+    * :class:`TorchKNN`/:class:`CustomKNN` (``__call__`` not overridden): plain torch. The
+      calculator's own default ``TorchKNN()`` searches with faiss's exact ``IndexFlatL2``
+      instead when faiss is installed and the embeddings are float32 on the CPU (same
+      distances, same order; faster for small ``k``); pass ``knn_func=TorchKNN()`` to keep
+      plain torch.
+    * :class:`FaissKNN` with a fresh CPU ``IndexFlatL2`` each call (its defaults): faiss's
+      exact search.
+    * :class:`ApproximateKNN`: its index, recall measured on a sample.
+    """
+    knn = calc.knn_func
+    if isinstance(knn, ApproximateKNN) and not redefined(type(knn), "__call__"):
+        return Search("approximate", False, None, False, None, knn.search_blocks)
+    on_cpu = query is None or query.device.type == "cpu"
+    if isinstance(knn, FaissKNN) and not redefined(type(knn), "__call__"):
+        if knn.is_exact_flat_l2 and on_cpu:
+            return Search("faiss", True, None, False, None, _faiss_blocks)
+        return None
+    if isinstance(knn, TorchKNN) and not redefined(type(knn), "__call__"):
+        use_faiss = (
+            knn is getattr(calc, "_default_knn", None)
+            and knn.distance is None
+            and on_cpu
+            and (query is None or query.dtype == torch.float32)
+            and faiss_available()
+        )
+        blocks = _faiss_blocks if use_faiss else _torch_blocks(knn)
+        kind = "faiss" if use_faiss else "torch"
+        return Search(kind, True, knn.distance, knn.is_inverted, knn.batch_size, blocks)
+    return None
 
 
 def neighbor_lists(

@@ -1,6 +1,7 @@
 """The math of pml-eval: pure functions on tensors.
 
-* k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal.
+* k-NN (:mod:`._knn`): exact chunked search with faiss's tie order, self-match removal, and
+  the retrieval metrics of neighbour lists handed over block by block.
 * retrieval (:mod:`._retrieval`): per-query precision@k, R-precision, (MAP@R) average
   precision, reciprocal rank from relevance rows; label ids, class means.
 * ranking (:mod:`._ranked`): the same values from an exact chunked ranking, without
@@ -25,7 +26,11 @@ from pml.eval.functional._knn import (
     block_distance,
     chunk_rows,
     closest_first,
+    drop_self_matches,
     knn,
+    knn_blocks,
+    knn_retrieval_values,
+    neighbour_recall,
     remove_self_matches,
     smallest_k,
     squared_l2_matrix,
@@ -72,14 +77,18 @@ __all__ = [
     "collapse_statistics",
     "covariance_spectrum",
     "criterion_values",
+    "drop_self_matches",
     "inverse_distance_weights",
     "kmeans",
     "knn",
+    "knn_blocks",
+    "knn_retrieval_values",
     "label_gains",
     "label_ids",
     "merge_topk",
     "ndcg_values",
     "nearest_centroid",
+    "neighbour_recall",
     "operating_points",
     "pad_candidates",
     "pair_score_blocks",

@@ -15,21 +15,18 @@ the run continues on its own schedule, and its config still repeats it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pml.cli._data import DataSplits, dataset_stats, load_data
+from pml.cli import _distributed as dist
+from pml.cli._data import load_data
 from pml.cli._errors import UsageError
-from pml.cli._report import render_report
 from pml.cli._run_folder import RunFolder, read_checkpoint
 from pml.cli._settings import (
     ARG_TABLES,
@@ -39,21 +36,17 @@ from pml.cli._settings import (
     merge_settings,
     read_config,
 )
+from pml.cli._train_outputs import (
+    PML_DISTRIBUTIONS,
+    config_header,
+    environment,
+    finish,
+    model_text,
+    print_data,
+)
 
 __all__ = ["PML_DISTRIBUTIONS", "add_parser", "resolve_device", "run"]
 
-#: the distributions whose versions go to env.json
-PML_DISTRIBUTIONS = (
-    "pml-core",
-    "pml-distances",
-    "pml-reducers",
-    "pml-losses",
-    "pml-miners",
-    "pml-samplers",
-    "pml-eval",
-    "pml-trainers",
-    "pml-all",
-)
 #: settings that ``--resume`` lets the command line change
 RESUME_OPTIONS = ("epochs", "device", "threads", "num_workers", "plot_method")
 _SMALL_MODEL = 1_000_000
@@ -68,6 +61,9 @@ examples:
                                               embedding_size=...) -> nn.Module)
   pml train --config runs/<run>/config.toml   repeat a run
   pml train --resume runs/<run>               continue an interrupted run
+  pml train --nproc-per-node 2                2 processes (DistributedDataParallel; the
+                                              same as: torchrun --nproc-per-node 2 -m
+                                              pml.cli train)
 """
 
 
@@ -151,6 +147,14 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument(
         "--plot-method", choices=("pca", "tsne"), help="2-D map of the test embeddings (pca)"
     )
+    g.add_argument(
+        dist.OPTION,
+        type=int,
+        metavar="N",
+        dest="nproc_per_node",
+        help="train in N processes on torch.distributed (gloo on CPU, nccl on CUDA); "
+        "--batch-size stays the global batch",
+    )
     g.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
@@ -173,13 +177,38 @@ def run(args: argparse.Namespace) -> int:
     given = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "run", "config", "resume", "stop_after_epoch", "argv")
+        if k
+        not in ("command", "run", "config", "resume", "stop_after_epoch", "argv", "nproc_per_node")
     }
+    group = dist.from_environment()
+    nproc = getattr(args, "nproc_per_node", None)
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"{dist.OPTION} must be at least 1; got {nproc}")
+    if nproc is not None and nproc > 1:
+        if group.distributed:
+            raise UsageError(
+                f"{dist.OPTION} cannot be given under torchrun (it sets the processes)"
+            )
+        argv = getattr(args, "argv", None)
+        return dist.launch(nproc, list(argv) if argv is not None else ["train"])
+    if not group.distributed:
+        return _run(args, given)
+    try:
+        return _run(args, given, group)
+    except UsageError:
+        if group.main:
+            raise
+        return 2  # rank 0 reports it
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, given: dict[str, Any], group: Any = None) -> int:
     stop_after = getattr(args, "stop_after_epoch", None)
     argv = getattr(args, "argv", None)
     resume_path = getattr(args, "resume", None)
     if resume_path is not None:
-        return _resume(resume_path, given, stop_after, argv, config=getattr(args, "config", None))
+        return _resume(resume_path, given, stop_after, argv, getattr(args, "config", None), group)
     layers, where = [], []
     if getattr(args, "config", None) is not None:
         layers.append(read_config(args.config))
@@ -187,11 +216,16 @@ def run(args: argparse.Namespace) -> int:
     layers.append(given)
     where.append("the options")
     settings = merge_settings(layers, where=where)
-    return _train(settings, None, None, stop_after, argv)
+    return _train(settings, None, None, stop_after, argv, group)
 
 
 def _resume(
-    path: str, given: dict[str, Any], stop_after: int | None, argv: Any, config: Any
+    path: str,
+    given: dict[str, Any],
+    stop_after: int | None,
+    argv: Any,
+    config: Any,
+    group: Any = None,
 ) -> int:
     if config is not None:
         raise UsageError("--resume takes the run's own config.toml; do not pass --config")
@@ -221,7 +255,7 @@ def _resume(
         cls = registry.resolve("scheduler", settings.scheduler)
         if "T_max" not in settings.scheduler_args and accepts(cls, "T_max"):
             settings.scheduler_args = {**settings.scheduler_args, "T_max": saved.epochs}
-    return _train(settings, run, state, stop_after, argv)
+    return _train(settings, run, state, stop_after, argv, group)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -266,11 +300,30 @@ def _train(
     state: dict[str, Any] | None,
     stop_after: int | None,
     argv: Any,
+    group: dist.Group | None = None,
+) -> int:
+    group = group or dist.Group()
+    # in a process group only rank 0 prints and writes
+    out = sys.stdout if group.main else open(os.devnull, "w")  # noqa: SIM115
+    try:
+        return _train_in(settings, run, state, stop_after, argv, group, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _train_in(
+    settings: Settings,
+    run: RunFolder | None,
+    state: dict[str, Any] | None,
+    stop_after: int | None,
+    argv: Any,
+    group: dist.Group,
+    out: Any,
 ) -> int:
     from pml.cli._recipe import check_names
     from pml.cli._training import Training, TrainJob
 
-    out = sys.stdout
     started = time.perf_counter()
     check_names(settings)
     if run is None:
@@ -284,35 +337,50 @@ def _train(
     else:
         print(f"resuming {os.fspath(run.path)}", file=out)
     device = resolve_device(settings.device)
+    if group.distributed and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
     splits = load_data(settings)
-    _print_data(splits, out)
+    print_data(splits, out)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
+    if group.distributed:
+        dist.init_process_group(group, device)
     job = TrainJob(settings, splits, device, None, state, stop_after, out)
     before = torch.get_num_threads()
     try:
         # everything the user can get wrong is checked by the end of Training(): only then
         # is the run folder created
-        training = Training(job)
+        training = Training(job, group.rank, group.world_size)
         threads = _choose_threads(settings, device, training.parameters, before)
         cpu = f" ({threads} CPU thread{'s' * (threads > 1)})" if device.type == "cpu" else ""
         print(
-            f"model: {_model_text(settings, splits)}, {training.parameters:,} parameters; "
+            f"model: {model_text(settings, splits)}, {training.parameters:,} parameters; "
             f"device {device}{cpu}",
             file=out,
         )
         print(f"recipe: {training.recipe.text}", file=out)
+        per = ""
+        if group.distributed:
+            per = (
+                f" ({group.world_size} processes x {settings.batch_size // group.world_size}, "
+                "DistributedDataParallel)"
+            )
         print(
             f"training: {settings.epochs} epochs of {training.batches} batches of "
-            f"{settings.batch_size}",
+            f"{settings.batch_size}{per}",
             file=out,
         )
+        if not group.main:
+            training.run()
+            return 0
         if run is None:
             run = RunFolder.create(settings.runs_dir, settings.name or _default_name(settings))
         job.run = run
         run.unmark_complete()
-        run.write_config(settings, header=_config_header(argv))
-        env = _environment(settings, device, threads, argv)
+        run.write_config(settings, header=config_header(argv))
+        env = environment(settings, device, threads, argv)
+        env["processes"] = group.world_size
         if state is not None:
             env["resumed_after_epoch"] = int(state["epoch"])
         run.write_env(env)
@@ -334,187 +402,5 @@ def _train(
         )
         return 0
     seconds = result.seconds_before + (time.perf_counter() - started)
-    _finish(run, settings, splits, result, device, seconds, env, argv, out)
+    finish(run, settings, splits, result, device, seconds, env, argv, out)
     return 0
-
-
-def _model_text(settings: Settings, splits: DataSplits) -> str:
-    shape = "x".join(str(s) for s in splits.input_shape)
-    if settings.model == "mlp":
-        return (
-            f"MLP {shape} -> {settings.hidden_size} -> {settings.hidden_size} -> "
-            f"{settings.embedding_size}"
-        )
-    return f"{settings.model} on {shape} inputs"
-
-
-def _print_data(splits: DataSplits, out: Any) -> None:
-    print(f"data: {splits.description}", file=out)
-    for split, ds in (("train", splits.train), ("test", splits.test)):
-        st = dataset_stats(ds)
-        line = (
-            f"  {split:<5} {st['items']:>6} items, {st['classes']} classes, smallest class "
-            f"{st['smallest_class']} ({st['smallest_class_items']} items)"
-        )
-        if split == "test":
-            line += f", {st['lone_queries']} lone queries"
-        print(line, file=out)
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in PML_DISTRIBUTIONS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _environment(settings: Settings, device: torch.device, threads: int, argv: Any) -> dict:
-    import numpy
-
-    env: dict[str, Any] = {
-        "pml": _versions(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "seed": settings.seed,
-        "split_seed": settings.split_seed,
-        "device": str(device),
-        "threads": threads,
-        "cuda": torch.version.cuda,
-        "command": _command(argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def _command(argv: Any) -> str:
-    args = list(argv) if argv is not None else ["train"]
-    return "pml " + shlex.join(args)
-
-
-def _config_header(argv: Any) -> str:
-    return (
-        f"pml train settings, written by: {_command(argv)}\n"
-        "repeat the run with: pml train --config <this file>"
-    )
-
-
-def _peak_memory(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on the GPU"
-    try:
-        import resource
-
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == "darwin":
-            kib //= 1024
-        return f"{kib / 1024:.0f} MiB resident (the whole process)"
-    except ImportError:
-        return "unknown"
-
-
-def _finish(
-    run: RunFolder,
-    settings: Settings,
-    splits: DataSplits,
-    result: Any,
-    device: torch.device,
-    seconds: float,
-    env: dict[str, Any],
-    argv: Any,
-    out: Any,
-) -> None:
-    from pml.cli._plots import PlotsUnavailable, plot_run
-
-    history = result.history
-    by_epoch = {r["epoch"]: r for r in history}
-    best = by_epoch.get(result.best_epoch) if result.best_epoch is not None else None
-    last = history[-1]
-    untrained = by_epoch.get(0)
-    print(
-        f"best: epoch {result.best_epoch}, MAP@R {best['mean_average_precision_at_r']:.4f}"
-        if best
-        else "best: -",
-        file=out,
-    )
-    print(
-        f"final: epoch {last['epoch']}, P@1 {last['precision_at_1']:.4f}, R-precision "
-        f"{last['r_precision']:.4f}, MAP@R {last['mean_average_precision_at_r']:.4f}"
-        + (
-            f" (untrained: MAP@R {untrained['mean_average_precision_at_r']:.4f})"
-            if untrained
-            else ""
-        ),
-        file=out,
-    )
-    plots: list[str] = []
-    embeddings = result.embeddings
-    if embeddings is not None and getattr(result.recipe.distance, "normalize_embeddings", False):
-        embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
-    try:
-        names = plot_run(
-            run.plots,
-            history,
-            embeddings,
-            splits.test.labels,
-            splits.test.class_names,
-            settings.plot_method,
-            settings.seed,
-            title=settings.loss,
-            raw_baseline=result.raw_baseline,
-        )
-        plots = [f"plots/{n}" for n in names]
-    except PlotsUnavailable as err:
-        print(f"note: {err}", file=out)
-    peak = _peak_memory(device)
-    env = {**env, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 2)}
-    env["peak_memory"] = peak
-    run.write_env(env)
-    info = {
-        "name": run.path.name,
-        "command": _command(argv),
-        "data": splits.description,
-        "stats": {"train": dataset_stats(splits.train), "test": dataset_stats(splits.test)},
-        "changed": changed_settings(settings),
-        "model": _model_text(settings, splits),
-        "parameters": result.parameters,
-        "history": history,
-        "best_epoch": result.best_epoch,
-        "raw_baseline": result.raw_baseline,
-        "loss": settings.loss,
-        "miner": settings.miner,
-        "distance": _distance_text(result.recipe.distance),
-        "seconds": seconds,
-        "peak_memory": peak,
-        "device": str(device),
-        "plots": plots,
-    }
-    run.write_text(run.report, render_report(info))
-    run.write_text(run.path / "summary.json", json.dumps(_summary(result), indent=2) + "\n")
-    run.mark_complete()
-    print(f"time: {seconds:.1f} s; peak memory: {peak}", file=out)
-    print(f"run folder: {os.fspath(run.path)}", file=out)
-
-
-def _distance_text(distance: Any) -> str:
-    name = type(distance).__name__
-    if getattr(distance, "normalize_embeddings", False):
-        return f"{name} of L2-normalised embeddings"
-    return name
-
-
-def _summary(result: Any) -> dict[str, Any]:
-    by_epoch = {r["epoch"]: r for r in result.history}
-    return {
-        "final": result.history[-1],
-        "best_epoch": result.best_epoch,
-        "best": by_epoch.get(result.best_epoch),
-        "untrained": by_epoch.get(0),
-        "raw_inputs": result.raw_baseline,
-    }

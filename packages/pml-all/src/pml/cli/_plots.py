@@ -138,7 +138,7 @@ def plot_run(
         coords, axis = embedding_map(embeddings, method, seed)
         y = np.asarray(labels)
         classes = sorted(set(y.tolist()))
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = plt.subplots(figsize=(6.8, 5))
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes):
             sel = y == c
@@ -158,8 +158,13 @@ def plot_run(
         what = "t-SNE" if method == "tsne" else "PCA"
         ax.set_title(f"held-out embeddings ({what}), {title}" if title else f"held-out ({what})")
         if len(classes) <= 20:
+            # beside the map, not over the points
             ax.legend(
-                markerscale=2, fontsize="small", loc="best", ncol=2 if len(classes) > 10 else 1
+                markerscale=2,
+                fontsize="small",
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                ncol=2 if len(classes) > 10 else 1,
             )
         name = f"embeddings_{method}.png"
         _save(fig, folder / name)

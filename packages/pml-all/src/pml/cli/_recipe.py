@@ -89,6 +89,8 @@ def build_recipe(
     num_classes: int,
     embedding_dim: int,
     device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Recipe:
     """Build the loss, miner, sampler, optimizers and schedulers of ``settings``.
 
@@ -99,6 +101,8 @@ def build_recipe(
         num_classes: distinct training labels (for classification losses).
         embedding_dim: the model's output size (for classification losses).
         device: where the loss's parameters go.
+        rank, world_size: this process's place in a process group: the sampler yields
+            this rank's shard of batches of ``batch_size / world_size`` (same ``m``).
 
     Raises:
         UsageError: unknown names, rejected arguments, a batch size that does not fit.
@@ -138,13 +142,27 @@ def build_recipe(
         sampler_cls = registry.resolve("sampler", settings.sampler)
         sampler_kwargs = dict(settings.sampler_args)
         auto: dict[str, Any] = {
-            "batch_size": settings.batch_size,
+            "batch_size": settings.batch_size // world_size,
             "length_before_new_iter": len(train_labels),
             "seed": settings.seed,
         }
+        if world_size > 1:
+            if not _declares(sampler_cls, "num_replicas"):
+                raise UsageError(
+                    f"--sampler {sampler_cls.__name__} cannot shard its batches over "
+                    f"{world_size} processes (it takes no num_replicas/rank); use "
+                    "MPerClassSampler or --sampler none"
+                )
+            auto |= {"num_replicas": world_size, "rank": rank}
         if "m" not in sampler_kwargs and _declares(sampler_cls, "m"):
             sizes = list(Counter(train_labels).values())
             auto["m"] = choose_m(settings.batch_size, sizes)
+            if auto["batch_size"] % auto["m"]:
+                raise UsageError(
+                    f"--batch-size {settings.batch_size} over {world_size} processes gives "
+                    f"{auto['batch_size']} items per process, not a multiple of m = "
+                    f"{auto['m']}; pass a batch size divisible by {auto['m'] * world_size}"
+                )
         for key, value in auto.items():
             if key not in sampler_kwargs and _declares(sampler_cls, key):
                 sampler_kwargs[key] = value
@@ -153,6 +171,13 @@ def build_recipe(
             k: v for k, v in sampler_kwargs.items() if k in ("m",) or k in settings.sampler_args
         }
         parts.append(describe(sampler_cls.__name__, shown))
+    elif world_size > 1:
+        from torch.utils.data import DistributedSampler
+
+        # shuffled batches: each rank a distinct shard of each pass (set_epoch per pass)
+        sampler = DistributedSampler(
+            train_labels, num_replicas=world_size, rank=rank, shuffle=True, seed=settings.seed
+        )
 
     if "lr" in settings.optimizer_args:
         raise UsageError("give the learning rate with --lr, not --optimizer-arg lr=...")

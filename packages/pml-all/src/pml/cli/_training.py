@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pml.cli import _distributed as dist
 from pml.cli._data import DataSplits
 from pml.cli._errors import UsageError
 from pml.cli._models import build_model, embed_dataset
@@ -144,25 +145,46 @@ class Training:
     def __init__(self, job: TrainJob, rank: int = 0, world_size: int = 1) -> None:
         settings, splits, device = job.settings, job.splits, job.device
         self.job = job
+        self.group = dist.Group(rank, world_size)
         self.main = rank == 0
         self.world_size = world_size
+        if settings.batch_size % world_size:
+            raise UsageError(
+                f"--batch-size {settings.batch_size} (the global batch) must be divisible by "
+                f"the {world_size} processes"
+            )
         seed_everything(settings.seed)
         self.model = build_model(settings, splits.input_shape).to(device)
         self.parameters = sum(p.numel() for p in self.model.parameters())
         embedding_dim = _output_size(self.model, splits.train, device)
         self.recipe = build_recipe(
-            settings, self.model, splits.train.labels, splits.num_classes, embedding_dim, device
+            settings,
+            self.model,
+            splits.train.labels,
+            splits.num_classes,
+            embedding_dim,
+            device,
+            rank,
+            world_size,
         )
+        models = {"trunk": self.model.trunk, "embedder": self.model.embedder}
+        loss, miner, parts = self.recipe.loss, self.recipe.miner, None
+        if self.group.distributed:
+            wrapped = dist.wrap_for_ddp(self.model, loss, miner, device, self.group)
+            models, loss, miner, parts = wrapped.models, wrapped.loss, wrapped.miner, wrapped.parts
         self.evaluator = Evaluator(splits.test, self.recipe.distance, device)
-        self.monitor = _Monitor(job, self.model, self.evaluator, self.main)
+        self.monitor = _Monitor(job, self.model, self.evaluator, self.group, parts)
         self.trainer = _make_trainer(
-            settings, self.model, self.recipe, splits, device, self.monitor
+            settings, models, loss, miner, self.recipe, splits, device, self.monitor, world_size
         )
-        self.batches = _batches(self.recipe.sampler, splits, settings)
+        self.batches = _batches(self.recipe.sampler, splits, settings, world_size)
         self.start_epoch = 1
         if job.resume is not None:
+            resume = dict(job.resume)
             try:
-                self.trainer.load_state_dict(dict(job.resume))
+                if parts is not None:
+                    resume = dist.load_parts(resume, parts)
+                self.trainer.load_state_dict(resume)
             except (ValueError, KeyError, RuntimeError) as err:
                 raise UsageError(
                     f"the checkpoint does not match the run's settings ({err}); resume with "
@@ -212,15 +234,16 @@ def fit(job: TrainJob, rank: int = 0, world_size: int = 1) -> TrainResult:
     return Training(job, rank, world_size).run()
 
 
-def _batches(sampler: Any, splits: DataSplits, settings: Settings) -> str:
+def _batches(sampler: Any, splits: DataSplits, settings: Settings, world_size: int) -> str:
     from pml.trainers._trainer_data import is_batch_sampler
 
+    batch = settings.batch_size // world_size
     try:
         if sampler is None:
-            return str(len(splits.train) // settings.batch_size)
+            return str(len(splits.train) // batch)
         if is_batch_sampler(sampler):
             return str(len(sampler))
-        return str(len(sampler) // settings.batch_size)
+        return str(len(sampler) // batch)
     except TypeError:
         return "?"
 
@@ -246,11 +269,14 @@ class _OptimizerWarnings(logging.Filter):
 
 def _make_trainer(
     settings: Settings,
-    model: nn.Module,
+    models: dict[str, nn.Module],
+    loss: nn.Module,
+    miner: Any,
     recipe: Recipe,
     splits: DataSplits,
     device: torch.device,
     monitor: _Monitor,
+    world_size: int,
 ) -> Any:
     from pml.core import config
     from pml.trainers import MetricLossOnly
@@ -260,11 +286,11 @@ def _make_trainer(
     config.LOGGER.addFilter(quiet)
     try:
         trainer = MetricLossOnly(
-            models={"trunk": model.trunk, "embedder": model.embedder},
+            models=models,
             optimizers=recipe.optimizers,
-            batch_size=settings.batch_size,
-            loss_funcs={"metric_loss": recipe.loss},
-            mining_funcs={"tuple_miner": recipe.miner} if recipe.miner is not None else {},
+            batch_size=settings.batch_size // world_size,
+            loss_funcs={"metric_loss": loss},
+            mining_funcs={"tuple_miner": miner} if miner is not None else {},
             dataset=splits.train,
             sampler=recipe.sampler,
             data_device=device,
@@ -295,11 +321,20 @@ def _best_epoch(history: list[dict[str, Any]]) -> int | None:
 class _Monitor:
     """The trainer's hooks: progress, per-epoch evaluation, checkpoints, metrics, table."""
 
-    def __init__(self, job: TrainJob, model: nn.Module, evaluator: Evaluator, main: bool):
+    def __init__(
+        self,
+        job: TrainJob,
+        model: nn.Module,
+        evaluator: Evaluator,
+        group: dist.Group,
+        parts: dict[str, dict[str, Any]] | None,
+    ):
         self.job = job
         self.model = model
         self.evaluator = evaluator
-        self.main = main
+        self.group = group
+        self.main = group.main
+        self.parts = parts
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None
         self.raw_baseline: dict[str, float] | None = None
@@ -315,8 +350,11 @@ class _Monitor:
     # ------------------------------------------------------------------ epoch 0
     def baseline(self, trainer: Any) -> None:
         """Evaluate the raw inputs and the untrained model (epoch 0)."""
-        self.raw_baseline = self.evaluator.raw()
-        metrics, self.embeddings = self.evaluator.model(self.model)
+        metrics = None
+        if self.main:  # rank 0 evaluates; the others get its numbers
+            self.raw_baseline = self.evaluator.raw()
+            metrics, self.embeddings = self.evaluator.model(self.model)
+        metrics = dist.broadcast(metrics, self.group)
         self.history = [{"epoch": 0, "loss": None, "lr": _lr(trainer), **metrics, "seconds": None}]
         if self.main:
             out = self.job.stream
@@ -351,16 +389,21 @@ class _Monitor:
             )
         postfix = None
         if self.progress.due():  # the running loss costs a device sync: only when drawn
-            postfix = f"loss {float(self.loss_sum) / self.batches:.4g}"
+            loss = float(self.loss_sum) / self.batches / self.group.world_size
+            postfix = f"loss {loss:.4g}"
         self.progress.update(1, postfix)
 
     def on_epoch(self, trainer: Any) -> bool:
         if self.progress is not None:
             self.progress.close()
             self.progress = None
-        loss = float(self.loss_sum) / max(1, self.batches)
+        # in a group, every rank's loss is world_size times the global batch's loss
+        loss = float(self.loss_sum) / max(1, self.batches) / self.group.world_size
         self.loss_sum, self.batches = 0.0, 0
-        metrics, self.embeddings = self.evaluator.model(self.model)
+        metrics = None
+        if self.main:
+            metrics, self.embeddings = self.evaluator.model(self.model)
+        metrics = dist.broadcast(metrics, self.group)
         trainer.step_lr_plateau_schedulers(metrics["mean_average_precision_at_r"])
         now = time.perf_counter()
         row = {
@@ -391,6 +434,8 @@ class _Monitor:
 
     def _state(self, trainer: Any) -> dict[str, Any]:
         state = trainer.state_dict()
+        if self.parts is not None:  # the unwrapped models and loss: resumable anywhere
+            dist.portable_state(state, self.parts)
         state["cli"] = {
             "format": CHECKPOINT_FORMAT,
             "settings": self.job.settings.to_dict(),

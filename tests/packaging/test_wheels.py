@@ -44,35 +44,7 @@ THIRD_PARTY = {
 #: heavy optional modules that must not be importable unless the package declares them
 FORBIDDEN_UNLESS_DECLARED = {"faiss": "faiss-cpu", "sklearn": "scikit-learn"}
 
-SMOKE = {
-    "pml-core": "from pml.core import get_all_pairs_indices; import torch; "
-    "assert get_all_pairs_indices(torch.tensor([0, 0, 1]))[0].tolist() == [0, 1]",
-    "pml-distances": "import torch; from pml.distances import CosineSimilarity; "
-    "assert CosineSimilarity()(torch.eye(2)).tolist() == [[1.0, 0.0], [0.0, 1.0]]",
-    "pml-reducers": "import torch; from pml.reducers import AvgNonZeroReducer; "
-    "from pml.regularizers import LpRegularizer; "
-    "d = {'loss': {'losses': torch.tensor([0., 2., 4.]), 'indices': torch.arange(3), "
-    "'reduction_type': 'element'}}; "
-    "assert AvgNonZeroReducer()(d, torch.zeros(3, 1), None).item() == 3.0; "
-    "assert LpRegularizer()(torch.tensor([[3., 4.]])).item() == 5.0",
-    "pml-losses": "import torch, pml.losses as L; e = torch.randn(8, 4, requires_grad=True); "
-    "y = torch.arange(4).repeat(2); "
-    "f = getattr(L, 'TripletMarginLoss', None); "
-    "f is None or f()(e, y).backward()",
-    "pml-miners": "import torch, pml.miners as M; e = torch.randn(8, 4); y = torch.arange(4).repeat(2); "
-    "m = getattr(M, 'MultiSimilarityMiner', None); assert m is None or len(m()(e, y)) == 4",
-    "pml-samplers": "import torch, pml.samplers as S; "
-    "c = getattr(S, 'MPerClassSampler', None); "
-    "assert c is None or len(list(iter(c(torch.arange(4).repeat(4), m=2, length_before_new_iter=16)))) == 16",
-    "pml-eval": "import numpy as np, torch, pml.eval as E; "
-    "c = getattr(E, 'AccuracyCalculator', None); "
-    "x = torch.randn(20, 4); y = torch.arange(4).repeat(5); "
-    "r = c(include=('precision_at_1',), k=3).get_accuracy(x, y) if c else {'precision_at_1': 0}; "
-    "assert 0 <= r['precision_at_1'] <= 1",
-    "pml-trainers": "import torch, pml.trainers as T; "
-    "d = T.DigitsDataset(split='test'); assert len(d) > 0 and d[0][0].shape == (64,)",
-    "pml-all": "from pml.cli.__main__ import main; assert main(['train', '--loss', 'Nope']) == 2",
-}
+# SMOKE: the per-package smoke snippets, the ``smoke`` fixture of tests/conftest.py
 
 
 def _project(pkg_dir: Path) -> dict:
@@ -196,7 +168,9 @@ def test_sibling_ranges_admit_the_repo_versions() -> None:
 
 
 @pytest.mark.parametrize("pkg_dir", PACKAGE_DIRS, ids=NAMES)
-def test_installs_and_works_alone(wheel_dir: Path, pkg_dir: Path, tmp_path: Path) -> None:
+def test_installs_and_works_alone(
+    wheel_dir: Path, pkg_dir: Path, tmp_path: Path, smoke: dict[str, str]
+) -> None:
     uv = shutil.which("uv")
     venv = tmp_path / "venv"
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
@@ -240,7 +214,7 @@ def test_installs_and_works_alone(wheel_dir: Path, pkg_dir: Path, tmp_path: Path
                 for mod, dist in FORBIDDEN_UNLESS_DECLARED.items()
                 if dist not in declared
             ],
-            SMOKE.get(pkg_dir.name, "pass"),
+            smoke.get(pkg_dir.name, "pass"),
             "print('ok')",
         ]
     )

@@ -179,3 +179,15 @@ def test_torch_knn_file_loads_into_faiss_knn(tmp_path):
     faiss_knn = FaissKNN(reset_before=False, reset_after=False)
     faiss_knn.load(path)
     assert torch.equal(faiss_knn(POINTS, 3)[1], knn(POINTS, 3)[1])
+
+
+@pytest.mark.parametrize("content", [b"", b"ab", b"\x80\x02}q"])
+def test_short_or_foreign_file_is_not_an_index_file_error_not_index_error(tmp_path, content):
+    from pml.eval._index_files import read_faiss_flat_l2, read_torch_index
+
+    path = tmp_path / "short.idx"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a pml.eval.TorchKNN index file"):
+        read_torch_index(path)
+    with pytest.raises(ValueError, match="is not a faiss index file"):
+        read_faiss_flat_l2(path)

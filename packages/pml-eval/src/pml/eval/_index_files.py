@@ -56,10 +56,17 @@ def read_torch_index(filename: str | os.PathLike[str]) -> Tensor:
     Raises:
         ValueError: the file is not a TorchKNN index file (the message names it).
     """
+    kind = file_kind(filename)
+    if kind != "torch":
+        # fix: torch.load's legacy reader raised IndexError/struct.error on short files
+        what = "a faiss index file" if kind == "faiss" else "not a torch zip file"
+        raise ValueError(
+            f"filename {_name(filename)} is not a {TORCH_FORMAT} index file ({what})"
+        )
     try:
         payload: Any = torch.load(filename, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        kind = "a faiss index file" if file_kind(filename) == "faiss" else "not a torch file"
+        kind = "a damaged torch file"
         raise ValueError(
             f"filename {_name(filename)} is not a {TORCH_FORMAT} index file ({kind}: {exc})"
         ) from exc
@@ -93,6 +100,8 @@ def read_faiss_flat_l2(filename: str | os.PathLike[str]) -> Tensor:
         "only IndexFlatL2 files load without faiss; install faiss-cpu and load it with "
         "FaissKNN (or InferenceModel with faiss installed)"
     )
+    if file_kind(filename) != "faiss":
+        raise ValueError(f"filename {_name(filename)} is not a faiss index file")
     if header[:4] != _FLAT_L2_MAGIC:
         raise ValueError(
             f"filename {_name(filename)} is a faiss index of type {header[:4]!r}, which "

@@ -195,3 +195,16 @@ def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
     bar.update()
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_registry_does_not_offer_bases_or_wrappers_that_need_a_loss_object() -> None:
+    from pml.cli._registry import names
+
+    offered = set(names("loss"))
+    assert {
+        "GenericPairLoss",
+        "CrossBatchMemory",
+        "MultipleLosses",
+        "SelfSupervisedLoss",
+    }.isdisjoint(offered)
+    assert {"TripletMarginLoss", "ArcFaceLoss", "ProxyAnchorLoss"} <= offered

@@ -46,7 +46,16 @@ _NESTED_KINDS = {
     "weight_regularizer": "regularizer",
 }
 
-_ABSTRACT = {"BatchedDistance", "DistributedLossWrapper", "DistributedMinerWrapper"}
+#: not constructible by name: bases to subclass, wrappers that take another loss object
+_ABSTRACT = {
+    "BatchedDistance",
+    "CrossBatchMemory",
+    "DistributedLossWrapper",
+    "DistributedMinerWrapper",
+    "GenericPairLoss",
+    "MultipleLosses",
+    "SelfSupervisedLoss",
+}
 
 
 def names(kind: str) -> list[str]:

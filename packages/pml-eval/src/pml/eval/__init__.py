@@ -12,7 +12,9 @@ from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._collapse import embedding_collapse
-from pml.eval._distributed_knn import DistributedKNN, distributed_get_accuracy
+from pml.eval._custom_metrics import QueryNeighbors
+from pml.eval._distributed_accuracy import distributed_get_accuracy
+from pml.eval._distributed_knn import DistributedKNN
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import ApproximateKNN, CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
@@ -60,6 +62,7 @@ __all__ = [
     "InferenceModel",
     "KNNClassifier",
     "MatchFinder",
+    "QueryNeighbors",
     "ThresholdSelection",
     "TorchKMeans",
     "TorchKNN",

@@ -35,6 +35,7 @@ from pml.eval._metrics import (
 )
 from pml.eval._reid import reid_metrics
 from pml.eval._tester_base import BaseTester
+from pml.eval._tester_distributed import distributed_test, shard_dataset
 from pml.eval._testers import (
     GlobalEmbeddingSpaceTester,
     GlobalTwoStreamEmbeddingSpaceTester,
@@ -70,6 +71,7 @@ __all__ = [
     "WithSameParentLabelTester",
     "__version__",
     "distributed_get_accuracy",
+    "distributed_test",
     "embedding_collapse",
     "get_label_match_counts",
     "get_lone_query_labels",
@@ -85,6 +87,7 @@ __all__ = [
     "reid_metrics",
     "run_pca",
     "select_threshold",
+    "shard_dataset",
     "try_getting_not_lone_labels",
     "verification_metrics",
 ]

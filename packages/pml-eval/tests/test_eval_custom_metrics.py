@@ -152,12 +152,14 @@ def test_custom_metrics_equal_the_built_ins_on_every_route(k, mode, options):
 
 def test_the_neighbours_equal_a_naive_sort():
     x, y = clustered_embeddings(6, 7, 4, seed=1, spread=1.0)
-    for k, own, ref in ((5, True, None), (8, False, x[10:]), (None, True, x)):
-        got: list[torch.Tensor] = []
+    got: list[torch.Tensor] = []
 
-        def idx(nb: QueryNeighbors) -> torch.Tensor:
-            got.append(nb.knn_indices)
-            return torch.zeros(nb.k and nb.knn_indices.shape[0])
+    def idx(nb: QueryNeighbors) -> torch.Tensor:
+        got.append(nb.knn_indices)
+        return torch.zeros(nb.knn_indices.shape[0])
+
+    for k, own, ref in ((5, True, None), (8, False, x[10:]), (None, True, x)):
+        got.clear()
 
         c = calc(k=k, include=("i",), custom_metrics={"i": idx})
         if ref is None:

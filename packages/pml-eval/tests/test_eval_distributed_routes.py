@@ -9,6 +9,7 @@ splits, each embedding its shard).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,8 @@ def test_get_accuracy_routes_to_distributed_evaluation_with_custom_metrics(
 ) -> None:
     checked = 0
     for name, classes, k, separate, options in cases():
-        expected = _single(
-            lambda: calculator(k, "local", options).get_accuracy(*data(classes, separate, None))
-        )
+        local = calculator(k, "local", options)
+        expected = _single(functools.partial(local.get_accuracy, *data(classes, separate, None)))
         assert set(CUSTOM) <= set(expected)
         for how in ("dknn", "flag"):
             for rank in range(WORLD):
@@ -244,7 +244,9 @@ def test_a_split_smaller_than_the_world_is_an_error_on_every_rank(
     gloo_results: list[dict[str, Any]],
 ) -> None:
     for rank in range(WORLD):
-        assert "dataset_dict['val'] has 1 items, fewer than the 2 ranks" in gloo_results[rank]["tiny"]
+        assert (
+            "dataset_dict['val'] has 1 items, fewer than the 2 ranks" in gloo_results[rank]["tiny"]
+        )
 
 
 def test_shard_dataset_cuts_contiguous_parts_in_rank_order() -> None:

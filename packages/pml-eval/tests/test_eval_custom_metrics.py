@@ -300,3 +300,19 @@ def test_distributed_must_be_a_bool():
     # without a process group distributed=True changes nothing
     got = calc(distributed=True, exclude=("NMI", "AMI")).get_accuracy(EMB, LABELS)
     assert got == calc(exclude=("NMI", "AMI")).get_accuracy(EMB, LABELS)
+
+
+def test_a_knn_func_pml_does_not_know_is_called_once_for_custom_metrics(monkeypatch):
+    # a stateful knn_func (e.g. an index that keeps what it is given) must not be called
+    # once per block of queries
+    x, y = clustered_embeddings(6, 5, 3, seed=7, spread=1.0)
+    calls: list[int] = []
+
+    def knn(query, k, reference, ref_includes_query):  # type: ignore[no-untyped-def]
+        calls.append(query.shape[0])
+        return TorchKNN()(query, k, reference, ref_includes_query)
+
+    monkeypatch.setattr(custom_module, "_BLOCK_ENTRIES", 60)  # blocks of 2 rows if blockwise
+    got = calc(include=("p",), custom_metrics={"p": p_at_1}, knn_func=knn).get_accuracy(x, y)
+    assert calls == [30]
+    assert got == {"p": calc(include=("precision_at_1",)).get_accuracy(x, y)["precision_at_1"]}

@@ -8,7 +8,8 @@
    else ``knn_func``'s ``(N, k)`` lists for the ``calculate_*`` methods.
 3. Custom metrics (``custom_metrics=``): from the lists of route 2 when it built them (with
    custom metrics selected, the block-scored search is skipped for the lists: one search),
-   else from blocks of ``knn_func`` lists (:mod:`pml.eval._custom_metrics`).
+   else (the exact ranking, or no built-in k-NN metric and an exact search pml knows) from
+   blocks of ``knn_func`` lists (:mod:`pml.eval._custom_metrics`).
 4. Clustering (NMI/AMI): ``kmeans_func``.
 """
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pml.eval._accuracy_inputs import accuracy_inputs, check_metric_names
 from pml.eval._custom_metrics import custom_metric_functions
 from pml.eval._knn import ApproximateKNN
-from pml.eval._neighbor_lists import neighbor_lists
+from pml.eval._neighbor_lists import known_search, neighbor_lists
 from pml.eval._ranked import ranked_metrics
 
 if TYPE_CHECKING:
@@ -75,17 +76,20 @@ def compute_accuracy(
     custom = [m for m in function_dict if m in custom_all]
     built_in = {m: fn for m, fn in function_dict.items() if m not in custom_all}
     uses_knn = any(m in calc.requires_knn() for m in built_in)
-    lists = None
+    lists, ranked = None, None
     if uses_knn:
         # route 1: a known search scored on the fly (see _ranked.py), else route 2:
         # knn_func's (N, k) lists for the calculate_* methods
         ranked = ranked_metrics(calc, built_in, rank_only=bool(custom), **kwargs)
-        if ranked is None:
-            found = neighbor_lists(calc, **kwargs)
-            lists = (found["knn_distances"], found.pop("knn_indices"))
-            kwargs.update(found)
-        else:
+        if ranked is not None:
             function_dict.update(ranked)
+    # custom metrics alone search blocks of queries only with an exact search pml knows
+    # (calling any other knn_func once per block could change what it does)
+    search = known_search(calc, kwargs["query"]) if custom and not uses_knn else None
+    if (uses_knn and ranked is None) or (custom and not uses_knn and not (search and search.exact)):
+        found = neighbor_lists(calc, **kwargs)
+        lists = (found["knn_distances"], found.pop("knn_indices"))
+        kwargs.update(found)
     if custom:
         function_dict.update(
             custom_metric_functions(

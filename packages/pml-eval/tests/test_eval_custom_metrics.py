@@ -316,3 +316,14 @@ def test_a_knn_func_pml_does_not_know_is_called_once_for_custom_metrics(monkeypa
     got = calc(include=("p",), custom_metrics={"p": p_at_1}, knn_func=knn).get_accuracy(x, y)
     assert calls == [30]
     assert got == {"p": calc(include=("precision_at_1",)).get_accuracy(x, y)["precision_at_1"]}
+
+
+@pytest.mark.parametrize("k", [None, "max_bin_count"])
+def test_custom_metrics_on_every_device(device, k):
+    x, y = clustered_embeddings(8, 6, 4, seed=8, spread=2.0)
+    c = calc(k=k, device=device, exclude=("NMI", "AMI"), custom_metrics=CUSTOM)
+    got = c.get_accuracy(x.to(device), y.to(device))
+    for name, built_in in PAIRS.items():
+        assert got[name] == pytest.approx(got[built_in], rel=1e-12, abs=1e-12), name
+    only = calc(k=k, device=device, include=tuple(CUSTOM), custom_metrics=CUSTOM)
+    assert only.get_accuracy(x, y) == {n: got[n] for n in CUSTOM}

@@ -327,3 +327,11 @@ def test_custom_metrics_on_every_device(device, k):
         assert got[name] == pytest.approx(got[built_in], rel=1e-12, abs=1e-12), name
     only = calc(k=k, device=device, include=tuple(CUSTOM), custom_metrics=CUSTOM)
     assert only.get_accuracy(x, y) == {n: got[n] for n in CUSTOM}
+
+
+def test_the_k_warning_is_logged_once_with_custom_metrics(caplog):
+    x, y = clustered_embeddings(2, 6, 3, seed=9, spread=1.0)
+    c = calc(k=2, exclude=("NMI", "AMI"), custom_metrics={"p": p_at_1})
+    with caplog.at_level("WARNING", logger="PML"):
+        c.get_accuracy(x, y)
+    assert sum("is smaller than the largest class" in r.getMessage() for r in caplog.records) == 1

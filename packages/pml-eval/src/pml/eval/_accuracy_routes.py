@@ -15,9 +15,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from pml.core import config
 from pml.eval._accuracy_inputs import accuracy_inputs, check_metric_names
 from pml.eval._custom_metrics import custom_metric_functions
 from pml.eval._knn import ApproximateKNN
@@ -49,6 +52,31 @@ def distributed_route(calc: AccuracyCalculator) -> Callable[..., dict[str, Any]]
     return None
 
 
+class _Once(logging.Filter):
+    """Drops a message already logged (the routes may each resolve ``k`` and warn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+@contextlib.contextmanager
+def _warn_once() -> Iterator[None]:
+    once = _Once()
+    config.LOGGER.addFilter(once)
+    try:
+        yield
+    finally:
+        config.LOGGER.removeFilter(once)
+
+
 def compute_accuracy(
     calc: AccuracyCalculator,
     query: Any,
@@ -66,6 +94,22 @@ def compute_accuracy(
     if route is not None:
         args = (query, query_labels, reference, reference_labels, ref_includes_query)
         return route(calc, *args, include=include, exclude=exclude)
+    args = (query, query_labels, reference, reference_labels, ref_includes_query)
+    with _warn_once():
+        return _local_accuracy(calc, *args, include, exclude)
+
+
+def _local_accuracy(
+    calc: AccuracyCalculator,
+    query: Any,
+    query_labels: Any,
+    reference: Any,
+    reference_labels: Any,
+    ref_includes_query: bool,
+    include: tuple[str, ...] | list[str],
+    exclude: tuple[str, ...] | list[str],
+) -> dict[str, Any]:
+    """The metrics of one process."""
     kwargs = accuracy_inputs(
         query, query_labels, reference, reference_labels, ref_includes_query, calc.device
     )

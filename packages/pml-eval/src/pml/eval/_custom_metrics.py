@@ -200,7 +200,7 @@ def custom_metric_functions(
     comparison: LabelComparisonFn = calc.label_comparison_fn or EQUALITY
     if label_counts is None:
         label_counts = get_label_match_counts(query_labels, reference_labels, comparison)
-    if num_k is None:
+    if num_k is None and lists is None:
         num_ref = reference_labels.shape[0]
         num_k = calc.determine_k(label_counts[1], num_ref, ref_includes_query)
     gt = query_labels[:, None]
@@ -217,7 +217,7 @@ def custom_metric_functions(
     if lists is not None:
         blocks: Any = [(0, lists[0], lists[1])]
     else:
-        assert reference is not None
+        assert reference is not None and num_k is not None
         blocks = _lists_blocks(calc, query, reference, num_k, ref_includes_query)
     with torch.no_grad():
         for s, d, i in blocks:

@@ -7,15 +7,24 @@ queries all the others (itself excluded), or the items of ``--reference``, and
 one ``pml train`` reports (P@1, R-precision, MAP@R; ``k = max_bin_count``; the loss's
 distance on the raw embeddings), so ``pml eval <run>`` repeats the run's numbers for its
 best epoch.
+
+Under ``torch.distributed`` (a process group already made by the caller, or ``pml eval``
+launched by ``torchrun`` with ``WORLD_SIZE > 1``: it then makes one, gloo on the CPU, nccl
+on CUDA) each rank embeds its contiguous shard of the items and the shards are evaluated
+together (:func:`pml.eval.distributed_get_accuracy`): the numbers of one process; rank 0
+prints them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pml.cli._errors import UsageError
@@ -173,12 +182,27 @@ def resolve_k(text: str) -> int | str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pml eval`` with parsed ``args``; returns the exit status."""
-    from pml.cli import _registry as registry
-    from pml.eval import AccuracyCalculator, CustomKNN
-
     metrics = resolve_metrics(args.metrics)
     k = resolve_k(args.k)
     device = resolve_device(args.device)
+    with process_group(device) as (rank, world_size):
+        if world_size > 1 and device.type == "cuda" and device.index is None:
+            device = _local_cuda(device)
+        return _evaluate(args, metrics, k, device, rank, world_size)
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    metrics: list[str],
+    k: int | str | None,
+    device: Any,
+    rank: int,
+    world_size: int,
+) -> int:
+    """Embed (this rank's shard of) the items, evaluate, print on rank 0."""
+    from pml.cli import _registry as registry
+    from pml.eval import AccuracyCalculator, CustomKNN
+
     trained = load_trained(args.source, device)
     distance = registry.build("distance", args.distance) if args.distance else run_distance(trained)
     query = load_dataset(trained, args.data, "--data")
@@ -191,22 +215,74 @@ def run(args: argparse.Namespace) -> int:
         avg_of_avgs=args.avg_of_avgs,
         knn_func=CustomKNN(distance),
         device=device,
+        distributed=world_size > 1,
     )
-    query_emb = embed(trained, query, device, args.batch_size)
-    query_labels = _labels(query)
+    shard = (rank, world_size)
+    query_emb, query_labels = _shard_embedded(trained, query, device, args.batch_size, *shard)
     if reference is None:
         results = calculator.get_accuracy(query_emb, query_labels)
     else:
-        ref_emb = embed(trained, reference, device, args.batch_size)
+        ref_emb, ref_labels = _shard_embedded(trained, reference, device, args.batch_size, *shard)
         results = calculator.get_accuracy(
-            query_emb, query_labels, ref_emb, _labels(reference), ref_includes_query=False
+            query_emb, query_labels, ref_emb, ref_labels, ref_includes_query=False
         )
+    if rank != 0:
+        return 0
     values = {name: _number(results[name]) for name in metrics}
     if args.json:
         print(json.dumps(values))
         return 0
-    _print_table(trained, query, reference, k, distance, values)
+    _print_table(trained, query, reference, k, distance, values, world_size)
     return 0
+
+
+@contextlib.contextmanager
+def process_group(device: Any) -> Iterator[tuple[int, int]]:
+    """``(rank, world size)`` of the process group ``pml eval`` runs in.
+
+    The caller's group, one made for a ``torchrun`` launch (``WORLD_SIZE > 1``; destroyed
+    afterwards), or ``(0, 1)``.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        yield 0, 1
+        return
+    if dist.is_initialized():
+        yield dist.get_rank(), dist.get_world_size()
+        return
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "MASTER_ADDR" not in os.environ:
+        yield 0, 1
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def _local_cuda(device: Any) -> Any:
+    """``cuda:LOCAL_RANK`` (torchrun's GPU of this process), else ``device``."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    return device if local is None else torch.device("cuda", int(local))
+
+
+def _shard_embedded(
+    trained: Any, dataset: Any, device: Any, batch_size: int, rank: int, world_size: int
+) -> tuple[Any, Any]:
+    """Embeddings and labels of this rank's contiguous shard of ``dataset`` (all of it alone)."""
+    labels = _labels(dataset)
+    if world_size <= 1:
+        return embed(trained, dataset, device, batch_size), labels
+    from pml.eval import shard_dataset
+
+    if len(dataset) < world_size:  # alike on every rank: none waits in a collective
+        raise UsageError(f"{len(dataset)} items cannot be shared by {world_size} processes")
+    part = shard_dataset(dataset, rank, world_size)
+    rows = part.indices  # a range
+    return embed(trained, part, device, batch_size), labels[rows.start : rows.stop]
 
 
 def _labels(dataset: Any) -> Any:
@@ -227,6 +303,7 @@ def _print_table(
     k: int | str | None,
     distance: Any,
     values: dict[str, float | None],
+    world_size: int = 1,
 ) -> None:
     from pml.cli._data import dataset_stats
 
@@ -248,6 +325,8 @@ def _print_table(
         )
     k_text = "all" if k is None else str(k)
     print(f"protocol:  {how}; k = {k_text}; {_describe(distance)}", file=out)
+    if world_size > 1:
+        print(f"processes: {world_size} (each embeds its shard; the metrics are global)", file=out)
     if stats["lone_queries"] and reference is None:
         print(
             f"note:      {stats['lone_queries']} classes have a single item: their queries "

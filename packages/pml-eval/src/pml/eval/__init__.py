@@ -12,7 +12,9 @@ from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._collapse import embedding_collapse
-from pml.eval._distributed_knn import DistributedKNN, distributed_get_accuracy
+from pml.eval._custom_metrics import QueryNeighbors
+from pml.eval._distributed_accuracy import distributed_get_accuracy
+from pml.eval._distributed_knn import DistributedKNN
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
 from pml.eval._knn import ApproximateKNN, CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
@@ -33,6 +35,7 @@ from pml.eval._metrics import (
 )
 from pml.eval._reid import reid_metrics
 from pml.eval._tester_base import BaseTester
+from pml.eval._tester_distributed import distributed_test, shard_dataset
 from pml.eval._testers import (
     GlobalEmbeddingSpaceTester,
     GlobalTwoStreamEmbeddingSpaceTester,
@@ -60,6 +63,7 @@ __all__ = [
     "InferenceModel",
     "KNNClassifier",
     "MatchFinder",
+    "QueryNeighbors",
     "ThresholdSelection",
     "TorchKMeans",
     "TorchKNN",
@@ -67,6 +71,7 @@ __all__ = [
     "WithSameParentLabelTester",
     "__version__",
     "distributed_get_accuracy",
+    "distributed_test",
     "embedding_collapse",
     "get_label_match_counts",
     "get_lone_query_labels",
@@ -82,6 +87,7 @@ __all__ = [
     "reid_metrics",
     "run_pca",
     "select_threshold",
+    "shard_dataset",
     "try_getting_not_lone_labels",
     "verification_metrics",
 ]

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pml.eval._accuracy_inputs import accuracy_inputs, check_k, check_metric_names, resolve_k
+from pml.core.validation import check_bool
+from pml.eval._accuracy_inputs import (
+    check_k,
+    check_metric_names,
+    cluster_score,
+    label_classes,
+    resolve_k,
+)
+from pml.eval._accuracy_routes import compute_accuracy
 from pml.eval._clustering import default_kmeans_func
-from pml.eval._knn import ApproximateKNN, TorchKNN
+from pml.eval._custom_metrics import CustomMetricFn, check_custom_metrics, custom_placeholder
+from pml.eval._knn import TorchKNN
 from pml.eval._metrics import (
     EQUALITY,
     LabelComparisonFn,
@@ -22,23 +31,9 @@ from pml.eval._metrics import (
     r_precision,
     try_getting_not_lone_labels,
 )
-from pml.eval._neighbor_lists import neighbor_lists
-from pml.eval._ranked import ranked_metrics
 
 KNNFunc = Callable[[Tensor, int, Tensor, bool], tuple[Tensor, Tensor]]
 KMeansFunc = Callable[[Tensor, int], Tensor]
-
-
-def _classes(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(distinct labels, dense id of each label)``; a multi-dim label is one class per row."""
-    if labels.ndim == 1:
-        return torch.unique(labels, return_inverse=True)
-    return torch.unique(labels.reshape(labels.shape[0], -1), dim=0, return_inverse=True)
-
-
-def _cluster_score(score: Callable[..., Any], labels: Tensor, cluster_labels: Tensor) -> float:
-    """A scikit-learn clustering score of the clusters against the labels' classes."""
-    return float(score(_classes(labels)[1].cpu().numpy(), cluster_labels.cpu().numpy()))
 
 
 class AccuracyCalculator:
@@ -63,6 +58,12 @@ class AccuracyCalculator:
     exactness for speed; the results then also hold ``"knn_recall_at_k"``: the fraction of
     the exact ``k`` nearest neighbours the index found, measured on a sample of queries.
 
+    ``custom_metrics={"name": fn}`` adds retrieval metrics without subclassing: ``fn``
+    receives a :class:`~pml.eval.QueryNeighbors` (a block of queries, their ``k`` ranked
+    neighbours' labels, distances and indices, which match, ``R`` per query) and returns
+    one value per query (NaN where undefined), averaged like the built-in k-NN metrics (see
+    :mod:`pml.eval._custom_metrics`). It may be called on several blocks of queries.
+
     Args:
         include: metric names to compute (empty: all).
         exclude: metric names to drop.
@@ -76,10 +77,18 @@ class AccuracyCalculator:
             None: :class:`TorchKNN` (squared L2, faiss's order).
         kmeans_func: ``fn(x, n_clusters) -> ids``; None: ``FaissKMeans(niter=20)`` when faiss
             is installed, else :class:`TorchKMeans`.
+        custom_metrics: ``{name: fn(QueryNeighbors) -> (n,) values}``, metrics after the
+            built-in ones (``include``/``exclude`` name them too).
+        distributed: under a ``torch.distributed`` process group (world size > 1) each rank
+            passes its shard to ``get_accuracy`` and gets the metrics of the whole data
+            (:func:`~pml.eval.distributed_get_accuracy`); without one nothing changes. A
+            :class:`~pml.eval.DistributedKNN` ``knn_func`` does the same.
 
     Raises:
-        TypeError: include/exclude not a tuple or list; a bool k.
-        ValueError: unknown metric names, avg_of_avgs with return_per_class, or a bad k.
+        TypeError: include/exclude not a tuple or list; a bool k; custom_metrics not a dict
+            of str names to callables; a distributed that is not a bool.
+        ValueError: unknown metric names, avg_of_avgs with return_per_class, a bad k, or a
+            custom metric name that a built-in metric uses.
         NotImplementedError: a custom label_comparison_fn with NMI/AMI selected.
 
     Example:
@@ -101,6 +110,8 @@ class AccuracyCalculator:
         device: torch.device | str | None = None,
         knn_func: KNNFunc | None = None,
         kmeans_func: KMeansFunc | None = None,
+        custom_metrics: Mapping[str, CustomMetricFn] | None = None,
+        distributed: bool = False,
     ) -> None:
         # compat: spec §1 "Metric discovery": calculate_* attributes, in dir() order.
         self.function_keyword = "calculate_"
@@ -108,6 +119,11 @@ class AccuracyCalculator:
         self.original_function_dict: dict[str, Callable[..., Any]] = {
             n.replace(self.function_keyword, "", 1): getattr(self, n) for n in names
         }
+        self.custom_metrics = check_custom_metrics(
+            custom_metrics, list(self.original_function_dict)
+        )
+        self.original_function_dict.update(dict.fromkeys(self.custom_metrics, custom_placeholder))
+        self.distributed = check_bool("distributed", distributed)
         self._metric_names = list(self.original_function_dict)
         self.check_primary_metrics(include, exclude)
         self.original_function_dict = self.get_function_dict(include, exclude)
@@ -296,12 +312,12 @@ class AccuracyCalculator:
     def calculate_NMI(self, query_labels: Tensor, cluster_labels: Tensor, **kwargs: Any) -> float:
         from sklearn.metrics import normalized_mutual_info_score
 
-        return _cluster_score(normalized_mutual_info_score, query_labels, cluster_labels)
+        return cluster_score(normalized_mutual_info_score, query_labels, cluster_labels)
 
     def calculate_AMI(self, query_labels: Tensor, cluster_labels: Tensor, **kwargs: Any) -> float:
         from sklearn.metrics import adjusted_mutual_info_score
 
-        return _cluster_score(adjusted_mutual_info_score, query_labels, cluster_labels)
+        return cluster_score(adjusted_mutual_info_score, query_labels, cluster_labels)
 
     # ------------------------------------------------------------------ k and clustering
     def determine_k(
@@ -323,7 +339,7 @@ class AccuracyCalculator:
 
     def get_cluster_labels(self, query: Tensor, query_labels: Tensor, **kwargs: Any) -> Tensor:
         """``kmeans_func(query, number of distinct query labels)``."""
-        num_clusters = int(_classes(query_labels)[0].shape[0])
+        num_clusters = int(label_classes(query_labels)[0].shape[0])
         # compat: the reference hands kmeans_func a float32 tensor on the device
         return self.kmeans_func(query.to(torch.float32), num_clusters)
 
@@ -360,38 +376,21 @@ class AccuracyCalculator:
             :class:`ApproximateKNN` also ``"knn_recall_at_k"`` (its measured recall@k, None
             when not measured).
 
+        With ``distributed=True`` or a :class:`~pml.eval.DistributedKNN` ``knn_func``,
+        under a process group every rank passes its own shards and gets the metrics of the
+        whole data (the same dict on every rank).
+
         Raises:
             TypeError: inputs that are not tensors/arrays; include/exclude not a tuple or
-                list.
+                list; a custom metric's result that is not per-query numbers.
             ValueError: shapes or lengths that do not match, NaN or inf in query or
                 reference, a query that is not the reference's prefix with
-                ``ref_includes_query``, unknown metric names in include/exclude, or
-                neighbour indices from ``knn_func`` outside the reference (faiss's ``-1``).
+                ``ref_includes_query``, unknown metric names in include/exclude,
+                neighbour indices from ``knn_func`` outside the reference (faiss's ``-1``),
+                or a custom metric's result of another shape than ``(n,)``.
         """
-        # fix: the reference silently ignores unknown names here (a typo returns {})
-        check_metric_names(include, exclude, self._metric_names)
-        kwargs = accuracy_inputs(
-            query, query_labels, reference, reference_labels, ref_includes_query, self.device
-        )
-        kwargs["label_comparison_fn"] = self.label_comparison_fn
-        self.curr_function_dict = self.get_function_dict(include, exclude)
-        function_dict = dict(self.curr_function_dict)
-        uses_knn = any(m in self.requires_knn() for m in function_dict)
-        if uses_knn:
-            # route 1: a known search scored on the fly (see _ranked.py), else route 2:
-            # knn_func's (N, k) lists for the calculate_* methods
-            ranked = ranked_metrics(self, function_dict, **kwargs)
-            if ranked is None:
-                kwargs.update(neighbor_lists(self, **kwargs))
-            else:
-                function_dict.update(ranked)
-        if any(m in self.requires_clustering() for m in function_dict):
-            kwargs["cluster_labels"] = self.get_cluster_labels(**kwargs)
-        results = self._get_accuracy(function_dict, **kwargs)
-        if uses_knn and isinstance(self.knn_func, ApproximateKNN):
-            # how approximate the neighbours were: recall@k against exact search (sampled)
-            results["knn_recall_at_k"] = self.knn_func.last_recall
-        return results
+        args = (query, query_labels, reference, reference_labels, ref_includes_query)
+        return compute_accuracy(self, *args, include, exclude)
 
     def _get_accuracy(self, function_dict: dict[str, Callable[..., Any]], **kwargs: Any) -> dict:
         """Call every metric function with ``kwargs``; results in ``function_dict`` order."""

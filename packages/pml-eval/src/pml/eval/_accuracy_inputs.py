@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,26 @@ from pml.core import config
 from pml.core.validation import check_finite, check_int, check_type
 from pml.eval._io import as_embeddings, as_labels, common_dtype
 
-__all__ = ["accuracy_inputs", "check_k", "check_metric_names", "resolve_k"]
+__all__ = [
+    "accuracy_inputs",
+    "check_k",
+    "check_metric_names",
+    "cluster_score",
+    "label_classes",
+    "resolve_k",
+]
+
+
+def label_classes(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(distinct labels, dense id of each label)``; a multi-dim label is one class per row."""
+    if labels.ndim == 1:
+        return torch.unique(labels, return_inverse=True)
+    return torch.unique(labels.reshape(labels.shape[0], -1), dim=0, return_inverse=True)
+
+
+def cluster_score(score: Callable[..., Any], labels: Tensor, cluster_labels: Tensor) -> float:
+    """A scikit-learn clustering score of the clusters against the labels' classes."""
+    return float(score(label_classes(labels)[1].cpu().numpy(), cluster_labels.cpu().numpy()))
 
 
 def check_k(k: Any) -> int | str | None:

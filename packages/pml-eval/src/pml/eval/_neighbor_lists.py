@@ -127,7 +127,8 @@ def neighbor_lists(
 
     Returns:
         ``{"label_counts", "knn_labels", "knn_distances", "lone_query_labels",
-        "not_lone_query_mask"}``.
+        "not_lone_query_mask", "knn_indices"}`` (the caller pops ``knn_indices``: the
+        reference's metric functions are not given it).
     """
     comparison = calc.label_comparison_fn or EQUALITY
     label_counts = get_label_match_counts(query_labels, reference_labels, comparison)
@@ -148,6 +149,7 @@ def neighbor_lists(
         "knn_distances": knn_distances,
         "lone_query_labels": lone_query_labels,
         "not_lone_query_mask": not_lone_query_mask,
+        "knn_indices": knn_indices,
     }
 
 

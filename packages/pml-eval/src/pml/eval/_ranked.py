@@ -67,13 +67,16 @@ def ranked_metrics(
     query_labels: Tensor,
     reference_labels: Tensor,
     ref_includes_query: bool,
+    *,
+    rank_only: bool = False,
     **kwargs: Any,
 ) -> dict[str, Callable[..., Any]] | None:
     """Metric functions returning per-query values of a fast route, or None for the lists.
 
     None unless :func:`can_rank_exactly`. An exact search with ``4 * k`` at least the
     reference size is ranked (the cost is about the same for any ``k``); otherwise the
-    ``knn_func``'s search hands ``k`` neighbours per query block by block.
+    ``knn_func``'s search hands ``k`` neighbours per query block by block (unless
+    ``rank_only``: then None, the caller needs the neighbour lists anyway).
     """
     search = known_search(calc, query) if can_rank_exactly(calc, function_dict) else None
     if search is None:
@@ -82,8 +85,11 @@ def ranked_metrics(
     counts = torch.bincount(reference_ids, minlength=classes.shape[0])
     bin_counts = counts[torch.unique(query_ids)]
     num_k = calc.determine_k(bin_counts, reference.shape[0], ref_includes_query)
+    ranks = search.exact and 4 * num_k >= reference.shape[0]
+    if rank_only and not ranks:
+        return None
     with torch.no_grad():
-        if search.exact and 4 * num_k >= reference.shape[0]:
+        if ranks:
             values = EF.retrieval_values(
                 query,
                 query_ids,

@@ -19,7 +19,13 @@ from pml.core.validation import check_bool, check_int
 from pml.eval._accuracy import AccuracyCalculator
 from pml.eval._collapse import embedding_collapse
 from pml.eval._labels import LabelMapper
-from pml.eval._tester_embeddings import embed_streams, eval_dataloader, joint_pca
+from pml.eval._tester_embeddings import (
+    embed_streams,
+    eval_dataloader,
+    joint_pca,
+    postprocess_groups,
+    visualize_splits,
+)
 from pml.eval._tester_splits import (
     SplitsToEval,
     check_hierarchy_level,
@@ -270,12 +276,7 @@ class BaseTester:
             name: self._raw_embeddings(dataset_dict[name], trunk_model, embedder_model, collate_fn)
             for name in splits_to_compute_embeddings
         }
-        out: dict[str, tuple[Tensor, Tensor]] = {}
-        for group in pca_groups or [[name] for name in raw]:  # groups of splits, not samples
-            names = [n for n in group if n in raw]
-            processed = self._postprocess([raw[n][0] for n in names])
-            out.update({n: (emb, raw[n][1]) for n, emb in zip(names, processed)})
-        return {name: out[name] for name in raw}
+        return postprocess_groups(raw, self._postprocess, pca_groups)
 
     # ------------------------------------------------------------------ evaluation
     def ref_includes_query(self, query_split_name: str, reference_split_names: list[str]) -> bool:
@@ -317,18 +318,8 @@ class BaseTester:
         self, embeddings_and_labels: dict[str, tuple[Tensor, Tensor]], epoch: int
     ) -> None:
         """``visualizer.fit_transform`` each split, then the hook once per evaluated level."""
-        if self.visualizer is None:
-            return
-        name = type(self.visualizer).__name__
-        for split_name, (embeddings, labels) in embeddings_and_labels.items():
-            config.LOGGER.info("Running %s on the %s set", name, split_name)
-            reduced = self.visualizer.fit_transform(embeddings.cpu().numpy())
-            for level in self.label_levels_to_evaluate(labels):
-                keyname = self.accuracies_keyname(name, label_hierarchy_level=level)
-                level_labels = labels[:, level].cpu().numpy()
-                self.visualizer_hook(
-                    self.visualizer, reduced, level_labels, split_name, keyname, epoch
-                )
+        if self.visualizer is not None:
+            visualize_splits(self, embeddings_and_labels, epoch)
 
     def test(
         self,
@@ -366,32 +357,21 @@ class BaseTester:
         # fix: splits compared with each other share one PCA basis (the reference fits one
         # per split, so cross-split distances mix bases).
         args = (dataset_dict, trunk_model, embedder_model, splits, collate_fn)
-        if (
-            type(self).get_all_embeddings_for_all_splits
-            is BaseTester.get_all_embeddings_for_all_splits
-        ):
-            groups = compared_groups(splits_to_eval)
-            self.embeddings_and_labels = self.get_all_embeddings_for_all_splits(
-                *args, pca_groups=groups
-            )
-        else:  # compat: a subclass override with the reference's five-argument signature
-            self.embeddings_and_labels = self.get_all_embeddings_for_all_splits(*args)
+        # compat: a subclass override has the reference's five-argument signature
+        embed_all = type(self).get_all_embeddings_for_all_splits
+        own = embed_all is BaseTester.get_all_embeddings_for_all_splits
+        groups = {"pca_groups": compared_groups(splits_to_eval)} if own else {}
+        self.embeddings_and_labels = self.get_all_embeddings_for_all_splits(*args, **groups)
         self.maybe_visualize(self.embeddings_and_labels, epoch)
         self.all_accuracies: dict[str, dict[str, Any]] = defaultdict(dict)
-        for query_split_name, reference_split_names in splits_to_eval:
-            config.LOGGER.info(
-                "Getting accuracy for %s using %s as reference",
-                query_split_name,
-                reference_split_names,
-            )
-            accuracies = self.all_accuracies[query_split_name]
+        for query, refs in splits_to_eval:
+            config.LOGGER.info("Getting accuracy for %s using %s as reference", query, refs)
+            accuracies = self.all_accuracies[query]
             accuracies["epoch"] = epoch
-            self.reference_split_names[query_split_name] = reference_split_names
-            self.do_knn_and_accuracies(
-                accuracies, self.embeddings_and_labels, query_split_name, reference_split_names
-            )
+            self.reference_split_names[query] = refs
+            self.do_knn_and_accuracies(accuracies, self.embeddings_and_labels, query, refs)
             if self.embedding_diagnostics:
-                accuracies.update(self.collapse_diagnostics(query_split_name))
+                accuracies.update(self.collapse_diagnostics(query))
         if self.end_of_testing_hook is not None:
             self.end_of_testing_hook(self)
         else:

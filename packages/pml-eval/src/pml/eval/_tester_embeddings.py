@@ -1,4 +1,4 @@
-"""How testers embed a dataset: the batch loop (one or more data streams) and the shared PCA."""
+"""How testers embed a dataset: the batch loop (one or more streams), the shared PCA, plots."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pml.core import config
 from pml.eval._clustering import run_pca
 
-__all__ = ["embed_streams", "eval_dataloader", "joint_pca"]
+__all__ = [
+    "embed_streams",
+    "eval_dataloader",
+    "joint_pca",
+    "postprocess_groups",
+    "visualize_splits",
+]
 
 
 def eval_dataloader(
@@ -91,3 +98,32 @@ def joint_pca(parts: list[Tensor], output_dimensionality: int) -> list[Tensor]:
         std > 0, std, torch.ones_like(std)
     )
     return list(run_pca(standardised, output_dimensionality).split(sizes))
+
+
+def visualize_splits(
+    tester: Any, embeddings_and_labels: dict[str, tuple[Tensor, Tensor]], epoch: int
+) -> None:
+    """``tester.visualizer.fit_transform`` each split, then its hook once per evaluated level."""
+    visualizer = tester.visualizer
+    name = type(visualizer).__name__
+    for split_name, (embeddings, labels) in embeddings_and_labels.items():
+        config.LOGGER.info("Running %s on the %s set", name, split_name)
+        reduced = visualizer.fit_transform(embeddings.cpu().numpy())
+        for level in tester.label_levels_to_evaluate(labels):
+            keyname = tester.accuracies_keyname(name, label_hierarchy_level=level)
+            level_labels = labels[:, level].cpu().numpy()
+            tester.visualizer_hook(visualizer, reduced, level_labels, split_name, keyname, epoch)
+
+
+def postprocess_groups(
+    raw: dict[str, tuple[Tensor, Tensor]],
+    postprocess: Callable[[list[Tensor]], list[Tensor]],
+    pca_groups: list[list[str]] | None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``postprocess`` (PCA, normalisation) once per group of splits; None: per split."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    for group in pca_groups or [[name] for name in raw]:  # groups of splits, not samples
+        names = [n for n in group if n in raw]
+        processed = postprocess([raw[n][0] for n in names])
+        out.update({n: (emb, raw[n][1]) for n, emb in zip(names, processed)})
+    return {name: out[name] for name in raw}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pml.core.validation import InvalidArgumentError
-from pml.eval._distributed_knn import calculator_accuracy, calculator_unique
+from pml.eval._distributed_accuracy import gathered_unique
 from pml.eval._tester_base import BaseTester
 
 __all__ = [
@@ -34,8 +34,7 @@ def _accuracies_per_level(
     tester.label_levels = tester.label_levels_to_evaluate(query_labels)
     calc = tester._calculator
     for level in tester.label_levels:  # label columns, not samples
-        result = calculator_accuracy(
-            calc,
+        result = calc.get_accuracy(
             query_emb,
             query_labels[:, level],
             ref_emb,
@@ -115,11 +114,10 @@ class WithSameParentLabelTester(BaseTester):
             query_parents = query_labels[:, level + 1]
             ref_parents = ref_labels[:, level + 1]
             # parent classes (of every rank's queries when distributed): one k-means each
-            for parent in calculator_unique(calc, query_parents):
+            for parent in gathered_unique(calc, query_parents):
                 q_mask = query_parents == parent
                 r_mask = ref_parents == parent
-                result = calculator_accuracy(
-                    calc,
+                result = calc.get_accuracy(
                     query_emb[q_mask],
                     query_labels[q_mask, level],
                     ref_emb[r_mask],

@@ -16,7 +16,12 @@ Lines; no record-keeper, SQLite or TensorBoard needed). Beyond the reference:
   states, ...), which :meth:`HookContainer.load_latest_saved_models` prefers (exact resume);
   the reference's per-object ``<key>_<suffix>.pth`` files are written too;
 * a resumed run continues its logs: records written after the checkpoint it resumes from are
-  dropped, so nothing is logged twice.
+  dropped, so nothing is logged twice;
+* under a ``torch.distributed`` process group (world size > 1) the tester runs on every rank
+  with each rank embedding only its shard of every split
+  (:func:`pml.eval.distributed_test`): every rank gets the accuracies of the whole splits
+  (and so the same best epoch and early stop), and only rank 0 writes records and
+  checkpoints. Every rank must run the hooks.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch import nn
 
 from pml.core import config
+from pml.core.distributed import is_distributed
 from pml.core.io import atomic_write
 from pml.core.validation import check_bool, check_int, check_type
 from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
@@ -53,6 +59,11 @@ def _unwrap(obj: Any) -> Any:
     if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
         return obj.module
     return obj
+
+
+def _writes() -> bool:
+    """Whether this process writes records and checkpoints: rank 0, or no process group."""
+    return not is_distributed() or torch.distributed.get_rank() == 0
 
 
 def _is_nan(value: Any) -> bool:
@@ -192,6 +203,11 @@ class HookContainer:
         # accuracy tables before a tester has run)
         self._known_reference_splits: dict[str, list[str]] = {}
 
+    def _save_records(self) -> None:
+        """Write the records to disk (rank 0 only under a process group)."""
+        if _writes():
+            self.record_keeper.save_records()
+
     # ------------------------------------------------------------------ trainer hooks
     def end_of_iteration_hook(self, trainer: Any) -> None:
         """Record losses, loss weights, loss/miner/model attributes and learning rates.
@@ -223,7 +239,7 @@ class HookContainer:
         per_epoch = getattr(trainer, "iterations_per_epoch", None)
         if per_epoch and trainer.iteration == per_epoch - 1:
             # fix: the reference writes records only when a tester runs
-            self.record_keeper.save_records()
+            self._save_records()
 
     def end_of_epoch_hook(
         self,
@@ -263,7 +279,7 @@ class HookContainer:
 
         def actual_hook(trainer: Any) -> bool:
             epoch = trainer.epoch
-            self.record_keeper.save_records()
+            self._save_records()
             if epoch % test_interval != 0:
                 return True
             best_epoch = self.save_models_and_eval(
@@ -297,8 +313,11 @@ class HookContainer:
         Returns:
             the best epoch (this one if its primary metric beats every earlier one).
         """
+        from pml.eval import distributed_test
+
         epoch = trainer.epoch
-        tester.test(
+        distributed_test(
+            tester,
             dataset_dict,
             epoch,
             trainer.models["trunk"],
@@ -312,11 +331,11 @@ class HookContainer:
         prev_best_epoch, _ = self.get_best_epoch_and_accuracy(
             tester, split, ignore_epoch=(-1, epoch)
         )
-        self.record_keeper.save_records()
+        self._save_records()
         step_plateau = getattr(trainer, "step_lr_plateau_schedulers", None)
         if step_plateau is not None:
             step_plateau(curr)
-        if self.do_save_models:
+        if self.do_save_models and _writes():
             self.save_models(trainer, model_folder, epoch, epoch - test_interval)
             if is_new_best:
                 prev = None if prev_best_epoch is None else f"best{prev_best_epoch}"
@@ -376,9 +395,11 @@ class HookContainer:
                 return False
         else:
             splits = self._all_splits(dataset_dict, splits_to_eval)
-        tester.test(dataset_dict, epoch, trunk, embedder, splits, collate_fn)
+        from pml.eval import distributed_test
+
+        distributed_test(tester, dataset_dict, epoch, trunk, embedder, splits, collate_fn)
         self._record_if_missing(tester, epoch)
-        self.record_keeper.save_records()
+        self._save_records()
         return True
 
     def get_splits_to_eval(

@@ -33,9 +33,9 @@ WeightFn = Callable[[Tensor], Tensor]
 
 
 class DecoupledContrastiveLoss(BaseMetricLossFunction):
-    """Decoupled contrastive loss, DCL and DCLW (Yeh et al., "Decoupled Contrastive Learning",
-    ECCV 2022).
+    """Decoupled contrastive loss, DCL and DCLW (Yeh et al., ECCV 2022).
 
+    "Decoupled Contrastive Learning".
     For every positive pair ``(a, p)``, with ``z = s / temperature`` (``s`` the similarity;
     a distance is negated):
 
@@ -43,7 +43,7 @@ class DecoupledContrastiveLoss(BaseMetricLossFunction):
 
     — NT-Xent (:class:`~pml.losses.NTXentLoss`) with the positive removed from the
     denominator. DCL: ``w = 1``. DCLW (``weight_fn="von_mises"``): the paper's von
-    Mises-Fisher weighting ``w_k = 2 - exp(s_k / σ) / mean_j exp(s_j / σ)`` over the ``P``
+    Mises-Fisher weighting ``w_k = 2 - exp(s_k / sigma) / mean_j exp(s_j / sigma)`` over the ``P``
     positive pairs of the batch (:func:`pml.losses.functional.von_mises_weights`; the weights
     average to 1 and are not detached). The loss can be negative, so the default reducer is
     ``MeanReducer``.
@@ -59,7 +59,7 @@ class DecoupledContrastiveLoss(BaseMetricLossFunction):
         weight_fn: None (DCL), ``"von_mises"`` (DCLW with ``sigma``), or a callable
             ``f(pos_sim) -> weights`` taking the ``(P,)`` similarities of the positive pairs
             (negated distances for a distance) and returning ``(P,)`` weights.
-        sigma: ``σ > 0`` of the ``"von_mises"`` weighting (the paper: 0.5).
+        sigma: ``sigma > 0`` of the ``"von_mises"`` weighting (the paper: 0.5).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default
             ``MeanReducer``), ``collect_stats``, ``embedding_regularizer``,
             ``embedding_reg_weight``.

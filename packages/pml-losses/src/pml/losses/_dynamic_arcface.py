@@ -77,9 +77,9 @@ def _check_margin_bounds(margin_bounds: Any) -> tuple[float, float]:
 
 
 class DynamicArcFaceLoss(SubCenterArcFaceLoss):
-    """Sub-center ArcFace with class-frequency margins (Ha et al., "Google Landmark
-    Recognition 2020 Competition Third Place Solution", 2020).
+    """Sub-center ArcFace with class-frequency margins (Ha et al., 2020).
 
+    "Google Landmark Recognition 2020 Competition Third Place Solution".
     Class ``c`` with ``n_c`` training samples gets the margin ``m_c = a · n_c^(-power) + b``,
     ``a`` and ``b`` chosen so that the margins span ``margin_bounds``: the rarest class gets
     the upper bound, the most frequent the lower one (equal counts: every class gets the
@@ -139,7 +139,12 @@ class DynamicArcFaceLoss(SubCenterArcFaceLoss):
         lower, upper = _check_margin_bounds(margin_bounds)
         power = check_real("power", power, min=0, max=math.inf, max_open=True)  # type: ignore[assignment]
         super().__init__(
-            len(counts), embedding_size, margin=upper, scale=scale, sub_centers=sub_centers, **kwargs
+            len(counts),
+            embedding_size,
+            margin=upper,
+            scale=scale,
+            sub_centers=sub_centers,
+            **kwargs,
         )
         self.margin_bounds = (lower, upper)
         self.power = float(power)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pml.core.dtypes import accumulation_dtype
 from pml.core.indices import IndicesTuple, convert_to_pairs
 from pml.core.validation import InvalidArgumentError
 from pml.distances import BaseDistance, CosineSimilarity
@@ -37,13 +38,12 @@ def _check_label_set_tensor(labels: Any, name: str, rows: int, device: torch.dev
     if labels.dtype.is_complex:
         raise TypeError(f"{name} must be boolean or 0/1 numbers; got {labels.dtype}")
     labels = labels.to(device)
-    if labels.dtype != torch.bool and labels.numel() > 0:
-        # one reduction and one device sync, only for non-boolean label sets
-        if not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError(
-                f"{name} must hold only 0 and 1 (multi-hot label sets); got other values "
-                "(pass labels.bool() to read every non-zero entry as a label)"
-            )
+    # one reduction and one device sync, only for non-boolean label sets
+    if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError(
+            f"{name} must hold only 0 and 1 (multi-hot label sets); got other values "
+            "(pass labels.bool() to read every non-zero entry as a label)"
+        )
     return labels != 0
 
 
@@ -74,16 +74,15 @@ def check_label_sets(
     ref_labels = _check_label_set_tensor(ref_labels, "ref_labels", ref_rows, embeddings.device)
     if ref_labels.shape[1] != labels.shape[1]:
         raise ValueError(
-            f"ref_labels must have {labels.shape[1]} classes like labels; "
-            f"got {ref_labels.shape[1]}"
+            f"ref_labels must have {labels.shape[1]} classes like labels; got {ref_labels.shape[1]}"
         )
     return labels, ref_labels
 
 
 class MultiSupConLoss(BaseMetricLossFunction):
-    """Multi-label supervised contrastive loss (Zhang & Wu, "Multi-Label Supervised
-    Contrastive Learning", AAAI 2024).
+    """Multi-label supervised contrastive loss (Zhang & Wu, AAAI 2024).
 
+    "Multi-Label Supervised Contrastive Learning".
     Labels are label sets: a boolean (or 0/1) ``(N, C)`` tensor, one multi-hot row per
     sample. With ``J_ij`` the Jaccard index of the label sets of ``i`` and ``j``
     (:func:`pml.losses.functional.label_set_jaccard`; two empty sets have index 1),
@@ -192,7 +191,9 @@ class MultiSupConLoss(BaseMetricLossFunction):
             )
         sets, ref_sets = self._label_sets
         same = ref_emb is embeddings
-        jaccard = label_set_jaccard(sets, sets if ref_sets is None or same else ref_sets)
+        acc = accumulation_dtype(embeddings.dtype)
+        ref = sets if ref_sets is None or same else ref_sets
+        jaccard = label_set_jaccard(sets, ref, dtype=acc)
         shape = (len(embeddings), len(ref_emb))
         if indices_tuple is None:
             den = torch.ones(shape, dtype=torch.bool, device=embeddings.device)

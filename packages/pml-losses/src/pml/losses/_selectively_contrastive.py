@@ -1,6 +1,6 @@
-"""SelectivelyContrastiveTripletLoss (Xuan et al., "Hard negative examples are hard, but
-useful", ECCV 2020).
+"""SelectivelyContrastiveTripletLoss (Xuan et al., ECCV 2020).
 
+"Hard negative examples are hard, but useful".
 Math: :func:`pml.losses.functional.selectively_contrastive_triplet_loss`. ``compute_loss``
 reads: the triplets (all from labels, or a miner's tuple) -> the distance's matrix in at least
 float32 -> one functional call -> the non-finite guard -> one value per triplet.
@@ -26,9 +26,9 @@ __all__ = ["SelectivelyContrastiveTripletLoss"]
 
 
 class SelectivelyContrastiveTripletLoss(BaseMetricLossFunction):
-    """Selectively contrastive triplet loss (Xuan et al., "Hard negative examples are hard,
-    but useful", ECCV 2020).
+    """Selectively contrastive triplet loss (Xuan et al., ECCV 2020).
 
+    "Hard negative examples are hard, but useful".
     For a triplet ``(a, p, n)`` with similarities ``s_ap``, ``s_an`` (a distance is negated):
 
     ``loss = λ · s_an`` if ``s_an > s_ap`` (the negative is harder than the positive: only

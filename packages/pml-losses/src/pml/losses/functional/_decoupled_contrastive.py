@@ -16,16 +16,16 @@ __all__ = ["decoupled_contrastive_loss", "von_mises_weights"]
 
 
 def von_mises_weights(pos_sim: Tensor, sigma: float = 0.5) -> Tensor:
-    """DCLW's positive weights: ``w_k = 2 - exp(s_k / σ) / mean_j exp(s_j / σ)``.
+    """DCLW's positive weights: ``w_k = 2 - exp(s_k / sigma) / mean_j exp(s_j / sigma)``.
 
-    ``= 2 - P · softmax(s / σ)_k`` over the ``P`` positive pairs of the batch (the paper's
+    ``= 2 - P · softmax(s / sigma)_k`` over the ``P`` positive pairs of the batch (the paper's
     expectation over the batch); the weights average to 1, and a pair that is already close
     (large ``s_k``) weighs less than one far apart. Differentiable (not detached), as in the
     paper's definition. No pair: an empty tensor.
 
     Args:
         pos_sim: similarities of the positive pairs, shape ``(P,)``.
-        sigma: the von Mises-Fisher concentration parameter ``σ > 0``.
+        sigma: the von Mises-Fisher concentration parameter ``sigma > 0``.
 
     Returns:
         Shape ``(P,)``, dtype of ``pos_sim`` (computed in at least float32).

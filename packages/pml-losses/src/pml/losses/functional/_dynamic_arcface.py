@@ -1,6 +1,6 @@
-"""Class-frequency margins of the dynamic-margin ArcFace (Ha et al., "Google Landmark
-Recognition 2020 Competition Third Place Solution", 2020).
+"""Class-frequency margins of the dynamic-margin ArcFace (Ha et al., 2020).
 
+"Google Landmark Recognition 2020 Competition Third Place Solution".
 The margin of class ``c`` with ``n_c`` training samples is ``m_c = a · n_c^(-λ) + b``, with
 ``a`` and ``b`` chosen so that the margins span ``[lower, upper]``: the smallest class gets
 ``upper``, the largest ``lower``. The ArcFace target logits with these margins are

@@ -16,19 +16,23 @@ from pml.core.functional import masked_logsumexp
 __all__ = ["label_set_jaccard", "multi_supcon_loss"]
 
 
-def label_set_jaccard(labels: Tensor, ref_labels: Tensor | None = None) -> Tensor:
-    """Jaccard index ``|A ∩ B| / |A ∪ B|`` of every pair of label sets, shape ``(N, M)``.
+def label_set_jaccard(
+    labels: Tensor, ref_labels: Tensor | None = None, *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Jaccard index (shared labels / labels of either) of all pairs of label sets, ``(N, M)``.
 
     Two empty label sets are identical: their index is 1 (the formula is 0/0). An empty set
-    and a non-empty one give 0. One ``(N, C) @ (C, M)`` product in float32 (exact counts up
-    to 2^24 classes per set); float64 labels give float64.
+    and a non-empty one give 0. One ``(N, C) @ (C, M)`` product in ``dtype`` (float32 exact
+    counts up to 2^24 classes per set).
 
     Args:
         labels: ``(N, C)`` label sets, bool (or 0/1 numbers: any non-zero entry is a label).
         ref_labels: ``(M, C)`` label sets, or None for ``labels`` itself.
+        dtype: the floating dtype of the result; None: float64 for float64 labels, else
+            float32.
 
     Returns:
-        ``(N, M)`` in ``[0, 1]``, float32 (float64 for float64 labels).
+        ``(N, M)`` in ``[0, 1]``.
 
     Example:
         >>> sets = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).bool()
@@ -37,7 +41,8 @@ def label_set_jaccard(labels: Tensor, ref_labels: Tensor | None = None) -> Tenso
                 [0.5000, 1.0000, 0.0000],
                 [0.0000, 0.0000, 1.0000]])
     """
-    dtype = torch.float64 if labels.dtype == torch.float64 else torch.float32
+    if dtype is None:
+        dtype = torch.float64 if labels.dtype == torch.float64 else torch.float32
     a = (labels != 0).to(dtype)
     b = a if ref_labels is None else (ref_labels != 0).to(dtype)
     inter = a @ b.t()

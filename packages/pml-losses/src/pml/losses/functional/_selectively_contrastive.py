@@ -1,6 +1,6 @@
-"""Selectively contrastive triplet loss (Xuan et al., "Hard negative examples are hard, but
-useful", ECCV 2020).
+"""Selectively contrastive triplet loss (Xuan et al., ECCV 2020).
 
+"Hard negative examples are hard, but useful".
 A triplet whose negative is more similar to the anchor than the positive (a *hard* triplet,
 ``s_an > s_ap``) only pushes the negative away (a contrastive term ``λ·s_an``); every other
 triplet takes the NCA-style triplet term ``-log softmax`` of the positive against the

@@ -21,7 +21,6 @@ from pml.core.validation import (
     labels_required,
 )
 from pml.losses._base import BaseLossWrapper, checked_indices_tuple
-from pml.losses._multi_supcon import check_label_sets
 from pml.losses._memory_queue import (
     ADDED_MEMORY_LOSSES,
     CROSS_BATCH_MEMORY_LOSSES,
@@ -33,6 +32,7 @@ from pml.losses._memory_queue import (
     saved_queue_position,
     widened,
 )
+from pml.losses._multi_supcon import check_label_sets
 
 
 class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):

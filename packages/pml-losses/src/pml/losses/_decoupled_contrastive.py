@@ -49,8 +49,8 @@ class DecoupledContrastiveLoss(BaseMetricLossFunction):
     ``MeanReducer``.
 
     The pairs are pml's: positives and negatives from labels (any number of views or samples
-    per class; two views of each sample with one label per sample is the paper's setting, see
-    :class:`~pml.losses.SelfSupervisedLoss`), or a miner's ``indices_tuple`` (pairs, or
+    per class; two views of each sample labelled ``arange(N).repeat(2)`` is the paper's
+    setting), or a miner's ``indices_tuple`` (pairs, or
     triplets converted to pairs; duplicate negatives count). A positive pair whose anchor has
     no negative has no defined loss and is left out; no pair left: the zero loss.
 

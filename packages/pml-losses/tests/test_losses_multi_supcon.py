@@ -9,7 +9,7 @@ import torch
 
 from pml.core.testing import assert_close, gradcheck
 from pml.distances import CosineSimilarity, LpDistance
-from pml.losses import MultiSupConLoss
+from pml.losses import MultiSupConLoss, SupConLoss
 from pml.losses.functional import label_set_jaccard, multi_supcon_loss
 from pml.reducers import DoNothingReducer, MeanReducer
 
@@ -152,6 +152,20 @@ def test_multi_supcon_loss_zero_one_numbers_equal_booleans():
         torch.testing.assert_close(loss_fn(emb, labels), expected)
 
 
+def test_multi_supcon_loss_class_labels_are_singleton_sets_and_give_supcon():
+    emb = data(n=10, seed=11)[0]
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4])
+    one_hot = torch.nn.functional.one_hot(labels).bool()
+    expected = SupConLoss(temperature=0.2)(emb, labels)
+    torch.testing.assert_close(MultiSupConLoss(0.2)(emb, labels), expected)
+    torch.testing.assert_close(MultiSupConLoss(0.2)(emb, one_hot), expected)
+    ref, ref_labels = data(n=7, seed=12)[0], torch.tensor([0, 1, 1, 2, 5, 4, 0])
+    torch.testing.assert_close(
+        MultiSupConLoss(0.2)(emb, labels, ref_emb=ref, ref_labels=ref_labels),
+        SupConLoss(temperature=0.2)(emb, labels, ref_emb=ref, ref_labels=ref_labels),
+    )
+
+
 def test_multi_supcon_loss_pairs_tuple_matches_naive_loop():
     emb, sets = data(n=6, seed=6)
     a1, p = torch.tensor([0, 0, 1, 3, 0]), torch.tensor([1, 2, 0, 4, 1])  # (0, 1) twice
@@ -244,7 +258,11 @@ def test_multi_supcon_loss_rejects_bad_labels():
     with pytest.raises(ValueError, match="labels"):
         loss_fn(emb)
     with pytest.raises(ValueError, match="labels"):
-        loss_fn(emb, torch.tensor([0, 1, 0, 1]))  # class indices, not label sets
+        loss_fn(emb, torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="ref_labels"):
+        loss_fn(emb, sets, ref_emb=emb, ref_labels=torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        loss_fn(emb, sets.unsqueeze(2))
     with pytest.raises(ValueError, match="labels"):
         loss_fn(emb, sets[:3])
     with pytest.raises(ValueError, match="only 0 and 1"):

@@ -30,10 +30,12 @@ __all__ = ["MultiSupConLoss", "check_label_sets"]
 def _check_label_set_tensor(labels: Any, name: str, rows: int, device: torch.device) -> Tensor:
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of label sets; got {type(labels).__name__}")
+    if labels.ndim == 1 and labels.shape[0] == rows:
+        return labels.to(device)  # one class per sample: singleton label sets
     if labels.ndim != 2 or labels.shape[0] != rows:
         raise ValueError(
             f"{name} must be label sets of shape ({rows}, num_classes) (boolean or 0/1 "
-            f"multi-hot rows); got shape {tuple(labels.shape)}"
+            f"multi-hot rows) or class labels ({rows},); got shape {tuple(labels.shape)}"
         )
     if labels.dtype.is_complex:
         raise TypeError(f"{name} must be boolean or 0/1 numbers; got {labels.dtype}")
@@ -50,11 +52,11 @@ def _check_label_set_tensor(labels: Any, name: str, rows: int, device: torch.dev
 def check_label_sets(
     embeddings: Tensor, labels: Any, ref_emb: Tensor | None, ref_labels: Any
 ) -> tuple[Tensor, Tensor | None]:
-    """Boolean label sets ``(labels, ref_labels)`` on the embeddings' device.
+    """Boolean label sets ``(labels, ref_labels)`` (or 1-D class labels) on the embeddings' device.
 
     Raises:
-        ValueError: ``labels`` missing, a shape other than ``(N, C)``, values other than 0/1,
-            ``ref_labels`` missing with ``ref_emb``, or another number of classes.
+        ValueError: ``labels`` missing, a shape other than ``(N, C)`` or ``(N,)``, values other
+            than 0/1, ``ref_labels`` missing with ``ref_emb``, or another number of classes.
         TypeError: not a tensor.
     """
     if labels is None:
@@ -72,11 +74,19 @@ def check_label_sets(
         raise ValueError("ref_labels must be given with ref_emb (the reference label sets)")
     ref_rows = ref_emb.shape[0] if isinstance(ref_emb, Tensor) and ref_emb.ndim else 0
     ref_labels = _check_label_set_tensor(ref_labels, "ref_labels", ref_rows, embeddings.device)
-    if ref_labels.shape[1] != labels.shape[1]:
+    if ref_labels.shape[1:] != labels.shape[1:]:
         raise ValueError(
-            f"ref_labels must have {labels.shape[1]} classes like labels; got {ref_labels.shape[1]}"
+            f"ref_labels must have the form of labels, shape ({ref_rows}, "
+            f"*{tuple(labels.shape[1:])}); got {tuple(ref_labels.shape)}"
         )
     return labels, ref_labels
+
+
+def _jaccard(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> Tensor:
+    """The Jaccard matrix of label sets; of class labels (singleton sets): equality."""
+    if labels.ndim == 1:
+        return (labels.unsqueeze(1) == ref_labels.unsqueeze(0)).to(dtype)
+    return label_set_jaccard(labels, ref_labels, dtype=dtype)
 
 
 class MultiSupConLoss(BaseMetricLossFunction):
@@ -84,7 +94,9 @@ class MultiSupConLoss(BaseMetricLossFunction):
 
     "Multi-Label Supervised Contrastive Learning".
     Labels are label sets: a boolean (or 0/1) ``(N, C)`` tensor, one multi-hot row per
-    sample. With ``J_ij`` the Jaccard index of the label sets of ``i`` and ``j``
+    sample (1-D class labels ``(N,)`` are singleton sets: then ``J`` is 1 for the same class
+    and 0 otherwise, and the loss is :class:`SupConLoss`'s with every other row in the
+    denominator). With ``J_ij`` the Jaccard index of the label sets of ``i`` and ``j``
     (:func:`pml.losses.functional.label_set_jaccard`; two empty sets have index 1),
     ``z = s / temperature``, ``A(i)`` every reference row but ``i`` itself and
     ``N(i) = {p ∈ A(i) : J_ip >= threshold}``:
@@ -147,15 +159,17 @@ class MultiSupConLoss(BaseMetricLossFunction):
         indices_tuple: IndicesTuple | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
+        **kwargs: Any,
     ) -> Tensor:
         """The loss; ``labels``/``ref_labels`` are label sets ``(N, C)``/``(M, C)``.
 
-        See :meth:`BaseMetricLossFunction.forward` for the other arguments and checks.
+        See :meth:`BaseMetricLossFunction.forward` for the other arguments (``kwargs`` are
+        passed on to it) and checks.
         """
         label_sets = check_label_sets(embeddings, labels, ref_emb, ref_labels)
         self._label_sets = label_sets
         try:  # the base pipeline checks 1-D labels: it gets none, compute_loss reads the sets
-            return super().forward(embeddings, None, indices_tuple, ref_emb, None)
+            return super().forward(embeddings, None, indices_tuple, ref_emb, None, **kwargs)
         finally:
             self._label_sets = None
 
@@ -166,9 +180,11 @@ class MultiSupConLoss(BaseMetricLossFunction):
 
         Without ``ref_labels`` the diagonal is left out (pairs of the batch with itself).
         """
-        labels = labels != 0
-        jaccard = label_set_jaccard(labels, None if ref_labels is None else ref_labels != 0)
-        pos = jaccard >= self.threshold
+        if labels.ndim > 1:
+            labels = labels != 0
+            ref_labels = None if ref_labels is None else ref_labels != 0
+        ref = labels if ref_labels is None else ref_labels
+        pos = _jaccard(labels, ref, torch.float32) >= self.threshold
         neg = ~pos
         if ref_labels is None:
             pos.fill_diagonal_(False)
@@ -193,7 +209,7 @@ class MultiSupConLoss(BaseMetricLossFunction):
         same = ref_emb is embeddings
         acc = accumulation_dtype(embeddings.dtype)
         ref = sets if ref_sets is None or same else ref_sets
-        jaccard = label_set_jaccard(sets, ref, dtype=acc)
+        jaccard = _jaccard(sets, ref, acc)
         shape = (len(embeddings), len(ref_emb))
         if indices_tuple is None:
             den = torch.ones(shape, dtype=torch.bool, device=embeddings.device)

@@ -49,6 +49,7 @@ NUMERIC = numeric_parameters()
 
 #: values for the required constructor arguments of the losses with class vectors
 REQUIRED = {"num_classes": 4, "embedding_size": 8, "descriptors_dim": 8, "l": 8}
+REQUIRED["class_counts"] = [8, 4, 2, 2]  # DynamicArcFaceLoss (4 classes)
 REQUIRED.update({k: v for args in REQUIRED_BY_LOSS.values() for k, v in args.items()})
 
 

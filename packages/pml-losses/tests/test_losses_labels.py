@@ -43,6 +43,7 @@ REQUIRED = {
     "l": 4,
     "margin": 0.4,
     "Tn": 1.0,
+    "class_counts": [3, 2, 1],  # DynamicArcFaceLoss (3 classes)
 }
 
 

@@ -9,7 +9,9 @@ from pml.losses._contrastive import (
     SignalToNoiseRatioContrastiveLoss,
 )
 from pml.losses._cross_batch_memory import CrossBatchMemory
+from pml.losses._decoupled_contrastive import DecoupledContrastiveLoss
 from pml.losses._distributed import DistributedLossWrapper
+from pml.losses._dynamic_arcface import DynamicArcFaceLoss
 from pml.losses._generic_pair import GenericPairLoss
 from pml.losses._histogram_dsm import DynamicSoftMarginLoss, HistogramLoss
 from pml.losses._lifted import GeneralizedLiftedStructureLoss, LiftedStructureLoss
@@ -21,6 +23,7 @@ from pml.losses._margin_softmax import (
     SphereFaceLoss,
     SubCenterArcFaceLoss,
 )
+from pml.losses._multi_supcon import MultiSupConLoss
 from pml.losses._nca_instance import InstanceLoss, NCALoss
 from pml.losses._p2sgrad_manifold import ManifoldLoss, P2SGradLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
@@ -32,6 +35,7 @@ from pml.losses._regularizer_mixins import (
     WeightMixin,
     WeightRegularizerMixin,
 )
+from pml.losses._selectively_contrastive import SelectivelyContrastiveTripletLoss
 from pml.losses._softmax_pairs import NTXentLoss, SupConLoss, TupletMarginLoss
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
@@ -47,7 +51,9 @@ __all__ = [
     "ContrastiveLoss",
     "CosFaceLoss",
     "CrossBatchMemory",
+    "DecoupledContrastiveLoss",
     "DistributedLossWrapper",
+    "DynamicArcFaceLoss",
     "DynamicSoftMarginLoss",
     "EmbeddingRegularizerMixin",
     "FastAPLoss",
@@ -61,6 +67,7 @@ __all__ = [
     "ManifoldLoss",
     "MarginLoss",
     "MultiSimilarityLoss",
+    "MultiSupConLoss",
     "MultipleLosses",
     "NCALoss",
     "NPairsLoss",
@@ -71,6 +78,7 @@ __all__ = [
     "ProxyAnchorLoss",
     "ProxyNCALoss",
     "RankedListLoss",
+    "SelectivelyContrastiveTripletLoss",
     "SelfSupervisedLoss",
     "SignalToNoiseRatioContrastiveLoss",
     "SmoothAPLoss",

@@ -22,30 +22,17 @@ from pml.core.validation import (
 )
 from pml.losses._base import BaseLossWrapper, checked_indices_tuple
 from pml.losses._memory_queue import (
+    ADDED_MEMORY_LOSSES,
+    CROSS_BATCH_MEMORY_LOSSES,
     Written,
+    check_label_shape,
+    empty_label_memory,
     memory_indices_tuple,
     ring_write,
     saved_queue_position,
     widened,
 )
-
-#: class names CrossBatchMemory accepts (spec losses-other.md, CrossBatchMemory)
-CROSS_BATCH_MEMORY_LOSSES = (
-    "AngularLoss",
-    "CircleLoss",
-    "ContrastiveLoss",
-    "GeneralizedLiftedStructureLoss",
-    "IntraPairVarianceLoss",
-    "LiftedStructureLoss",
-    "MarginLoss",
-    "MultiSimilarityLoss",
-    "NCALoss",
-    "NTXentLoss",
-    "SignalToNoiseRatioContrastiveLoss",
-    "SupConLoss",
-    "TripletMarginLoss",
-    "TupletMarginLoss",
-)
+from pml.losses._multi_supcon import check_label_sets
 
 
 class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
@@ -68,11 +55,14 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         memory_size: number of slots of the queue.
         miner: optional tuple miner, called as ``miner(queries, query_labels, memory,
             memory_labels)``; without it all (query, memory) pairs are used.
+        label_shape: ``()`` (one label per row) or ``(C,)``: label sets, boolean or 0/1
+            ``(N, C)`` rows, held as bool, for a loss taking label sets (MultiSupConLoss);
+            without a miner the pairs come from the loss's ``label_set_pairs``.
         **kwargs: ``collect_stats``.
 
     Attributes:
         embedding_memory: buffer ``(memory_size, embedding_size)`` (in the state dict).
-        label_memory: buffer ``(memory_size,)`` (in the state dict).
+        label_memory: buffer ``(memory_size, *label_shape)`` (in the state dict).
         queue_state: buffer ``(2,)`` int64, ``[queue_idx, has_been_filled]`` (in the state
             dict, so that a resumed run continues the queue; a state dict without it, such
             as the reference's, still loads, see :meth:`load_state_dict`).
@@ -107,11 +97,14 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         embedding_size: int,
         memory_size: int = 1024,
         miner: nn.Module | None = None,
+        *,
+        label_shape: tuple[int, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(loss=loss, **kwargs)
         self.loss = loss
         self.miner = miner
+        self.label_shape = check_label_shape(label_shape, loss)
         self.embedding_size: int = check_int("embedding_size", embedding_size, min=1)  # type: ignore[assignment]
         self.memory_size: int = check_int("memory_size", memory_size, min=1)  # type: ignore[assignment]
         self.curr_batch_idx: Tensor | None = None
@@ -123,6 +116,11 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
     @staticmethod
     def supported_losses() -> list[str]:
         return list(CROSS_BATCH_MEMORY_LOSSES)
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        if loss_name not in ADDED_MEMORY_LOSSES:  # pml's new pair/triplet losses are taken too
+            super().check_loss_support(loss_name)
 
     # The queue position lives in plain attributes (read on every call without a device
     # sync) and is written through to the ``queue_state`` buffer, which the state dict saves.
@@ -157,9 +155,8 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         self.register_buffer(
             "embedding_memory", torch.zeros(self.memory_size, self.embedding_size, device=device)
         )
-        self.register_buffer(
-            "label_memory", torch.zeros(self.memory_size, dtype=torch.long, device=device)
-        )
+        labels = empty_label_memory(self.memory_size, self.label_shape, device)
+        self.register_buffer("label_memory", labels)
         self.register_buffer("queue_state", torch.zeros(2, dtype=torch.long, device=device))
         self.has_been_filled = False
         self.queue_idx = 0
@@ -192,7 +189,7 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
                 than the memory (without a mask).
             TypeError: ``enqueue_mask`` is not a bool tensor.
         """
-        self._check_forward_inputs(embeddings, labels, indices_tuple, enqueue_mask)
+        labels = self._check_forward_inputs(embeddings, labels, indices_tuple, enqueue_mask)
         self.reset_stats()
         labels = labels.to(embeddings.device)
         queries, query_labels, rows, row_labels = embeddings, labels, embeddings, labels
@@ -288,9 +285,14 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         return self._indices_tuple(embeddings, labels, E_mem, L_mem, user, self_slots)
 
     def _check_batch(self, embeddings: Tensor, labels: Tensor | None) -> Tensor:
-        """Embeddings ``(N, embedding_size)`` and labels ``(N,)``; returns the labels."""
+        """Embeddings ``(N, embedding_size)`` and labels ``(N, *label_shape)``; the labels."""
         check_embeddings(embeddings, "embeddings")
         labels = labels_required(labels)
+        if self.label_shape:  # label sets, as bool (checked like the loss checks them)
+            labels = check_label_sets(embeddings, labels, None, None)[0]
+            if labels.shape[1:] != self.label_shape:
+                raise ValueError(f"labels must have shape (N, *{self.label_shape}) (label_shape)")
+            return labels
         check_shapes(embeddings, labels)
         if embeddings.shape[1] != self.embedding_size:
             raise ValueError(
@@ -305,9 +307,9 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
         labels: Tensor | None,
         indices_tuple: IndicesTuple | None,
         enqueue_mask: Tensor | None,
-    ) -> None:
-        """Every check of :meth:`forward`, made before anything is enqueued."""
-        self._check_batch(embeddings, labels)
+    ) -> Tensor:
+        """Every check of :meth:`forward`, made before anything is enqueued; the labels."""
+        labels = self._check_batch(embeddings, labels)
         if enqueue_mask is not None:
             if indices_tuple is not None:
                 raise ValueError("indices_tuple and enqueue_mask cannot be used together")
@@ -329,6 +331,7 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
             # row). Checked before anything is enqueued.
             n = embeddings.shape[0]
             check_indices_tuple(indices_tuple, n, self._reference_size_after(n), check_bounds=True)
+        return labels
 
     def _reference_size_after(self, n: int) -> int:
         """Size of the reference set once ``n`` more rows are enqueued."""
@@ -347,6 +350,8 @@ class CrossBatchMemory(BaseLossWrapper, ModuleWithRecords):
     ) -> IndicesTuple:
         if self.miner is not None:
             internal = self.miner(queries, query_labels, ref_emb, ref_labels)
+        elif self.label_shape:
+            internal = self.loss.label_set_pairs(query_labels, ref_labels)
         else:
             internal = get_all_pairs_indices(query_labels, ref_labels)
         return memory_indices_tuple(internal, self_slots, user, self.memory_size)

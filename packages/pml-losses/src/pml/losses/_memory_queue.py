@@ -20,6 +20,32 @@ from pml.core.indices import (
     remove_self_comparisons,
 )
 
+#: class names CrossBatchMemory accepts (spec losses-other.md, CrossBatchMemory)
+CROSS_BATCH_MEMORY_LOSSES = (
+    "AngularLoss",
+    "CircleLoss",
+    "ContrastiveLoss",
+    "GeneralizedLiftedStructureLoss",
+    "IntraPairVarianceLoss",
+    "LiftedStructureLoss",
+    "MarginLoss",
+    "MultiSimilarityLoss",
+    "NCALoss",
+    "NTXentLoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "SupConLoss",
+    "TripletMarginLoss",
+    "TupletMarginLoss",
+)
+
+#: losses pml added (not in the reference 2.9) that CrossBatchMemory also accepts; kept out of
+#: ``supported_losses()``, which lists the reference's names
+ADDED_MEMORY_LOSSES = (
+    "DecoupledContrastiveLoss",
+    "MultiSupConLoss",
+    "SelectivelyContrastiveTripletLoss",
+)
+
 
 class Written(NamedTuple):
     """A write that is not committed yet: the new memories and the queue position."""
@@ -35,6 +61,38 @@ class Written(NamedTuple):
         if was_filled or self.filled:
             return self.memory, self.label_memory
         return self.memory[: self.queue_idx], self.label_memory[: self.queue_idx]
+
+
+def check_label_shape(label_shape: Any, loss: Any) -> tuple[int, ...]:
+    """``label_shape`` as a tuple: ``()`` (one label per row) or ``(C,)`` (label sets).
+
+    Raises:
+        TypeError: not a tuple/list of integers.
+        ValueError: more than one dimension, a size below 1, or label sets for a loss that
+            does not take them (one without ``label_set_pairs``).
+    """
+    if not isinstance(label_shape, tuple | list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in label_shape
+    ):
+        raise TypeError(
+            f"label_shape must be () or (num_classes,) (a tuple of ints); got {label_shape!r:.80}"
+        )
+    if len(label_shape) > 1 or any(c < 1 for c in label_shape):
+        raise ValueError(
+            f"label_shape must be () or (num_classes,) with num_classes >= 1; got {label_shape!r}"
+        )
+    if label_shape and not hasattr(loss, "label_set_pairs"):
+        raise ValueError(
+            f"label_shape={tuple(label_shape)} (label sets) needs a loss that takes label sets "
+            f"(with label_set_pairs, e.g. MultiSupConLoss); got {type(loss).__name__}"
+        )
+    return tuple(label_shape)
+
+
+def empty_label_memory(memory_size: int, label_shape: tuple[int, ...], device: Any) -> Tensor:
+    """Zero labels: int64 ``(memory_size,)``, or bool ``(memory_size, C)`` label sets."""
+    dtype = torch.bool if label_shape else torch.long
+    return torch.zeros(memory_size, *label_shape, dtype=dtype, device=device)
 
 
 def widened(own: Tensor, incoming: Any) -> Tensor:
@@ -123,7 +181,8 @@ def infer_queue(
         return None
     written = (emb != 0).any(dim=1)
     if isinstance(labels, Tensor) and labels.shape == label_memory.shape:
-        written |= labels.to(written.device) != 0
+        labelled = labels.to(written.device) != 0
+        written |= labelled.flatten(1).any(dim=1) if labelled.ndim > 1 else labelled
     rows = torch.nonzero(written).flatten()
     used = int(rows[-1]) + 1 if len(rows) else 0
     if used < memory.shape[0]:

@@ -4,6 +4,11 @@ One private module per family; this file only re-exports their public names.
 """
 
 from pml.losses.functional._angular_npairs import angular_average_angle, angular_loss, npairs_loss
+from pml.losses.functional._decoupled_contrastive import (
+    decoupled_contrastive_loss,
+    von_mises_weights,
+)
+from pml.losses.functional._dynamic_arcface import dynamic_margins
 from pml.losses.functional._margin_softmax import (
     arcface_target_logits,
     class_logits,
@@ -13,6 +18,7 @@ from pml.losses.functional._margin_softmax import (
     sub_center_max,
     sub_center_outliers,
 )
+from pml.losses.functional._multi_supcon import label_set_jaccard, multi_supcon_loss
 from pml.losses.functional._nca_instance import instance_loss, nca_loss
 from pml.losses.functional._pair import (
     circle_loss,
@@ -41,6 +47,9 @@ from pml.losses.functional._ranking import (
     ranked_list_loss,
     smooth_ap_loss,
 )
+from pml.losses.functional._selectively_contrastive import (
+    selectively_contrastive_triplet_loss,
+)
 from pml.losses.functional._softmax_pairs import ntxent_loss, supcon_loss, tuplet_margin_loss
 from pml.losses.functional._triplet import (
     dynamic_soft_margin_loss,
@@ -61,6 +70,8 @@ __all__: list[str] = [
     "class_logits",
     "contrastive_loss",
     "cosface_target_logits",
+    "decoupled_contrastive_loss",
+    "dynamic_margins",
     "dynamic_soft_margin_loss",
     "dynamic_soft_margin_loss_from_mat",
     "dynamic_soft_margin_paired_x",
@@ -69,6 +80,7 @@ __all__: list[str] = [
     "histogram_loss",
     "instance_loss",
     "intra_pair_variance_loss",
+    "label_set_jaccard",
     "large_margin_target_logits",
     "lifted_structure_loss",
     "manifold_loss",
@@ -77,6 +89,7 @@ __all__: list[str] = [
     "margin_loss",
     "margin_loss_sums",
     "multi_similarity_loss",
+    "multi_supcon_loss",
     "nca_loss",
     "npairs_loss",
     "ntxent_loss",
@@ -84,6 +97,7 @@ __all__: list[str] = [
     "pnp_loss",
     "proxy_anchor_loss",
     "ranked_list_loss",
+    "selectively_contrastive_triplet_loss",
     "smooth_ap_loss",
     "soft_histogram",
     "soft_triple_class_similarity",
@@ -96,4 +110,5 @@ __all__: list[str] = [
     "triplet_margin_loss_sums",
     "tuplet_margin_loss",
     "vicreg_loss",
+    "von_mises_weights",
 ]

@@ -176,7 +176,7 @@ def _sin_of_acos(cos: Tensor) -> Tensor:
     return torch.sqrt((1 - cos * cos).clamp_min(torch.finfo(cos.dtype).tiny))
 
 
-def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
+def arcface_target_logits(cos: Tensor, margin: float | Tensor) -> Tensor:
     """ArcFace's additive angular margin (Deng et al., CVPR 2019) on target cosines.
 
     With ``θ = acos(clamp(cos, -1, 1))``: ``cos(θ + m)`` where ``θ ≤ π - m``, else
@@ -189,7 +189,8 @@ def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
 
     Args:
         cos: target cosines, any shape, floating point.
-        margin: ``m`` in radians.
+        margin: ``m`` in radians: a number, or a tensor broadcastable to ``cos`` (one margin
+            per sample, e.g. :class:`~pml.losses.DynamicArcFaceLoss`'s class margins).
 
     Returns:
         The margin-penalised cosines, same shape and dtype.
@@ -197,8 +198,12 @@ def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
     Example:
         >>> arcface_target_logits(torch.tensor([1.0, 0.0, -1.0]), math.pi / 6)
         tensor([ 0.8660, -0.5000, -1.2618])
+        >>> arcface_target_logits(torch.tensor([1.0, -1.0]), torch.tensor([0.0, math.pi / 6]))
+        tensor([ 1.0000, -1.2618])
     """
     c = cos.clamp(-1, 1)
+    if isinstance(margin, Tensor):
+        return _arcface_target_logits_per_sample(c, margin.to(c.dtype))
     plus = c * math.cos(margin) - _sin_of_acos(c) * math.sin(margin)
     if margin <= 0:  # θ ≤ π ≤ π - m: always the first branch
         return plus
@@ -207,6 +212,15 @@ def arcface_target_logits(cos: Tensor, margin: float) -> Tensor:
         return linear
     # θ ≤ π - m  ⇔  cos ≥ cos(π - m) = -cos(m), as acos decreases on [-1, 1]
     return torch.where(c >= -math.cos(margin), plus, linear)
+
+
+def _arcface_target_logits_per_sample(c: Tensor, m: Tensor) -> Tensor:
+    """:func:`arcface_target_logits` with a tensor of margins: the same branches per entry."""
+    plus = c * torch.cos(m) - _sin_of_acos(c) * torch.sin(m)
+    linear = c - m * torch.sin(m)
+    # m <= 0: always cos(θ + m); m > π: always the linear branch; else θ <= π - m
+    first = (m <= 0) | ((m <= math.pi) & (c >= -torch.cos(m)))
+    return torch.where(first, plus, linear)
 
 
 def cosface_target_logits(cos: Tensor, margin: float) -> Tensor:

@@ -236,16 +236,16 @@ class MPerClassSampler(Sampler[int]):
         """Class order, epoch and position in the current pass, as plain data.
 
         ``position`` counts the indices of the pass under way already yielded (0 when no
-        pass is under way); ``pass_start`` (with a position, for a sampler without
-        ``seed``) holds the class order and the global random handle's state at the start
-        of the pass, so that the pass can be drawn again. :meth:`load_state_dict` on a
+        pass is under way); ``pass_start`` (a pass under way, for a sampler without
+        ``seed``; else None) holds the class order and the global random handle's state at
+        the start of the pass, so that the pass can be drawn again. :meth:`load_state_dict` on a
         sampler built with the same arguments continues where this one stopped: its next
         pass yields the rest of the interrupted one, then the stream goes on as it would
         have (give the global numpy RNG its saved state too when ``seed`` is None).
         """
         if self._resume is not None:
             position, start = self._resume["position"], self._resume["pass_start"]
-        elif self._live is not None and not self._live.done and self._live.position > 0:
+        elif self._live is not None and not self._live.done:
             position, start = self._live.position, self._live.pass_start
         else:
             position, start = 0, None

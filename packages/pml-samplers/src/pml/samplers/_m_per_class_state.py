@@ -83,7 +83,7 @@ def check_state(sampler: Any, state: Any) -> tuple[np.ndarray, int, dict[str, An
         "state['position']", state["position"], min=0, max=len(sampler)
     )
     start = state["pass_start"]
-    if position == 0:
+    if position == 0 and start is None:  # no pass under way
         return order, epoch, None
     if sampler._shard.seed is None:
         if not isinstance(start, Mapping) or set(start) != {"order", "rng"}:

@@ -97,7 +97,7 @@ def test_dataloader_and_pairs_tuple() -> None:
     data = TensorDataset(torch.arange(len(labels)), torch.as_tensor(labels))
     loader = DataLoader(data, batch_sampler=FixedSetOfPairs(labels, 24, 12, seed=0))
     assert len(loader) == 4
-    for idx, y in loader:
+    for _, y in loader:
         a1, p, a2, n = FixedSetOfPairs.pairs_tuple(y)
         assert len(a1) == len(a2) == 3
         assert (y[a1] == y[p]).all() and (y[a2] != y[n]).all() and (p == a1 + 1).all()

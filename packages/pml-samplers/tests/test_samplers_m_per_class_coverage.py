@@ -78,11 +78,18 @@ def test_dominant_class_repeats_only_where_unavoidable() -> None:
     assert all(a & b <= {0} for a, b in pairwise(sets))  # only class 0 repeats
 
 
-def test_large_class_repeats_at_the_end_but_every_batch_is_valid() -> None:
-    labels = random_labels()  # a class of 25 items, m = 1, 5 of 12 classes per batch
+def test_only_classes_with_runs_in_half_the_batches_repeat() -> None:
+    labels = random_labels()  # classes of 12 to 25 items, m = 1, 5 of 12 classes per batch
     sampler = MPerClassSampler(labels, 1, 5, seed=0, coverage=True)
     batches = check_pass(labels, list(sampler), 1, 5)
-    assert consecutive_repeats(labels, batches[: len(batches) // 2]) == 0
+    runs = np.bincount(labels)
+    assert len(batches) == max(-(-runs.sum() // 5), runs.max()) == 41
+    big = set(np.flatnonzero(2 * runs >= len(batches)).tolist())
+    assert big == {0, 3, 8}
+    sets = [set(labels[b].tolist()) for b in batches]
+    assert all(a & b <= big for a, b in pairwise(sets))
+    # class 3: 25 runs in 41 batches, at least 24 - 16 = 8 back-to-back pairs; no more
+    assert sum(3 in a and 3 in b for a, b in pairwise(sets)) == 8
 
 
 def test_small_classes_fill_their_run_with_replacement() -> None:
@@ -153,3 +160,25 @@ def test_coverage_argument_errors() -> None:
         MPerClassSampler([0, 0, 1, 1], 2, 6, coverage=True)
     with pytest.raises(ValueError, match="coverage=True over 2 classes"):
         MPerClassSampler([0, 0, 1, 1], 2, 4, coverage=True, num_replicas=3, rank=0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_class_sizes_repeat_only_big_classes(seed) -> None:
+    rs = np.random.RandomState(seed)
+    num_classes = rs.randint(3, 30)
+    sizes = rs.randint(1, 40, num_classes)
+    labels = np.repeat(np.arange(num_classes), sizes)
+    m = int(rs.randint(1, 5))
+    k = int(rs.randint(1, min(num_classes, 8) + 1))
+    sampler = MPerClassSampler(labels, m, m * k, seed=seed, coverage=True)
+    batches = check_pass(labels, list(sampler), m, m * k)
+    runs = -(-sizes // m)
+    assert len(batches) == max(-(-runs.sum() // k), runs.max())
+    # classes with runs in half of the batches or more may meet themselves; so may the
+    # classes that fill the last batches when there are too few classes (< 3 k) to choose
+    allowed = set(np.flatnonzero(2 * runs >= len(batches)).tolist())
+    sets = [set(labels[b].tolist()) for b in batches]
+    if num_classes < 3 * k:
+        seen = np.bincount([c for batch in sets for c in batch], minlength=num_classes)
+        allowed |= set(np.flatnonzero(seen > runs).tolist())
+    assert all(a & b <= allowed for a, b in pairwise(sets))

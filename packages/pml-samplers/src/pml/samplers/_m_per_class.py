@@ -37,12 +37,14 @@ class MPerClassSampler(Sampler[int]):
     Beyond the reference 2.9: ``coverage=True`` (with ``batch_size``) makes each pass one
     epoch over the dataset: every item of every class is used once (a class whose size is
     not a multiple of ``m`` repeats some of its items to complete its last run of ``m``,
-    and the last batch may hold extra runs), no class appears twice in a batch, and a class
-    appears in two consecutive batches only when the remaining classes cannot fill a batch
-    otherwise (details in :mod:`pml.samplers._coverage`); ``len()`` is then set by the class
-    sizes. :meth:`state_dict`/:meth:`load_state_dict` save and restore the class order, the
-    epoch and the position in the current pass; :class:`MPerClassBatchSampler` yields the
-    same stream as whole batches (for ``DataLoader(batch_sampler=...)``).
+    and the last batches may hold extra runs), no class appears twice in a batch, and a
+    class appears in two consecutive batches only if it has runs of ``m`` in half of the
+    batches or more, or if fewer than ``3 k`` classes (``k = batch_size // m``) are there to
+    fill the last batches (details in :mod:`pml.samplers._coverage`); ``len()`` is then
+    set by the class sizes. :meth:`state_dict`/:meth:`load_state_dict` save and restore
+    the class order, the epoch and the position in the current pass;
+    :class:`MPerClassBatchSampler` yields the same stream as whole batches (for
+    ``DataLoader(batch_sampler=...)``).
 
     Args:
         labels: one label per dataset item (list, numpy array or tensor).

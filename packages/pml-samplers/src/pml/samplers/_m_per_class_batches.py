@@ -22,8 +22,8 @@ class MPerClassBatchSampler(Sampler[list[int]]):
     into batches, so without ``seed`` it draws exactly what the reference's
     ``MPerClassSampler`` with a ``DataLoader(batch_size=batch_size)`` draws under the same
     numpy seed. With ``coverage=True`` a pass is one epoch over the dataset (every item of
-    every class once, no class in two consecutive batches unless the class sizes leave no
-    other choice; see :class:`MPerClassSampler`), and its number of batches follows from
+    every class once, no class in two consecutive batches unless it has runs in half of
+    them or more; see :class:`MPerClassSampler`), and its number of batches follows from
     the class sizes.
 
     :meth:`set_epoch`, :meth:`state_dict` and :meth:`load_state_dict` are those of the
@@ -54,7 +54,7 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         >>> epoch = MPerClassBatchSampler([0, 0, 0, 1, 1, 2, 2, 2], m=2, batch_size=4,
         ...                               coverage=True, seed=0)
         >>> len(epoch), sorted(i for b in epoch for i in b)  # every item, 0..7, at least once
-        (3, [0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7])
+        (3, [0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7])
     """
 
     def __init__(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pml.core import config
+from pml.samplers import MPerClassSampler
 from pml.trainers._checkpoint import rng_state, set_rng_state
 
 __all__ = [
@@ -142,7 +143,8 @@ def restore_sampler_objects(chain: list[Any], states: list[Mapping[str, Any]]) -
             obj.load_state_dict(snap["state_dict"])
         for name, state in snap.get("generators", {}).items():
             _set_generator_state(getattr(obj, name, None), state)
-        if "class_order" in snap:  # an MPerClassSampler saved before it had a state_dict
+        if "class_order" in snap and isinstance(obj, MPerClassSampler):
+            # a checkpoint of an MPerClassSampler saved before it had a state_dict
             obj.load_state_dict({**obj.state_dict(), "order": snap["class_order"]})
 
 

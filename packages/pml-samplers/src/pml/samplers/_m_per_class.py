@@ -207,7 +207,7 @@ class MPerClassSampler(Sampler[int]):
         return self.list_size // divisor if divisor < self.list_size else 1
 
     def __iter__(self) -> Iterator[int]:
-        return self._start_pass()
+        return self._start_pass().items
 
     def _start_pass(self) -> PassIterator:
         """Draw a pass (or redraw the one to resume) and make it the pass under way."""

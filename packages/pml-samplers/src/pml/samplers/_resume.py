@@ -1,7 +1,7 @@
 """Resumable passes: the iterator of one pass and the random-handle states it may need.
 
 A pass is drawn whole when it starts (an array of indices); :class:`PassIterator` yields it
-and counts what it yielded (its ``position``). A pass drawn from a global legacy handle
+and knows what it yielded (its ``position``). A pass drawn from a global legacy handle
 (``numpy.random``, a ``RandomState``) or a global ``Generator`` can only be drawn again from
 the handle's state at the start of the pass: :func:`rng_state` / :func:`set_rng_state`
 read and write it as plain data (lists, ints, floats, numpy arrays), which a checkpoint can
@@ -10,6 +10,9 @@ hold.
 
 from __future__ import annotations
 
+import itertools
+import operator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +22,10 @@ __all__ = ["PassIterator", "as_numpy", "rng_state", "set_rng_state"]
 
 
 class PassIterator:
-    """The indices of one pass, one at a time (:meth:`__next__`) or in chunks (:meth:`take`).
+    """The indices of one pass: :attr:`items` yields them one at a time, :meth:`take` in chunks.
+
+    :attr:`items` is numpy's own iterator over the pass (no Python call per index); the
+    position is read from what it has left.
 
     Args:
         stream: the indices of the pass.
@@ -28,29 +34,22 @@ class PassIterator:
     """
 
     def __init__(self, stream: np.ndarray, position: int, pass_start: Any) -> None:
-        self.stream = stream
-        self.position = min(position, len(stream))
+        self.length = len(stream)
+        self.items: Iterator[Any] = iter(stream[min(position, self.length) :])
         self.pass_start = pass_start
 
-    def __iter__(self) -> PassIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self.position >= len(self.stream):
-            raise StopIteration
-        out = self.stream[self.position]
-        self.position += 1
-        return out
-
-    def take(self, n: int) -> np.ndarray:
-        """The next ``n`` indices (fewer at the end of the pass)."""
-        out = self.stream[self.position : self.position + n]
-        self.position += len(out)
-        return out
+    @property
+    def position(self) -> int:
+        """How many indices of the pass were yielded (or skipped) so far."""
+        return self.length - operator.length_hint(self.items)
 
     @property
     def done(self) -> bool:
-        return self.position >= len(self.stream)
+        return operator.length_hint(self.items) == 0
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` indices (fewer at the end of the pass), from :attr:`items`."""
+        return np.fromiter(itertools.islice(self.items, n), dtype=np.int64)
 
 
 def as_numpy(value: Any) -> np.ndarray:

@@ -96,3 +96,5 @@ def test_batch_sampler_argument_errors() -> None:
         MPerClassBatchSampler(labels, 4, 18)
     with pytest.raises(ValueError, match="rank"):
         MPerClassBatchSampler(labels, 4, 16, 4, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_batches = 2 batches to share"):
+        MPerClassBatchSampler(labels, 4, 16, 2, num_replicas=3, rank=0)

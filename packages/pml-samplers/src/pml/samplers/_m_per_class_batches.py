@@ -79,6 +79,12 @@ class MPerClassBatchSampler(Sampler[list[int]]):
                     f"item once; its number of batches follows from the class sizes); got "
                     f"{num_batches}"
                 )
+            if isinstance(num_replicas, int) and 0 < num_batches < num_replicas:
+                # named here: the item sampler would name its length_before_new_iter
+                raise ValueError(
+                    f"num_replicas = {num_replicas} ranks would each get nothing: num_batches "
+                    f"= {num_batches} batches to share; need at least num_replicas"
+                )
         length = DEFAULT_LENGTH if num_batches is None or coverage else None
         self.sampler = MPerClassSampler(
             labels,

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
 
 from pml.losses import BaseMetricLossFunction, TripletMarginLoss
-from pml.samplers import HierarchicalSampler, MPerClassSampler
+from pml.samplers import HierarchicalSampler, MPerClassBatchSampler, MPerClassSampler
 from pml.trainers import DeepAdversarialMetricLearning, MetricLossOnly
 from pml.trainers._checkpoint import CheckpointError, load_checkpoint
 
@@ -96,6 +96,15 @@ def build(kind: str, log: Log, end_of_epoch_hook=None):
         sampler = BatchSampler(
             MPerClassSampler(y, m=4, batch_size=16, length_before_new_iter=48), 16, True
         )
+    elif kind == "m_per_class_mid_pass":
+        sampler = MPerClassSampler(y, m=4, batch_size=16, length_before_new_iter=64)
+        kwargs["iterations_per_epoch"] = 3  # passes of 4 batches: epochs end mid-pass
+    elif kind in ("m_per_class_batches_coverage", "m_per_class_batches_seeded"):
+        seed = None if kind.endswith("coverage") else 5
+        coverage = seed is None
+        sampler = MPerClassBatchSampler(y, 4, 16, None if coverage else 5, coverage=coverage,
+                                        seed=seed)  # fmt: skip
+        batch_size, kwargs["iterations_per_epoch"] = None, 3
     elif kind == "hierarchical":
         sampler = HierarchicalSampler(
             two_level, batch_size=16, samples_per_class=4, batches_per_super_tuple=3
@@ -175,6 +184,9 @@ KINDS = [
     "m_per_class",
     "m_per_class_seeded",
     "batch_m_per_class",
+    "m_per_class_mid_pass",
+    "m_per_class_batches_coverage",
+    "m_per_class_batches_seeded",
     "hierarchical",
     "mid_pass",
     "mid_pass_random_sampler",
@@ -312,3 +324,16 @@ def test_resume_before_training_starts_at_epoch_one(tmp_path) -> None:
     trainer = build("shuffle", Log())
     trainer.save_checkpoint(tmp_path / "zero.pth")
     assert build("shuffle", Log()).resume(tmp_path / "zero.pth") == 1
+
+
+def test_checkpoint_with_the_old_class_order_entry_restores_the_order() -> None:
+    from pml.trainers._trainer_state import restore_sampler_objects, snapshot_sampler_objects
+
+    sampler = MPerClassSampler([0, 0, 1, 1, 2, 2, 3, 3], m=2)
+    order = torch.tensor([2, 0, 3, 1])
+    restore_sampler_objects([sampler], [{"class_order": order}])
+    assert sampler.labels == [2, 0, 3, 1]
+    (snap,) = snapshot_sampler_objects([sampler])
+    assert "class_order" not in snap and snap["state_dict"]["order"].tolist() == [2, 0, 3, 1]
+    with pytest.raises(ValueError, match="order"):
+        restore_sampler_objects([sampler], [{"class_order": torch.tensor([0, 1])}])

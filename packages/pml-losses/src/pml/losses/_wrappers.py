@@ -41,16 +41,24 @@ SELF_SUPERVISED_LOSSES = (
 
 
 class SelfSupervisedLoss(BaseLossWrapper):
-    """Turn a metric loss into a self-supervised one: row ``i`` of both views is a positive pair.
+    """Turn a metric loss into a self-supervised one: row ``i`` of every view is one class.
 
     Labels are ``arange(N)``. With ``symmetric=True`` the wrapped loss sees
     ``cat([embeddings, ref_emb])`` with labels ``cat([arange(N), arange(N)])``, so both views
     act as anchors; otherwise ``embeddings`` are the queries and ``ref_emb`` the reference set
     (query ``i`` and reference ``i`` form the only positive pair of row ``i``).
 
+    More than two views (beyond the reference 2.9): ``loss(v1, v2, v3, ...)`` or
+    ``loss([v1, v2, v3, ...])``. With ``symmetric=True`` the wrapped loss sees all views
+    concatenated, labels ``arange(N)`` repeated once per view: row ``i`` of every view is a
+    positive of row ``i`` of every other view, and every view is an anchor. With
+    ``symmetric=False`` the first view holds the queries and the other views, concatenated,
+    the reference set (query ``i`` has one positive per other view). Two views give exactly
+    the two-view calls above.
+
     Args:
         loss: the wrapped loss; one of :meth:`supported_losses` (checked by class name).
-        symmetric: use both views as anchors.
+        symmetric: use every view as anchors.
 
     Raises:
         UnsupportedLossError: (a TypeError) the loss's class name is not supported.
@@ -61,6 +69,9 @@ class SelfSupervisedLoss(BaseLossWrapper):
         >>> augmented = torch.tensor([[0.9, 0.1], [0.2, 1.0], [-1.0, -0.3]])
         >>> SelfSupervisedLoss(TripletMarginLoss(margin=1.0))(views, augmented)
         tensor(0.0166)
+        >>> third = torch.tensor([[1.0, 0.2], [0.0, 0.8], [-0.7, 0.1]])
+        >>> SelfSupervisedLoss(TripletMarginLoss(margin=1.0))([views, augmented, third])
+        tensor(0.0765)
     """
 
     def __init__(self, loss: nn.Module, symmetric: bool = True, **kwargs: Any) -> None:
@@ -73,36 +84,66 @@ class SelfSupervisedLoss(BaseLossWrapper):
     def supported_losses() -> list[str]:
         return list(SELF_SUPERVISED_LOSSES)
 
-    def forward(self, embeddings: Tensor, ref_emb: Tensor) -> Tensor:
-        """Compute the wrapped loss on the two views.
+    def forward(
+        self,
+        embeddings: Tensor | Sequence[Tensor],
+        ref_emb: Tensor | None = None,
+        *views: Tensor,
+    ) -> Tensor:
+        """Compute the wrapped loss on two or more views.
 
         Args:
-            embeddings: the first view, shape ``(N, D)``.
+            embeddings: the first view, shape ``(N, D)``; or a list/tuple of all the views
+                (then nothing else is passed).
             ref_emb: the second view (e.g. augmented inputs), shape ``(N, D)``; row ``i``
                 belongs with ``embeddings[i]``.
+            *views: further views, each ``(N, D)``.
 
         Returns:
             The wrapped loss's output (a 0-dim tensor in the embeddings' dtype).
 
         Raises:
-            TypeError: an input is not a floating-point tensor.
-            ValueError: the two views do not have the same shape.
+            TypeError: a view is not a floating-point tensor.
+            ValueError: fewer than two views, or views of different shapes.
         """
-        check_embeddings(embeddings, "embeddings")
-        check_embeddings(ref_emb, "ref_emb")
-        if ref_emb.shape != embeddings.shape:
-            raise ValueError(
-                f"ref_emb must have the same shape as embeddings {tuple(embeddings.shape)} "
-                f"(row i of both is a positive pair); got {tuple(ref_emb.shape)}"
-            )
-        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
+        all_views, names = _views_of(embeddings, ref_emb, views)
+        first = all_views[0]
+        for view, name in zip(all_views, names, strict=True):
+            check_embeddings(view, name)
+            if view.shape != first.shape:
+                raise ValueError(
+                    f"{name} must have the same shape as {names[0]} {tuple(first.shape)} "
+                    f"(row i of every view is one class); got {tuple(view.shape)}"
+                )
+        labels = torch.arange(first.shape[0], device=first.device)
+        num_views = len(all_views)
         if self.symmetric:
-            return self.loss(
-                torch.cat([embeddings, ref_emb], dim=0), torch.cat([labels, labels], dim=0)
-            )
+            return self.loss(torch.cat(all_views, dim=0), labels.repeat(num_views))
         # compat: a *copy* of the labels defeats the identity rule (spec losses.md §1), so
         # (i, i) -- a query with its own other view -- is the positive pair.
-        return self.loss(embeddings, labels, ref_emb=ref_emb, ref_labels=labels.clone())
+        others = all_views[1] if num_views == 2 else torch.cat(all_views[1:], dim=0)
+        return self.loss(first, labels, ref_emb=others, ref_labels=labels.repeat(num_views - 1))
+
+
+def _views_of(
+    embeddings: Any, ref_emb: Any, views: tuple[Any, ...]
+) -> tuple[list[Tensor], list[str]]:
+    """The views of a :class:`SelfSupervisedLoss` call and their names (for messages)."""
+    if isinstance(embeddings, (list, tuple)):
+        if ref_emb is not None or views:
+            raise TypeError(
+                "embeddings is a list of views: pass no other view (got "
+                f"{1 + len(views)} more argument(s))"
+            )
+        if len(embeddings) < 2:
+            raise ValueError(
+                f"embeddings must hold at least two views; got a list of {len(embeddings)}"
+            )
+        return list(embeddings), [f"embeddings[{i}]" for i in range(len(embeddings))]
+    if ref_emb is None:
+        raise TypeError("ref_emb (the second view) is required: SelfSupervisedLoss needs two views")
+    names = ["embeddings", "ref_emb"] + [f"views[{i}]" for i in range(len(views))]
+    return [embeddings, ref_emb, *views], names
 
 
 def _as_container(

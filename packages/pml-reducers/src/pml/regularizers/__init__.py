@@ -16,6 +16,7 @@ from pml.regularizers._regularizers import (
     SparseCentersRegularizer,
     ZeroMeanRegularizer,
 )
+from pml.regularizers._spherical import SphericalEmbeddingRegularizer
 
 __all__ = [
     "BaseRegularizer",
@@ -23,6 +24,7 @@ __all__ = [
     "LpRegularizer",
     "RegularFaceRegularizer",
     "SparseCentersRegularizer",
+    "SphericalEmbeddingRegularizer",
     "ZeroMeanRegularizer",
     "__version__",
 ]

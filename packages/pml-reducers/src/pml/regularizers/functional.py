@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pml.core.dtypes import neg_inf, small_val
+from pml.core.dtypes import accumulation_dtype, neg_inf, small_val
 
 __all__ = [
     "center_invariant_regularizer",
     "lp_regularizer",
     "regular_face_regularizer",
     "sparse_centers_regularizer",
+    "spherical_embedding_regularizer",
     "zero_mean_regularizer",
 ]
 
@@ -73,3 +74,20 @@ def sparse_centers_regularizer(same_class_sim: Tensor) -> Tensor:
     """
     v = torch.clamp(2 * same_class_sim, max=2)
     return torch.sqrt(2 + small_val(same_class_sim.dtype) - v)
+
+
+def spherical_embedding_regularizer(x: Tensor) -> Tensor:
+    """``(||x_i||_2 - mu)^2`` per row, ``mu`` the mean row norm (detached), shape ``(N,)``.
+
+    The spherical embedding constraint of Zhang et al., "Deep Metric Learning with Spherical
+    Embedding" (NeurIPS 2020): the mean of these values over the batch is the variance of
+    the embedding norms. ``mu`` is a constant of the gradient (the gradient moves each norm
+    towards the batch's mean norm, not the mean towards the norms). Norms are computed in
+    at least float32; the result has the dtype of ``x``.
+
+    Example:
+        >>> spherical_embedding_regularizer(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        tensor([4., 4.])
+    """
+    norms = torch.linalg.vector_norm(x.to(accumulation_dtype(x.dtype)), dim=1)
+    return ((norms - norms.mean().detach()) ** 2).to(x.dtype)

@@ -12,15 +12,19 @@ Example:
 """
 
 from pml.samplers.__about__ import __version__
+from pml.samplers._fixed_pairs import FixedSetOfPairs
 from pml.samplers._fixed_triplets import FixedSetOfTriplets
 from pml.samplers._hierarchical import HierarchicalSampler
 from pml.samplers._m_per_class import MPerClassSampler
+from pml.samplers._m_per_class_batches import MPerClassBatchSampler
 from pml.samplers._tuples_to_weights import TuplesToWeightsSampler
 from pml.samplers.functional import get_labels_to_indices, safe_random_choice, set_numpy_random
 
 __all__ = [
+    "FixedSetOfPairs",
     "FixedSetOfTriplets",
     "HierarchicalSampler",
+    "MPerClassBatchSampler",
     "MPerClassSampler",
     "TuplesToWeightsSampler",
     "__version__",

@@ -10,10 +10,16 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_bool
 from pml.samplers import functional as SF
 from pml.samplers._arguments import check_count
+from pml.samplers._coverage import coverage_num_batches, coverage_stream
+from pml.samplers._m_per_class_state import check_state, pass_start_of, replay
+from pml.samplers._resume import PassIterator
 from pml.samplers._sharding import Sharding
+
+#: ``length_before_new_iter``'s default (the only value accepted with ``coverage=True``)
+DEFAULT_LENGTH = 100000
 
 
 class MPerClassSampler(Sampler[int]):
@@ -28,6 +34,18 @@ class MPerClassSampler(Sampler[int]):
     :mod:`pml.samplers.functional`). Pass ``seed`` for a vectorised, rank-consistent stream,
     and ``num_replicas``/``rank`` to give each process its share (see the README).
 
+    Beyond the reference 2.9: ``coverage=True`` (with ``batch_size``) makes each pass one
+    epoch over the dataset: every item of every class is used once (a class whose size is
+    not a multiple of ``m`` repeats some of its items to complete its last run of ``m``,
+    and the last batches may hold extra runs), no class appears twice in a batch, and a
+    class appears in two consecutive batches only if it has runs of ``m`` in half of the
+    batches or more, or if fewer than ``3 k`` classes (``k = batch_size // m``) are there to
+    fill the last batches (details in :mod:`pml.samplers._coverage`); ``len()`` is then
+    set by the class sizes. :meth:`state_dict`/:meth:`load_state_dict` save and restore
+    the class order, the epoch and the position in the current pass;
+    :class:`MPerClassBatchSampler` yields the same stream as whole batches (for
+    ``DataLoader(batch_sampler=...)``).
+
     Args:
         labels: one label per dataset item (list, numpy array or tensor).
         m: items per class and group.
@@ -38,6 +56,8 @@ class MPerClassSampler(Sampler[int]):
         rank: this process's index in ``[0, num_replicas)``.
         seed: seed of a private generator (default: the global numpy RNG, or 0 with
             ``num_replicas``); combined with :meth:`set_epoch`.
+        coverage: one pass = every item once, in batches (needs ``batch_size``; then
+            ``length_before_new_iter`` is not used and must keep its default).
 
     Raises:
         TypeError: ``m``, ``batch_size`` or ``length_before_new_iter`` is not an int (a bool,
@@ -48,7 +68,8 @@ class MPerClassSampler(Sampler[int]):
             multiple of ``m``; ``m``, ``batch_size`` or ``length_before_new_iter`` ``< 1``;
             no labels.
         ValueError: with ``num_replicas``, a stream of fewer blocks (batches, or runs of
-            ``m`` without ``batch_size``) than ranks.
+            ``m`` without ``batch_size``) than ranks; ``coverage=True`` without
+            ``batch_size`` or with another ``length_before_new_iter``.
 
     Example:
         >>> import numpy as np
@@ -64,11 +85,12 @@ class MPerClassSampler(Sampler[int]):
         labels: Any,
         m: int,
         batch_size: int | None = None,
-        length_before_new_iter: int = 100000,
+        length_before_new_iter: int = DEFAULT_LENGTH,
         *,
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int | None = None,
+        coverage: bool = False,
     ) -> None:
         # compat: the reference casts m and batch_size with int() (2.0 is accepted; 2.7 and
         # True are not: the reference would silently use 2 and 1)
@@ -79,6 +101,15 @@ class MPerClassSampler(Sampler[int]):
         )  # fmt: skip
         # fix: the reference accepts any length (a negative one fails in len())
         length_before_new_iter = check_count("length_before_new_iter", length_before_new_iter)
+        self.coverage = check_bool("coverage", coverage)
+        if coverage and self.batch_size is None:
+            raise ValueError("coverage=True needs batch_size (a pass is a number of batches)")
+        if coverage and length_before_new_iter != DEFAULT_LENGTH:
+            raise ValueError(
+                "length_before_new_iter cannot be given with coverage=True (a pass covers "
+                f"every item once; its length follows from the class sizes); got "
+                f"{length_before_new_iter}"
+            )
         self._keys, self._members, self._offsets = SF.group_by_label(labels)
         if not self._keys:
             raise InvalidArgumentError("labels must not be empty")
@@ -97,30 +128,45 @@ class MPerClassSampler(Sampler[int]):
         if self.batch_size is None:
             if self.length_of_single_pass < self.list_size:
                 self.list_size -= self.list_size % self.length_of_single_pass
-        else:
+        elif not coverage:
             if self.list_size < self.batch_size:
                 raise InvalidArgumentError(
                     f"length_before_new_iter must be >= batch_size = {self.batch_size}; "
                     f"got {length_before_new_iter}"
                 )
-            if self.length_of_single_pass < self.batch_size:
-                raise InvalidArgumentError(
-                    "m * (number of distinct labels) must be >= batch_size; got "
-                    f"m = {self.m_per_class}, {len(self._keys)} labels, "
-                    f"batch_size = {self.batch_size}"
-                )
-            if self.batch_size % self.m_per_class != 0:
-                raise InvalidArgumentError(
-                    f"batch_size must be divisible by m = {self.m_per_class}; got {self.batch_size}"
-                )
+            self._check_batch_size()
             self.list_size -= self.list_size % self.batch_size
+        else:
+            self._check_batch_size()
+            k = self.batch_size // self.m_per_class
+            num_batches = coverage_num_batches(self._sizes, self.m_per_class, k)
+            self.list_size = num_batches * self.batch_size
         self._shard = Sharding(num_replicas, rank, seed)
+        what = (
+            f"coverage=True over {len(self._keys)} classes"
+            if coverage
+            else f"length_before_new_iter = {length_before_new_iter} rounded to {self.list_size} "
+            "items"
+        )
         # fix: a stream of fewer blocks than ranks would give every rank 0 items
         self._shard.require_blocks(
             self.list_size // self._block,
-            f"length_before_new_iter = {length_before_new_iter} rounded to {self.list_size} "
-            f"items in blocks of {self._block} ({'batch_size' if self.batch_size else 'm'})",
+            f"{what} in blocks of {self._block} ({'batch_size' if self.batch_size else 'm'})",
         )
+        self._live: PassIterator | None = None  # the iterator of the pass under way
+        self._resume: dict[str, Any] | None = None  # a position to resume (load_state_dict)
+
+    def _check_batch_size(self) -> None:
+        bs = self.batch_size
+        if self.length_of_single_pass < bs:  # type: ignore[operator]
+            raise InvalidArgumentError(
+                "m * (number of distinct labels) must be >= batch_size; got "
+                f"m = {self.m_per_class}, {len(self._keys)} labels, batch_size = {bs}"
+            )
+        if bs % self.m_per_class != 0:  # type: ignore[operator]
+            raise InvalidArgumentError(
+                f"batch_size must be divisible by m = {self.m_per_class}; got {bs}"
+            )
 
     @cached_property
     def labels_to_indices(self) -> dict[Hashable, np.ndarray]:
@@ -146,8 +192,14 @@ class MPerClassSampler(Sampler[int]):
         return self.batch_size if self.batch_size is not None else self.m_per_class
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the stream of ``epoch`` (only with ``seed``/``num_replicas``)."""
+        """Select the stream of ``epoch`` (only with ``seed``/``num_replicas``).
+
+        A position restored by :meth:`load_state_dict` belongs to the saved epoch's pass:
+        selecting another epoch drops it (the next pass starts at its beginning).
+        """
         self._shard.set_epoch(epoch)
+        if self._resume is not None and self._resume["epoch"] != self._shard.epoch:
+            self._resume = None
 
     def calculate_num_iters(self) -> int:
         """Passes per iterator: groups of classes needed to fill ``len(self)`` items."""
@@ -155,12 +207,74 @@ class MPerClassSampler(Sampler[int]):
         return self.list_size // divisor if divisor < self.list_size else 1
 
     def __iter__(self) -> Iterator[int]:
+        return self._start_pass().items
+
+    def _start_pass(self) -> PassIterator:
+        """Draw a pass (or redraw the one to resume) and make it the pass under way."""
+        resume, self._resume = self._resume, None
         rng = self._shard.rng()
-        legacy = SF._is_legacy(rng)
-        stream = self._reference_stream(rng) if legacy else self._vectorised_stream(rng)
+        if resume is None:
+            start = pass_start_of(self, rng)
+            stream, position = self._pass_stream(rng), 0
+        else:
+            start, position = resume["pass_start"], resume["position"]
+            stream = replay(self, rng, start, self._pass_stream)
+        self._live = PassIterator(stream, position, start)
+        return self._live
+
+    def _pass_stream(self, rng: Any) -> np.ndarray:
+        """This rank's indices of the pass drawn from ``rng``."""
+        if self.coverage:
+            k = self.batch_size // self.m_per_class  # type: ignore[operator]
+            stream = coverage_stream(rng, self._members, self._offsets, self.m_per_class, k)
+        elif SF._is_legacy(rng):
+            stream = self._reference_stream(rng)
+        else:
+            stream = self._vectorised_stream(rng)
         # fix: the reference writes a whole pass even when it is longer than len()
-        stream = self._shard.take(stream[: self.list_size], self._block)
-        return iter(stream)
+        return self._shard.take(stream[: self.list_size], self._block)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Class order, epoch and position in the current pass, as plain data.
+
+        ``position`` counts the indices of the pass under way already yielded (0 when no
+        pass is under way); ``pass_start`` (a pass under way, for a sampler without
+        ``seed``; else None) holds the class order and the global random handle's state at
+        the start of the pass, so that the pass can be drawn again. :meth:`load_state_dict` on a
+        sampler built with the same arguments continues where this one stopped: its next
+        pass yields the rest of the interrupted one, then the stream goes on as it would
+        have (give the global numpy RNG its saved state too when ``seed`` is None).
+        """
+        if self._resume is not None:
+            position, start = self._resume["position"], self._resume["pass_start"]
+        elif self._live is not None and not self._live.done:
+            position, start = self._live.position, self._live.pass_start
+        else:
+            position, start = 0, None
+        return {
+            "num_classes": len(self._keys),
+            "order": self._order.copy(),
+            "epoch": self._shard.epoch,
+            "position": position,
+            "pass_start": start,
+            "seed": self._shard.seed,
+            "coverage": self.coverage,
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore what :meth:`state_dict` returned (numpy arrays or tensors accepted).
+
+        Raises:
+            TypeError: ``state`` is not a mapping, or an entry has the wrong type.
+            ValueError: missing or unknown keys, or a state of another sampler (number of
+                classes, ``seed``, ``coverage``), an ``order`` that is not a permutation,
+                a ``position`` outside the pass.
+        """
+        order, epoch, resume = check_state(self, state)
+        self._order[...] = order
+        self._shard.set_epoch(epoch)
+        self._resume = resume
+        self._live = None
 
     def _classes_per_iter(self) -> int:
         if self.batch_size is None:

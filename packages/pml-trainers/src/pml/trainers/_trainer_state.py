@@ -6,10 +6,11 @@ rejects anything else by name, at save time rather than at load time.
 
 A sampler's state is what makes its next batches identical after a restart:
 
-* ``state_dict()``/``load_state_dict()`` when the sampler has them;
+* ``state_dict()``/``load_state_dict()`` when the sampler has them
+  (``pml.samplers.MPerClassSampler`` saves the class order it reshuffles pass after pass
+  that way; checkpoints of older versions hold that order as ``class_order``);
 * the state of every random generator it holds (``torch.Generator``, numpy ``Generator`` or
   ``RandomState`` attributes);
-* for ``pml.samplers.MPerClassSampler``, the class order it reshuffles pass after pass;
 * samplers with ``set_epoch`` get the trainer's pass count (so seeded samplers draw a new
   order each pass and the same one after a restart); samplers drawing from the global
   random generators are covered by the RNG states of the checkpoint.
@@ -117,9 +118,6 @@ def _snapshot_one(obj: Any) -> dict[str, Any]:
             generators[name] = state
     if generators:
         snap["generators"] = generators
-    if isinstance(obj, MPerClassSampler):
-        # the order of the classes is reshuffled in place, pass after pass (legacy stream)
-        snap["class_order"] = torch.from_numpy(np.array(obj._order, dtype=np.int64))
     return snap
 
 
@@ -146,13 +144,8 @@ def restore_sampler_objects(chain: list[Any], states: list[Mapping[str, Any]]) -
         for name, state in snap.get("generators", {}).items():
             _set_generator_state(getattr(obj, name, None), state)
         if "class_order" in snap and isinstance(obj, MPerClassSampler):
-            order = snap["class_order"].numpy()
-            if order.shape != obj._order.shape:
-                raise ValueError(
-                    f"the checkpoint's MPerClassSampler has {order.shape[0]} classes; the "
-                    f"trainer's has {obj._order.shape[0]}"
-                )
-            obj._order[...] = order
+            # a checkpoint of an MPerClassSampler saved before it had a state_dict
+            obj.load_state_dict({**obj.state_dict(), "order": snap["class_order"]})
 
 
 #: the ``"format"`` entry of a trainer's state

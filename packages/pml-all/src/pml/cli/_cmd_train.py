@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if not group.distributed:
         return _run(args, given)
     try:
-        return _run(args, given, group)
+        status = _run(args, given, group)
+        dist.barrier()  # leave together (see _distributed.barrier)
+        return status
     except UsageError:
         if group.main:
             raise

@@ -39,6 +39,7 @@ from pml.cli._errors import UsageError
 
 __all__ = [
     "Group",
+    "barrier",
     "broadcast",
     "from_environment",
     "launch",
@@ -138,6 +139,18 @@ def init_process_group(group: Group, device: torch.device) -> None:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=group.rank, world_size=group.world_size)
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without a process group).
+
+    The ranks leave together: a rank that tears its gloo connections down while rank 0 is
+    still writing the run folder can make the other side abort.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def destroy_process_group() -> None:

@@ -150,9 +150,11 @@ def test_state_between_passes_has_no_position() -> None:
     fresh.load_state_dict(after)
     np.random.set_state(rng)
     assert ints(fresh) == want
-    assert sorted(after) == sorted(
-        ["num_classes", "order", "epoch", "position", "pass_start", "seed", "coverage"]
-    )
+    assert list(after) == [
+        "num_classes", "m", "batch_size", "length", "seed", "coverage",
+        "order", "epoch", "position", "pass_start",
+    ]  # fmt: skip
+    assert (after["m"], after["batch_size"], after["length"]) == (4, 16, 64)
 
 
 def test_load_state_dict_rejects_bad_states() -> None:
@@ -173,8 +175,15 @@ def test_load_state_dict_rejects_bad_states() -> None:
     seeded = MPerClassSampler(labels, 4, 16, length_before_new_iter=64, seed=1)
     with pytest.raises(ValueError, match="seed"):
         seeded.load_state_dict(good)
-    with pytest.raises(ValueError, match="coverage"):
-        MPerClassSampler(labels, 4, 16, coverage=True).load_state_dict(good)
+    covering = MPerClassSampler(labels, 4, 16, coverage=True)
+    with pytest.raises(ValueError, match="its coverage is False, this sampler's is True"):
+        covering.load_state_dict({**covering.state_dict(), "coverage": False})
+    with pytest.raises(ValueError, match="its batch_size is 16, this sampler's is 8"):
+        MPerClassSampler(labels, 4, 8, length_before_new_iter=64).load_state_dict(good)
+    with pytest.raises(ValueError, match="its length is 64, this sampler's is 128"):
+        MPerClassSampler(labels, 4, 16, length_before_new_iter=128).load_state_dict(good)
+    with pytest.raises(ValueError, match="its m is 4"):
+        MPerClassSampler(labels, 2, 16, length_before_new_iter=64).load_state_dict(good)
     with pytest.raises(ValueError, match=r"state\['order'\] must be a permutation"):
         sampler.load_state_dict({**good, "order": np.zeros(10, dtype=np.int64)})
     with pytest.raises(ValueError, match=r"state\['order'\] must be an integer array"):

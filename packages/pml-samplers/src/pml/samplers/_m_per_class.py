@@ -14,7 +14,7 @@ from pml.core.validation import InvalidArgumentError, check_bool
 from pml.samplers import functional as SF
 from pml.samplers._arguments import check_count
 from pml.samplers._coverage import coverage_num_batches, coverage_stream
-from pml.samplers._m_per_class_state import check_state, pass_start_of, replay
+from pml.samplers._m_per_class_state import check_state, config_of, pass_start_of, replay
 from pml.samplers._resume import PassIterator
 from pml.samplers._sharding import Sharding
 
@@ -252,13 +252,11 @@ class MPerClassSampler(Sampler[int]):
         else:
             position, start = 0, None
         return {
-            "num_classes": len(self._keys),
+            **config_of(self),
             "order": self._order.copy(),
             "epoch": self._shard.epoch,
             "position": position,
             "pass_start": start,
-            "seed": self._shard.seed,
-            "coverage": self.coverage,
         }
 
     def load_state_dict(self, state: Any) -> None:
@@ -267,8 +265,8 @@ class MPerClassSampler(Sampler[int]):
         Raises:
             TypeError: ``state`` is not a mapping, or an entry has the wrong type.
             ValueError: missing or unknown keys, or a state of another sampler (number of
-                classes, ``seed``, ``coverage``), an ``order`` that is not a permutation,
-                a ``position`` outside the pass.
+                classes, ``m``, ``batch_size``, length, ``seed``, ``coverage``), an
+                ``order`` that is not a permutation, a ``position`` outside the pass.
         """
         order, epoch, resume = check_state(self, state)
         self._order[...] = order

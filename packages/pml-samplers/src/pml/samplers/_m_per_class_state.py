@@ -10,10 +10,35 @@ import numpy as np
 from pml.core.validation import check_int
 from pml.samplers._resume import as_numpy, rng_state, set_rng_state
 
-__all__ = ["STATE_KEYS", "check_state", "pass_start_of", "replay"]
+__all__ = ["CONFIG_KEYS", "STATE_KEYS", "check_state", "config_of", "pass_start_of", "replay"]
 
 #: the entries of ``MPerClassSampler.state_dict()``
-STATE_KEYS = ("num_classes", "order", "epoch", "position", "pass_start", "seed", "coverage")
+STATE_KEYS = (
+    "num_classes",
+    "m",
+    "batch_size",
+    "length",
+    "seed",
+    "coverage",
+    "order",
+    "epoch",
+    "position",
+    "pass_start",
+)
+#: the entries that must equal the loading sampler's (built with the same arguments)
+CONFIG_KEYS = STATE_KEYS[:6]
+
+
+def config_of(sampler: Any) -> dict[str, Any]:
+    """The entries of :data:`CONFIG_KEYS` for ``sampler`` (``length``: ``len(sampler)``)."""
+    return {
+        "num_classes": len(sampler._keys),
+        "m": sampler.m_per_class,
+        "batch_size": sampler.batch_size,
+        "length": len(sampler),
+        "seed": sampler._shard.seed,
+        "coverage": sampler.coverage,
+    }
 
 
 def pass_start_of(sampler: Any, rng: Any) -> dict[str, Any] | None:
@@ -66,12 +91,7 @@ def check_state(sampler: Any, state: Any) -> tuple[np.ndarray, int, dict[str, An
         raise ValueError(
             f"state must have the keys {list(STATE_KEYS)}; missing {missing}, unknown {unknown}"
         )
-    mine = {
-        "num_classes": len(sampler._keys),
-        "seed": sampler._shard.seed,
-        "coverage": sampler.coverage,
-    }
-    for key, value in mine.items():
+    for key, value in config_of(sampler).items():
         if state[key] != value:
             raise ValueError(
                 f"state is from another sampler: its {key} is {state[key]!r}, this sampler's "

@@ -196,3 +196,43 @@ def test_two_processes_converge_to_the_single_process_accuracy_and_only_rank0_wr
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "mean_average_precision_at_r" in proc.stdout or "MAP@R" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_two_process_run_stopped_and_resumed_on_two_processes_ends_like_an_unbroken_one(
+    tmp_path: Path,
+) -> None:
+    def rows(run: Path) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    common = ["--epochs", "3", "--nproc-per-node", "2"]
+    _pml_train_args(tmp_path, *common, "--runs-dir", "full")
+    _pml_train_args(tmp_path, *common, "--runs-dir", "part", "--stop-after-epoch", "1")
+    (part,) = (tmp_path / "part").iterdir()
+    assert not (part / "COMPLETE").exists()
+    _pml_train_args(tmp_path, "train_resume", str(part), "--nproc-per-node", "2")
+    (full,) = (tmp_path / "full").iterdir()
+    assert (part / "COMPLETE").is_file()
+    a, b = rows(full), rows(part)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "precision_at_1", "mean_average_precision_at_r"):
+            if ra[key] is None:
+                assert rb[key] is None
+            else:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra, rb)
+
+
+def _pml_train_args(cwd: Path, *args: str) -> None:
+    """``pml train ARGS`` (``train_resume RUN ...``: ``pml train --resume RUN ...``)."""
+    argv = ["train", *args] if args[0] != "train_resume" else ["train", "--resume", *args[1:]]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "RANK")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pml.cli", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000]

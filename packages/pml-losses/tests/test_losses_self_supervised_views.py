@@ -120,3 +120,14 @@ def test_multi_view_bad_input_names_the_view() -> None:
         loss([a, b], c)
     with pytest.raises(TypeError, match="ref_emb"):
         loss(a)
+
+
+def test_decoupled_contrastive_loss_is_accepted_and_equals_it_on_concatenated_views() -> None:
+    from pml.losses import DecoupledContrastiveLoss, SelfSupervisedLoss
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    out = SelfSupervisedLoss(DecoupledContrastiveLoss())(a, b)
+    expected = DecoupledContrastiveLoss()(torch.cat([a, b]), torch.arange(6).repeat(2))
+    torch.testing.assert_close(out, expected)
+    assert "DecoupledContrastiveLoss" not in SelfSupervisedLoss.supported_losses()

@@ -38,6 +38,9 @@ SELF_SUPERVISED_LOSSES = (
     "NCALoss",
     "TupletMarginLoss",
 )
+#: losses pml added (not in the reference 2.9) that SelfSupervisedLoss also accepts; kept out
+#: of ``supported_losses()``, which lists the reference's names
+ADDED_SELF_SUPERVISED_LOSSES = ("DecoupledContrastiveLoss",)
 
 
 class SelfSupervisedLoss(BaseLossWrapper):
@@ -83,6 +86,11 @@ class SelfSupervisedLoss(BaseLossWrapper):
     @staticmethod
     def supported_losses() -> list[str]:
         return list(SELF_SUPERVISED_LOSSES)
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        if loss_name not in ADDED_SELF_SUPERVISED_LOSSES:  # DCL: a self-supervised loss too
+            super().check_loss_support(loss_name)
 
     def forward(
         self,

@@ -60,9 +60,7 @@ def read_torch_index(filename: str | os.PathLike[str]) -> Tensor:
     if kind != "torch":
         # fix: torch.load's legacy reader raised IndexError/struct.error on short files
         what = "a faiss index file" if kind == "faiss" else "not a torch zip file"
-        raise ValueError(
-            f"filename {_name(filename)} is not a {TORCH_FORMAT} index file ({what})"
-        )
+        raise ValueError(f"filename {_name(filename)} is not a {TORCH_FORMAT} index file ({what})")
     try:
         payload: Any = torch.load(filename, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:

@@ -306,3 +306,22 @@ def test_load_model_from_a_run_or_a_checkpoint_file_alone(tmp_path, capsys) -> N
         load_model(tmp_path / "other.pth")
     with pytest.raises(UsageError, match="neither a run folder nor a checkpoint"):
         load_model(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # a batch sampler: one epoch = as many batches as one pass over the training items
+        (["--sampler", "MPerClassBatchSampler"], "1 epochs of 19 batches of 64"),
+        # coverage: the pass's own length (every item of every class once)
+        (["--sampler-arg", "coverage=True"], "1 epochs of 20 batches of 64"),
+    ],
+)
+def test_batch_sampler_and_coverage_recipes_get_one_pass_per_epoch(
+    tmp_path, capsys, args, expected
+) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", "--epochs", "1", "--runs-dir", str(runs), *args]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert expected in out, out[-2000:]
+    assert len(rows(only_run(runs))) == 2

@@ -8,7 +8,8 @@ filled in where the class declares them:
   ``distance`` / ``reducer`` from ``--distance`` / ``--reducer``;
 * miner: ``distance`` from ``--distance``;
 * sampler: the training labels (first argument), ``batch_size``, ``length_before_new_iter``
-  (one epoch = one pass over the training items), ``seed``, and ``m`` for MPerClassSampler
+  or ``num_batches`` (one epoch = one pass over the training items; not with
+  ``coverage=True``, whose pass covers every item), ``seed``, and ``m`` for MPerClassSampler
   (a divisor of the batch size whose batches fit the classes: see :func:`choose_m`);
 * optimizer: ``lr``; one optimizer per trained part (``trunk``, ``embedder``, and
   ``metric_loss`` when the loss has trainable parameters, e.g. ArcFace's class weights);
@@ -143,9 +144,13 @@ def build_recipe(
         sampler_kwargs = dict(settings.sampler_args)
         auto: dict[str, Any] = {
             "batch_size": settings.batch_size // world_size,
-            "length_before_new_iter": len(train_labels),
             "seed": settings.seed,
         }
+        if not sampler_kwargs.get("coverage"):  # a coverage pass has its own length
+            # one epoch = one pass over the training items
+            auto["length_before_new_iter"] = len(train_labels)
+            # a batch sampler: as many batches of this rank's size as one process trains on
+            auto["num_batches"] = max(1, len(train_labels) // auto["batch_size"])
         if world_size > 1:
             if not _declares(sampler_cls, "num_replicas"):
                 raise UsageError(

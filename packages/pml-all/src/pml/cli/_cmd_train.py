@@ -196,13 +196,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = _run(args, given, group)
         dist.barrier()  # leave together (see _distributed.barrier)
-        return status
     except UsageError:
         if group.main:
             raise
         return 2  # rank 0 reports it
     finally:
         dist.destroy_process_group()
+    dist.exit_worker(status)
+    return status
 
 
 def _run(args: argparse.Namespace, given: dict[str, Any], group: Any = None) -> int:

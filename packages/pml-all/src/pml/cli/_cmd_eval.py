@@ -18,15 +18,14 @@ prints them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import json
 import math
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
+from pml.cli._distributed import exit_worker, process_group
 from pml.cli._errors import UsageError
 from pml.cli._loading import (
     add_device_arguments,
@@ -188,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
     with process_group(device) as (rank, world_size):
         if world_size > 1 and device.type == "cuda" and device.index is None:
             device = _local_cuda(device)
-        return _evaluate(args, metrics, k, device, rank, world_size)
+        status = _evaluate(args, metrics, k, device, rank, world_size)
+    if world_size > 1:
+        exit_worker(status)  # a torchrun worker: see pml.cli._distributed.exit_worker
+    return status
 
 
 def _evaluate(
@@ -234,31 +236,6 @@ def _evaluate(
         return 0
     _print_table(trained, query, reference, k, distance, values, world_size)
     return 0
-
-
-@contextlib.contextmanager
-def process_group(device: Any) -> Iterator[tuple[int, int]]:
-    """``(rank, world size)`` of the process group ``pml eval`` runs in.
-
-    The caller's group, one made for a ``torchrun`` launch (``WORLD_SIZE > 1``; destroyed
-    afterwards), or ``(0, 1)``.
-    """
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        yield 0, 1
-        return
-    if dist.is_initialized():
-        yield dist.get_rank(), dist.get_world_size()
-        return
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "MASTER_ADDR" not in os.environ:
-        yield 0, 1
-        return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        dist.destroy_process_group()
 
 
 def _local_cuda(device: Any) -> Any:

@@ -25,11 +25,12 @@ In a group of ``W`` processes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "launch",
     "load_parts",
     "portable_state",
+    "process_group",
     "strip_launch_option",
     "wrap_for_ddp",
 ]
@@ -257,3 +259,29 @@ def load_parts(state: Mapping[str, Any], parts: Mapping[str, Mapping[str, Any]])
                     obj.load_state_dict(rest[name][key])
                 rest[name][key] = None
     return rest
+
+
+@contextlib.contextmanager
+def process_group(device: Any) -> Iterator[tuple[int, int]]:
+    """``(rank, world size)`` of the process group ``pml eval`` runs in.
+
+    The caller's group, one made for a ``torchrun`` launch (``WORLD_SIZE > 1``; destroyed
+    afterwards), or ``(0, 1)``.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        yield 0, 1
+        return
+    if dist.is_initialized():
+        yield dist.get_rank(), dist.get_world_size()
+        return
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "MASTER_ADDR" not in os.environ:
+        yield 0, 1
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+        dist.barrier()  # leave together (see barrier)
+    finally:
+        dist.destroy_process_group()

@@ -54,7 +54,7 @@ def hinge_pair_loss(
     else:
         pairs = masked_negatives(pairs, len(embeddings), len(ref_emb))
     bounds = (None, None) if plan is None else (plan.low, plan.high)
-    mat = loss.distance(embeddings, ref_emb)
+    mat = loss.batch_matrix(embeddings, ref_emb)
     pos, neg = pair_hinge_losses(mat, pairs.a1, pairs.p, pairs.neg, hinges, *bounds)
     return poison_nonfinite(pair_entries(pos, neg, pairs), embeddings, ref_emb)
 

@@ -52,7 +52,7 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = generalized_lifted_structure_loss(
             mat, *masks, self.neg_margin, self.pos_margin, is_inverted=self.distance.is_inverted
         )
@@ -96,7 +96,7 @@ class LiftedStructureLoss(GenericPairLoss):
         # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
         if too_few_pairs(len(pairs.a1), pairs.num_neg):
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = lifted_structure_loss(
             mat,
             pairs.a1,

@@ -57,7 +57,7 @@ class MultiSimilarityLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = multi_similarity_loss(
             mat, *masks, self.alpha, self.beta, self.base, is_inverted=self.distance.is_inverted
         )
@@ -115,7 +115,7 @@ class CircleLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = circle_loss(mat, *masks, self.m, self.gamma)
         return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
 

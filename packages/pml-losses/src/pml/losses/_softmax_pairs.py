@@ -47,7 +47,7 @@ def positive_pair_loss(
     pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
     if too_few_pairs(len(pairs.a1), pairs.num_neg):
         return loss.zero_losses()
-    mat = loss.distance.acc_matrix(embeddings, ref_emb)
+    mat = loss.batch_acc_matrix(embeddings, ref_emb)
     losses = pair_losses(mat, pairs.a1, pairs.p, pairs.neg).to(embeddings.dtype)
     losses = nan_if_nonfinite(losses, embeddings, ref_emb)
     return {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
@@ -259,7 +259,7 @@ class SupConLoss(GenericPairLoss):
         # compat: zero unless there is a positive and a negative cell, and more than one pair
         if too_few_pairs(len(pairs.a1), pairs.num_neg):
             return self.zero_losses()
-        mat = self.distance.acc_matrix(embeddings, ref_emb)
+        mat = self.batch_acc_matrix(embeddings, ref_emb)
         pos_mask, neg_mask = cell_masks(pairs, mat.shape)
         is_inverted = self.distance.is_inverted
         losses = supcon_loss(mat, pos_mask, neg_mask, self.temperature, is_inverted=is_inverted)

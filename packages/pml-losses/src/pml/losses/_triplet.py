@@ -142,6 +142,9 @@ class TripletMarginLoss(BaseMetricLossFunction):
         0.0
     """
 
+    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
+    accepts_mat = True
+
     def __init__(
         self,
         margin: float = 0.05,
@@ -173,7 +176,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
     ) -> LossDict:
         labels_or_indices_tuple_required(labels, indices_tuple)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         swap_mat = self._swap_matrix(mat, embeddings, ref_emb)
         plan = self.reducer_sums_plan("loss")
         if source.triplets is None and plan is not None and plan.high is None:
@@ -256,6 +259,9 @@ class MarginLoss(BaseMetricLossFunction):
         0.0943
     """
 
+    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
+    accepts_mat = True
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -305,7 +311,7 @@ class MarginLoss(BaseMetricLossFunction):
         labels_or_indices_tuple_required(labels, indices_tuple)
         labels, ref_labels = self._class_labels(labels, ref_labels)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)
         if source.triplets is None and self._reducers_take_sums():
             return self._all_triplets_sums(mat, beta, labels, ref_labels, source)

@@ -22,6 +22,7 @@ from pml.core.validation import (
     check_shapes,
 )
 from pml.distances import BaseDistance
+from pml.losses._mat import check_loss_mat
 from pml.losses._regularizer_mixins import (
     EMBEDDING_REG_LOSS,
     WEIGHT_REG_LOSS,
@@ -184,40 +185,6 @@ def check_loss_inputs(
     return labels, ref_emb, ref_labels
 
 
-def check_loss_mat(loss: Any, mat: Any, embeddings: Tensor, ref_emb: Tensor) -> None:
-    """Check a distance matrix handed to ``loss.forward(..., mat=)`` (see ``forward``).
-
-    Raises:
-        TypeError: the loss cannot take ``mat`` (``accepts_mat`` is False), or ``mat`` is not
-            a floating-point tensor.
-        ValueError: ``mat`` is not ``(N, M)`` on the embeddings' device, or it has no
-            autograd graph while the embeddings need gradients.
-    """
-    name = type(loss).__name__
-    if not getattr(loss, "accepts_mat", False):
-        raise TypeError(
-            f"{name} cannot take mat: it does not compute one distance matrix of "
-            "embeddings x ref_emb (call it without mat)"
-        )
-    check_floating_tensor(mat, "mat")
-    shape = (embeddings.shape[0], ref_emb.shape[0])
-    if tuple(mat.shape) != shape:
-        raise ValueError(
-            f"mat must have shape (N, M) = {shape} (embeddings x ref_emb) for {name}; "
-            f"got {tuple(mat.shape)}"
-        )
-    if mat.device != embeddings.device:
-        raise ValueError(f"mat must be on {embeddings.device} like embeddings; got {mat.device}")
-    needs_grad = embeddings.requires_grad or ref_emb.requires_grad
-    if needs_grad and torch.is_grad_enabled() and mat.grad_fn is None:
-        raise ValueError(
-            f"mat has no autograd graph (grad_fn is None) but the embeddings require grad: "
-            f"{name}'s gradients would not reach them. Compute mat from these embeddings "
-            "outside torch.no_grad() and without .detach(), e.g. "
-            "mat = loss.distance(embeddings, ref_emb)"
-        )
-
-
 class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducerAndDistance):
     """Base of every loss: ``forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)``.
 
@@ -234,6 +201,12 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
     #: ``forward(..., mat=)`` can hand it a matrix computed once outside (shared with a miner)
     accepts_mat: ClassVar[bool] = False
     _given_mat: Tensor | None = None
+    #: how :func:`pml.losses.anchor_batched_backward` may split the loss: ``"reference"`` (a
+    #: sum over anchors of terms reading the anchor's row against the whole reference set),
+    #: ``"samples"`` (terms reading one sample and the loss's parameters) or None (it cannot;
+    #: :attr:`anchor_batching_obstacle` says why)
+    anchor_batching: ClassVar[str | None] = None
+    anchor_batching_obstacle: ClassVar[str] = "it does not declare that it decomposes over anchors"
 
     def forward(
         self,
@@ -392,7 +365,6 @@ __all__ = [
     "check_floating_tensor",
     "check_input_shapes",
     "check_loss_inputs",
-    "check_loss_mat",
     "checked_indices_tuple",
     "loss_entry",
     "promote_to_common_dtype",

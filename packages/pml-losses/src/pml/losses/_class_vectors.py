@@ -102,6 +102,8 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     #: a class-vector loss compares embeddings with its weights, not the batch (no mat=)
     accepts_mat = False
+    #: a sample's loss reads it and the class vectors (pml.losses.anchor_batched_backward)
+    anchor_batching = "samples"
 
     def __init__(self, num_classes: int, embedding_size: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -86,6 +86,8 @@ class ContrastiveLoss(GenericPairLoss):
         tensor(0.1202)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
         set_hyperparameters(self, pos_margin=pos_margin, neg_margin=neg_margin)
@@ -146,6 +148,8 @@ class IntraPairVarianceLoss(GenericPairLoss):
         >>> IntraPairVarianceLoss()(emb, torch.tensor([0, 0, 0, 1]))
         tensor(0.0406)
     """
+
+    anchor_batching_obstacle = "its hinge centres are means over every pair of the batch"
 
     def __init__(self, pos_eps: float = 0.01, neg_eps: float = 0.01, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)

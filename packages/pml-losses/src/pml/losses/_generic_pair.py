@@ -27,8 +27,7 @@ class GenericPairLoss(BaseMetricLossFunction):
             indices_tuple)`` with the matrix entries of each listed pair (duplicates kept).
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(self, mat_based_loss: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)

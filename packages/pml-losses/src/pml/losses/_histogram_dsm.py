@@ -99,8 +99,7 @@ class HistogramLoss(BaseMetricLossFunction):
         0.0
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(self, n_bins: int | None = None, delta: float | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -202,8 +201,7 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
         -0.4085
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(
         self, min_val: float = -2.0, num_bins: int = 10, momentum: float = 0.01, **kwargs: Any

@@ -44,6 +44,8 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         tensor(0.7436)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
         set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
@@ -86,6 +88,8 @@ class LiftedStructureLoss(GenericPairLoss):
         >>> LiftedStructureLoss()(emb, torch.tensor([0, 0, 1, 1]))
         tensor(1.0420)
     """
+
+    anchor_batching_obstacle = "a positive pair reads the negatives of its positive (its column)"
 
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)

@@ -48,8 +48,7 @@ class NCALoss(BaseMetricLossFunction):
         tensor(2.5420)
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -124,8 +123,7 @@ class InstanceLoss(BaseMetricLossFunction):
         tensor(0.1901)
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -42,6 +42,8 @@ class MultiSimilarityLoss(GenericPairLoss):
         tensor(0.1725)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs: Any):
         super().__init__(mat_based_loss=True, **kwargs)
         # fix: alpha = 0 or beta = 0 divides by zero at forward; a negative one flips the loss
@@ -94,6 +96,8 @@ class CircleLoss(GenericPairLoss):
         >>> CircleLoss()(emb, torch.tensor([0, 0, 1, 1]))
         tensor(0.0015)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)

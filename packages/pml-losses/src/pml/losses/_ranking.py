@@ -51,8 +51,7 @@ class _Float32RankingLoss(BaseMetricLossFunction):
     compute in at least float32 anyway, so autocast is switched off for the whole forward.
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def forward(
         self,
@@ -314,8 +313,7 @@ class RankedListLoss(BaseMetricLossFunction):
         tensor(0.5333)
     """
 
-    #: forward(..., mat=) accepted: the batch matrix is read through batch_matrix
-    accepts_mat = True
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(
         self,

@@ -86,6 +86,8 @@ class NTXentLoss(GenericPairLoss):
         tensor(8.4703)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
         # fix: the reference gives NaN for 0 and a negated objective below 0
@@ -142,6 +144,8 @@ class TupletMarginLoss(GenericPairLoss):
         >>> TupletMarginLoss()(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
         tensor(46.2947)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, margin: float = 5.73, scale: float = 64, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
@@ -239,6 +243,8 @@ class SupConLoss(GenericPairLoss):
         >>> SupConLoss()(emb, torch.tensor([0, 0, 1, 1]))
         tensor(0.0057)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)

@@ -7,11 +7,11 @@ finish from sums (``sums_plan``: a sum, a mean, a threshold mean or a divisor), 
 ``sum_k total_k / denominator_k`` over its sub-losses ``k``, and ``total_k`` and the
 denominator are sums over anchors.
 
-Two passes over the chunks: the first, without gradients, adds up every sub-loss's
-denominator (e.g. the number of non-zero losses for AvgNonZeroReducer); the second runs each
-chunk with gradients and backpropagates ``sum_k total_k(chunk) / denominator_k``. The
-gradients of every chunk add up to the gradient of the whole loss. Peak memory is that of one
-chunk: ``batch_size x M``.
+One pass over the chunks: each chunk's ``total_k`` is differentiated separately (one backward
+per sub-loss with a gradient, the graph kept between them) into a per-sub-loss gradient of the
+inputs; the denominators (e.g. the number of non-zero losses for AvgNonZeroReducer) are known
+after the last chunk, and the gradient is ``sum_k gradient_k / denominator_k``. Peak memory is
+that of one chunk (``batch_size x M``) plus those ``(N + M) x D`` gradient buffers.
 """
 
 from __future__ import annotations
@@ -140,8 +140,7 @@ def anchor_batched_backward(
     The loss must declare that it decomposes (``type(loss_func).anchor_batching``:
     ``"reference"`` for pair/triplet/row losses, ``"samples"`` for class-vector losses), and
     each sub-loss's reducer must finish from sums (Mean, Sum, AvgNonZero, Threshold, Divisor).
-    Two passes: one without gradients for the normalisers (about one extra forward), then
-    one with gradients.
+    Each chunk runs forward once, and backward once per sub-loss (most losses have one).
 
     Args:
         loss_func: the loss (e.g. ``MultiSimilarityLoss()``).
@@ -216,48 +215,66 @@ def anchor_batched_backward(
         pairs = checked_indices_tuple(_all_pairs_but_self(labels, start, stop))
         return loss_func(emb[start:stop], labels[start:stop], pairs, emb, labels)
 
+    # what gets gradients: the (detached) embeddings and the loss's own parameters
+    inputs = [t for t in (emb, ref) if t is not None and t.requires_grad]
+    inputs += [p for p in loss_func.parameters() if p.requires_grad]
+    totals: dict[str, list[Tensor]] = {k: [] for k in plans}
+    denoms: dict[str, list[Tensor]] = {k: [] for k in plans}
+    grads: dict[str, list[Tensor | None]] = {k: [None] * len(inputs) for k in plans}
     inner = loss_func.reducer
     loss_func.reducer = _CollectingReducer(plans)
     try:
-        totals: dict[str, list[Tensor]] = {k: [] for k in plans}
-        denoms: dict[str, list[Tensor]] = {k: [] for k in plans}
-        with torch.no_grad():
-            for start, stop in _chunks(n, size):
-                for sub, entry in chunk_dict(start, stop).items():
-                    sums = _entry_sums(name, sub, entry, plans[sub])
-                    if sums is not None:
-                        totals[sub].append(sums[0])
-                        if sums[1] is not None:
-                            denoms[sub].append(torch.as_tensor(sums[1], device=emb.device))
-        one = torch.ones((), device=emb.device)
-        # a plain sum has no denominator (1)
-        denom = {
-            k: torch.stack(denoms[k]).sum() if denoms[k] else one for k, v in totals.items() if v
-        }
         for start, stop in _chunks(n, size):
-            objective = None
+            terms = {}
             for sub, entry in chunk_dict(start, stop).items():
                 sums = _entry_sums(name, sub, entry, plans[sub])
-                if sums is None or sub not in denom:
+                if sums is None:
                     continue
-                d = denom[sub]
-                term = sums[0] / torch.where(d == 0, torch.ones_like(d), d).to(sums[0].dtype)
-                objective = term if objective is None else objective + term
-            if objective is not None and objective.requires_grad:
-                objective.backward()
+                totals[sub].append(sums[0].detach())
+                if sums[1] is not None:
+                    denoms[sub].append(torch.as_tensor(sums[1], device=emb.device))
+                if inputs and sums[0].requires_grad:
+                    terms[sub] = sums[0]
+            for i, (sub, total) in enumerate(terms.items()):
+                # one gradient per sub-loss: its denominator is known after the last chunk
+                chunk_grads = torch.autograd.grad(
+                    total, inputs, retain_graph=i < len(terms) - 1, allow_unused=True
+                )
+                grads[sub] = [_add(g, c) for g, c in zip(grads[sub], chunk_grads)]
     finally:
         loss_func.reducer = inner
 
-    value = torch.zeros((), dtype=torch.float64, device=emb.device)
+    one = torch.ones((), device=emb.device)
+    # a plain sum has no denominator (1)
+    denom = {k: torch.stack(denoms[k]).sum() if denoms[k] else one for k in plans if totals[k]}
+    acc = accumulation_dtype(emb.dtype)
+    value = torch.zeros((), dtype=acc, device=emb.device)
+    final: list[Tensor | None] = [None] * len(inputs)
     for sub, d in denom.items():
-        total = torch.stack([t.double() for t in totals[sub]]).sum()
-        finished = total / torch.where(d == 0, torch.ones_like(d), d).double()
-        value = value + torch.where((d != 0) | total.isnan(), finished, 0)
+        total = torch.stack(totals[sub]).sum().to(acc)
+        d = d.to(acc)
+        safe = torch.where(d == 0, torch.ones_like(d), d)
+        value = value + torch.where((d != 0) | total.isnan(), total / safe, 0)
+        scale = torch.where(d == 0, torch.zeros_like(d), 1 / safe)
+        final = [_add(f, None if g is None else g * scale) for f, g in zip(final, grads[sub])]
     value = torch.where(all_finite(emb, *(() if ref is None else (ref,))), value, torch.nan)
-    for leaf, source in ((emb, embeddings), (ref, ref_emb)):
-        if leaf is not None and leaf.grad is not None and source.requires_grad:
-            torch.autograd.backward(source, leaf.grad)
+    sources = {id(emb): embeddings, id(ref): ref_emb}
+    for x, g in zip(inputs, final):
+        if g is None:
+            continue
+        if id(x) in sources:
+            torch.autograd.backward(sources[id(x)], g.to(x.dtype))  # leaf .grad or the model
+        else:
+            x.grad = g.to(x.dtype) if x.grad is None else x.grad + g.to(x.dtype)
     return value.to(embeddings.dtype).detach()
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` in at least float32 (None is 0)."""
+    if b is None:
+        return a
+    b = b.to(accumulation_dtype(b.dtype))
+    return b if a is None else a + b
 
 
 __all__ = ["anchor_batched_backward"]

@@ -169,6 +169,17 @@ def test_tiny_sets_follow_the_at_most_one_pair_rule_of_the_whole_set():
     assert emb.grad is None
 
 
+def test_an_empty_batch_gives_a_zero_loss():
+    emb = torch.zeros(0, 6, dtype=torch.float64, requires_grad=True)
+    out = anchor_batched_backward(L.ContrastiveLoss(), emb, torch.zeros(0, dtype=torch.long), 3)
+    assert out == 0 and emb.grad is None
+
+
+def test_embeddings_without_gradients_give_the_value_only():
+    out = anchor_batched_backward(L.SupConLoss(), EMB, LABELS, 6)
+    assert_close(out, L.SupConLoss()(EMB, LABELS))
+
+
 def test_nonfinite_embeddings_give_nan():
     emb = EMB.clone()
     emb[2, 1] = float("inf")

@@ -205,7 +205,7 @@ def anchor_batched_backward(
     ref = None if ref_emb is None else ref_emb.detach().requires_grad_(ref_emb.requires_grad)
     n, m = len(emb), len(emb) if ref is None else len(ref)
     # tiny sets: a chunk could fall under the at-most-one-pair rule of the whole set
-    size = n if mode == "reference" and m <= 3 else batch_size
+    size = max(n, 1) if mode == "reference" and m <= 3 else batch_size
 
     def chunk_dict(start: int, stop: int) -> dict:
         if mode == "samples":

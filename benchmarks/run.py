@@ -29,7 +29,27 @@ def main() -> None:
         path = run_suite(
             area, mod.TITLE, mod.SUITE, only=args.only, reuse_reference=args.reuse_reference
         )
+        if hasattr(mod, "COLUMNS"):
+            relabel(path, mod.COLUMNS, getattr(mod, "NOTE", ""))
         print(f"wrote {path}")
+
+
+def relabel(path: Path, columns: tuple[str, str], note: str) -> None:
+    """Name a table's two compared columns (a suite comparing pml with pml, e.g. a feature).
+
+    The suite's ``COLUMNS = (first, second)`` replace "pml" / "reference 2.9" and their peak
+    and speed-up headings; ``NOTE`` is added above the table.
+    """
+    first, second = columns
+    lines = path.read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("| case |"))
+    lines[at] = (
+        f"| case | parameters | {first} | {second} | speed-up ({second} / {first}) "
+        f"| {first} peak | {second} peak |"
+    )
+    if note:
+        lines[at:at] = [note, ""]
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """pml-losses: metric-learning losses and loss wrappers (reference-compatible API)."""
 
 from pml.losses.__about__ import __version__
+from pml.losses._anchor_batched import anchor_batched_backward
 from pml.losses._angular_npairs import AngularLoss, NPairsLoss
 from pml.losses._base import BaseLossWrapper, BaseMetricLossFunction
 from pml.losses._contrastive import (
@@ -94,4 +95,5 @@ __all__ = [
     "WeightMixin",
     "WeightRegularizerMixin",
     "__version__",
+    "anchor_batched_backward",
 ]

@@ -7,12 +7,12 @@ reducer. Subclasses implement ``compute_loss``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pml.core.dtypes import to_device
+from pml.core.dtypes import accumulation_dtype, to_device
 from pml.core.functional import zero_loss
 from pml.core.indices import IndicesTuple
 from pml.core.validation import (
@@ -22,6 +22,7 @@ from pml.core.validation import (
     check_shapes,
 )
 from pml.distances import BaseDistance
+from pml.losses._mat import check_loss_mat
 from pml.losses._regularizer_mixins import (
     EMBEDDING_REG_LOSS,
     WEIGHT_REG_LOSS,
@@ -195,6 +196,18 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         embedding_reg_weight: its multiplier.
     """
 
+    #: whether ``compute_loss`` reads the distances only through :meth:`batch_matrix` /
+    #: :meth:`batch_acc_matrix` (one matrix of embeddings x ref_emb), so that
+    #: ``forward(..., mat=)`` can hand it a matrix computed once outside (shared with a miner)
+    accepts_mat: ClassVar[bool] = False
+    _given_mat: Tensor | None = None
+    #: how :func:`pml.losses.anchor_batched_backward` may split the loss: ``"reference"`` (a
+    #: sum over anchors of terms reading the anchor's row against the whole reference set),
+    #: ``"samples"`` (terms reading one sample and the loss's parameters) or None (it cannot;
+    #: :attr:`anchor_batching_obstacle` says why)
+    anchor_batching: ClassVar[str | None] = None
+    anchor_batching_obstacle: ClassVar[str] = "it does not declare that it decomposes over anchors"
+
     def forward(
         self,
         embeddings: Tensor,
@@ -202,6 +215,8 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
         indices_tuple: IndicesTuple | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
+        *,
+        mat: Tensor | None = None,
     ) -> Tensor:
         """Compute the loss.
 
@@ -214,6 +229,12 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
             ref_emb: reference embeddings ``(M, D)``; None uses ``embeddings`` (same object).
                 Another float dtype is fine: both are computed in the promoted dtype.
             ref_labels: reference labels ``(M,)``.
+            mat: keyword-only, the ``(N, M)`` matrix ``self.distance(embeddings, ref_emb)``
+                computed once outside (e.g. shared with a miner's ``mat=``), used instead of
+                computing it; it must carry the autograd graph back to the embeddings. Only
+                for losses with ``accepts_mat`` (one matrix of the batch); it is read in the
+                dtype the loss's own matrix would have. Its values are trusted: it must come
+                from the loss's own distance.
 
         Returns:
             A 0-dim tensor in the embeddings' dtype (the loss dict with DoNothingReducer).
@@ -224,14 +245,22 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
                 ``indices_tuple`` indices outside ``[0, N)`` (anchors) / ``[0, M)`` (others).
             TypeError: non-tensor inputs, or an indices_tuple of the wrong form or of an
                 integer dtype other than int64/int32.
+            TypeError, ValueError: a ``mat`` this loss cannot take, of the wrong shape or
+                without an autograd graph (see :func:`check_loss_mat`).
         """
         self.reset_stats()
         labels, ref_emb, ref_labels = check_loss_inputs(
             self.distance, embeddings, labels, indices_tuple, ref_emb, ref_labels
         )
+        if mat is not None:
+            check_loss_mat(self, mat, embeddings, ref_emb)
         out_dtype = embeddings.dtype
         embeddings, ref_emb = promote_to_common_dtype(embeddings, ref_emb)
-        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        self._given_mat = mat
+        try:
+            loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        finally:
+            self._given_mat = None
         self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
         out = self.reducer(loss_dict, embeddings, labels)
         if ref_emb is not embeddings and isinstance(out, Tensor):
@@ -250,6 +279,28 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
     ) -> LossDict:
         """Return the loss dict ``{name: {"losses", "indices", "reduction_type"}}``."""
         raise NotImplementedError
+
+    def batch_matrix(self, embeddings: Tensor, ref_emb: Tensor | None = None) -> Tensor:
+        """``self.distance(embeddings, ref_emb)``, or the ``mat`` given to ``forward``.
+
+        A given matrix is returned in the embeddings' dtype (what the distance would give).
+        """
+        mat = self._given_mat
+        if mat is None:
+            return (
+                self.distance(embeddings) if ref_emb is None else self.distance(embeddings, ref_emb)
+            )
+        return mat.to(embeddings.dtype)
+
+    def batch_acc_matrix(self, embeddings: Tensor, ref_emb: Tensor | None = None) -> Tensor:
+        """``self.distance.acc_matrix(embeddings, ref_emb)``, or the given ``mat``.
+
+        Either in ``accumulation_dtype(embeddings.dtype)`` (at least float32).
+        """
+        mat = self._given_mat
+        if mat is None:
+            return self.distance.acc_matrix(embeddings, ref_emb)
+        return mat.to(accumulation_dtype(embeddings.dtype))
 
     def zero_loss(self) -> dict[str, Any]:
         """The "no loss" entry (see :func:`zero_loss_entry`)."""

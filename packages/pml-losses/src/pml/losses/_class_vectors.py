@@ -100,6 +100,11 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         ValueError: they are below 1.
     """
 
+    #: a class-vector loss compares embeddings with its weights, not the batch (no mat=)
+    accepts_mat = False
+    #: a sample's loss reads it and the class vectors (pml.losses.anchor_batched_backward)
+    anchor_batching = "samples"
+
     def __init__(self, num_classes: int, embedding_size: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_classes = check_count("num_classes", num_classes)
@@ -169,6 +174,8 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         indices_tuple: IndicesTuple | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
+        *,
+        mat: Tensor | None = None,
     ) -> Tensor:
         """``BaseMetricLossFunction.forward`` with autocast off (see the module docstring).
 
@@ -177,11 +184,12 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             labels: ``(N,)`` integer class ids in ``[0, num_classes)``.
             indices_tuple: a miner's output; only turned into per-sample weights.
             ref_emb, ref_labels: not supported (ValueError).
+            mat: not supported (TypeError naming the class).
         """
         device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
         self._nonfinite: Tensor | None = None
         with full_precision(device):
-            out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat=mat)
         nonfinite, self._nonfinite = self._nonfinite, None
         if nonfinite is not None and isinstance(out, Tensor):
             out = out + nonfinite.to(out.dtype)  # fix: NaN in, NaN out (see nonfinite_guard)

@@ -54,7 +54,7 @@ def hinge_pair_loss(
     else:
         pairs = masked_negatives(pairs, len(embeddings), len(ref_emb))
     bounds = (None, None) if plan is None else (plan.low, plan.high)
-    mat = loss.distance(embeddings, ref_emb)
+    mat = loss.batch_matrix(embeddings, ref_emb)
     pos, neg = pair_hinge_losses(mat, pairs.a1, pairs.p, pairs.neg, hinges, *bounds)
     return poison_nonfinite(pair_entries(pos, neg, pairs), embeddings, ref_emb)
 
@@ -85,6 +85,8 @@ class ContrastiveLoss(GenericPairLoss):
         >>> ContrastiveLoss()(emb, torch.tensor([0, 0, 1, 1]))
         tensor(0.1202)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
@@ -146,6 +148,8 @@ class IntraPairVarianceLoss(GenericPairLoss):
         >>> IntraPairVarianceLoss()(emb, torch.tensor([0, 0, 0, 1]))
         tensor(0.0406)
     """
+
+    anchor_batching_obstacle = "its hinge centres are means over every pair of the batch"
 
     def __init__(self, pos_eps: float = 0.01, neg_eps: float = 0.01, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)

@@ -27,6 +27,8 @@ class GenericPairLoss(BaseMetricLossFunction):
             indices_tuple)`` with the matrix entries of each listed pair (duplicates kept).
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def __init__(self, mat_based_loss: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mat_based_loss = mat_based_loss
@@ -36,7 +38,7 @@ class GenericPairLoss(BaseMetricLossFunction):
         pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
         if too_few_pairs(len(pairs[0]), len(pairs[2]), need_both=False):
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         if self.mat_based_loss:
             return self.mat_based_loss_fn(mat, pairs, check_overlap=indices_tuple is not None)
         return self.pair_based_loss(mat, pairs)

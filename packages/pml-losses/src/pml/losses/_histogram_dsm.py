@@ -99,6 +99,8 @@ class HistogramLoss(BaseMetricLossFunction):
         0.0
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def __init__(self, n_bins: int | None = None, delta: float | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         # fix: the reference takes n_bins=2.5 silently and fails at forward for delta <= 0
@@ -123,7 +125,7 @@ class HistogramLoss(BaseMetricLossFunction):
         (pi, pj), (ni, nj) = histogram_pair_sets(labels, indices_tuple, n)
         if len(pi) == 0 or len(ni) == 0:
             return self.zero_losses()
-        mat = self.distance(embeddings)
+        mat = self.batch_matrix(embeddings)
         loss = histogram_loss(mat[pi, pj], mat[ni, nj], self.delta)
         # fix: a NaN/inf row in no pair still makes the loss NaN
         return poison_nonfinite({"loss": loss_entry(loss, None, "already_reduced")}, embeddings)
@@ -199,6 +201,8 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
         -0.4085
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def __init__(
         self, min_val: float = -2.0, num_bins: int = 10, momentum: float = 0.01, **kwargs: Any
     ) -> None:
@@ -216,7 +220,7 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
         self.add_to_recordable_attributes(name="num_bins", is_stat=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> LossDict:  # type: ignore[no-untyped-def]
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         hist = self.hist_.to(device=embeddings.device)
         out = _dsm_loss_and_histogram(
             mat, hist, labels, indices_tuple, ref_labels, self.min_val, self.momentum

@@ -44,6 +44,8 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         tensor(0.7436)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
         set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
@@ -52,7 +54,7 @@ class GeneralizedLiftedStructureLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = generalized_lifted_structure_loss(
             mat, *masks, self.neg_margin, self.pos_margin, is_inverted=self.distance.is_inverted
         )
@@ -87,6 +89,8 @@ class LiftedStructureLoss(GenericPairLoss):
         tensor(1.0420)
     """
 
+    anchor_batching_obstacle = "a positive pair reads the negatives of its positive (its column)"
+
     def __init__(self, neg_margin: float = 1, pos_margin: float = 0, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
         set_hyperparameters(self, neg_margin=neg_margin, pos_margin=pos_margin)
@@ -96,7 +100,7 @@ class LiftedStructureLoss(GenericPairLoss):
         # compat: zero when <= 1 pair of each kind, or no positive / no negative pair.
         if too_few_pairs(len(pairs.a1), pairs.num_neg):
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = lifted_structure_loss(
             mat,
             pairs.a1,

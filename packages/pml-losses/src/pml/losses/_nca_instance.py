@@ -48,6 +48,8 @@ class NCALoss(BaseMetricLossFunction):
         tensor(2.5420)
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # fix: a negative scale silently flips the objective (0 is kept: spec'd compat case)
@@ -72,7 +74,7 @@ class NCALoss(BaseMetricLossFunction):
         if ref_labels is None:
             raise ValueError("ref_labels must be given with ref_emb: NCALoss needs labels")
         same_set = ref_emb is embeddings
-        mat = self.distance.acc_matrix(embeddings, ref_emb)
+        mat = self.batch_acc_matrix(embeddings, ref_emb)
         weights = convert_to_weights(indices_tuple, labels, dtype=mat.dtype, using_ref=not same_set)
         losses, kept = nca_loss(
             mat,
@@ -121,6 +123,8 @@ class InstanceLoss(BaseMetricLossFunction):
         tensor(0.1901)
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         assert_distance_type(self, CosineSimilarity)
@@ -144,7 +148,7 @@ class InstanceLoss(BaseMetricLossFunction):
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
             return self.zero_losses()
-        sim = self.distance.acc_matrix(embeddings)
+        sim = self.batch_acc_matrix(embeddings)
         # every row reads every embedding (log-softmax): NaN/inf propagate without a guard
         losses = instance_loss(sim, labels, self.gamma).to(embeddings.dtype)
         rows = torch.arange(len(embeddings), device=embeddings.device)

@@ -42,6 +42,8 @@ class MultiSimilarityLoss(GenericPairLoss):
         tensor(0.1725)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs: Any):
         super().__init__(mat_based_loss=True, **kwargs)
         # fix: alpha = 0 or beta = 0 divides by zero at forward; a negative one flips the loss
@@ -57,7 +59,7 @@ class MultiSimilarityLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = multi_similarity_loss(
             mat, *masks, self.alpha, self.beta, self.base, is_inverted=self.distance.is_inverted
         )
@@ -95,6 +97,8 @@ class CircleLoss(GenericPairLoss):
         tensor(0.0015)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
         check_real("m", m)
@@ -115,7 +119,7 @@ class CircleLoss(GenericPairLoss):
         masks = pair_masks(indices_tuple, labels, ref_labels, embeddings, ref_emb)
         if masks is None:
             return self.zero_losses()
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         losses = circle_loss(mat, *masks, self.m, self.gamma)
         return poison_nonfinite(row_entry(losses), embeddings, ref_emb)
 

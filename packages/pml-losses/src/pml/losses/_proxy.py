@@ -79,6 +79,9 @@ class ProxyAnchorLoss(ClassVectorLoss):
         (torch.Size([]), torch.Size([3, 4]))
     """
 
+    anchor_batching = None
+    anchor_batching_obstacle = "each proxy's term is a log-sum-exp over every sample of the batch"
+
     def __init__(
         self,
         num_classes: int,

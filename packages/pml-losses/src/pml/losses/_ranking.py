@@ -51,6 +51,8 @@ class _Float32RankingLoss(BaseMetricLossFunction):
     compute in at least float32 anyway, so autocast is switched off for the whole forward.
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+
     def forward(
         self,
         embeddings: Tensor,
@@ -58,11 +60,13 @@ class _Float32RankingLoss(BaseMetricLossFunction):
         indices_tuple: IndicesTuple | None = None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
+        *,
+        mat: Tensor | None = None,
     ) -> Tensor:
-        """``BaseMetricLossFunction.forward`` with autocast off."""
+        """``BaseMetricLossFunction.forward`` with autocast off (``mat``: the ``(N, N)`` matrix)."""
         device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
         with full_precision(device):
-            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat=mat)
 
 
 class FastAPLoss(_Float32RankingLoss):
@@ -115,7 +119,7 @@ class FastAPLoss(_Float32RankingLoss):
     ) -> LossDict:
         labels = labels_required(labels)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
-        dist = self.distance.acc_matrix(embeddings)
+        dist = self.batch_acc_matrix(embeddings)
         weights = convert_to_weights(indices_tuple, labels, dtype=dist.dtype)
         hist_max = 2.0**self.distance.power
         losses, valid = fast_ap_loss(dist, labels, self.num_bins, hist_max, weights)
@@ -190,7 +194,7 @@ class PNPLoss(_Float32RankingLoss):
         labels = labels_required(labels)
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
-        sim = self.distance.acc_matrix(embeddings)
+        sim = self.batch_acc_matrix(embeddings)
         loss, valid = pnp_loss(sim, labels, self.b, self.alpha, self.anneal, self.variant)  # type: ignore[arg-type]
         rows = torch.nonzero(valid).squeeze(1)
         if len(rows) == 0:
@@ -268,7 +272,7 @@ class SmoothAPLoss(_Float32RankingLoss):
                 f"counts {counts.tolist()}. pml.samplers.MPerClassSampler(labels, m, "
                 "batch_size=...) draws such batches"
             )
-        sim = self.distance.acc_matrix(embeddings)
+        sim = self.batch_acc_matrix(embeddings)
         weights = convert_to_weights(indices_tuple, labels, dtype=sim.dtype)
         # compat: blocks of n // (n // U) = U consecutive rows are the positive sets
         block_size = n // (n // len(counts))
@@ -308,6 +312,8 @@ class RankedListLoss(BaseMetricLossFunction):
         >>> RankedListLoss(margin=0.4, Tn=1.0)(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
         tensor(0.5333)
     """
+
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
 
     def __init__(
         self,
@@ -353,7 +359,7 @@ class RankedListLoss(BaseMetricLossFunction):
         labels = labels_required(labels)
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
-        dist = self.distance.acc_matrix(embeddings)
+        dist = self.batch_acc_matrix(embeddings)
         losses = ranked_list_loss(
             dist, labels, self.margin, self.alpha, self.Tp, self.Tn, self.imbalance
         )

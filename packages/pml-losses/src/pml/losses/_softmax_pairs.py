@@ -47,7 +47,7 @@ def positive_pair_loss(
     pairs = pair_inputs(indices_tuple, labels, ref_labels, embeddings.device)
     if too_few_pairs(len(pairs.a1), pairs.num_neg):
         return loss.zero_losses()
-    mat = loss.distance.acc_matrix(embeddings, ref_emb)
+    mat = loss.batch_acc_matrix(embeddings, ref_emb)
     losses = pair_losses(mat, pairs.a1, pairs.p, pairs.neg).to(embeddings.dtype)
     losses = nan_if_nonfinite(losses, embeddings, ref_emb)
     return {"loss": loss_entry(losses, (pairs.a1, pairs.p), "pos_pair")}
@@ -85,6 +85,8 @@ class NTXentLoss(GenericPairLoss):
         >>> NTXentLoss(temperature=0.1)(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
         tensor(8.4703)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
@@ -142,6 +144,8 @@ class TupletMarginLoss(GenericPairLoss):
         >>> TupletMarginLoss()(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
         tensor(46.2947)
     """
+
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
 
     def __init__(self, margin: float = 5.73, scale: float = 64, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=False, **kwargs)
@@ -240,6 +244,8 @@ class SupConLoss(GenericPairLoss):
         tensor(0.0057)
     """
 
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(mat_based_loss=True, **kwargs)
         # fix: the reference gives a constant 0 for temperature 0
@@ -259,7 +265,7 @@ class SupConLoss(GenericPairLoss):
         # compat: zero unless there is a positive and a negative cell, and more than one pair
         if too_few_pairs(len(pairs.a1), pairs.num_neg):
             return self.zero_losses()
-        mat = self.distance.acc_matrix(embeddings, ref_emb)
+        mat = self.batch_acc_matrix(embeddings, ref_emb)
         pos_mask, neg_mask = cell_masks(pairs, mat.shape)
         is_inverted = self.distance.is_inverted
         losses = supcon_loss(mat, pos_mask, neg_mask, self.temperature, is_inverted=is_inverted)

@@ -11,22 +11,13 @@ sums over every triplet (``functional.*_sums``, ``O(N M)`` memory) instead of li
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pml.core.dtypes import accumulation_dtype
-from pml.core.indices import (
-    IndicesTuple,
-    PairsTuple,
-    TripletsTuple,
-    get_all_triplets_indices,
-    get_random_triplet_indices,
-    is_same_set,
-    pairs_to_triplets,
-)
+from pml.core.indices import IndicesTuple, is_same_set
 from pml.core.validation import (
     check_index_labels,
     check_int,
@@ -37,6 +28,12 @@ from pml.core.validation import (
 from pml.losses._arguments import check_bool, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry, zero_loss_entry
 from pml.losses._pairs import poison_nonfinite
+from pml.losses._triplet_sources import (
+    TripletSource,
+    TripletsPerAnchor,
+    list_triplets,
+    triplet_source,
+)
 from pml.losses.functional._triplet import (
     margin_loss,
     margin_loss_sums,
@@ -46,8 +43,6 @@ from pml.losses.functional._triplet import (
 from pml.reducers import AvgNonZeroReducer, BaseReducer, DivisorReducer, LossDict
 from pml.reducers.functional import threshold_mask
 
-TripletsPerAnchor = int | Literal["all"] | None
-
 
 def check_triplets_per_anchor(value: Any) -> TripletsPerAnchor:
     """``"all"``, None or an int ``>= 0`` (ValueError for another string or a negative int)."""
@@ -55,48 +50,6 @@ def check_triplets_per_anchor(value: Any) -> TripletsPerAnchor:
         check_option("triplets_per_anchor", value, ["all"])
         return "all"
     return check_int("triplets_per_anchor", value, min=0, allow_none=True)
-
-
-@dataclass(frozen=True)
-class TripletSource:
-    """Where the triplets come from: all of the labels (both None), a pairs tuple, or a list."""
-
-    pairs: PairsTuple | None = None
-    triplets: TripletsTuple | None = None
-
-
-def triplet_source(
-    indices_tuple: IndicesTuple | None,
-    labels: Tensor | None,
-    ref_labels: Tensor | None,
-    triplets_per_anchor: TripletsPerAnchor,
-) -> TripletSource:
-    """The reference's ``convert_to_triplets`` cases, without listing "all" triplets yet."""
-    if indices_tuple is None:
-        if isinstance(triplets_per_anchor, str):  # "all"
-            return TripletSource()
-        labels = labels_required(labels)
-        return TripletSource(
-            triplets=get_random_triplet_indices(
-                labels, ref_labels, t_per_anchor=triplets_per_anchor
-            )
-        )
-    if len(indices_tuple) == 4:
-        a1, p, a2, n = indices_tuple
-        return TripletSource(pairs=(a1.long(), p.long(), a2.long(), n.long()))
-    a, p, n = indices_tuple
-    return TripletSource(triplets=(a.long(), p.long(), n.long()))
-
-
-def list_triplets(
-    source: TripletSource, labels: Tensor | None, ref_labels: Tensor | None
-) -> TripletsTuple:
-    """All triplets of ``source`` in the reference's order (memory proportional to T)."""
-    if source.triplets is not None:
-        return source.triplets
-    if source.pairs is not None:
-        return pairs_to_triplets(source.pairs)
-    return get_all_triplets_indices(labels_required(labels), ref_labels)
 
 
 def sums_entry(total: Tensor, count: Tensor, num: Tensor, **extra: Any) -> dict[str, Any]:
@@ -142,6 +95,9 @@ class TripletMarginLoss(BaseMetricLossFunction):
         0.0
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(
         self,
         margin: float = 0.05,
@@ -173,7 +129,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
     ) -> LossDict:
         labels_or_indices_tuple_required(labels, indices_tuple)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         swap_mat = self._swap_matrix(mat, embeddings, ref_emb)
         plan = self.reducer_sums_plan("loss")
         if source.triplets is None and plan is not None and plan.high is None:
@@ -256,6 +212,9 @@ class MarginLoss(BaseMetricLossFunction):
         0.0943
     """
 
+    accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
+    anchor_batching = "reference"  # pml.losses.anchor_batched_backward
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -305,7 +264,7 @@ class MarginLoss(BaseMetricLossFunction):
         labels_or_indices_tuple_required(labels, indices_tuple)
         labels, ref_labels = self._class_labels(labels, ref_labels)
         source = triplet_source(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)
         if source.triplets is None and self._reducers_take_sums():
             return self._all_triplets_sums(mat, beta, labels, ref_labels, source)

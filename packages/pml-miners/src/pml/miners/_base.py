@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -49,6 +49,10 @@ class BaseMiner(ModuleWithRecordsAndDistance):
     needs_labels: bool = True
     #: whether ``mine`` applies ``tuples_per_anchor`` itself (else ``forward`` caps the output)
     handles_tuples_per_anchor: bool = False
+    #: whether ``mine`` reads the distances only through :meth:`batch_matrix` (one matrix of
+    #: embeddings x ref_emb), so that ``forward(..., mat=)`` can hand it one computed outside
+    accepts_mat: ClassVar[bool] = False
+    _given_mat: Tensor | None = None
 
     def __init__(
         self,
@@ -82,6 +86,8 @@ class BaseMiner(ModuleWithRecordsAndDistance):
         labels: Tensor | None,
         ref_emb: Tensor | None = None,
         ref_labels: Tensor | None = None,
+        *,
+        mat: Tensor | None = None,
     ) -> IndicesTuple:
         """Mine an index tuple.
 
@@ -93,6 +99,11 @@ class BaseMiner(ModuleWithRecordsAndDistance):
             labels: shape ``(N,)``, any dtype supporting ``==``.
             ref_emb: shape ``(M, D)``; None compares the batch with itself.
             ref_labels: shape ``(M,)``; required with ``ref_emb``, ignored without it.
+            mat: keyword-only, the ``(N, M)`` matrix ``self.distance(embeddings, ref_emb)``
+                computed once outside (e.g. shared with the loss's ``mat=``), used (detached,
+                in the embeddings' dtype) instead of computing it. Only for miners with
+                ``accepts_mat``; its values are trusted: it must come from the miner's
+                distance (the same distance as the loss's when shared).
 
         Returns:
             Triplets ``(a, p, n)`` or pairs ``(a1, p, a2, n)`` of int64 tensors. Anchors index
@@ -103,14 +114,22 @@ class BaseMiner(ModuleWithRecordsAndDistance):
             ValueError: missing labels, shapes that do not match, or NaN/inf in
                 ``embeddings`` or ``ref_emb`` (one reduction and one device sync per call
                 for both; the mined indices are data-dependent, so mining syncs anyway).
+            TypeError, ValueError: a ``mat`` this miner cannot take (TypeError naming the
+                class), not a float tensor, or not ``(N, M)`` on the embeddings' device.
         """
         self.reset_stats()
         with torch.no_grad():
             embeddings, labels, ref_emb, ref_labels = self._resolve_inputs(
                 embeddings, labels, ref_emb, ref_labels
             )
+            if mat is not None:
+                _check_mat(self, mat, embeddings, ref_emb)
             _check_finite(embeddings, ref_emb)
-            output = self.mine(embeddings, labels, ref_emb, ref_labels)  # type: ignore[arg-type]
+            self._given_mat = mat
+            try:
+                output = self.mine(embeddings, labels, ref_emb, ref_labels)  # type: ignore[arg-type]
+            finally:
+                self._given_mat = None
         if self.tuples_per_anchor is not None and not self.handles_tuples_per_anchor:
             self.output_assertion(output)  # a well-formed tuple before capping it
             output = cap_tuples(output, self.tuples_per_anchor)
@@ -189,8 +208,40 @@ class BaseMiner(ModuleWithRecordsAndDistance):
             names.append("tuples_per_anchor")
         return ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
 
+    def batch_matrix(self, embeddings: Tensor, ref_emb: Tensor) -> Tensor:
+        """``self.distance(embeddings, ref_emb)``, or the ``mat`` given to ``forward``.
+
+        A given matrix is returned detached, in the embeddings' dtype.
+        """
+        mat = self._given_mat
+        if mat is None:
+            return self.distance(embeddings, ref_emb)
+        return mat.detach().to(embeddings.dtype)
+
     def _require_lp_distance(self) -> None:
         assert_distance_type(self, LpDistance, p=2, power=1, normalize_embeddings=True)
+
+
+def _check_mat(miner: BaseMiner, mat: Any, embeddings: Tensor, ref_emb: Tensor) -> None:
+    """Check a matrix handed to ``miner.forward(..., mat=)``: accepted, float, ``(N, M)``."""
+    name = type(miner).__name__
+    if not miner.accepts_mat:
+        raise TypeError(
+            f"{name} cannot take mat: it does not mine from one distance matrix of "
+            "embeddings x ref_emb (call it without mat)"
+        )
+    if not isinstance(mat, Tensor):
+        raise TypeError(f"mat must be a torch.Tensor; got {type(mat).__name__}")
+    if not mat.dtype.is_floating_point:
+        raise TypeError(f"mat must be a floating-point tensor; got {mat.dtype}")
+    shape = (embeddings.shape[0], ref_emb.shape[0])
+    if tuple(mat.shape) != shape:
+        raise ValueError(
+            f"mat must have shape (N, M) = {shape} (embeddings x ref_emb) for {name}; "
+            f"got {tuple(mat.shape)}"
+        )
+    if mat.device != embeddings.device:
+        raise ValueError(f"mat must be on {embeddings.device} like embeddings; got {mat.device}")
 
 
 def _check_finite(embeddings: Tensor, ref_emb: Tensor) -> None:

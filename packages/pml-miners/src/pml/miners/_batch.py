@@ -48,6 +48,7 @@ class BatchEasyHardMiner(BaseMiner):
     ALL = "all"
     all_batch_mining_strategies: ClassVar[list[str]] = [HARD, SEMIHARD, EASY, ALL]
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(
         self,
@@ -86,7 +87,7 @@ class BatchEasyHardMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> IndicesTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         pairs = MF.batch_easy_hard_miner(
             mat,
             labels,

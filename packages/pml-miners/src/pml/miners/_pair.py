@@ -33,6 +33,7 @@ class MultiSimilarityMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(self, epsilon: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -45,7 +46,7 @@ class MultiSimilarityMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> PairsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         return MF.multi_similarity_miner(
             mat,
             labels,
@@ -75,6 +76,7 @@ class PairMarginMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -88,7 +90,7 @@ class PairMarginMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> PairsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         if self.collect_stats:
             pos_mean, neg_mean = MF.pair_margin_miner_stats(mat, labels, ref_labels)
             self.set_stats(pos_pair_dist=pos_mean, neg_pair_dist=neg_mean)
@@ -131,6 +133,7 @@ class HDCMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(self, filter_percentage: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -142,7 +145,7 @@ class HDCMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> PairsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         if self.was_set_externally:
             # fix: filter the tuple given by the user, not the output of the previous call
             candidates = self._external
@@ -212,6 +215,7 @@ class UniformHistogramMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(
         self, num_bins: int = 100, pos_per_bin: int = 10, neg_per_bin: int = 10, **kwargs: Any
@@ -228,7 +232,7 @@ class UniformHistogramMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> PairsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         return MF.uniform_histogram_miner(
             mat,
             labels,

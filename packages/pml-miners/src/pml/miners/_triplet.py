@@ -40,6 +40,7 @@ class TripletMarginMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(
         self,
@@ -66,7 +67,7 @@ class TripletMarginMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> TripletsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         inverted = self.distance.is_inverted
         if self.collect_stats:
             ap, an, tm = MF.triplet_margin_miner_stats(
@@ -193,6 +194,7 @@ class DistanceWeightedMiner(BaseMiner):
     """
 
     handles_tuples_per_anchor = True
+    accepts_mat = True  # mines from batch_matrix (forward(..., mat=))
 
     def __init__(
         self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, **kwargs: Any
@@ -206,7 +208,7 @@ class DistanceWeightedMiner(BaseMiner):
     def mine(
         self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor
     ) -> TripletsTuple:
-        mat = self.distance(embeddings, ref_emb)
+        mat = self.batch_matrix(embeddings, ref_emb)
         return MF.distance_weighted_miner(
             mat,
             labels,

@@ -23,6 +23,7 @@ from pml.core.validation import (
 )
 from pml.distances import BaseDistance
 from pml.losses._mat import check_loss_mat
+from pml.losses._precision import full_precision
 from pml.losses._regularizer_mixins import (
     EMBEDDING_REG_LOSS,
     WEIGHT_REG_LOSS,
@@ -207,6 +208,10 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
     #: :attr:`anchor_batching_obstacle` says why)
     anchor_batching: ClassVar[str | None] = None
     anchor_batching_obstacle: ClassVar[str] = "it does not declare that it decomposes over anchors"
+    #: run :meth:`forward` with autocast off (:func:`pml.losses._precision.full_precision`):
+    #: losses that compute in at least float32 anyway, or whose hand-written backwards need
+    #: the dtypes they saved
+    autocast_off: ClassVar[bool] = False
 
     def forward(
         self,
@@ -248,6 +253,20 @@ class BaseMetricLossFunction(EmbeddingRegularizerMixin, ModuleWithRecordsReducer
             TypeError, ValueError: a ``mat`` this loss cannot take, of the wrong shape or
                 without an autograd graph (see :func:`check_loss_mat`).
         """
+        if self.autocast_off and isinstance(embeddings, Tensor):
+            with full_precision(embeddings.device):
+                return self._forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat)
+        return self._forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat)
+
+    def _forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: IndicesTuple | None,
+        ref_emb: Tensor | None,
+        ref_labels: Tensor | None,
+        mat: Tensor | None,
+    ) -> Tensor:
         self.reset_stats()
         labels, ref_emb, ref_labels = check_loss_inputs(
             self.distance, embeddings, labels, indices_tuple, ref_emb, ref_labels

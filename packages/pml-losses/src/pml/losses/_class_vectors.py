@@ -23,8 +23,6 @@ The math of each loss lives in ``pml.losses.functional``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,9 +32,12 @@ from pml.core.indices import IndicesTuple, convert_to_weights
 from pml.core.validation import check_index_labels, labels_required, ref_not_supported
 from pml.losses._arguments import check_count
 from pml.losses._base import BaseMetricLossFunction, cast_output
+from pml.losses._precision import full_precision
 from pml.losses._regularizer_mixins import WeightRegularizerMixin
 
 __all__ = ["ClassVectorLoss", "compute_dtype", "full_precision", "parameter_for"]
+
+# re-exported: the margin-softmax and P2SGrad modules import it from here
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -50,25 +51,6 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
-
-
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Switch autocast off on ``device`` (cpu/cuda) for the enclosed block."""
-    if device.type in ("cpu", "cuda") and _autocast_enabled(device.type):
-        with torch.autocast(device_type=device.type, enabled=False):
-            yield
-    else:
-        yield
 
 
 def parameter_for(param: Tensor, embeddings: Tensor) -> Tensor:
@@ -102,6 +84,7 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
     #: a class-vector loss compares embeddings with its weights, not the batch (no mat=)
     accepts_mat = False
+    autocast_off = True  # logits and softmax in at least float32 (see the module docstring)
     #: a sample's loss reads it and the class vectors (pml.losses.anchor_batched_backward)
     anchor_batching = "samples"
 
@@ -186,10 +169,8 @@ class ClassVectorLoss(WeightRegularizerMixin, BaseMetricLossFunction):
             ref_emb, ref_labels: not supported (ValueError).
             mat: not supported (TypeError naming the class).
         """
-        device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
         self._nonfinite: Tensor | None = None
-        with full_precision(device):
-            out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat=mat)
+        out = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat=mat)
         nonfinite, self._nonfinite = self._nonfinite, None
         if nonfinite is not None and isinstance(out, Tensor):
             out = out + nonfinite.to(out.dtype)  # fix: NaN in, NaN out (see nonfinite_guard)

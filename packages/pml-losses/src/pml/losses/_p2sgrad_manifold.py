@@ -80,6 +80,8 @@ class P2SGradLoss(BaseMetricLossFunction):
         torch.Size([])
     """
 
+    autocast_off = True  # the hand-written backward computes in at least float32
+
     def __init__(self, descriptors_dim: int, num_classes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.descriptors_dim = check_count("descriptors_dim", descriptors_dim)
@@ -87,25 +89,6 @@ class P2SGradLoss(BaseMetricLossFunction):
         self.weight = nn.Parameter(torch.empty(self.descriptors_dim, self.num_classes))
         with torch.no_grad():
             self.weight.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """``BaseMetricLossFunction.forward`` with autocast off.
-
-        Args:
-            embeddings: ``(N, descriptors_dim)``, any float dtype.
-            labels: ``(N,)`` integer class ids in ``[0, num_classes)`` (required).
-            indices_tuple, ref_emb, ref_labels: not supported (ValueError).
-        """
-        device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
-        with full_precision(device):
-            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def normalized_weight(self, embeddings: Tensor) -> Tensor:
         """Renormalise ``weight``'s columns in place; it in the compute dtype of ``embeddings``.

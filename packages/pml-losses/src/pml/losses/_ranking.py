@@ -25,7 +25,6 @@ from pml.core.validation import (
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
-from pml.losses._class_vectors import full_precision
 from pml.losses._pairs import nan_if_nonfinite
 from pml.losses.functional._ranking import (
     PNP_VARIANTS,
@@ -52,21 +51,7 @@ class _Float32RankingLoss(BaseMetricLossFunction):
     """
 
     accepts_mat = True  # forward(..., mat=): the batch matrix through batch_matrix
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: IndicesTuple | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-        *,
-        mat: Tensor | None = None,
-    ) -> Tensor:
-        """``BaseMetricLossFunction.forward`` with autocast off (``mat``: the ``(N, N)`` matrix)."""
-        device = embeddings.device if isinstance(embeddings, Tensor) else torch.device("cpu")
-        with full_precision(device):
-            return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels, mat=mat)
+    autocast_off = True
 
 
 class FastAPLoss(_Float32RankingLoss):

@@ -11,8 +11,8 @@ TITLE = "Shared distance matrix (mat=) and anchor_batched_backward: pml with vs 
 COLUMNS = ("with the feature", "without it")
 NOTE = (
     "Both columns are pml at this commit: the step with the feature against the same step "
-    "without it, alternated in fresh processes (3 rounds, 5 for mat=, median round), on cores "
-    "shared with other jobs. One step = forward + backward on a class-clustered batch, D = 128, "
+    "without it, alternated in fresh processes (3 rounds, 5 for mat=, median round), on an idle "
+    "machine. One step = forward + backward on a class-clustered batch, D = 128, "
     "8 per class."
 )
 

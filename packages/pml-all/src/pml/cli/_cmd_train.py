@@ -27,6 +27,7 @@ import torch
 from pml.cli import _distributed as dist
 from pml.cli._data import load_data
 from pml.cli._errors import UsageError
+from pml.cli._loading import resolve_device
 from pml.cli._run_folder import RunFolder, read_checkpoint
 from pml.cli._settings import (
     ARG_TABLES,
@@ -46,6 +47,8 @@ from pml.cli._train_outputs import (
 )
 
 __all__ = ["PML_DISTRIBUTIONS", "add_parser", "resolve_device", "run"]
+
+# resolve_device: the one of pml.cli._loading (every command reads --device the same way)
 
 #: settings that ``--resume`` lets the command line change
 RESUME_OPTIONS = ("epochs", "device", "threads", "num_workers", "plot_method")
@@ -259,25 +262,6 @@ def _resume(
         if "T_max" not in settings.scheduler_args and accepts(cls, "T_max"):
             settings.scheduler_args = {**settings.scheduler_args, "T_max": saved.epochs}
     return _train(settings, run, state, stop_after, argv, group)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a ``device`` setting (``auto``: CUDA when available).
-
-    Raises:
-        UsageError: CUDA asked for but not available, or a CUDA index out of range.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available here; pass --device cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    return torch.device(name)
 
 
 def _choose_threads(settings: Settings, device: torch.device, parameters: int, default: int) -> int:

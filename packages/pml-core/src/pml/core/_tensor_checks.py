@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_distance_matrix",
     "check_embeddings",
     "check_finite",
     "check_index_labels",
@@ -226,3 +227,54 @@ def check_index_labels(labels: Any, name: str = "labels", num_classes: int | Non
         if low < 0 or high >= num_classes:
             raise ValueError(f"{name} must lie in [0, {num_classes}); got [{low}, {high}]")
     return out
+
+
+def check_distance_matrix(
+    mat: Any,
+    embeddings: Tensor,
+    ref_emb: Tensor,
+    *,
+    owner: str,
+    accepted: bool,
+    require_graph: bool = False,
+) -> None:
+    """Check a distance matrix handed to a module's ``forward(..., mat=)`` (``mat`` named).
+
+    Args:
+        mat: the matrix given, expected ``(N, M)``: ``embeddings`` x ``ref_emb``.
+        embeddings, ref_emb: the inputs of the call, ``(N, D)`` and ``(M, D)``.
+        owner: the class name, for the messages.
+        accepted: whether the module can take a matrix at all.
+        require_graph: a loss: when the embeddings need gradients (and grad mode is on),
+            ``mat`` must carry an autograd graph back to them.
+
+    Raises:
+        TypeError: the module cannot take ``mat``, or ``mat`` is not a floating tensor.
+        ValueError: ``mat`` is not ``(N, M)`` on the embeddings' device, or it has no
+            autograd graph where one is required.
+    """
+    if not accepted:
+        raise TypeError(
+            f"{owner} cannot take mat: it does not compute one distance matrix of "
+            "embeddings x ref_emb (call it without mat)"
+        )
+    if not isinstance(mat, Tensor):
+        raise TypeError(f"mat must be a torch.Tensor; got {type(mat).__name__}")
+    if not mat.dtype.is_floating_point:
+        raise TypeError(f"mat must be a floating-point tensor; got {mat.dtype}")
+    shape = (embeddings.shape[0], ref_emb.shape[0])
+    if tuple(mat.shape) != shape:
+        raise ValueError(
+            f"mat must have shape (N, M) = {shape} (embeddings x ref_emb) for {owner}; "
+            f"got {tuple(mat.shape)}"
+        )
+    if mat.device != embeddings.device:
+        raise ValueError(f"mat must be on {embeddings.device} like embeddings; got {mat.device}")
+    needs_grad = embeddings.requires_grad or ref_emb.requires_grad
+    if require_graph and needs_grad and torch.is_grad_enabled() and mat.grad_fn is None:
+        raise ValueError(
+            f"mat has no autograd graph (grad_fn is None) but the embeddings require grad: "
+            f"{owner}'s gradients would not reach them. Compute mat from these embeddings "
+            "outside torch.no_grad() and without .detach(), e.g. "
+            "mat = loss.distance(embeddings, ref_emb)"
+        )

@@ -9,9 +9,10 @@ names the argument, then what was expected and what was given. Where the referen
   :func:`check_type`, :func:`check_option`;
 * tensors (``_tensor_checks``): :func:`check_embeddings`, :func:`check_shapes`,
   :func:`check_finite` (opt-in: it syncs), :func:`check_indices_tuple`,
-  :func:`check_index_labels`, and the guards :func:`labels_required` (returns the labels
-  narrowed to a Tensor), :func:`labels_or_indices_tuple_required`,
-  :func:`indices_tuple_not_supported`, :func:`ref_not_supported`.
+  :func:`check_index_labels`, :func:`check_distance_matrix` (``mat=``), and the guards
+  :func:`labels_required` (returns the labels narrowed to a Tensor),
+  :func:`labels_or_indices_tuple_required`, :func:`indices_tuple_not_supported`,
+  :func:`ref_not_supported`.
 """
 
 from pml.core._argument_checks import (
@@ -24,6 +25,7 @@ from pml.core._argument_checks import (
     check_type,
 )
 from pml.core._tensor_checks import (
+    check_distance_matrix,
     check_embeddings,
     check_finite,
     check_index_labels,
@@ -39,6 +41,7 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedLossError",
     "check_bool",
+    "check_distance_matrix",
     "check_embeddings",
     "check_finite",
     "check_index_labels",

@@ -8,7 +8,13 @@ import torch
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple
-from pml.core.validation import InvalidArgumentError, check_embeddings, check_int, check_shapes
+from pml.core.validation import (
+    InvalidArgumentError,
+    check_distance_matrix,
+    check_embeddings,
+    check_int,
+    check_shapes,
+)
 from pml.distances import (
     BaseDistance,
     LpDistance,
@@ -224,24 +230,8 @@ class BaseMiner(ModuleWithRecordsAndDistance):
 
 def _check_mat(miner: BaseMiner, mat: Any, embeddings: Tensor, ref_emb: Tensor) -> None:
     """Check a matrix handed to ``miner.forward(..., mat=)``: accepted, float, ``(N, M)``."""
-    name = type(miner).__name__
-    if not miner.accepts_mat:
-        raise TypeError(
-            f"{name} cannot take mat: it does not mine from one distance matrix of "
-            "embeddings x ref_emb (call it without mat)"
-        )
-    if not isinstance(mat, Tensor):
-        raise TypeError(f"mat must be a torch.Tensor; got {type(mat).__name__}")
-    if not mat.dtype.is_floating_point:
-        raise TypeError(f"mat must be a floating-point tensor; got {mat.dtype}")
-    shape = (embeddings.shape[0], ref_emb.shape[0])
-    if tuple(mat.shape) != shape:
-        raise ValueError(
-            f"mat must have shape (N, M) = {shape} (embeddings x ref_emb) for {name}; "
-            f"got {tuple(mat.shape)}"
-        )
-    if mat.device != embeddings.device:
-        raise ValueError(f"mat must be on {embeddings.device} like embeddings; got {mat.device}")
+    owner = type(miner).__name__
+    check_distance_matrix(mat, embeddings, ref_emb, owner=owner, accepted=miner.accepts_mat)
 
 
 def _check_finite(embeddings: Tensor, ref_emb: Tensor) -> None:

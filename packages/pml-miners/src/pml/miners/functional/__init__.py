@@ -7,6 +7,11 @@ return index tuples: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` of int64
 """
 
 from pml.miners.functional._batch import batch_easy_hard_miner, batch_hard_miner
+from pml.miners.functional._distance_weighted import (
+    distance_weighted_miner,
+    distance_weighted_weights,
+    embeddings_already_packaged_as_triplets,
+)
 from pml.miners.functional._pair import (
     hdc_miner,
     histogram_sample,
@@ -18,9 +23,6 @@ from pml.miners.functional._pair import (
 from pml.miners.functional._triplet import (
     angular_miner,
     angular_miner_stats,
-    distance_weighted_miner,
-    distance_weighted_weights,
-    embeddings_already_packaged_as_triplets,
     triplet_margin_miner,
     triplet_margin_miner_stats,
 )

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from pml.cli._errors import UsageError
+from pml.cli._items import load_dataset
 from pml.cli._loading import (
     add_device_arguments,
     add_run_argument,
     embed,
-    load_dataset,
     load_trained,
     resolve_device,
     write_atomically,

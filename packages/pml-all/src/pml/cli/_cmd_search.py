@@ -31,14 +31,12 @@ from typing import Any
 import torch
 
 from pml.cli._errors import UsageError
+from pml.cli._items import label_name, load_dataset, load_queries
 from pml.cli._loading import (
     add_device_arguments,
     add_run_argument,
     embed,
     inference_model,
-    label_name,
-    load_dataset,
-    load_queries,
     load_trained,
     one_line,
     resolve_device,

@@ -20,12 +20,11 @@ from pml.losses._margin_softmax import (
     ArcFaceLoss,
     CosFaceLoss,
     LargeMarginSoftmaxLoss,
-    NormalizedSoftmaxLoss,
     SphereFaceLoss,
-    SubCenterArcFaceLoss,
 )
 from pml.losses._multi_supcon import MultiSupConLoss
 from pml.losses._nca_instance import InstanceLoss, NCALoss
+from pml.losses._normalized_softmax import NormalizedSoftmaxLoss
 from pml.losses._p2sgrad_manifold import ManifoldLoss, P2SGradLoss
 from pml.losses._pair_weighting import CircleLoss, MultiSimilarityLoss
 from pml.losses._proxy import ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
@@ -38,6 +37,7 @@ from pml.losses._regularizer_mixins import (
 )
 from pml.losses._selectively_contrastive import SelectivelyContrastiveTripletLoss
 from pml.losses._softmax_pairs import NTXentLoss, SupConLoss, TupletMarginLoss
+from pml.losses._sub_center_arcface import SubCenterArcFaceLoss
 from pml.losses._threshold_consistent import ThresholdConsistentMarginLoss
 from pml.losses._triplet import MarginLoss, TripletMarginLoss
 from pml.losses._vicreg import VICRegLoss

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pml.losses._arguments import check_real
-from pml.losses._margin_softmax import SubCenterArcFaceLoss
+from pml.losses._sub_center_arcface import SubCenterArcFaceLoss
 from pml.losses.functional._dynamic_arcface import dynamic_margins
 from pml.losses.functional._margin_softmax import arcface_target_logits
 

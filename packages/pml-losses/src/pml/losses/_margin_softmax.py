@@ -1,7 +1,8 @@
 """Margin-softmax classification losses: a learnable ``W`` ``(D, C)``, one column per class.
 
 ``LargeMarginSoftmaxLoss`` and its reference subclasses ``SphereFaceLoss``, ``ArcFaceLoss``
-(and ``SubCenterArcFaceLoss``), ``CosFaceLoss``; ``NormalizedSoftmaxLoss`` beside them. Each
+(and ``SubCenterArcFaceLoss``, in ``_sub_center_arcface.py``), ``CosFaceLoss``;
+``NormalizedSoftmaxLoss`` beside them (``_normalized_softmax.py``). Each
 is a softmax cross entropy over class logits whose target logit carries a margin. Math:
 ``pml.losses.functional`` (:func:`~pml.losses.functional.class_logits`, the
 ``*_target_logits`` margins, :func:`~pml.losses.functional.margin_cross_entropy`).
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from pml.core.indices import IndicesTuple
-from pml.core.validation import check_embeddings, check_index_labels, check_shapes
+from pml.core.validation import check_embeddings
 from pml.distances import (
     BaseDistance,
     CosineSimilarity,
@@ -42,18 +43,10 @@ from pml.losses.functional._margin_softmax import (
     large_margin_target_logits,
     margin_cross_entropy,
     sub_center_max,
-    sub_center_outliers,
 )
 from pml.reducers import LossDict
 
-__all__ = [
-    "ArcFaceLoss",
-    "CosFaceLoss",
-    "LargeMarginSoftmaxLoss",
-    "NormalizedSoftmaxLoss",
-    "SphereFaceLoss",
-    "SubCenterArcFaceLoss",
-]
+__all__ = ["ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "SphereFaceLoss"]
 
 
 def _is_plain_dot_product(distance: BaseDistance) -> bool:
@@ -376,201 +369,3 @@ class CosFaceLoss(LargeMarginSoftmaxLoss):
 
     def _logit_factors(self, emb: Tensor, W: Tensor) -> tuple[float, Tensor | None, Tensor | None]:
         return self.scale, None, None
-
-
-class SubCenterArcFaceLoss(ArcFaceLoss):
-    """Sub-center ArcFace loss (Deng et al., "Sub-center ArcFace", ECCV 2020).
-
-    ``K = sub_centers`` columns per class (column ``c·K + k`` of ``W`` is sub-center ``k`` of
-    class ``c``); the cosine to a class is the maximum over its sub-centers, then exactly
-    :class:`ArcFaceLoss`. :meth:`get_outliers` finds the samples far from their class's
-    dominant sub-center (to drop noisy labels).
-
-    fix: ``num_classes`` and ``embedding_size`` may be given positionally (the reference
-    raised ``KeyError('num_classes')`` and silently dropped other positional arguments).
-
-    Args:
-        num_classes: ``C`` (recorded as ``C``; ``W`` has ``C·K`` columns).
-        embedding_size: ``D``.
-        margin: the additive angular margin in degrees (see :class:`ArcFaceLoss`).
-        scale: a positive multiplier of the logits.
-        sub_centers: ``K >= 1``.
-        **kwargs: as :class:`LargeMarginSoftmaxLoss`.
-
-    Example:
-        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
-        >>> loss_fn = SubCenterArcFaceLoss(num_classes=3, embedding_size=4)
-        >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-        >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(52.8478, grad_fn=<...>)
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        margin: float = 28.6,
-        scale: float = 64,
-        sub_centers: int = 3,
-        **kwargs: Any,
-    ) -> None:
-        # before the base allocates W (C·K columns); a plain attribute, like the reference's
-        self.sub_centers = check_count("sub_centers", sub_centers)
-        super().__init__(num_classes, embedding_size, margin=margin, scale=scale, **kwargs)
-
-    @property
-    def _sub_centers(self) -> int:  # type: ignore[override]
-        return self.sub_centers
-
-    def get_outliers(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        threshold: float = 75,
-        return_dominant_centers: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """Samples farther than ``threshold`` degrees from their class's dominant sub-center.
-
-        Every sample votes for the nearest sub-center of its class; the dominant sub-center
-        of a class has the most votes (the lowest index on a tie). Vectorised (no loop over
-        classes), no gradient.
-
-        compat: always returns the 2-tuple, whatever ``return_dominant_centers`` says (like
-        the reference). fix: columns of classes absent from ``labels`` are NaN (the reference
-        left them uninitialised: arbitrary numbers), and no outliers is an empty int64 tensor
-        (the reference: float32).
-
-        Args:
-            embeddings: ``(N, D)``.
-            labels: ``(N,)`` integer class ids in ``[0, num_classes)``.
-            threshold: the angle in degrees, in ``[0, 180]``.
-            return_dominant_centers: ignored (compat).
-
-        Returns:
-            ``(outliers, dominant_centers)``: the outliers' batch indices (int64, class by
-            class, ascending within a class) and the dominant sub-center of every class,
-            ``(D, C)`` in the embeddings' dtype (the raw ``W`` column; NaN for classes absent
-            from ``labels``).
-
-        Raises:
-            ValueError, TypeError: bad embeddings, labels or threshold.
-
-        Example:
-            >>> loss_fn = SubCenterArcFaceLoss(num_classes=2, embedding_size=4, sub_centers=2)
-            >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-            >>> outliers, centers = loss_fn.get_outliers(emb, torch.tensor([0, 0, 0, 0, 0, 0]))
-            >>> centers.shape, bool(centers[:, 1].isnan().all())
-            (torch.Size([4, 2]), True)
-        """
-        check_embeddings(embeddings, "embeddings")
-        _check_embedding_size(embeddings, self.W)
-        labels = check_index_labels(labels, "labels", num_classes=self.num_classes)
-        check_shapes(embeddings, labels)
-        labels = labels.to(embeddings.device)
-        cos_threshold = math.cos(math.radians(check_real("threshold", threshold, min=0, max=180)))
-        k = self.sub_centers
-        with torch.no_grad(), full_precision(embeddings.device):
-            W = self.vectors_for(self.W, embeddings)
-            emb = embeddings.to(W.dtype)
-            cols = labels.unsqueeze(1) * k + torch.arange(k, device=labels.device)
-            if _is_plain_dot_product(self.distance):  # only the K columns of each sample
-                own_vectors = self.distance.normalize(W.t()[cols], dim=2)  # (N, K, D)
-                x = self.distance.normalize(emb).unsqueeze(2)
-                own = (own_vectors @ x).squeeze(2)
-            else:
-                own = self.distance(emb, W.t()).gather(1, cols)
-            outliers, dominant = sub_center_outliers(own, labels, self.num_classes, cos_threshold)
-            present = dominant >= 0
-            centers = W.new_full((self.embedding_size, self.num_classes), math.nan)
-            classes = torch.arange(self.num_classes, device=W.device)
-            centers[:, present] = W[:, classes[present] * k + dominant[present]]
-        return outliers, centers.to(embeddings.dtype)
-
-
-class NormalizedSoftmaxLoss(ClassVectorLoss):
-    """Normalized softmax loss (Zhai & Wu, "Classification is a Strong Baseline for DML", 2019).
-
-    ``logits_ij = distance(e_i, Ŵ_j) / temperature`` (negated for a distance), ``Ŵ`` the
-    columns of ``W`` normalised with the distance's ``p``; ``loss_i = cross_entropy · w_i``.
-    With the default ``DotProductSimilarity`` (normalising) these are cosines.
-
-    fix: ``embedding_size`` and ``num_classes`` are recorded with their values (the reference
-    never assigned them: 0). Float32 ``W`` and computation, the empty batch: as
-    :class:`LargeMarginSoftmaxLoss`.
-
-    Args:
-        num_classes: ``C``.
-        embedding_size: ``D``.
-        temperature: a positive divisor of the logits.
-        **kwargs: ``weight_init_func`` (default ``normal_``), ``weight_regularizer`` (applied
-            to ``W.t()``), ``weight_reg_weight``, ``distance`` (any; default
-            ``DotProductSimilarity()``), ``reducer`` (default ``MeanReducer``),
-            ``collect_stats``, ``embedding_regularizer``, ``embedding_reg_weight``.
-
-    Shapes:
-        ``W``: ``(embedding_size, num_classes)``.
-
-    Example:
-        >>> _ = torch.manual_seed(0)  # W is drawn with normal_
-        >>> loss_fn = NormalizedSoftmaxLoss(num_classes=3, embedding_size=4)
-        >>> emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
-        >>> loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-        tensor(15.8992, grad_fn=<...>)
-    """
-
-    def __init__(
-        self, num_classes: int, embedding_size: int, temperature: float = 0.05, **kwargs: Any
-    ) -> None:
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.temperature = _positive_finite("temperature", temperature)
-        self.init_vectors("W", (self.embedding_size, self.num_classes))
-        self.add_to_recordable_attributes(
-            list_of_names=["embedding_size", "num_classes", "temperature"], is_stat=False
-        )
-
-    def get_default_distance(self) -> BaseDistance:
-        return DotProductSimilarity()
-
-    def _logits(self, emb: Tensor, W: Tensor) -> Tensor:
-        d = self.distance
-        if _is_plain_dot_product(d):
-            return class_logits(
-                emb,
-                W,
-                scale=1 / self.temperature,
-                p=d.p,
-                normalize_embeddings=d.normalize_embeddings,
-            )
-        mat = d(emb, d.normalize(W, dim=0).t())
-        return mat / self.temperature if d.is_inverted else -mat / self.temperature
-
-    def compute_loss(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        indices_tuple: IndicesTuple | None,
-        ref_emb: Tensor,
-        ref_labels: Tensor | None,
-    ) -> LossDict:
-        labels = self.class_labels(embeddings, labels, ref_emb, ref_labels)
-        _check_embedding_size(embeddings, self.W)
-        W = self.vectors_for(self.W, embeddings)
-        loss_dict: LossDict = {"loss": zero_loss_entry()}
-        if len(embeddings) > 0:  # fix: the reference's mean of nothing was NaN
-            logits = self._logits(embeddings.to(W.dtype), W)
-            weights = None
-            if indices_tuple is not None:
-                weights = self.miner_weights(indices_tuple, labels, logits.dtype)
-            losses = self.nonfinite_guard(margin_cross_entropy(logits, labels, None, weights))
-            rows = torch.arange(len(labels), device=labels.device)
-            loss_dict["loss"] = loss_entry(losses, rows, "element")
-        self.add_weight_regularization_to_loss_dict(loss_dict, W.t())
-        return loss_dict
-
-    def get_logits(self, embeddings: Tensor) -> Tensor:
-        """``distance(e, Ŵ) / temperature`` (negated for a distance), ``(N, C)``, >= float32."""
-        check_embeddings(embeddings, "embeddings")
-        _check_embedding_size(embeddings, self.W)
-        with full_precision(embeddings.device):
-            W = self.vectors_for(self.W, embeddings)
-            return self._logits(embeddings.to(W.dtype), W)

@@ -26,9 +26,9 @@ from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_dis
 from pml.losses._arguments import check_count, check_real
 from pml.losses._base import BaseMetricLossFunction, loss_entry
 from pml.losses._pairs import nan_if_nonfinite
+from pml.losses.functional._fast_ap import fast_ap_loss
 from pml.losses.functional._ranking import (
     PNP_VARIANTS,
-    fast_ap_loss,
     pnp_loss,
     ranked_list_loss,
     smooth_ap_loss,

@@ -9,6 +9,7 @@ from pml.losses.functional._decoupled_contrastive import (
     von_mises_weights,
 )
 from pml.losses.functional._dynamic_arcface import dynamic_margins
+from pml.losses.functional._fast_ap import fast_ap_loss
 from pml.losses.functional._margin_softmax import (
     arcface_target_logits,
     class_logits,
@@ -42,7 +43,6 @@ from pml.losses.functional._proxy import (
     soft_triple_loss,
 )
 from pml.losses.functional._ranking import (
-    fast_ap_loss,
     pnp_loss,
     ranked_list_loss,
     smooth_ap_loss,

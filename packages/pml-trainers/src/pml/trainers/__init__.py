@@ -16,14 +16,12 @@ from pml.trainers._trainers import (
     TrainWithClassifier,
     TwoStreamMetricLoss,
 )
-from pml.trainers._transforms import (
+from pml.trainers._transforms import Compose, Normalize, ToTensor
+from pml.trainers._transforms_geometry import (
     CenterCrop,
-    Compose,
-    Normalize,
     RandomHorizontalFlip,
     RandomResizedCrop,
     Resize,
-    ToTensor,
 )
 
 __all__ = [

@@ -57,8 +57,8 @@ from pml.eval.functional._verification import (
     pair_score_blocks,
     points_at_fmr,
     robust_thresholds,
-    streamed_operating_points,
 )
+from pml.eval.functional._verification_stream import streamed_operating_points
 
 __all__ = [
     "CRITERIA",

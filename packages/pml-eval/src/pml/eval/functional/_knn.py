@@ -127,7 +127,7 @@ def closest_first(mat: Tensor, is_inverted: bool, *, inplace: bool = False) -> T
     return torch.nan_to_num_(out, nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
 
 
-def _ordered_bits(values: Tensor) -> Tensor:
+def ordered_float32_bits(values: Tensor) -> Tensor:
     """float32 values -> int64 in ``[0, 2**32)`` with the same order (``-0.0`` == ``0.0``)."""
     bits = (values.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)
@@ -198,7 +198,7 @@ def _smallest_k_bounded(values: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     pos = torch.arange(rows.shape[0], device=device) - starts[rows]
     keys = torch.full((num_rows, width), torch.iinfo(torch.int64).max, device=device)
     found = torch.take(values, rows * num_cols + cols)
-    keys.view(-1)[rows * width + pos] = (_ordered_bits(found) << col_bits) | cols
+    keys.view(-1)[rows * width + pos] = (ordered_float32_bits(found) << col_bits) | cols
     # rows are sorted independently (torch parallelises over rows, unlike one long sort)
     idx = torch.sort(keys, dim=1).values[:, :k] & ((1 << col_bits) - 1)
     if bool(heavy.any()):

@@ -12,7 +12,13 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.validation import check_finite
-from pml.eval.functional._knn import DistanceFn, block_distance, chunk_rows, closest_first
+from pml.eval.functional._knn import (
+    DistanceFn,
+    block_distance,
+    chunk_rows,
+    closest_first,
+    ordered_float32_bits,
+)
 
 __all__ = ["RETRIEVAL_METRICS", "retrieval_values"]
 
@@ -24,12 +30,6 @@ RETRIEVAL_METRICS = (
     "mean_average_precision",
     "mean_reciprocal_rank",
 )
-
-
-def _ordered_bits(values: Tensor) -> Tensor:
-    """float32 values -> int64 in ``[0, 2**32)`` with the same order (``-0.0`` == ``0.0``)."""
-    bits = (values.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
-    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)
 
 
 def _from_ranks(rank: Tensor, num_relevant: Tensor, k: int) -> dict[str, Tensor]:
@@ -163,7 +163,9 @@ def _ragged_ranks(
         order = torch.sort(mat[rows, cols], stable=True).indices
         order = order[torch.sort(rows[order], stable=True).indices]
     else:
-        order = torch.sort((rows << 32) | _ordered_bits(mat[rows, cols]), stable=True).indices
+        order = torch.sort(
+            (rows << 32) | ordered_float32_bits(mat[rows, cols]), stable=True
+        ).indices
     rows, cols = rows[order], cols[order]
     counts = torch.bincount(rows, minlength=rows_n)
     starts = torch.cumsum(counts, 0) - counts

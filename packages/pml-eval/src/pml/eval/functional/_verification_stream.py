@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from pml.eval.functional._knn import ordered_float32_bits
 from pml.eval.functional._verification import (
     Criterion,
     OperatingPoints,
@@ -41,8 +42,7 @@ def _ordered_bits(scores: Tensor) -> Tensor:
         f32 = torch.where(
             f32.to(torch.float64) > scores, torch.nextafter(f32, f32.new_tensor(float("-inf"))), f32
         )
-    bits = (f32 + 0.0).view(torch.int32).to(torch.int64)
-    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + (1 << 31)
+    return ordered_float32_bits(f32)
 
 
 def _score_bins(scores: Tensor) -> Tensor:

@@ -10,14 +10,16 @@ Example:
 
 from pml.eval.__about__ import __version__
 from pml.eval._accuracy import AccuracyCalculator
+from pml.eval._approximate_knn import ApproximateKNN
 from pml.eval._clustering import FaissKMeans, TorchKMeans, run_pca
 from pml.eval._collapse import embedding_collapse
 from pml.eval._custom_metrics import QueryNeighbors
 from pml.eval._distributed_accuracy import distributed_get_accuracy
 from pml.eval._distributed_knn import DistributedKNN
+from pml.eval._faiss_knn import FaissKNN
 from pml.eval._graded import ndcg_at_k
 from pml.eval._inference import InferenceModel, MatchFinder
-from pml.eval._knn import ApproximateKNN, CustomKNN, FaissKNN, IndexNotReadyError, TorchKNN
+from pml.eval._knn import CustomKNN, IndexNotReadyError, TorchKNN
 from pml.eval._knn_classifier import KNNClassifier
 from pml.eval._metrics import (
     EQUALITY,

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pml.core import config
 from pml.eval._accuracy_inputs import accuracy_inputs, check_metric_names
+from pml.eval._approximate_knn import ApproximateKNN
 from pml.eval._custom_metrics import custom_metric_functions
-from pml.eval._knn import ApproximateKNN
 from pml.eval._neighbor_lists import known_search, neighbor_lists
 from pml.eval._ranked import ranked_metrics
 

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from pml.core.validation import check_finite, check_int, check_real
 from pml.distances import BaseDistance, CosineSimilarity
 from pml.eval._faiss import faiss_available
+from pml.eval._faiss_knn import FaissKNN
 from pml.eval._io import check_dim
-from pml.eval._knn import FaissKNN, TorchKNN
+from pml.eval._knn import TorchKNN
 from pml.eval.functional import chunk_rows
 
 __all__ = ["InferenceModel", "MatchFinder"]

@@ -12,9 +12,10 @@ from pml.core.validation import check_finite, check_int, check_type
 from pml.distances import BaseDistance
 from pml.eval import functional as EF
 from pml.eval._faiss import get_faiss
+from pml.eval._faiss_knn import FaissKNN
 from pml.eval._inference import InferenceModel
 from pml.eval._io import as_embeddings, as_labels, as_tensor, check_dim
-from pml.eval._knn import FaissKNN, TorchKNN
+from pml.eval._knn import TorchKNN
 
 __all__ = ["KNNClassifier"]
 

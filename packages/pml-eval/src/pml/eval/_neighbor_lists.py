@@ -18,8 +18,10 @@ from torch import Tensor
 
 from pml.core import config
 from pml.eval import functional as EF
+from pml.eval._approximate_knn import ApproximateKNN
 from pml.eval._faiss import faiss_available
-from pml.eval._knn import ApproximateKNN, FaissKNN, TorchKNN, faiss_flat_l2_blocks
+from pml.eval._faiss_knn import FaissKNN, faiss_flat_l2_blocks
+from pml.eval._knn import TorchKNN
 from pml.eval._metrics import EQUALITY, get_label_match_counts, get_lone_query_labels
 
 if TYPE_CHECKING:

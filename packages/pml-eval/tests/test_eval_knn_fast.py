@@ -10,7 +10,7 @@ from pml.eval import AccuracyCalculator, FaissKNN, TorchKNN
 from pml.eval import functional as EF
 from pml.eval._faiss import faiss_available
 from pml.eval._neighbor_lists import known_search
-from pml.eval.functional._knn import _smallest_k_bounded, _smallest_k_topk
+from pml.eval.functional._smallest_k import _smallest_k_bounded, _smallest_k_topk
 
 CPU = torch.device("cpu")
 NO_CLUSTERING = ("NMI", "AMI")

@@ -26,13 +26,9 @@ from pml.eval.functional._knn import (
     block_distance,
     chunk_rows,
     closest_first,
-    drop_self_matches,
     knn,
     knn_blocks,
     knn_retrieval_values,
-    neighbour_recall,
-    remove_self_matches,
-    smallest_k,
     squared_l2_matrix,
 )
 from pml.eval.functional._knn_vote import class_probabilities, inverse_distance_weights
@@ -47,6 +43,12 @@ from pml.eval.functional._retrieval import (
     reciprocal_rank_values,
     relevance,
 )
+from pml.eval.functional._self_matches import (
+    drop_self_matches,
+    neighbour_recall,
+    remove_self_matches,
+)
+from pml.eval.functional._smallest_k import smallest_k
 from pml.eval.functional._topk_merge import PAD_INDEX, merge_topk, pad_candidates
 from pml.eval.functional._verification import (
     CRITERIA,

@@ -23,14 +23,9 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.validation import check_finite, check_option
-from pml.eval.functional._knn import (
-    DistanceFn,
-    block_distance,
-    chunk_rows,
-    closest_first,
-    remove_self_matches,
-    smallest_k,
-)
+from pml.eval.functional._knn import DistanceFn, block_distance, chunk_rows, closest_first
+from pml.eval.functional._self_matches import remove_self_matches
+from pml.eval.functional._smallest_k import smallest_k
 
 __all__ = ["RelevanceFn", "label_gains", "ndcg_values"]
 

@@ -12,13 +12,8 @@ from torch import Tensor
 
 from pml.core.dtypes import accumulation_dtype
 from pml.core.validation import check_finite
-from pml.eval.functional._knn import (
-    DistanceFn,
-    block_distance,
-    chunk_rows,
-    closest_first,
-    ordered_float32_bits,
-)
+from pml.eval.functional._knn import DistanceFn, block_distance, chunk_rows, closest_first
+from pml.eval.functional._smallest_k import ordered_float32_bits
 
 __all__ = ["RETRIEVAL_METRICS", "retrieval_values"]
 

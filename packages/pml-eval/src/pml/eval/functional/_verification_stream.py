@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from pml.eval.functional._knn import ordered_float32_bits
+from pml.eval.functional._smallest_k import ordered_float32_bits
 from pml.eval.functional._verification import (
     Criterion,
     OperatingPoints,

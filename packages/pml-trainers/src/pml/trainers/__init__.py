@@ -9,7 +9,8 @@ from pml.trainers._datasets_reference import CUB, Cars196, INaturalist2018, Stan
 from pml.trainers._hooks import EmptyContainer, HookContainer, get_hook_container, get_record_keeper
 from pml.trainers._key_checker import KeyChecker, KeyCheckerDict
 from pml.trainers._loss_tracker import LossTracker
-from pml.trainers._records import RecordKeeper, RecordWriter
+from pml.trainers._record_keeper import RecordKeeper
+from pml.trainers._records import RecordWriter
 from pml.trainers._trainers import (
     CascadedEmbeddings,
     MetricLossOnly,

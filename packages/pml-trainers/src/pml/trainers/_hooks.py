@@ -41,7 +41,8 @@ from pml.core.distributed import is_distributed
 from pml.core.io import atomic_write
 from pml.core.validation import check_bool, check_int, check_type
 from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
-from pml.trainers._records import RecordKeeper, RecordWriter
+from pml.trainers._record_keeper import RecordKeeper
+from pml.trainers._records import RecordWriter
 
 if TYPE_CHECKING:
     from pml.eval import BaseTester

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +37,8 @@ from torch import nn
 
 from pml.core import config
 from pml.core.distributed import is_distributed
-from pml.core.io import atomic_write
 from pml.core.validation import check_bool, check_int, check_type
-from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
+from pml.trainers._hook_checkpoints import load_latest_checkpoint, save_checkpoint_files, unwrap
 from pml.trainers._record_keeper import RecordKeeper
 from pml.trainers._records import RecordWriter
 
@@ -50,16 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["EmptyContainer", "HookContainer", "get_hook_container", "get_record_keeper"]
 
 _SAVEABLE = ("models", "optimizers", "lr_schedulers", "loss_funcs", "mining_funcs")
-_CHECKPOINT = "checkpoint"
-_HOOKS_KEY = "hooks"
-_SUFFIX = re.compile(r"^(best)?(\d+)$")
-
-
-def _unwrap(obj: Any) -> Any:
-    """The module inside ``DataParallel``/``DistributedDataParallel``."""
-    if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        return obj.module
-    return obj
 
 
 def _writes() -> bool:
@@ -443,42 +431,17 @@ class HookContainer:
         ``<key>_<suffix>.pth`` (each object's ``state_dict()``) for every entry of the
         trainer's models, optimizers, lr_schedulers, loss_funcs and mining_funcs. Then
         deletes the files of the same series (numbered, or ``best``-numbered) other than
-        ``curr_suffix`` (``prev_suffix`` included). Write errors are logged, not raised.
+        ``curr_suffix`` (``prev_suffix`` included: superseded files are found by name).
+        Write errors are logged, not raised.
         """
-        folder = Path(os.fspath(model_folder))
         objects = self._saveable_objects(trainer)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if callable(getattr(trainer, "state_dict", None)):
-                state = dict(trainer.state_dict())
-                state[_HOOKS_KEY] = {"record_counts": self._record_counts()}
-                save_checkpoint(folder / f"{_CHECKPOINT}_{curr_suffix}.pth", state)
-            for key, obj in objects.items():
-                state_dict = _unwrap(obj).state_dict()
-                path = folder / f"{key}_{curr_suffix}.pth"
-                atomic_write(path, lambda tmp, sd=state_dict: torch.save(sd, tmp))
-        except OSError as err:
-            config.LOGGER.warning("could not save models to %s: %s", os.fspath(folder), err)
-            return
-        keep = str(curr_suffix)
-        series_is_best = keep.startswith("best")
-        for key in [_CHECKPOINT, *objects]:
-            for path in folder.glob(f"{key}_*.pth"):
-                match = _SUFFIX.match(path.name[len(key) + 1 : -len(".pth")])
-                if match is None or bool(match.group(1)) != series_is_best:
-                    continue
-                if path.name[len(key) + 1 : -len(".pth")] != keep:
-                    try:
-                        path.unlink()
-                    except OSError as err:
-                        config.LOGGER.warning("could not delete %s: %s", os.fspath(path), err)
-        del prev_suffix  # superseded files are found by name (prev_suffix is one of them)
+        save_checkpoint_files(trainer, model_folder, curr_suffix, objects, self._record_counts())
 
     def _saveable_objects(self, trainer: Any) -> dict[str, Any]:
         objects: dict[str, Any] = {}
         for name in self.saveable_trainer_objects:
             for key, obj in (getattr(trainer, name, None) or {}).items():
-                if callable(getattr(_unwrap(obj), "state_dict", None)):
+                if callable(getattr(unwrap(obj), "state_dict", None)):
                     objects[key] = obj
         return objects
 
@@ -503,53 +466,9 @@ class HookContainer:
         Returns:
             the epoch to resume from: the checkpoint's epoch + 1 (1 when there is none).
         """
-        folder = Path(os.fspath(model_folder))
-        versions: dict[int, set[str]] = {}
-        for key in (_CHECKPOINT, "trunk"):
-            for path in folder.glob(f"{key}_*.pth"):
-                match = _SUFFIX.match(path.name[len(key) + 1 : -len(".pth")])
-                if match is not None and bool(match.group(1)) == best:
-                    versions.setdefault(int(match.group(2)), set()).add(key)
-        if not versions:
-            config.LOGGER.warning(
-                "no saved %smodels in %s; starting at epoch 1",
-                "best " if best else "",
-                os.fspath(folder),
-            )
-            return 1
-        version = max(versions)
-        suffix = f"best{version}" if best else str(version)
-        if _CHECKPOINT in versions[version] and callable(getattr(trainer, "load_state_dict", None)):
-            state = load_checkpoint(folder / f"{_CHECKPOINT}_{suffix}.pth", map_location=device)
-            hooks_state = state.pop(_HOOKS_KEY, None) or {}
-            trainer.load_state_dict(state)
-            counts = hooks_state.get("record_counts")
-            writer = self.record_keeper.record_writer
-            if counts and writer is not None and not best:
-                writer.truncate(counts)
-        else:
-            self._load_per_object(trainer, folder, suffix, device)
-        config.LOGGER.info("loaded checkpoint %s from %s", suffix, os.fspath(folder))
-        return version + 1
-
-    def _load_per_object(
-        self, trainer: Any, folder: Path, suffix: str, device: torch.device | str | None
-    ) -> None:
-        for key, obj in self._saveable_objects(trainer).items():
-            path = folder / f"{key}_{suffix}.pth"
-            if not path.is_file():
-                config.LOGGER.warning("%s not found; %s is not loaded", os.fspath(path), key)
-                continue
-            state_dict = torch.load(path, map_location=device, weights_only=True)
-            target = _unwrap(obj)
-            try:
-                target.load_state_dict(state_dict)
-            except (KeyError, RuntimeError):
-                stripped = {
-                    (k[len("module.") :] if k.startswith("module.") else k): v
-                    for k, v in state_dict.items()
-                }
-                target.load_state_dict(stripped)
+        objects = self._saveable_objects(trainer)
+        writer = self.record_keeper.record_writer
+        return load_latest_checkpoint(trainer, model_folder, device, best, objects, writer)
 
     # ------------------------------------------------------------------ names
     def base_record_group_name(self, tester: BaseTester) -> str:

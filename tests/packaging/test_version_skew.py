@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -59,26 +60,35 @@ def _current_version(name: str) -> Version:
     return Version(re.search(r'__version__ = "([^"]+)"', about.read_text())[1])  # type: ignore[index]
 
 
-def _previous_tags() -> dict[str, tuple[str, Version]]:
-    """``{package: (tag, version)}``: the newest release tag older than today's version."""
+def _releases() -> dict[str, dict[Version, str]]:
+    """``{package: {version: commit}}`` from ``releases.toml`` (tags may not be fetched)."""
+    with (ROOT / "releases.toml").open("rb") as f:
+        data = tomllib.load(f)
+    return {name: {Version(v): c for v, c in rows.items()} for name, rows in data.items()}
+
+
+def _has_commit(commit: str) -> bool:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        return {}
-    try:
-        tags = _git("tag", "--list", "pml-*-v*").split()
-    except subprocess.CalledProcessError:
-        return {}
+        return False
+    probe = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def _previous_releases() -> dict[str, tuple[str, Version]]:
+    """``{package: (commit, version)}``: the newest release older than today's version."""
     out: dict[str, tuple[str, Version]] = {}
-    for tag in tags:
-        m = re.fullmatch(r"(pml-[a-z]+)-v(\d[\w.]*)", tag)
-        if m is None or m[1] not in NAMES:
+    for name, rows in _releases().items():
+        if name not in NAMES:
             continue
-        version = Version(m[2])
-        if version < _current_version(m[1]) and (m[1] not in out or version > out[m[1]][1]):
-            out[m[1]] = (tag, version)
+        older = [v for v in rows if v < _current_version(name)]
+        if older:
+            out[name] = (rows[max(older)], max(older))
     return out
 
 
-PREVIOUS = _previous_tags()
+PREVIOUS = _previous_releases()
 
 
 def _metadata(wheel: Path) -> tuple[str, Version, list[Requirement]]:
@@ -95,16 +105,19 @@ def _pml_deps(wheel: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def old_wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each package's previous release, built from its tag."""
+    """Each package's previous release, built from its release commit."""
     uv = shutil.which("uv")
-    if uv is None or not PREVIOUS:
-        pytest.skip("needs uv and release tags")
+    if uv is None:
+        pytest.skip("uv is needed to build the previous releases")
+    absent = sorted(c[:12] for c, _ in PREVIOUS.values() if not _has_commit(c))
+    if absent:
+        pytest.skip(f"release commits {absent} are not in this clone (shallow clone?)")
     out = tmp_path_factory.mktemp("old_wheels")
     wheels = {}
-    for name, (tag, _) in sorted(PREVIOUS.items()):
+    for name, (commit, _) in sorted(PREVIOUS.items()):
         src = tmp_path_factory.mktemp(f"src-{name}")
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", tag, f"packages/{name}"],
+            ["git", "-C", str(ROOT), "archive", "--format=tar", commit, f"packages/{name}"],
             check=True,
             capture_output=True,
         ).stdout
@@ -211,18 +224,43 @@ def _run_smoke(
 SKEWED = sorted(PREVIOUS)
 
 
-def test_release_tags_exist_for_every_package_version_released() -> None:
-    """Each package with a released CHANGELOG section has its tag (the matrix needs them)."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
-    tags = set(_git("tag", "--list", "pml-*-v*").split())
-    missing = []
+def test_every_released_version_is_listed_in_releases_toml() -> None:
+    """Each released CHANGELOG section has its commit in ``releases.toml``, and only those."""
+    releases = _releases()
+    assert set(releases) <= set(NAMES), f"unknown packages: {set(releases) - set(NAMES)}"
     for pkg in PACKAGE_DIRS:
         text = (pkg / "CHANGELOG.md").read_text()
-        for version in re.findall(r"^## (\d+\.\d+\.\d+) — (?!unreleased)", text, re.M):
-            if f"{pkg.name}-v{version}" not in tags:
-                missing.append(f"{pkg.name}-v{version}")
-    assert not missing, f"released versions without a tag: {missing}"
+        released = {
+            Version(v) for v in re.findall(r"^## (\d+\.\d+\.\d+) — (?!unreleased)", text, re.M)
+        }
+        listed = set(releases.get(pkg.name, {}))
+        assert released == listed, (
+            f"{pkg.name}: released in CHANGELOG {sorted(map(str, released))}, "
+            f"listed in releases.toml {sorted(map(str, listed))}"
+        )
+        for version, commit in releases.get(pkg.name, {}).items():
+            assert re.fullmatch(r"[0-9a-f]{40}", commit), f"{pkg.name} {version}: {commit!r}"
+
+
+def test_release_commits_hold_their_versions_and_agree_with_tags() -> None:
+    """Where this clone has a release commit, its ``__about__`` says that version; where it has
+    the release tag, the tag points at that commit."""
+    checked = 0
+    for name, rows in _releases().items():
+        for version, commit in rows.items():
+            if not _has_commit(commit):
+                continue
+            files = _git("ls-tree", "-r", "--name-only", commit, f"packages/{name}/src").split()
+            about = next(f for f in files if f.endswith("__about__.py"))
+            text = _git("show", f"{commit}:{about}")
+            found = re.search(r'__version__ = "([^"]+)"', text)
+            assert found and Version(found[1]) == version, f"{name} at {commit[:12]}: {found}"
+            tag = f"{name}-v{version}"
+            if _git("tag", "--list", tag).strip():
+                assert _git("rev-list", "-n", "1", tag).strip() == commit, tag
+            checked += 1
+    if not checked:
+        pytest.skip("no release commit in this clone (shallow clone?)")
 
 
 @pytest.mark.parametrize("name", SKEWED or [pytest.param("none", marks=pytest.mark.skip)])

@@ -109,7 +109,7 @@ def old_wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     uv = shutil.which("uv")
     if uv is None:
         pytest.skip("uv is needed to build the previous releases")
-    absent = sorted(c[:12] for c, _ in PREVIOUS.values() if not _has_commit(c))
+    absent = sorted({c[:12] for c, _ in PREVIOUS.values() if not _has_commit(c)})
     if absent:
         pytest.skip(f"release commits {absent} are not in this clone (shallow clone?)")
     out = tmp_path_factory.mktemp("old_wheels")

@@ -55,6 +55,19 @@ def test_mean_norm_is_detached() -> None:
     assert_close(x.grad, want)
 
 
+def test_mean_reduced_gradient_equals_that_of_the_papers_formula_with_mu_differentiated() -> None:
+    # With the default mean over the batch, detaching mu changes nothing: the extra term of
+    # d mu / d x_i is (2/N) * sum_j (||x_j|| - mu) * (1/N) x_i/||x_i||, and sum_j (||x_j|| - mu)
+    # is 0. So the default regularizer's gradient is that of the paper's L_sec read either way.
+    x = rows(7, 4, seed=3, scale=torch.linspace(0.3, 2.0, 7, dtype=torch.float64))
+    x.requires_grad_()
+    (got,) = torch.autograd.grad(SphericalEmbeddingRegularizer()(x), x)
+    norms = x.norm(dim=1)
+    (want,) = torch.autograd.grad(((norms - norms.mean()) ** 2).mean(), x)
+    assert_close(got, want)
+    assert got.abs().max() > 1e-3  # not a vacuous comparison of zeros
+
+
 def test_gradient_equals_the_fixed_mean_formula() -> None:
     # the functional's gradient is that of (||t_i|| - mu)^2 with mu a constant (gradcheck)
     x = rows(4, 3).requires_grad_()

@@ -14,10 +14,14 @@ class SphericalEmbeddingRegularizer(BaseRegularizer):
 
     From Zhang et al., "Deep Metric Learning with Spherical Embedding" (NeurIPS 2020):
     ``L_sec = 1/N sum_i (||e_i||_2 - mu)^2`` with ``mu = 1/N sum_i ||e_i||_2``, the batch's
-    mean norm, treated as a constant (detached). It pulls every embedding's norm towards
-    the mean norm, so that unnormalised embeddings lie near one hypersphere (which makes
-    angle-based losses such as the triplet or contrastive loss with an Lp distance behave
-    like their cosine counterparts while training). The per-row terms go through the
+    mean norm, treated as a constant (detached). With the default mean reducer the gradient
+    is the same as with ``mu`` differentiated (the deviations from the mean sum to zero), so
+    either reading of the paper gives these updates; the detached ``mu`` only matters for
+    reducers that weight or drop rows, where it keeps each row's pull towards the batch's
+    mean norm. It pulls every embedding's norm towards the mean norm, so that unnormalised
+    embeddings lie near one hypersphere (which makes angle-based losses such as the triplet
+    or contrastive loss with an Lp distance behave like their cosine counterparts while
+    training). The per-row terms go through the
     reducer (default :class:`~pml.reducers.MeanReducer`: the formula above). Norms are the
     raw L2 norms of the rows (the distance's ``normalize_embeddings`` is not applied).
 

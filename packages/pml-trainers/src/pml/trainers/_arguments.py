@@ -15,6 +15,7 @@ from pml.trainers._trainer_data import is_batch_sampler
 __all__ = [
     "MixedPrecision",
     "check_batch_size",
+    "check_callable",
     "check_dataset",
     "check_device",
     "check_dict",
@@ -86,6 +87,15 @@ def check_dataset(dataset: Any) -> Any:
             f"{type(dataset).__name__}"
         )
     return dataset
+
+
+def check_callable(name: str, value: Any) -> Callable[..., Any] | None:
+    """``value``: None or a callable (``collate_fn``, ``data_and_label_getter``, hooks).
+
+    Raises:
+        TypeError: naming ``name``.
+    """
+    return check_type(name, value, Callable, allow_none=True)
 
 
 def check_sampler(sampler: Any) -> Any:

@@ -2,9 +2,10 @@
 
 The reference's overridable methods stay methods, called in its order; the logic of the
 families around the loop lives in plain functions: the key schema (``_trainer_schema.py``),
-the optimisation step (``_optimization_step.py``), batches and the DataLoader
-(``_trainer_data.py``, ``_batch_stream.py``), the state of a checkpoint
-(``_trainer_state.py``) and the constructor's argument checks (``_arguments.py``).
+the optimisation step (``_optimization_step.py``), modes and freezing
+(``_trainer_modes.py``), batches and the DataLoader (``_trainer_data.py``,
+``_batch_stream.py``), the state of a checkpoint (``_trainer_state.py``) and the
+constructor's argument checks (``_arguments.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pml.trainers import _optimization_step as step
 from pml.trainers._arguments import (
     MixedPrecision,
     check_batch_size,
+    check_callable,
     check_dataset,
     check_device,
     check_dict,
@@ -42,6 +44,7 @@ from pml.trainers._trainer_data import (
     count_batches,
     process_label,
 )
+from pml.trainers._trainer_modes import freeze_batchnorm, set_eval_mode, set_train_mode
 from pml.trainers._trainer_schema import (
     LR_SCHEDULER_SUFFIXES,
     base_schema,
@@ -200,24 +203,18 @@ class BaseTrainer:
         self._epoch_is_pass = self.iterations_per_epoch is None
         self.data_device = data_device
         self.dtype = check_type("dtype", dtype, torch.dtype, allow_none=True)
-        self.collate_fn = check_type("collate_fn", collate_fn, Callable, allow_none=True)
+        self.collate_fn = check_callable("collate_fn", collate_fn)
         self.freeze_these = check_freeze_these(freeze_these)
         self.freeze_trunk_batchnorm = check_bool("freeze_trunk_batchnorm", freeze_trunk_batchnorm)
         self.label_hierarchy_level = check_hierarchy_level(label_hierarchy_level)
         self.dataloader_num_workers = check_int(
             "dataloader_num_workers", dataloader_num_workers, min=0
         )
-        self.data_and_label_getter = check_type(
-            "data_and_label_getter", data_and_label_getter, Callable, allow_none=True
-        )
+        self.data_and_label_getter = check_callable("data_and_label_getter", data_and_label_getter)
         self.dataset_labels = dataset_labels
         self.set_min_label_to_zero = check_bool("set_min_label_to_zero", set_min_label_to_zero)
-        self.end_of_iteration_hook = check_type(
-            "end_of_iteration_hook", end_of_iteration_hook, Callable, allow_none=True
-        )
-        self.end_of_epoch_hook = check_type(
-            "end_of_epoch_hook", end_of_epoch_hook, Callable, allow_none=True
-        )
+        self.end_of_iteration_hook = check_callable("end_of_iteration_hook", end_of_iteration_hook)
+        self.end_of_epoch_hook = check_callable("end_of_epoch_hook", end_of_epoch_hook)
         self.loss_names = list(self.loss_funcs.keys())
         self.epoch = 0
         self.iteration = 0
@@ -328,32 +325,17 @@ class BaseTrainer:
 
     def set_to_train(self) -> None:
         """Train mode; entries of ``freeze_these`` get ``requires_grad=False`` and eval mode."""
-        for d in self.trainable_attributes():
-            for key, value in d.items():
-                if not isinstance(value, nn.Module):
-                    continue
-                if key in self.freeze_these:
-                    for p in value.parameters():
-                        p.requires_grad_(False)
-                    value.eval()
-                else:
-                    value.train()
+        set_train_mode(self.trainable_attributes(), self.freeze_these)
         self.maybe_freeze_trunk_batchnorm()
 
     def set_to_eval(self) -> None:
         """Eval mode for every model and loss."""
-        for d in self.trainable_attributes():
-            for value in d.values():
-                if isinstance(value, nn.Module):
-                    value.eval()
+        set_eval_mode(self.trainable_attributes())
 
     def maybe_freeze_trunk_batchnorm(self) -> None:
         """With ``freeze_trunk_batchnorm``, the trunk's BatchNorm layers go to eval mode."""
         if self.freeze_trunk_batchnorm:
-            for module in self.models["trunk"].modules():
-                # compat: spec §1 (any class whose name contains "BatchNorm")
-                if "BatchNorm" in type(module).__name__:
-                    module.eval()
+            freeze_batchnorm(self.models["trunk"])
 
     # ----------------------------------------------------------------- training loop
     def initialize_dataloader(self) -> None:

@@ -10,15 +10,19 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from pml.core.validation import check_int, check_real, check_type
+from pml.trainers._trainer_data import is_batch_sampler
 
 __all__ = [
     "MixedPrecision",
+    "check_batch_size",
+    "check_callable",
     "check_dataset",
     "check_device",
     "check_dict",
     "check_freeze_these",
     "check_hierarchy_level",
     "check_mixed_precision",
+    "check_sampler",
 ]
 
 MixedPrecision = Literal["bf16", "bfloat16", "fp16", "float16"] | torch.dtype | None
@@ -83,6 +87,40 @@ def check_dataset(dataset: Any) -> Any:
             f"{type(dataset).__name__}"
         )
     return dataset
+
+
+def check_callable(name: str, value: Any) -> Callable[..., Any] | None:
+    """``value``: None or a callable (``collate_fn``, ``data_and_label_getter``, hooks).
+
+    Raises:
+        TypeError: naming ``name``.
+    """
+    return check_type(name, value, Callable, allow_none=True)
+
+
+def check_sampler(sampler: Any) -> Any:
+    """``sampler``: None or an iterable sampler (of indices, or of batches).
+
+    Raises:
+        TypeError: an object without ``__iter__``.
+    """
+    if sampler is not None and not hasattr(sampler, "__iter__"):
+        raise TypeError(f"sampler must be a Sampler or None; got {type(sampler).__name__}")
+    return sampler
+
+
+def check_batch_size(batch_size: Any, sampler: Any) -> int | None:
+    """``batch_size`` as an int >= 1; None only with a batch sampler (which makes the batches).
+
+    Raises:
+        TypeError: None without a batch sampler, or not an integral number.
+        ValueError: < 1.
+    """
+    # compat: the reference casts batch_size with int() (4.0 is accepted)
+    value = check_int("batch_size", batch_size, min=1, integral_float=True, allow_none=True)
+    if value is None and not is_batch_sampler(sampler):
+        raise TypeError("batch_size must be an int (it may be None only with a batch sampler)")
+    return value
 
 
 def check_device(value: Any) -> torch.device:

@@ -1,10 +1,17 @@
-"""BaseTrainer: the training loop shared by every trainer (reference-compatible API)."""
+"""BaseTrainer: the training loop shared by every trainer (reference-compatible API).
+
+The reference's overridable methods stay methods, called in its order; the logic of the
+families around the loop lives in plain functions: the key schema (``_trainer_schema.py``),
+the optimisation step (``_optimization_step.py``), modes and freezing
+(``_trainer_modes.py``), batches and the DataLoader (``_trainer_data.py``,
+``_batch_stream.py``), the state of a checkpoint (``_trainer_state.py``) and the
+constructor's argument checks (``_arguments.py``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,25 +19,37 @@ import torch
 from torch import Tensor, nn
 
 from pml.core import config
-from pml.core.validation import InvalidArgumentError, check_bool, check_int, check_type
+from pml.core.validation import check_bool, check_int, check_type
+from pml.trainers import _optimization_step as step
 from pml.trainers._arguments import (
     MixedPrecision,
+    check_batch_size,
+    check_callable,
     check_dataset,
     check_device,
     check_dict,
     check_freeze_these,
     check_hierarchy_level,
     check_mixed_precision,
+    check_sampler,
 )
 from pml.trainers._batch_stream import BatchStream
 from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
-from pml.trainers._key_checker import KeyChecker, KeyCheckerDict
 from pml.trainers._loss_tracker import LossTracker
 from pml.trainers._trainer_data import (
     LabelMapper,
+    batch_parts,
+    batch_to_device,
     build_dataloader,
-    is_batch_sampler,
+    count_batches,
     process_label,
+)
+from pml.trainers._trainer_modes import freeze_batchnorm, set_eval_mode, set_train_mode
+from pml.trainers._trainer_schema import (
+    LR_SCHEDULER_SUFFIXES,
+    base_schema,
+    check_freeze_these_keys,
+    check_trainable_loss_parameters,
 )
 from pml.trainers._trainer_state import STATE_FORMAT, load_trainer_state, trainer_state
 
@@ -176,39 +195,26 @@ class BaseTrainer:
         self.lr_schedulers = check_dict("lr_schedulers", lr_schedulers, allow_none=True)
         self.gradient_clippers = check_dict("gradient_clippers", gradient_clippers, allow_none=True)
         self.dataset = check_dataset(dataset)
-        if sampler is not None and not hasattr(sampler, "__iter__"):
-            raise TypeError(f"sampler must be a Sampler or None; got {type(sampler).__name__}")
-        self.sampler = sampler
-        # compat: the reference casts batch_size with int() (4.0 is accepted)
-        self.batch_size = check_int(
-            "batch_size", batch_size, min=1, integral_float=True, allow_none=True
-        )
-        if self.batch_size is None and not is_batch_sampler(sampler):
-            raise TypeError("batch_size must be an int (it may be None only with a batch sampler)")
+        self.sampler = check_sampler(sampler)
+        self.batch_size = check_batch_size(batch_size, sampler)
         # compat: spec §1 (a falsy iterations_per_epoch means one pass of the sampler)
         ipe = check_int("iterations_per_epoch", iterations_per_epoch, min=0, allow_none=True)
         self.iterations_per_epoch = ipe or None
         self._epoch_is_pass = self.iterations_per_epoch is None
         self.data_device = data_device
         self.dtype = check_type("dtype", dtype, torch.dtype, allow_none=True)
-        self.collate_fn = check_type("collate_fn", collate_fn, Callable, allow_none=True)
+        self.collate_fn = check_callable("collate_fn", collate_fn)
         self.freeze_these = check_freeze_these(freeze_these)
         self.freeze_trunk_batchnorm = check_bool("freeze_trunk_batchnorm", freeze_trunk_batchnorm)
         self.label_hierarchy_level = check_hierarchy_level(label_hierarchy_level)
         self.dataloader_num_workers = check_int(
             "dataloader_num_workers", dataloader_num_workers, min=0
         )
-        self.data_and_label_getter = check_type(
-            "data_and_label_getter", data_and_label_getter, Callable, allow_none=True
-        )
+        self.data_and_label_getter = check_callable("data_and_label_getter", data_and_label_getter)
         self.dataset_labels = dataset_labels
         self.set_min_label_to_zero = check_bool("set_min_label_to_zero", set_min_label_to_zero)
-        self.end_of_iteration_hook = check_type(
-            "end_of_iteration_hook", end_of_iteration_hook, Callable, allow_none=True
-        )
-        self.end_of_epoch_hook = check_type(
-            "end_of_epoch_hook", end_of_epoch_hook, Callable, allow_none=True
-        )
+        self.end_of_iteration_hook = check_callable("end_of_iteration_hook", end_of_iteration_hook)
+        self.end_of_epoch_hook = check_callable("end_of_epoch_hook", end_of_epoch_hook)
         self.loss_names = list(self.loss_funcs.keys())
         self.epoch = 0
         self.iteration = 0
@@ -225,9 +231,7 @@ class BaseTrainer:
         if self.gradient_clippers is None:
             self.gradient_clippers = {}
         self.mixed_precision = check_mixed_precision(mixed_precision, self.data_device)
-        self.grad_scaler: Any = None
-        if self.mixed_precision == torch.float16:
-            self.grad_scaler = torch.amp.GradScaler(self.data_device.type)
+        self.grad_scaler: Any = step.grad_scaler(self.mixed_precision, self.data_device)
         self.check_trainable_loss_parameters()
         self.dataloader: Any = None
         self._stream = BatchStream(self.sampler)
@@ -250,46 +254,13 @@ class BaseTrainer:
 
     # ----------------------------------------------------------------- construction
     def set_schema(self) -> None:
-        """The base key schema (spec §1)."""
-
-        def model_and_loss_keys(d: KeyCheckerDict) -> list[str]:
-            return d.keys_of("models") + d.keys_of("loss_funcs")
-
-        suffixes = list(self.allowed_lr_scheduler_key_suffixes.values())
-        self.schema = KeyCheckerDict(
-            {
-                "models": KeyChecker(["trunk", "embedder"], essential=["trunk"]),
-                "loss_funcs": KeyChecker(["metric_loss"]),
-                "mining_funcs": KeyChecker(
-                    ["subset_batch_miner", "tuple_miner"], warn_empty=False, important=[]
-                ),
-                "loss_weights": KeyChecker(
-                    self.loss_names, warn_empty=False, essential=self.loss_names
-                ),
-                "optimizers": KeyChecker(
-                    lambda s, d: [k + "_optimizer" for k in model_and_loss_keys(d)],
-                    important=[k + "_optimizer" for k in self.models],
-                ),
-                "lr_schedulers": KeyChecker(
-                    lambda s, d: [k + x for k in model_and_loss_keys(d) for x in suffixes],
-                    warn_empty=False,
-                    important=[],
-                ),
-                "gradient_clippers": KeyChecker(
-                    lambda s, d: [k + "_grad_clipper" for k in model_and_loss_keys(d)],
-                    warn_empty=False,
-                    important=[],
-                ),
-            }
-        )
+        """The base key schema (spec §1): ``self.schema``, a KeyCheckerDict."""
+        suffixes = self.allowed_lr_scheduler_key_suffixes
+        self.schema = base_schema(self.loss_names, self.models, suffixes)
 
     def verify_dict_keys(self) -> None:
         """Build the schema, let the subclass modify it, verify every dict and freeze_these."""
-        self.allowed_lr_scheduler_key_suffixes = {
-            "iteration": "_scheduler_by_iteration",
-            "epoch": "_scheduler_by_epoch",
-            "plateau": "_scheduler_by_plateau",
-        }
+        self.allowed_lr_scheduler_key_suffixes = dict(LR_SCHEDULER_SUFFIXES)
         self.set_schema()
         self.modify_schema()
         self.schema.verify(self)
@@ -297,16 +268,7 @@ class BaseTrainer:
 
     def verify_freeze_these_keys(self) -> None:
         """Every name of ``freeze_these`` must be an allowed model or loss key."""
-        allowed = self.schema.keys_of("models") + self.schema.keys_of("loss_funcs")
-        for name in self.freeze_these:
-            if not any(re.match(p, name) for p in allowed):
-                raise InvalidArgumentError(
-                    f"freeze_these keys must be one of {', '.join(allowed)}; got {name!r}"
-                )
-            if f"{name}_optimizer" in self.optimizers:
-                config.LOGGER.warning(
-                    f"You have passed in an optimizer for {name}, but are freezing its parameters."
-                )
+        check_freeze_these_keys(self.freeze_these, self.schema, self.optimizers)
 
     def initialize_models(self) -> None:
         """Add an ``nn.Identity`` embedder to ``models`` when it has none."""
@@ -354,23 +316,7 @@ class BaseTrainer:
         Raises:
             ValueError: naming the loss and the optimizer key to add.
         """
-        held = {
-            id(p) for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]
-        }
-        for key, loss in self.loss_funcs.items():
-            if key in self.freeze_these or not isinstance(loss, nn.Module):
-                continue
-            orphans = [
-                n for n, p in loss.named_parameters() if p.requires_grad and id(p) not in held
-            ]
-            if orphans:
-                # fix: the reference silently never trains these parameters
-                raise ValueError(
-                    f'loss_funcs["{key}"] ({type(loss).__name__}) has trainable parameters '
-                    f'{orphans} that no optimizer holds: pass optimizers["{key}_optimizer"] = '
-                    f'an optimizer of loss_funcs["{key}"].parameters(), or put "{key}" in '
-                    "freeze_these"
-                )
+        check_trainable_loss_parameters(self.loss_funcs, self.optimizers, self.freeze_these)
 
     # ----------------------------------------------------------------- modes
     def trainable_attributes(self) -> list[dict[str, Any]]:
@@ -379,32 +325,17 @@ class BaseTrainer:
 
     def set_to_train(self) -> None:
         """Train mode; entries of ``freeze_these`` get ``requires_grad=False`` and eval mode."""
-        for d in self.trainable_attributes():
-            for key, value in d.items():
-                if not isinstance(value, nn.Module):
-                    continue
-                if key in self.freeze_these:
-                    for p in value.parameters():
-                        p.requires_grad_(False)
-                    value.eval()
-                else:
-                    value.train()
+        set_train_mode(self.trainable_attributes(), self.freeze_these)
         self.maybe_freeze_trunk_batchnorm()
 
     def set_to_eval(self) -> None:
         """Eval mode for every model and loss."""
-        for d in self.trainable_attributes():
-            for value in d.values():
-                if isinstance(value, nn.Module):
-                    value.eval()
+        set_eval_mode(self.trainable_attributes())
 
     def maybe_freeze_trunk_batchnorm(self) -> None:
         """With ``freeze_trunk_batchnorm``, the trunk's BatchNorm layers go to eval mode."""
         if self.freeze_trunk_batchnorm:
-            for module in self.models["trunk"].modules():
-                # compat: spec §1 (any class whose name contains "BatchNorm")
-                if "BatchNorm" in type(module).__name__:
-                    module.eval()
+            freeze_batchnorm(self.models["trunk"])
 
     # ----------------------------------------------------------------- training loop
     def initialize_dataloader(self) -> None:
@@ -418,20 +349,10 @@ class BaseTrainer:
             self._stream.generator,
         )
         self._stream.set_dataloader(self.dataloader, self.sampler)
-        if not self._epoch_is_pass:
-            return
-        try:
-            num = len(self.dataloader)
-        except TypeError:
-            raise TypeError(
-                "sampler has no len(): pass iterations_per_epoch to say how long an epoch is"
-            ) from None
-        if num == 0:
-            raise ValueError(
-                f"the dataloader yields no batch (dataset of {len(self.dataset)} items, "
-                f"batch_size = {self.batch_size}; incomplete batches are dropped)"
+        if self._epoch_is_pass:
+            self.iterations_per_epoch = count_batches(
+                self.dataloader, self.dataset, self.batch_size
             )
-        self.iterations_per_epoch = num
 
     def train(self, start_epoch: int = 1, num_epochs: int = 1) -> None:
         """Train epochs ``start_epoch`` to ``num_epochs`` (inclusive).
@@ -484,12 +405,11 @@ class BaseTrainer:
         self.backward()
         self.clip_gradients()
         self.step_optimizers()
-        self._update_grad_scaler()
+        step.update_grad_scaler(self.grad_scaler, self._scaler_stepped)
+        self._scaler_stepped = False
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.mixed_precision is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.data_device.type, dtype=self.mixed_precision)
+        return step.autocast(self.mixed_precision, self.data_device)
 
     def zero_losses(self) -> None:
         """Every entry of ``losses`` to 0."""
@@ -498,10 +418,7 @@ class BaseTrainer:
 
     def zero_grad(self) -> None:
         """``zero_grad()`` on every model and optimizer."""
-        for v in self.models.values():
-            v.zero_grad()
-        for v in self.optimizers.values():
-            v.zero_grad()
+        step.zero_grad(self.models, self.optimizers)
 
     def backward(self) -> None:
         """Backpropagate ``losses["total_loss"]`` (scaled under float16 mixed precision).
@@ -509,56 +426,33 @@ class BaseTrainer:
         An iteration whose total is not on the autograd graph (every loss 0) has nothing
         to backpropagate and is skipped.
         """
-        total = self.losses["total_loss"]
-        if not (isinstance(total, Tensor) and total.requires_grad):
-            # fix: the reference calls int.backward() and fails
-            return
-        if self.grad_scaler is not None:
-            total = self.grad_scaler.scale(total)
-        total.backward()
+        step.backward(self.losses["total_loss"], self.grad_scaler)
 
     def clip_gradients(self) -> None:
         """Call every gradient clipper (gradients are unscaled first under float16)."""
-        if not self.gradient_clippers:
-            return
-        if self.grad_scaler is not None:
-            for opt in self.optimizers.values():
-                if _has_grads(opt):
-                    self.grad_scaler.unscale_(opt)
-        for clipper in self.gradient_clippers.values():
-            clipper()
+        step.clip_gradients(self.gradient_clippers, self.optimizers, self.grad_scaler)
 
     def step_optimizers(self) -> None:
         """Step every optimizer whose key (minus ``"_optimizer"``) is not frozen."""
         for key, opt in self.optimizers.items():
-            if re.sub("_optimizer$", "", key) not in self.freeze_these:
+            if not step.is_frozen_optimizer(key, self.freeze_these):
                 self.step_optimizer(opt)
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.step()``, through the grad scaler under float16 mixed precision."""
-        if self.grad_scaler is None:
-            optimizer.step()
-        elif _has_grads(optimizer):
-            self.grad_scaler.step(optimizer)
+        if step.step_optimizer(optimizer, self.grad_scaler):
             self._scaler_stepped = True
-
-    def _update_grad_scaler(self) -> None:
-        if self.grad_scaler is not None and self._scaler_stepped:
-            self.grad_scaler.update()
-            self._scaler_stepped = False
 
     def step_lr_schedulers(self, end_of_epoch: bool = False) -> None:
         """Step the ``*_scheduler_by_epoch`` (end of epoch) or ``*_by_iteration`` schedulers."""
-        suffix = "_scheduler_by_epoch" if end_of_epoch else "_scheduler_by_iteration"
-        for key, scheduler in self.lr_schedulers.items():
-            if key.endswith(suffix):
-                scheduler.step()
+        suffix = LR_SCHEDULER_SUFFIXES["epoch" if end_of_epoch else "iteration"]
+        step.step_lr_schedulers(self.lr_schedulers, suffix)
 
     def step_lr_plateau_schedulers(self, validation_info: Any) -> None:
         """``step(validation_info)`` on every ``*_scheduler_by_plateau`` scheduler."""
-        for key, scheduler in self.lr_schedulers.items():
-            if key.endswith("_scheduler_by_plateau"):
-                scheduler.step(validation_info)
+        step.step_lr_schedulers(
+            self.lr_schedulers, LR_SCHEDULER_SUFFIXES["plateau"], validation_info
+        )
 
     def get_global_iteration(self) -> int:
         """The 0-based iteration counted over epochs: ``iteration + ipe * (epoch - 1)``."""
@@ -568,7 +462,7 @@ class BaseTrainer:
     def get_batch(self) -> tuple[Any, Tensor]:
         """The next batch as ``(data, labels)`` (labels processed, subset mining applied)."""
         batch = self._next_batch()
-        data, labels = _data_and_labels(self.data_and_label_getter(batch), 2)
+        data, labels = batch_parts(self.data_and_label_getter(batch), 2)
         labels = process_label(labels, self.label_hierarchy_level, self.label_mapper)
         return self.maybe_do_batch_mining(data, labels)
 
@@ -600,17 +494,8 @@ class BaseTrainer:
 
     def get_trunk_output(self, data: Tensor) -> Tensor:
         """``models["trunk"]`` on the data moved to ``data_device`` (cast to ``dtype``)."""
-        return self.models["trunk"](self._batch_to_device(data))
-
-    def _batch_to_device(self, data: Tensor) -> Tensor:
-        """``data`` on ``data_device``, cast to ``dtype`` unless autocast is on."""
-        if not isinstance(data, Tensor):
-            raise TypeError(
-                f"the data of a batch must be a tensor; got {type(data).__name__} (use "
-                "collate_fn or data_and_label_getter to make one)"
-            )
-        dtype = None if self.mixed_precision is not None else self.dtype
-        return data.to(device=self.data_device, dtype=dtype)
+        dtype = None if self.mixed_precision is not None else self.dtype  # autocast casts
+        return self.models["trunk"](batch_to_device(data, self.data_device, dtype))
 
     def _next_batch(self) -> Any:
         """The next batch of the sampler (reference semantics with ``iterations_per_epoch``)."""
@@ -653,15 +538,3 @@ class BaseTrainer:
         """
         self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         return self._finished_epoch + 1
-
-
-def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
-    return any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
-
-
-def _data_and_labels(out: Any, n: int) -> tuple[Any, ...]:
-    if not isinstance(out, (list, tuple)) or len(out) != n:
-        what = "(data, labels)" if n == 2 else "(anchors, posnegs, labels)"
-        got = f"{len(out)} items" if isinstance(out, (list, tuple)) else type(out).__name__
-        raise ValueError(f"data_and_label_getter must return {what}; got {got}")
-    return tuple(out)

@@ -18,7 +18,7 @@ from pml.core import config
 from pml.core.io import atomic_write
 from pml.trainers._checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["load_latest_checkpoint", "save_checkpoint_files", "unwrap"]
+__all__ = ["load_latest_checkpoint", "save_checkpoint_files", "saveable_objects", "unwrap"]
 
 _CHECKPOINT = "checkpoint"
 _HOOKS_KEY = "hooks"
@@ -32,28 +32,39 @@ def unwrap(obj: Any) -> Any:
     return obj
 
 
+def saveable_objects(trainer: Any, names: list[str]) -> dict[str, Any]:
+    """Key -> object of the trainer's dicts ``names`` whose objects have a ``state_dict``."""
+    objects: dict[str, Any] = {}
+    for name in names:
+        for key, obj in (getattr(trainer, name, None) or {}).items():
+            if callable(getattr(unwrap(obj), "state_dict", None)):
+                objects[key] = obj
+    return objects
+
+
 def save_checkpoint_files(
     trainer: Any,
     model_folder: str | os.PathLike[str],
     curr_suffix: int | str,
     objects: dict[str, Any],
-    record_counts: dict[str, int],
+    writer: Any,
 ) -> None:
     """Write checkpoint ``curr_suffix`` and delete the one it replaces.
 
     Writes ``checkpoint_<suffix>.pth`` (``trainer.state_dict()``, if the trainer has it,
-    plus the record counts that make a resume continue the logs exactly) and
-    ``<key>_<suffix>.pth`` (each object's ``state_dict()``) for every entry of the
-    trainer's models, optimizers, lr_schedulers, loss_funcs and mining_funcs. Then
-    deletes the files of the same series (numbered, or ``best``-numbered) other than
-    ``curr_suffix``. Write errors are logged, not raised.
+    plus the row counts of ``writer``'s tables, which make a resume continue the logs
+    exactly) and ``<key>_<suffix>.pth`` (each object's ``state_dict()``) for every entry
+    of ``objects`` (:func:`saveable_objects`). Then deletes the files of the same series
+    (numbered, or ``best``-numbered) other than ``curr_suffix``. Write errors are logged,
+    not raised.
     """
     folder = Path(os.fspath(model_folder))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if callable(getattr(trainer, "state_dict", None)):
             state = dict(trainer.state_dict())
-            state[_HOOKS_KEY] = {"record_counts": record_counts}
+            counts = {} if writer is None else writer.row_counts()
+            state[_HOOKS_KEY] = {"record_counts": counts}
             save_checkpoint(folder / f"{_CHECKPOINT}_{curr_suffix}.pth", state)
         for key, obj in objects.items():
             state_dict = unwrap(obj).state_dict()

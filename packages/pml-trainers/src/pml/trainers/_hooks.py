@@ -1,4 +1,4 @@
-"""Logging presets: HookContainer, EmptyContainer, get_record_keeper, get_hook_container.
+"""Logging presets: HookContainer, EmptyContainer, get_hook_container (and get_record_keeper).
 
 The reference's hooks (``utils.logging_presets``) with the same methods, table names and
 checkpoint file names, backed by the built-in :class:`~pml.trainers.RecordKeeper` (CSV + JSON
@@ -6,27 +6,21 @@ Lines; no record-keeper, SQLite or TensorBoard needed). Beyond the reference:
 
 * records reach disk at the end of every epoch (and at the last iteration of an epoch), not
   only when a tester runs;
-* a primary metric that the tester's calculator does not compute, or a validation split that
-  is not evaluated, is a ``ValueError`` when the epoch hook is made (before training), not an
-  error at the first evaluation;
-* any split names work (the validation split defaults to the only evaluated query split when
-  ``"val"`` is not evaluated);
-* each checkpoint also goes into one ``checkpoint_<suffix>.pth`` holding the trainer's whole
-  state (``trainer.state_dict()``: models, loss/miner parameters, optimizers, schedulers, RNG
-  states, ...), which :meth:`HookContainer.load_latest_saved_models` prefers (exact resume);
-  the reference's per-object ``<key>_<suffix>.pth`` files are written too;
-* a resumed run continues its logs: records written after the checkpoint it resumes from are
-  dropped, so nothing is logged twice;
+* any split names work, and a primary metric the tester does not compute or a validation
+  split it does not evaluate fails when the epoch hook is made (``_hook_splits.py``);
+* each checkpoint also holds the trainer's whole state (exact resume), and a resumed run
+  continues its logs without duplicates (``_hook_checkpoints.py``);
 * under a ``torch.distributed`` process group (world size > 1) the tester runs on every rank
   with each rank embedding only its shard of every split
   (:func:`pml.eval.distributed_test`): every rank gets the accuracies of the whole splits
   (and so the same best epoch and early stop), and only rank 0 writes records and
   checkpoints. Every rank must run the hooks.
+
+What the records say about accuracy and loss over epochs is read in ``_accuracy_history.py``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,12 +32,29 @@ from torch import nn
 from pml.core import config
 from pml.core.distributed import is_distributed
 from pml.core.validation import check_bool, check_int, check_type
-from pml.trainers._hook_checkpoints import load_latest_checkpoint, save_checkpoint_files, unwrap
-from pml.trainers._record_keeper import RecordKeeper
-from pml.trainers._records import RecordWriter
+from pml.trainers._accuracy_history import (
+    LOSS_TABLE,
+    AccuracyTable,
+    accuracy_table_name,
+    current_accuracy,
+    earliest_best,
+    loss_history,
+    metric_column,
+    new_best,
+    patience_remaining,
+    table_rows,
+)
+from pml.trainers._hook_checkpoints import (
+    load_latest_checkpoint,
+    save_checkpoint_files,
+    saveable_objects,
+)
+from pml.trainers._hook_splits import check_primary_metric, query_splits, validation_split
+from pml.trainers._record_keeper import RecordKeeper, get_record_keeper
 
 if TYPE_CHECKING:
     from pml.eval import BaseTester
+    from pml.trainers._records import RecordWriter
 
 __all__ = ["EmptyContainer", "HookContainer", "get_hook_container", "get_record_keeper"]
 
@@ -55,62 +66,9 @@ def _writes() -> bool:
     return not is_distributed() or torch.distributed.get_rank() == 0
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def get_record_keeper(
-    csv_folder: str | os.PathLike[str],
-    tensorboard_folder: str | os.PathLike[str] | None = None,
-    global_db_path: str | os.PathLike[str] | None = None,
-    experiment_name: str | None = None,
-    is_new_experiment: bool = True,
-    save_lists: bool = False,
-) -> tuple[RecordKeeper, RecordWriter, Any]:
-    """A record keeper writing CSV + JSON Lines to ``csv_folder`` (and TensorBoard if asked).
-
-    Records already in ``csv_folder`` are reloaded (a resumed run continues its logs).
-
-    Args:
-        csv_folder: where the tables are written (see :class:`~pml.trainers.RecordWriter`).
-        tensorboard_folder: also write TensorBoard scalars there, if the ``tensorboard``
-            package is installed (``pip install 'pml-trainers[tensorboard]'``); without it a
-            warning says so and only the CSV/JSON Lines records are written (the
-            reference's documented example passes a folder: it still runs). None: no
-            TensorBoard.
-        global_db_path: accepted and ignored (no SQLite database; a warning is logged).
-        experiment_name: accepted for compatibility.
-        is_new_experiment: accepted for compatibility.
-        save_lists: record list values as JSON lists instead of skipping them.
-
-    Returns:
-        ``(record_keeper, record_writer, tensorboard_writer)``; the last is None without
-        ``tensorboard_folder`` or without TensorBoard.
-    """
-    record_writer = RecordWriter(
-        csv_folder,
-        global_db_path=global_db_path,
-        experiment_name=experiment_name,
-        is_new_experiment=is_new_experiment,
-        save_lists=save_lists,
-    )
-    tensorboard_writer = None
-    if tensorboard_folder is not None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            # compat: the reference then returns (None, None, None) (no hooks at all)
-            config.LOGGER.warning(
-                "tensorboard_folder=%r is ignored: TensorBoard is not installed (%s; pip "
-                "install 'pml-trainers[tensorboard]'); records are written to %s only",
-                os.fspath(tensorboard_folder),
-                err,
-                os.fspath(csv_folder),
-            )
-        else:
-            tensorboard_writer = SummaryWriter(log_dir=os.fspath(tensorboard_folder))
-    record_keeper = RecordKeeper(tensorboard_writer, record_writer)
-    return record_keeper, record_writer, tensorboard_writer
+def _entries(trainer: Any, name: str) -> dict[str, Any]:
+    """The trainer's dict ``name`` (empty when it has none)."""
+    return getattr(trainer, name, None) or {}
 
 
 def get_hook_container(
@@ -178,10 +136,8 @@ class HookContainer:
                 "(get_hook_container(None) returns an EmptyContainer)"
             )
         self.record_keeper = record_keeper
-        self.record_group_name_prefix = (
-            None
-            if record_group_name_prefix is None
-            else check_type("record_group_name_prefix", record_group_name_prefix, str)
+        self.record_group_name_prefix = check_type(
+            "record_group_name_prefix", record_group_name_prefix, str, allow_none=True
         )
         self.primary_metric = check_type("primary_metric", primary_metric, str)
         self.validation_split_name = check_type("validation_split_name", validation_split_name, str)
@@ -207,24 +163,15 @@ class HookContainer:
         """
         if trainer.iteration % self.log_freq == 0:
             it = trainer.get_global_iteration()
-            keeper = self.record_keeper
+            keeper, tracker = self.record_keeper, trainer.loss_tracker
             keeper.update_records(
-                {
-                    "loss_histories": trainer.loss_tracker.losses,
-                    "loss_weights": trainer.loss_tracker.loss_weights,
-                },
-                it,
+                {LOSS_TABLE: tracker.losses, "loss_weights": tracker.loss_weights}, it
             )
-            keeper.update_records(
-                getattr(trainer, "loss_funcs", None) or {}, it, recursive_types=[nn.Module]
-            )
-            keeper.update_records(getattr(trainer, "mining_funcs", None) or {}, it)
-            keeper.update_records(getattr(trainer, "models", None) or {}, it)
-            keeper.update_records(
-                getattr(trainer, "optimizers", None) or {},
-                it,
-                custom_attr_func=self.optimizer_custom_attr_func,
-            )
+            keeper.update_records(_entries(trainer, "loss_funcs"), it, recursive_types=[nn.Module])
+            keeper.update_records(_entries(trainer, "mining_funcs"), it)
+            keeper.update_records(_entries(trainer, "models"), it)
+            attrs = self.optimizer_custom_attr_func
+            keeper.update_records(_entries(trainer, "optimizers"), it, custom_attr_func=attrs)
         per_epoch = getattr(trainer, "iterations_per_epoch", None)
         if per_epoch and trainer.iteration == per_epoch - 1:
             # fix: the reference writes records only when a tester runs
@@ -261,8 +208,10 @@ class HookContainer:
         """
         test_interval = check_int("test_interval", test_interval, min=1)
         patience = check_int("patience", patience, min=0, allow_none=True)
-        self._check_primary_metric(tester)
-        validation_split = self._check_splits(dataset_dict, splits_to_eval)
+        check_primary_metric(tester, self.primary_metric)
+        pairs = query_splits(dataset_dict, splits_to_eval)
+        validation = validation_split(pairs, dataset_dict, self.validation_split_name)
+        self._known_reference_splits.update(pairs)
         folder = Path(os.fspath(model_folder))
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -279,7 +228,7 @@ class HookContainer:
                 tester,
                 splits_to_eval,
                 test_collate_fn,
-                validation_split=validation_split,
+                validation_split=validation,
             )
             return self.patience_remaining(epoch, best_epoch, patience)
 
@@ -304,16 +253,8 @@ class HookContainer:
         """
         from pml.eval import distributed_test
 
-        epoch = trainer.epoch
-        distributed_test(
-            tester,
-            dataset_dict,
-            epoch,
-            trainer.models["trunk"],
-            trainer.models["embedder"],
-            splits_to_eval,
-            collate_fn,
-        )
+        epoch, trunk, embedder = trainer.epoch, trainer.models["trunk"], trainer.models["embedder"]
+        distributed_test(tester, dataset_dict, epoch, trunk, embedder, splits_to_eval, collate_fn)
         self._record_if_missing(tester, epoch)
         split = self.validation_split_name if validation_split is None else validation_split
         is_new_best, curr, _, _ = self.is_new_best_accuracy(tester, split, epoch)
@@ -341,7 +282,7 @@ class HookContainer:
             epoch = accuracies["epoch"]
             table = self.record_group_name(tester, split_name)
             self.record_keeper.update_records({table: accuracies}, epoch)
-            if self._metric_key(tester, self.primary_metric, list(accuracies)) is None:
+            if metric_column(tester, self.primary_metric, list(accuracies)) is None:
                 continue  # no primary metric (no epoch hook checked it): no best columns
             _, _, best_epoch, best_accuracy = self.is_new_best_accuracy(tester, split_name, epoch)
             self.record_keeper.update_records(
@@ -351,14 +292,7 @@ class HookContainer:
     def _record_if_missing(self, tester: BaseTester, epoch: int) -> None:
         """Record the test's accuracies if the tester's end_of_testing_hook is not ours."""
         accuracies = getattr(tester, "all_accuracies", None) or {}
-        missing = [
-            split
-            for split in accuracies
-            if not any(
-                r.get("epoch") == epoch for r in self._rows(self.record_group_name(tester, split))
-            )
-        ]
-        if missing:
+        if not all(self._accuracy_table(tester, split).has_epoch(epoch) for split in accuracies):
             self.end_of_testing_hook(tester)
 
     def run_tester_separately(
@@ -383,7 +317,7 @@ class HookContainer:
                 config.LOGGER.info("Already evaluated epoch %s", epoch)
                 return False
         else:
-            splits = self._all_splits(dataset_dict, splits_to_eval)
+            splits = query_splits(dataset_dict, splits_to_eval)
         from pml.eval import distributed_test
 
         distributed_test(tester, dataset_dict, epoch, trunk, embedder, splits, collate_fn)
@@ -399,22 +333,9 @@ class HookContainer:
         input_splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None,
     ) -> list[tuple[str, list[str]]]:
         """The ``(query, references)`` pairs that have no records for ``epoch`` yet."""
-        out = []
-        for query, refs in self._all_splits(dataset_dict, input_splits_to_eval):
-            self._known_reference_splits[query] = list(refs)
-            table = self.record_group_name(tester, query)
-            if not any(r.get("epoch") == epoch for r in self._rows(table)):
-                out.append((query, refs))
-        return out
-
-    @staticmethod
-    def _all_splits(
-        dataset_dict: Mapping[str, Any],
-        splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None,
-    ) -> list[tuple[str, list[str]]]:
-        if splits_to_eval is None:
-            return [(name, [name]) for name in dataset_dict]
-        return [(query, list(refs)) for query, refs in splits_to_eval]
+        pairs = query_splits(dataset_dict, input_splits_to_eval)
+        self._known_reference_splits.update(pairs)
+        return [p for p in pairs if not self._accuracy_table(tester, p[0]).has_epoch(epoch)]
 
     # ------------------------------------------------------------------ checkpoints
     def save_models(
@@ -434,20 +355,8 @@ class HookContainer:
         ``curr_suffix`` (``prev_suffix`` included: superseded files are found by name).
         Write errors are logged, not raised.
         """
-        objects = self._saveable_objects(trainer)
-        save_checkpoint_files(trainer, model_folder, curr_suffix, objects, self._record_counts())
-
-    def _saveable_objects(self, trainer: Any) -> dict[str, Any]:
-        objects: dict[str, Any] = {}
-        for name in self.saveable_trainer_objects:
-            for key, obj in (getattr(trainer, name, None) or {}).items():
-                if callable(getattr(unwrap(obj), "state_dict", None)):
-                    objects[key] = obj
-        return objects
-
-    def _record_counts(self) -> dict[str, int]:
-        writer = self.record_keeper.record_writer
-        return {} if writer is None else writer.row_counts()
+        objects = saveable_objects(trainer, self.saveable_trainer_objects)
+        save_checkpoint_files(trainer, model_folder, curr_suffix, objects, self._writer)
 
     def load_latest_saved_models(
         self,
@@ -466,9 +375,8 @@ class HookContainer:
         Returns:
             the epoch to resume from: the checkpoint's epoch + 1 (1 when there is none).
         """
-        objects = self._saveable_objects(trainer)
-        writer = self.record_keeper.record_writer
-        return load_latest_checkpoint(trainer, model_folder, device, best, objects, writer)
+        objects = saveable_objects(trainer, self.saveable_trainer_objects)
+        return load_latest_checkpoint(trainer, model_folder, device, best, objects, self._writer)
 
     # ------------------------------------------------------------------ names
     def base_record_group_name(self, tester: BaseTester) -> str:
@@ -487,34 +395,20 @@ class HookContainer:
         refs = (getattr(tester, "reference_split_names", None) or {}).get(split_name)
         if refs is None:
             refs = self._known_reference_splits.get(split_name, [split_name])
-        base = f"{self.base_record_group_name(tester)}_{split_name.upper()}"
-        if list(refs) == [split_name]:
-            return f"{base}_vs_self"
-        return f"{base}_vs_" + "_and_".join(name.upper() for name in sorted(refs))
+        return accuracy_table_name(self.base_record_group_name(tester), split_name, refs)
 
     # ------------------------------------------------------------------ queries
+    @property
+    def _writer(self) -> RecordWriter | None:
+        return self.record_keeper.record_writer
+
     def _rows(self, table: str) -> list[dict[str, Any]]:
-        writer = self.record_keeper.record_writer
-        return [] if writer is None else writer.rows(table)
+        return table_rows(self._writer, table)
 
-    def _metric_key(self, tester: BaseTester, metric: str, columns: Sequence[str]) -> str | None:
-        """The column holding ``metric``: ``AVERAGE_<metric>``, then ``<metric>_level<L>``."""
-        candidates = [tester.accuracies_keyname(metric, average=True)]
-        level = getattr(tester, "label_hierarchy_level", 0)
-        levels = level if isinstance(level, list | tuple) else [level]
-        candidates += [tester.accuracies_keyname(metric, label_hierarchy_level=lv) for lv in levels]
-        for key in candidates:
-            if key in columns:
-                return key
-        prefix = f"{metric}_level"
-        for column in columns:  # label_hierarchy_level "all": the evaluated levels
-            if column.startswith(prefix) and column[len(prefix) :].isdigit():
-                return column
-        return None
-
-    def _table_columns(self, table: str) -> list[str]:
-        writer = self.record_keeper.record_writer
-        return [] if writer is None else writer.columns(table)
+    def _accuracy_table(self, tester: BaseTester, split_name: str) -> AccuracyTable:
+        """The recorded accuracies of ``split_name`` (table :meth:`record_group_name`)."""
+        table = self.record_group_name(tester, split_name)
+        return AccuracyTable(self._writer, table, tester, self.primary_metric)
 
     def get_curr_primary_metric(self, tester: BaseTester, split_name: str) -> Any:
         """The primary metric of ``split_name`` in ``tester.all_accuracies``.
@@ -522,20 +416,7 @@ class HookContainer:
         Raises:
             ValueError: the split was not evaluated, or has no value for the metric.
         """
-        all_accuracies = getattr(tester, "all_accuracies", None) or {}
-        if split_name not in all_accuracies:
-            raise ValueError(
-                f"validation_split_name {split_name!r} was not evaluated by the tester; "
-                f"evaluated query splits: {list(all_accuracies)}"
-            )
-        accuracies = all_accuracies[split_name]
-        key = self._metric_key(tester, self.primary_metric, list(accuracies))
-        if key is None:
-            raise ValueError(
-                f"primary_metric {self.primary_metric!r} is not among the accuracies of "
-                f"split {split_name!r}: {sorted(accuracies)}"
-            )
-        return accuracies[key]
+        return current_accuracy(tester, split_name, self.primary_metric)
 
     def get_accuracy_history(
         self,
@@ -549,38 +430,21 @@ class HookContainer:
         The primary metric's column (or those of ``metrics``); every column with
         ``return_all_metrics``. Empty if nothing was recorded.
         """
-        table = self.record_group_name(tester, split_name)
-        rows, columns = self._rows(table), self._table_columns(table)
-        if not rows:
-            return {}
-        if return_all_metrics:
-            selected = columns
-        else:
-            keys = [self._metric_key(tester, m, columns) for m in metrics or [self.primary_metric]]
-            selected = ["epoch", *(k for k in keys if k is not None)]
-        return {c: [r.get(c) for r in rows] for c in selected}
+        selected = None if return_all_metrics else list(metrics) or [self.primary_metric]
+        return self._accuracy_table(tester, split_name).history(selected)
 
     def get_loss_history(self, loss_names: Sequence[str] = ()) -> dict[str, list[Any]]:
         """``{column: [values...]}`` of ``loss_histories`` (all columns, or ``loss_names``).
 
         Empty if nothing was recorded.
         """
-        rows = self._rows("loss_histories")
-        if not rows:
-            return {}
-        columns = list(loss_names) or self._table_columns("loss_histories")
-        return {c: [r.get(c) for r in rows] for c in columns}
+        return loss_history(self._writer, loss_names)
 
     def get_accuracies_of_epoch(
         self, tester: BaseTester, split_name: str, epoch: int, select_all: bool = True
     ) -> list[dict[str, Any]]:
         """The rows of ``split_name`` for ``epoch`` (all columns, or epoch + primary metric)."""
-        table = self.record_group_name(tester, split_name)
-        rows = [r for r in self._rows(table) if r.get("epoch") == epoch]
-        if select_all:
-            return rows
-        key = self._metric_key(tester, self.primary_metric, self._table_columns(table))
-        return [{"epoch": r.get("epoch"), key: r.get(key)} for r in rows] if key else []
+        return self._accuracy_table(tester, split_name).of_epoch(epoch, select_all)
 
     def get_accuracies_of_best_epoch(
         self,
@@ -594,24 +458,7 @@ class HookContainer:
         Epochs in ``ignore_epoch`` and NaN values are left out; ties give several rows.
         ``([], None)`` when the table has no such column.
         """
-        table = self.record_group_name(tester, split_name)
-        key = self._metric_key(tester, self.primary_metric, self._table_columns(table))
-        if key is None:
-            return [], None
-        rows = [
-            r
-            for r in self._rows(table)
-            if r.get("epoch") not in ignore_epoch
-            and isinstance(r.get(key), int | float)
-            and not _is_nan(r.get(key))
-        ]
-        if not rows:
-            return [], key
-        best = max(r[key] for r in rows)
-        rows = [r for r in rows if r[key] == best]
-        if not select_all:
-            rows = [{"epoch": r.get("epoch"), key: r[key]} for r in rows]
-        return rows, key
+        return self._accuracy_table(tester, split_name).best(select_all, ignore_epoch)
 
     def get_best_epoch_and_accuracy(
         self, tester: BaseTester, split_name: str, ignore_epoch: Sequence[int] = (-1,)
@@ -620,11 +467,9 @@ class HookContainer:
 
         The earliest epoch wins ties.
         """
-        rows, key = self.get_accuracies_of_best_epoch(tester, split_name, True, ignore_epoch)
-        if not rows or key is None:
-            return None, 0
-        first = min(rows, key=lambda r: r.get("epoch", 0))
-        return first.get("epoch"), first[key]
+        return earliest_best(
+            *self.get_accuracies_of_best_epoch(tester, split_name, True, ignore_epoch)
+        )
 
     def is_new_best_accuracy(
         self, tester: BaseTester, split_name: str, epoch: int
@@ -633,67 +478,14 @@ class HookContainer:
 
         The best includes ``epoch``; a tie keeps the older epoch.
         """
-        prev_epoch, prev = self.get_best_epoch_and_accuracy(
-            tester, split_name, ignore_epoch=(-1, epoch)
-        )
-        curr = self.get_curr_primary_metric(tester, split_name)
-        if prev_epoch is None or (not _is_nan(curr) and curr > prev):
-            return True, curr, epoch, curr
-        return False, curr, prev_epoch, prev
+        best = self.get_best_epoch_and_accuracy(tester, split_name, ignore_epoch=(-1, epoch))
+        return new_best(epoch, self.get_curr_primary_metric(tester, split_name), *best)
 
     def patience_remaining(self, epoch: int, best_epoch: int | None, patience: int | None) -> bool:
         """Whether to go on: no patience, no best yet, or ``epoch - best_epoch <= patience``."""
-        if patience is None or best_epoch is None:
-            return True
-        return epoch - best_epoch <= patience
+        return patience_remaining(epoch, best_epoch, patience)
 
     @staticmethod
     def optimizer_custom_attr_func(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """``{"lr": <learning rate of the first parameter group>}``."""
         return {"lr": optimizer.param_groups[0]["lr"]}
-
-    # ------------------------------------------------------------------ checks
-    def _check_primary_metric(self, tester: BaseTester) -> None:
-        calculator = getattr(tester, "accuracy_calculator", None)
-        if calculator is None:
-            return
-        metrics = list(calculator.get_curr_metrics())
-        if self.primary_metric not in metrics:
-            raise ValueError(
-                f"primary_metric {self.primary_metric!r} is not computed by the tester's "
-                f"AccuracyCalculator; it computes {metrics} (add it to the calculator's "
-                "include=, or choose one of these)"
-            )
-
-    def _check_splits(
-        self,
-        dataset_dict: Mapping[str, Any],
-        splits_to_eval: Sequence[tuple[str, Sequence[str]]] | None,
-    ) -> str:
-        """The validation split to use; remembers the reference splits of each query."""
-        pairs = self._all_splits(dataset_dict, splits_to_eval)
-        missing = sorted({s for q, refs in pairs for s in [q, *refs] if s not in dataset_dict})
-        if missing:
-            raise ValueError(
-                f"splits_to_eval names splits missing from dataset_dict: {missing}; "
-                f"dataset_dict has {list(dataset_dict)}"
-            )
-        for query, refs in pairs:
-            self._known_reference_splits[query] = refs
-        queries = [q for q, _ in pairs]
-        name = self.validation_split_name
-        if name in queries:
-            return name
-        if name == "val" and len(queries) == 1:
-            # fix: the reference looks for "val" anyway and fails with KeyError at the end
-            # of the first evaluated epoch
-            config.LOGGER.warning(
-                'validation_split_name "val" is not evaluated; using the only query split '
-                "%r to pick the best epoch",
-                queries[0],
-            )
-            return queries[0]
-        raise ValueError(
-            f"validation_split_name {name!r} is not one of the evaluated query splits "
-            f"{queries}; pass validation_split_name=<one of them> to get_hook_container"
-        )

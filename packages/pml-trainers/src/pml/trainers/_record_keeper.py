@@ -1,15 +1,20 @@
-"""RecordKeeper: the reference's record-keeping interface over a :class:`RecordWriter`."""
+"""RecordKeeper: the reference's record-keeping interface over a :class:`RecordWriter`.
+
+:func:`get_record_keeper` makes one writing CSV + JSON Lines (and TensorBoard if asked).
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pml.core import config
 from pml.core.records import list_of_recordable_attributes_list_names
 from pml.trainers._records import RecordWriter, _plain
 
-__all__ = ["RecordKeeper"]
+__all__ = ["RecordKeeper", "get_record_keeper"]
 
 
 class RecordKeeper:
@@ -179,3 +184,57 @@ class RecordKeeper:
         if self.record_writer is None:
             raise NotImplementedError("this RecordKeeper has no record_writer")
         return self.record_writer.query(query, *args, **kwargs)
+
+
+def get_record_keeper(
+    csv_folder: str | os.PathLike[str],
+    tensorboard_folder: str | os.PathLike[str] | None = None,
+    global_db_path: str | os.PathLike[str] | None = None,
+    experiment_name: str | None = None,
+    is_new_experiment: bool = True,
+    save_lists: bool = False,
+) -> tuple[RecordKeeper, RecordWriter, Any]:
+    """A record keeper writing CSV + JSON Lines to ``csv_folder`` (and TensorBoard if asked).
+
+    Records already in ``csv_folder`` are reloaded (a resumed run continues its logs).
+
+    Args:
+        csv_folder: where the tables are written (see :class:`~pml.trainers.RecordWriter`).
+        tensorboard_folder: also write TensorBoard scalars there, if the ``tensorboard``
+            package is installed (``pip install 'pml-trainers[tensorboard]'``); without it a
+            warning says so and only the CSV/JSON Lines records are written (the
+            reference's documented example passes a folder: it still runs). None: no
+            TensorBoard.
+        global_db_path: accepted and ignored (no SQLite database; a warning is logged).
+        experiment_name: accepted for compatibility.
+        is_new_experiment: accepted for compatibility.
+        save_lists: record list values as JSON lists instead of skipping them.
+
+    Returns:
+        ``(record_keeper, record_writer, tensorboard_writer)``; the last is None without
+        ``tensorboard_folder`` or without TensorBoard.
+    """
+    record_writer = RecordWriter(
+        csv_folder,
+        global_db_path=global_db_path,
+        experiment_name=experiment_name,
+        is_new_experiment=is_new_experiment,
+        save_lists=save_lists,
+    )
+    tensorboard_writer = None
+    if tensorboard_folder is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            # compat: the reference then returns (None, None, None) (no hooks at all)
+            config.LOGGER.warning(
+                "tensorboard_folder=%r is ignored: TensorBoard is not installed (%s; pip "
+                "install 'pml-trainers[tensorboard]'); records are written to %s only",
+                os.fspath(tensorboard_folder),
+                err,
+                os.fspath(csv_folder),
+            )
+        else:
+            tensorboard_writer = SummaryWriter(log_dir=os.fspath(tensorboard_folder))
+    record_keeper = RecordKeeper(tensorboard_writer, record_writer)
+    return record_keeper, record_writer, tensorboard_writer

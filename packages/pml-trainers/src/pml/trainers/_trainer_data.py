@@ -6,8 +6,12 @@
 * :func:`build_dataloader`: the DataLoader always gets a :class:`ResumableBatches` batch
   sampler, which can skip the batches of a pass already trained on (exact resume in the
   middle of a pass) without loading their data.
-* :class:`LabelMapper` / :func:`process_label`: labels of a batch to a CPU tensor of the
-  selected hierarchy level(s), optionally mapped to ``0..C-1``.
+* :func:`count_batches`: the batches of one pass (an epoch when ``iterations_per_epoch`` is
+  not given).
+* :func:`batch_parts` / :class:`LabelMapper` / :func:`process_label` /
+  :func:`batch_to_device`: a batch split into ``(data, labels)``, its labels to a CPU tensor
+  of the selected hierarchy level(s), optionally mapped to ``0..C-1``, its data to the
+  trainer's device.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from pml.core.validation import InvalidArgumentError
 __all__ = [
     "LabelMapper",
     "ResumableBatches",
+    "batch_parts",
+    "batch_to_device",
     "build_dataloader",
+    "count_batches",
     "is_batch_sampler",
     "process_label",
     "sampler_chain",
@@ -147,6 +154,27 @@ def build_dataloader(
         collate_fn=collate_fn,
         pin_memory=False,
     )
+
+
+def count_batches(dataloader: DataLoader, dataset: Any, batch_size: int | None) -> int:
+    """The number of batches of one pass of ``dataloader``.
+
+    Raises:
+        TypeError: the sampler has no ``len()``.
+        ValueError: the dataloader yields no batch.
+    """
+    try:
+        num = len(dataloader)
+    except TypeError:
+        raise TypeError(
+            "sampler has no len(): pass iterations_per_epoch to say how long an epoch is"
+        ) from None
+    if num == 0:
+        raise ValueError(
+            f"the dataloader yields no batch (dataset of {len(dataset)} items, "
+            f"batch_size = {batch_size}; incomplete batches are dropped)"
+        )
+    return num
 
 
 def sampler_chain(sampler: Any) -> list[Any]:
@@ -276,3 +304,31 @@ def process_label(
             "set_min_label_to_zero=True and dataset_labels)"
         )
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def batch_parts(out: Any, n: int) -> tuple[Any, ...]:
+    """What ``data_and_label_getter`` returned, checked to be ``n`` items.
+
+    Raises:
+        ValueError: not a list/tuple of ``n`` items (``(data, labels)`` for 2,
+            ``(anchors, posnegs, labels)`` for 3).
+    """
+    if not isinstance(out, (list, tuple)) or len(out) != n:
+        what = "(data, labels)" if n == 2 else "(anchors, posnegs, labels)"
+        got = f"{len(out)} items" if isinstance(out, (list, tuple)) else type(out).__name__
+        raise ValueError(f"data_and_label_getter must return {what}; got {got}")
+    return tuple(out)
+
+
+def batch_to_device(data: Any, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """``data`` on ``device``, cast to ``dtype`` (None: kept).
+
+    Raises:
+        TypeError: ``data`` is not a tensor.
+    """
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(
+            f"the data of a batch must be a tensor; got {type(data).__name__} (use "
+            "collate_fn or data_and_label_getter to make one)"
+        )
+    return data.to(device=device, dtype=dtype)

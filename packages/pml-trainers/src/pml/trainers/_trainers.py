@@ -11,8 +11,8 @@ from torch import Tensor
 from pml.core.indices import get_all_triplets_indices, shift_indices_tuple
 from pml.core.validation import check_int
 from pml.miners import HDCMiner
-from pml.trainers._base_trainer import BaseTrainer, _data_and_labels
-from pml.trainers._trainer_data import process_label
+from pml.trainers._base_trainer import BaseTrainer
+from pml.trainers._trainer_data import batch_parts, process_label
 
 __all__ = [
     "CascadedEmbeddings",
@@ -223,7 +223,7 @@ class TwoStreamMetricLoss(BaseTrainer):
 
     def get_batch(self) -> tuple[Any, Any, Tensor]:  # type: ignore[override]
         batch = self._next_batch()
-        anchors, posnegs, labels = _data_and_labels(self.data_and_label_getter(batch), 3)
+        anchors, posnegs, labels = batch_parts(self.data_and_label_getter(batch), 3)
         labels = process_label(labels, self.label_hierarchy_level, self.label_mapper)
         return anchors, posnegs, labels
 

@@ -1,20 +1,20 @@
 """DistributedLossWrapper, without and with a real two-process gloo group.
 
-The two-process tests fork two CPU processes (file:// rendezvous in tmp_path); each rank saves its loss values and gradients, and the test compares them with a
-single process computing the same loss on the concatenated batch (naive pair loops).
+The two-process tests run two forked CPU processes (:func:`pml.core.testing.run_in_processes`);
+each rank returns its loss values and gradients, and the test compares them with a single
+process computing the same loss on the concatenated batch (naive pair loops).
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, run_in_processes
 from pml.losses import CrossBatchMemory, DistributedLossWrapper, GenericPairLoss
 from pml.losses._base import loss_entry, zero_loss_entry
 
@@ -124,78 +124,50 @@ def _bounds_errors(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
+def _worker(rank: int, world_size: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    emb, labels = rank_data(rank)
+    ref, ref_labels = rank_data(rank, seed=1)
 
-    # a forked child must not enter the parent's OpenMP thread pool (it can hang)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        res: dict[str, Any] = {}
-        emb, labels = rank_data(rank)
-        ref, ref_labels = rank_data(rank, seed=1)
+    for efficient in (False, True):
+        x = emb.clone().requires_grad_()
+        out = DistributedLossWrapper(contrastive(), efficient=efficient)(x, labels)
+        res[f"plain_eff{efficient}"] = (out.detach(), *_grad(out, x))
 
-        for efficient in (False, True):
-            x = emb.clone().requires_grad_()
-            out = DistributedLossWrapper(contrastive(), efficient=efficient)(x, labels)
-            res[f"plain_eff{efficient}"] = (out.detach(), *_grad(out, x))
+        x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
+        wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
+        out = wrapper(x, labels, ref_emb=r, ref_labels=ref_labels)
+        res[f"ref_eff{efficient}"] = (out.detach(), *_grad(out, x, r))
 
-            x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
-            wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
-            out = wrapper(x, labels, ref_emb=r, ref_labels=ref_labels)
-            res[f"ref_eff{efficient}"] = (out.detach(), *_grad(out, x, r))
+    # ranks with different batch sizes (the reference needs equal shapes)
+    n = 6 if rank == 0 else 4
+    x = emb[:n].clone().requires_grad_()
+    out = DistributedLossWrapper(contrastive())(x, labels[:n])
+    res["uneven"] = (out.detach(), *_grad(out, x))
 
-        # ranks with different batch sizes (the reference needs equal shapes)
-        n = 6 if rank == 0 else 4
-        x = emb[:n].clone().requires_grad_()
-        out = DistributedLossWrapper(contrastive())(x, labels[:n])
-        res["uneven"] = (out.detach(), *_grad(out, x))
+    for name, memory_size, sizes in CBM_CASES:
+        n = sizes[rank]
+        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size)
+        wrapper = DistributedLossWrapper(cbm.double())
+        for call in range(CBM_CALLS):
+            e, lab = rank_data(rank, n=n, seed=10 + call)
+            x = e.clone().requires_grad_()
+            out = wrapper(x, lab, enqueue_mask=cbm_mask(call, n))
+            res[f"cbm_{name}_{call}"] = (out.detach(), *_grad(out, x))
+            res[f"cbm_{name}_{call}_state"] = (
+                cbm.queue_idx,
+                cbm.has_been_filled,
+                cbm.embedding_memory.clone(),
+                cbm.label_memory.clone(),
+            )
 
-        for name, memory_size, sizes in CBM_CASES:
-            n = sizes[rank]
-            cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size)
-            wrapper = DistributedLossWrapper(cbm.double())
-            for call in range(CBM_CALLS):
-                e, lab = rank_data(rank, n=n, seed=10 + call)
-                x = e.clone().requires_grad_()
-                out = wrapper(x, lab, enqueue_mask=cbm_mask(call, n))
-                res[f"cbm_{name}_{call}"] = (out.detach(), *_grad(out, x))
-                res[f"cbm_{name}_{call}_state"] = (
-                    cbm.queue_idx,
-                    cbm.has_been_filled,
-                    cbm.embedding_memory.clone(),
-                    cbm.label_memory.clone(),
-                )
-
-        res["bounds"] = _bounds_errors(emb, labels)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    res["bounds"] = _bounds_errors(emb, labels)
+    return res
 
 
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    tmp = tmp_path_factory.mktemp("gloo")
-    # fork: the children reuse this process's imports (a spawned child re-imports torch,
-    # which takes longer than the whole test).
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp_path_factory.mktemp("gloo"))
 
 
 def _other(rank: int) -> int:

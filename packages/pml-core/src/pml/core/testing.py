@@ -261,7 +261,8 @@ def run_in_processes(
             code than 0, or was still running after ``timeout`` seconds (or some seconds after
             another rank failed); the message names each such rank and its exit code.
         pytest.skip.Exception: torch.distributed or ``backend`` or the fork start method is
-            not available (pytest is imported only then).
+            not available (pytest is imported only then; without pytest:
+            ``unittest.SkipTest``).
 
     Example:
         >>> def worker(rank, world_size):  # doctest: +SKIP
@@ -280,9 +281,14 @@ def run_in_processes(
         dist.is_gloo_available() if backend == "gloo" else dist.is_backend_available(backend)
     )
     if not backend_ok or "fork" not in mp.get_all_start_methods():
-        import pytest
+        reason = f"torch.distributed with {backend} (forked processes) is not available"
+        try:
+            import pytest
+        except ImportError:  # pytest is no dependency of pml-core; unittest skips too
+            import unittest
 
-        pytest.skip(f"torch.distributed with {backend} (forked processes) is not available")
+            raise unittest.SkipTest(reason) from None
+        pytest.skip(reason)
     folder = Path(tempfile.mkdtemp(prefix="processes-", dir=tmp_dir))
     ctx = mp.get_context("fork")
     procs = [

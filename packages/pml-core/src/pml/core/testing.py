@@ -212,6 +212,9 @@ def _process_main(
                 rank=rank,
                 world_size=world_size,
             )
+            # every rank connected before any worker runs: a rank whose worker returns at
+            # once would otherwise close its connections while a peer is still connecting
+            dist.barrier()
         try:
             result = worker(rank, world_size, *args)
         finally:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pml.cli import _distributed as dist_cli
-from pml.core.testing import assert_close
+from pml.core.testing import assert_close, run_in_processes
 
 WORLD = 2
 N, D_IN, D_OUT, CLASSES = 8, 6, 4, 3
@@ -66,39 +66,21 @@ def _step(models: dict[str, nn.Module], loss: nn.Module, miner: Any, x, y) -> to
     return value.detach()
 
 
-def _worker(rank: int, init_file: str, out_dir: str, kind: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = _model()
-        loss, miner = _recipe(kind)
-        group = dist_cli.Group(rank, WORLD)
-        wrapped = dist_cli.wrap_for_ddp(model, loss, miner, torch.device("cpu"), group)
-        x, y = _rank_batch(rank)
-        value = _step(wrapped.models, wrapped.loss, wrapped.miner, x, y)
-        torch.save({"loss": value, "grads": _grads(model, loss)}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world_size: int, kind: str) -> dict[str, Any]:
+    model = _model()
+    loss, miner = _recipe(kind)
+    group = dist_cli.Group(rank, world_size)
+    wrapped = dist_cli.wrap_for_ddp(model, loss, miner, torch.device("cpu"), group)
+    x, y = _rank_batch(rank)
+    value = _step(wrapped.models, wrapped.loss, wrapped.miner, x, y)
+    return {"loss": value, "grads": _grads(model, loss)}
 
 
 @pytest.mark.parametrize("kind", ["triplet_miner", "arcface"])
 def test_one_ddp_step_has_the_gradients_of_one_process_on_the_concatenated_batch(
     tmp_path: Path, kind: str
 ) -> None:
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path), kind))
-        for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0, f"a rank failed (exit code {p.exitcode})"
+    results = run_in_processes(_worker, WORLD, tmp_path, kind)
     model = _model()
     loss, miner = _recipe(kind)
     batches = [_rank_batch(r) for r in range(WORLD)]
@@ -107,8 +89,7 @@ def test_one_ddp_step_has_the_gradients_of_one_process_on_the_concatenated_batch
     models = {"trunk": model.trunk, "embedder": model.embedder}
     expected_loss = _step(models, loss, miner, x, y)
     expected = _grads(model, loss)
-    for r in range(WORLD):
-        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+    for got in results:
         # every rank's loss is world_size times the global batch's (DDP averages gradients)
         assert_close(got["loss"], WORLD * expected_loss, rtol=1e-10, atol=1e-12)
         assert set(got["grads"]) == set(expected)

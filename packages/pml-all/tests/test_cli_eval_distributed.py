@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from pml.core.testing import run_in_processes
+
 WORLD = 2
 METRICS = ["--metric", "p@1", "--metric", "map@r", "--metric", "r-precision", "--metric", "mrr"]
 
@@ -32,16 +34,17 @@ def _argv(run: str, data: dict[str, str], separate: bool) -> list[str]:
     return ["eval", run, *extra, *METRICS, "--json", "--device", "cpu"]
 
 
-def _worker(rank: int, run: str, data: dict[str, str], port: int, out_dir: str) -> None:
+def _worker(
+    rank: int, world_size: int, run: str, data: dict[str, str], port: int, out_dir: str
+) -> dict[str, Any]:
     import torch.distributed as dist
 
     from pml.cli import _cmd_eval
 
-    torch.set_num_threads(1)
     run_pml = _run_pml()
     res: dict[str, Any] = {}
     # 1. launched like torchrun: pml eval makes (and destroys) its own group
-    env = {"WORLD_SIZE": str(WORLD), "RANK": str(rank), "LOCAL_RANK": str(rank)}
+    env = {"WORLD_SIZE": str(world_size), "RANK": str(rank), "LOCAL_RANK": str(rank)}
     os.environ.update({**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     res["env"] = run_pml(_argv(run, data, False))
     res["env_group_left"] = dist.is_initialized()
@@ -49,14 +52,14 @@ def _worker(rank: int, run: str, data: dict[str, str], port: int, out_dir: str) 
         del os.environ[key]
     # 2. inside the caller's process group
     init = f"file://{Path(out_dir) / 'init'}"
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
     try:
         res["group"] = run_pml(_argv(run, data, True))
         with _cmd_eval.process_group(torch.device("cpu")) as (r, w):
             res["rank_world"] = (r, w)
     finally:
         dist.destroy_process_group()
-    torch.save(res, Path(out_dir) / f"rank{rank}.pt")
+    return res
 
 
 def _run_pml():  # type: ignore[no-untyped-def]
@@ -85,27 +88,10 @@ def data_files(tmp_path_factory: pytest.TempPathFactory, helpers) -> dict[str, s
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, fake_run, data_files) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
     tmp = tmp_path_factory.mktemp("gloo_cli")
-    port = _free_port()
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(fake_run), data_files, port, str(tmp)))
-        for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    args = (str(fake_run), data_files, _free_port(), str(tmp))
+    # no group around the worker: it first runs pml eval as torchrun would, then makes one
+    return run_in_processes(_worker, WORLD, tmp, *args, timeout=180, init_group=False)
 
 
 @pytest.mark.distributed

@@ -1,6 +1,6 @@
 """Distributed evaluation: DistributedKNN, distributed_get_accuracy and the testers on 2 gloo ranks.
 
-Two forked CPU processes (file:// rendezvous in tmp_path) hold uneven shards of random
+Two forked CPU processes (:func:`pml.core.testing.run_in_processes`) hold uneven shards of random
 clustered data (and of integer-valued data, full of exact ties); every rank's metrics must
 EQUAL, to the last bit, one process's ``get_accuracy`` on the concatenated data. The merge
 of candidate lists (:func:`pml.eval.functional.merge_topk`) is also checked on its own.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from pml.core.testing import run_in_processes
 from pml.eval import (
     AccuracyCalculator,
     DistributedKNN,
@@ -237,53 +237,26 @@ def _error_results(rank: int) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    # a forked child must not enter the parent's OpenMP thread pool (it can hang)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        res: dict[str, Any] = {"accuracy": {}}
-        for name, mode, classes, seed, dtype, ties, config, k in accuracy_cases():
-            shards, _ = case_data(mode, classes, seed, dtype, ties)
-            q, ql, r, rl, riq = shards[rank]
-            # half through distributed_get_accuracy with a TorchKNN calculator, half through a
-            # calculator whose knn_func is a DistributedKNN (the testers' route)
-            calc = calculator(config, k, distributed_knn=seed % 2 == 0)
-            res["accuracy"][name] = distributed_get_accuracy(calc, q, ql, r, rl, riq)
-        res["knn"] = _knn_results(rank)
-        res["testers"] = run_testers(rank)
-        res["errors"] = _error_results(rank)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world_size: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"accuracy": {}}
+    for name, mode, classes, seed, dtype, ties, config, k in accuracy_cases():
+        shards, _ = case_data(mode, classes, seed, dtype, ties)
+        q, ql, r, rl, riq = shards[rank]
+        # half through distributed_get_accuracy with a TorchKNN calculator, half through a
+        # calculator whose knn_func is a DistributedKNN (the testers' route)
+        calc = calculator(config, k, distributed_knn=seed % 2 == 0)
+        res["accuracy"][name] = distributed_get_accuracy(calc, q, ql, r, rl, riq)
+    res["knn"] = _knn_results(rank)
+    res["testers"] = run_testers(rank)
+    res["errors"] = _error_results(rank)
+    return res
 
 
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
     import sklearn.metrics  # noqa: F401  (NMI/AMI: imported once here, not in both children)
 
-    tmp = tmp_path_factory.mktemp("gloo")
-    # fork: the children reuse this process's imports (a spawned child re-imports torch)
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp_path_factory.mktemp("gloo"))
 
 
 @contextlib.contextmanager

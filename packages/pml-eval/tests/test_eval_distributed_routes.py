@@ -1,6 +1,6 @@
 """get_accuracy's distributed route, custom metrics and distributed_test on 2 gloo ranks.
 
-Two forked CPU processes (file:// rendezvous) each pass their contiguous shard of one data
+Two forked CPU processes (:func:`pml.core.testing.run_in_processes`) each pass their contiguous shard of one data
 set; every rank's results must EQUAL one process's on the whole data: through
 ``calc.get_accuracy`` itself (a DistributedKNN knn_func, or ``distributed=True``), with
 custom metrics, and through :func:`pml.eval.distributed_test` (every rank given the whole
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from pml.core.testing import run_in_processes
 from pml.eval import (
     AccuracyCalculator,
     DistributedKNN,
@@ -130,52 +130,27 @@ def run_testers(distributed: bool) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def _worker(rank: int, world_size: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"accuracy": {}}
+    for name, classes, k, separate, options in cases():
+        for how in ("dknn", "flag"):
+            calc = calculator(k, how, options)
+            got = calc.get_accuracy(*data(classes, separate, rank))
+            res["accuracy"][f"{name}_{how}"] = got
+    res["testers"] = run_testers(True)
+    tiny = {"val": TensorDataset(torch.zeros(1, 5), torch.zeros(1, 1, dtype=torch.long))}
+    tester = GlobalEmbeddingSpaceTester(dataloader_num_workers=0, data_device="cpu")
     try:
-        res: dict[str, Any] = {"accuracy": {}}
-        for name, classes, k, separate, options in cases():
-            for how in ("dknn", "flag"):
-                calc = calculator(k, how, options)
-                got = calc.get_accuracy(*data(classes, separate, rank))
-                res["accuracy"][f"{name}_{how}"] = got
-        res["testers"] = run_testers(True)
-        tiny = {"val": TensorDataset(torch.zeros(1, 5), torch.zeros(1, 1, dtype=torch.long))}
-        tester = GlobalEmbeddingSpaceTester(dataloader_num_workers=0, data_device="cpu")
-        try:
-            distributed_test(tester, tiny, 1, torch.nn.Identity())
-            res["tiny"] = "ok"
-        except ValueError as e:
-            res["tiny"] = str(e)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        distributed_test(tester, tiny, 1, torch.nn.Identity())
+        res["tiny"] = "ok"
+    except ValueError as e:
+        res["tiny"] = str(e)
+    return res
 
 
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    tmp = tmp_path_factory.mktemp("gloo_routes")
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp_path_factory.mktemp("gloo_routes"))
 
 
 def _same(a: Any, b: Any) -> bool:

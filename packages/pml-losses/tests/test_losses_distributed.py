@@ -1,21 +1,26 @@
 """DistributedLossWrapper, without and with a real two-process gloo group.
 
-The two-process tests fork two CPU processes (file:// rendezvous in tmp_path); each rank saves its loss values and gradients, and the test compares them with a
-single process computing the same loss on the concatenated batch (naive pair loops).
+The two-process tests run two forked CPU processes (:func:`pml.core.testing.run_in_processes`);
+each rank returns its loss values and gradients, and the test compares them with a single
+process computing the same loss on the concatenated batch (naive pair loops).
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pml.core.testing import assert_close
-from pml.losses import CrossBatchMemory, DistributedLossWrapper, GenericPairLoss
+from pml.core.testing import assert_close, run_in_processes
+from pml.losses import (
+    CrossBatchMemory,
+    DistributedLossWrapper,
+    GenericPairLoss,
+    MultiSupConLoss,
+)
 from pml.losses._base import loss_entry, zero_loss_entry
 
 MARGIN = 1.0
@@ -72,6 +77,37 @@ def rank_data(rank: int, n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch
     )
 
 
+def label_set_data(rank: int, n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(emb (n, D) float64, label sets (n, 4) bool)``; some rows share no label."""
+    g = torch.Generator().manual_seed(seed * 100 + rank + 50)
+    emb = torch.randn(n, D, generator=g, dtype=torch.float64)
+    return emb, torch.rand(n, 4, generator=g) < 0.4
+
+
+def _naive_jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+    sa, sb = set(torch.nonzero(a).flatten().tolist()), set(torch.nonzero(b).flatten().tolist())
+    return 1.0 if not (sa or sb) else len(sa & sb) / len(sa | sb)
+
+
+def naive_multi_supcon(queries, q_sets, refs, r_sets, skip_self: bool, threshold: float = 0.5):  # type: ignore[no-untyped-def]
+    """MultiSupConLoss's formula row by row (cosine, temperature 0.1), AvgNonZero-reduced.
+
+    ``q_sets``/``r_sets``: bool label sets, or class labels (singleton sets).
+    """
+    if q_sets.ndim == 1:
+        q_sets, r_sets = F.one_hot(q_sets, 4).bool(), F.one_hot(r_sets, 4).bool()
+    rows = []
+    for i in range(len(queries)):
+        others = [j for j in range(len(refs)) if not (skip_self and i == j)]
+        jac = {j: _naive_jaccard(q_sets[i], r_sets[j]) for j in others}
+        z = {j: F.normalize(queries[i], dim=0) @ F.normalize(refs[j], dim=0) / 0.1 for j in others}
+        lse = torch.logsumexp(torch.stack([z[j] for j in others]), 0)
+        pos = [j for j in others if jac[j] >= threshold]
+        if pos:
+            rows.append(-sum(jac[p] * (z[p] - lse) for p in pos) / len(pos))
+    return torch.stack([r for r in rows if r > 0]).mean()
+
+
 # ----------------------------------------------------------------------------- worker
 
 
@@ -99,6 +135,40 @@ def _error(fn: Any) -> str:
     return "ok"
 
 
+def _result_or_error(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # recorded for the parent process to assert on
+        return f"{type(e).__name__}: {e}"
+
+
+def _multi_supcon_results(rank: int) -> dict[str, Any]:
+    """MultiSupConLoss under the wrapper: label sets (own batch, separate reference set) and
+    class labels with threshold 0; ``(loss, *grads)`` or the error."""
+    emb, sets = label_set_data(rank)
+    ref, ref_sets = label_set_data(rank, seed=1)
+    labels = rank_data(rank)[1]
+    res: dict[str, Any] = {}
+    for efficient in (False, True):
+
+        def own(loss: MultiSupConLoss, lab: torch.Tensor) -> Any:
+            x = emb.clone().requires_grad_()
+            out = DistributedLossWrapper(loss, efficient=efficient)(x, lab)  # noqa: B023
+            return (out.detach(), *_grad(out, x))
+
+        def separate() -> Any:
+            x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
+            wrapper = DistributedLossWrapper(MultiSupConLoss(), efficient=efficient)  # noqa: B023
+            out = wrapper(x, sets, ref_emb=r, ref_labels=ref_sets)
+            return (out.detach(), *_grad(out, x, r))
+
+        res[f"sets_eff{efficient}"] = _result_or_error(lambda: own(MultiSupConLoss(), sets))
+        res[f"ref_eff{efficient}"] = _result_or_error(separate)
+        zero = MultiSupConLoss(threshold=0.0)
+        res[f"classes_eff{efficient}"] = _result_or_error(lambda: own(zero, labels))  # noqa: B023
+    return res
+
+
 def _bounds_errors(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """indices_tuple bounds under the wrapper: gathered sizes (12), local anchors (6)."""
     z = torch.tensor([0])
@@ -124,78 +194,51 @@ def _bounds_errors(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
+def _worker(rank: int, world_size: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    emb, labels = rank_data(rank)
+    ref, ref_labels = rank_data(rank, seed=1)
 
-    # a forked child must not enter the parent's OpenMP thread pool (it can hang)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        res: dict[str, Any] = {}
-        emb, labels = rank_data(rank)
-        ref, ref_labels = rank_data(rank, seed=1)
+    for efficient in (False, True):
+        x = emb.clone().requires_grad_()
+        out = DistributedLossWrapper(contrastive(), efficient=efficient)(x, labels)
+        res[f"plain_eff{efficient}"] = (out.detach(), *_grad(out, x))
 
-        for efficient in (False, True):
-            x = emb.clone().requires_grad_()
-            out = DistributedLossWrapper(contrastive(), efficient=efficient)(x, labels)
-            res[f"plain_eff{efficient}"] = (out.detach(), *_grad(out, x))
+        x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
+        wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
+        out = wrapper(x, labels, ref_emb=r, ref_labels=ref_labels)
+        res[f"ref_eff{efficient}"] = (out.detach(), *_grad(out, x, r))
 
-            x, r = emb.clone().requires_grad_(), ref.clone().requires_grad_()
-            wrapper = DistributedLossWrapper(contrastive(), efficient=efficient)
-            out = wrapper(x, labels, ref_emb=r, ref_labels=ref_labels)
-            res[f"ref_eff{efficient}"] = (out.detach(), *_grad(out, x, r))
+    # ranks with different batch sizes (the reference needs equal shapes)
+    n = 6 if rank == 0 else 4
+    x = emb[:n].clone().requires_grad_()
+    out = DistributedLossWrapper(contrastive())(x, labels[:n])
+    res["uneven"] = (out.detach(), *_grad(out, x))
 
-        # ranks with different batch sizes (the reference needs equal shapes)
-        n = 6 if rank == 0 else 4
-        x = emb[:n].clone().requires_grad_()
-        out = DistributedLossWrapper(contrastive())(x, labels[:n])
-        res["uneven"] = (out.detach(), *_grad(out, x))
+    for name, memory_size, sizes in CBM_CASES:
+        n = sizes[rank]
+        cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size)
+        wrapper = DistributedLossWrapper(cbm.double())
+        for call in range(CBM_CALLS):
+            e, lab = rank_data(rank, n=n, seed=10 + call)
+            x = e.clone().requires_grad_()
+            out = wrapper(x, lab, enqueue_mask=cbm_mask(call, n))
+            res[f"cbm_{name}_{call}"] = (out.detach(), *_grad(out, x))
+            res[f"cbm_{name}_{call}_state"] = (
+                cbm.queue_idx,
+                cbm.has_been_filled,
+                cbm.embedding_memory.clone(),
+                cbm.label_memory.clone(),
+            )
 
-        for name, memory_size, sizes in CBM_CASES:
-            n = sizes[rank]
-            cbm = CrossBatchMemory(contrastive(), embedding_size=D, memory_size=memory_size)
-            wrapper = DistributedLossWrapper(cbm.double())
-            for call in range(CBM_CALLS):
-                e, lab = rank_data(rank, n=n, seed=10 + call)
-                x = e.clone().requires_grad_()
-                out = wrapper(x, lab, enqueue_mask=cbm_mask(call, n))
-                res[f"cbm_{name}_{call}"] = (out.detach(), *_grad(out, x))
-                res[f"cbm_{name}_{call}_state"] = (
-                    cbm.queue_idx,
-                    cbm.has_been_filled,
-                    cbm.embedding_memory.clone(),
-                    cbm.label_memory.clone(),
-                )
-
-        res["bounds"] = _bounds_errors(emb, labels)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    res["bounds"] = _bounds_errors(emb, labels)
+    res["multi_supcon"] = _multi_supcon_results(rank)
+    return res
 
 
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    tmp = tmp_path_factory.mktemp("gloo")
-    # fork: the children reuse this process's imports (a spawned child re-imports torch,
-    # which takes longer than the whole test).
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp_path_factory.mktemp("gloo"))
 
 
 def _other(rank: int) -> int:
@@ -310,6 +353,85 @@ def test_gloo_out_of_range_indices_tuple_is_rejected(gloo_results) -> None:  # t
         ):
             assert got[key].startswith("ValueError") and "indices_tuple" in got[key], (rank, key)
         assert got["cbm_queue_idx"] == 2 * 6
+
+
+def _multi_supcon_got(gloo_results, rank: int, key: str) -> tuple[torch.Tensor, ...]:  # type: ignore[no-untyped-def]
+    got = gloo_results[rank]["multi_supcon"][key]
+    assert not isinstance(got, str), (rank, key, got)
+    return got
+
+
+@pytest.mark.distributed
+def test_gloo_multi_supcon_label_sets_equal_one_process_on_concatenated_batch(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(WORLD):
+        (e0, s0), (e1, s1) = label_set_data(rank), label_set_data(_other(rank))
+        own = e0.clone().requires_grad_()
+        every, sets = torch.cat([own, e1]), torch.cat([s0, s1])
+        exp = naive_multi_supcon(every, sets, every, sets, skip_self=True)
+        value, grad = _multi_supcon_got(gloo_results, rank, "sets_effFalse")
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-9, atol=1e-12)
+        # the wrapped loss itself on the concatenated batch (rank order)
+        blocks = [label_set_data(r) for r in range(WORLD)]
+        live = [e.clone().requires_grad_() for e, _ in blocks]
+        single = MultiSupConLoss()(torch.cat(live), torch.cat([s for _, s in blocks]))
+        torch.testing.assert_close(value, single.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        g_single = _grad(single, *live)[rank]
+        torch.testing.assert_close(grad, g_single * WORLD, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("efficient", [False, True])
+def test_gloo_multi_supcon_separate_reference_label_sets(gloo_results, efficient: bool) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(WORLD):
+        (e0, s0), (e1, s1) = label_set_data(rank), label_set_data(_other(rank))
+        (r0, rs0), (r1, rs1) = label_set_data(rank, seed=1), label_set_data(_other(rank), seed=1)
+        own, own_ref = e0.clone().requires_grad_(), r0.clone().requires_grad_()
+        refs, ref_sets = torch.cat([own_ref, r1]), torch.cat([rs0, rs1])
+        if efficient:
+            exp = naive_multi_supcon(own, s0, refs, ref_sets, skip_self=False)
+        else:
+            queries, q_sets = torch.cat([own, e1]), torch.cat([s0, s1])
+            exp = naive_multi_supcon(queries, q_sets, refs, ref_sets, skip_self=False)
+        value, *grads = _multi_supcon_got(gloo_results, rank, f"ref_eff{efficient}")
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        for got, want in zip(grads, _grad(exp, own, own_ref), strict=True):
+            torch.testing.assert_close(got, want * WORLD, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.distributed
+def test_gloo_efficient_mode_pairs_label_sets_by_jaccard_not_as_class_labels(gloo_results) -> None:  # type: ignore[no-untyped-def]
+    # fix: efficient mode built its pairs with get_all_pairs_indices, which cannot read
+    # (N, C) label sets (ValueError: too many values to unpack); now a loss with
+    # label_set_pairs (MultiSupConLoss) makes them: local rows against the gathered batch.
+    for rank in range(WORLD):
+        (e0, s0), (e1, s1) = label_set_data(rank), label_set_data(_other(rank))
+        own = e0.clone().requires_grad_()
+        exp = naive_multi_supcon(own, s0, torch.cat([own, e1]), torch.cat([s0, s1]), True)
+        value, grad = _multi_supcon_got(gloo_results, rank, "sets_effTrue")
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("efficient", [False, True])
+def test_gloo_efficient_mode_multi_supcon_threshold_0_counts_every_other_row_as_positive(  # type: ignore[no-untyped-def]
+    gloo_results, efficient: bool
+) -> None:
+    # fix (efficient): with class labels and threshold 0 every other row is a positive (of
+    # weight 0 or 1); pairs from get_all_pairs_indices made other-class rows negatives.
+    for rank in range(WORLD):
+        (e0, _), (e1, _) = label_set_data(rank), label_set_data(_other(rank))
+        l0, l1 = rank_data(rank)[1], rank_data(_other(rank))[1]
+        own = e0.clone().requires_grad_()
+        every, labels = torch.cat([own, e1]), torch.cat([l0, l1])
+        if efficient:
+            exp = naive_multi_supcon(own, l0, every, labels, True, threshold=0.0)
+        else:
+            exp = naive_multi_supcon(every, labels, every, labels, True, threshold=0.0)
+        value, grad = _multi_supcon_got(gloo_results, rank, f"classes_eff{efficient}")
+        torch.testing.assert_close(value, exp.detach() * WORLD, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad, _grad(exp, own)[0] * WORLD, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- no process group

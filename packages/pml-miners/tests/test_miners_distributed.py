@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from pml.core.indices import remove_self_comparisons
+from pml.core.testing import run_in_processes
 from pml.miners import (
     BatchHardMiner,
     DistributedMinerWrapper,
@@ -57,48 +57,23 @@ def test_falls_back_to_local_mining_with_a_warning():
 # ------------------------------------------------------------------------------ gloo workers
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        res: dict[str, Any] = {}
-        emb, labels = rank_data(rank)
-        ref, ref_labels = rank_data(rank, seed=1)
-        for efficient in (False, True):
-            res[f"plain{efficient}"] = DistributedMinerWrapper(
-                MultiSimilarityMiner(epsilon=0.5), efficient=efficient
-            )(emb, labels)
-            res[f"ref{efficient}"] = DistributedMinerWrapper(BatchHardMiner(), efficient=efficient)(
-                emb, labels, ref, ref_labels
-            )
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world_size: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    emb, labels = rank_data(rank)
+    ref, ref_labels = rank_data(rank, seed=1)
+    for efficient in (False, True):
+        res[f"plain{efficient}"] = DistributedMinerWrapper(
+            MultiSimilarityMiner(epsilon=0.5), efficient=efficient
+        )(emb, labels)
+        res[f"ref{efficient}"] = DistributedMinerWrapper(BatchHardMiner(), efficient=efficient)(
+            emb, labels, ref, ref_labels
+        )
+    return res
 
 
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    tmp = tmp_path_factory.mktemp("gloo_miners")
-    ctx = mp.get_context("fork")  # children reuse this process's imports
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp_path_factory.mktemp("gloo_miners"))
 
 
 def _gathered(rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from pml.core.testing import run_in_processes
 from pml.eval import AccuracyCalculator, GlobalEmbeddingSpaceTester
 from pml.trainers import HookContainer, get_record_keeper
 
@@ -78,39 +79,14 @@ def keeper_rows(hooks: HookContainer) -> list[dict[str, Any]]:
     return [dict(r) for r in hooks._rows(TABLE)]
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        res = run(Path(out_dir) / f"rank{rank}")
-        torch.save(res, Path(out_dir) / f"result{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world_size: int, out_dir: str) -> dict[str, Any]:
+    return run(Path(out_dir) / f"rank{rank}")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
     tmp = tmp_path_factory.mktemp("gloo_hooks")
-    ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a gloo worker failed (see its stderr)"
-    return [torch.load(tmp / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_in_processes(_worker, WORLD, tmp, str(tmp))
 
 
 @pytest.mark.distributed

@@ -40,7 +40,8 @@ class DistributedLossWrapper(nn.Module):
         efficient: ``False``: the loss runs on the gathered batch (queries = everyone's
             embeddings). ``True``: the local embeddings are the queries and the gathered
             batch is the reference set (an ``(N, world_size * N)`` problem instead of
-            ``(world_size * N)^2``); pairs come from labels, without self comparisons.
+            ``(world_size * N)^2``); pairs come from labels, without self comparisons (a
+            loss with label sets, MultiSupConLoss, pairs them by its ``label_set_pairs``).
 
     Raises:
         TypeError: ``loss`` is not a BaseMetricLossFunction or CrossBatchMemory.
@@ -126,7 +127,7 @@ class DistributedLossWrapper(nn.Module):
                 )
             if ref_lab is None:
                 raise ValueError("ref_labels must be given with ref_emb when indices_tuple is None")
-            indices_tuple = get_all_pairs_indices(labels, ref_lab)
+            indices_tuple = _all_pairs(self.loss, labels, ref_lab)
             # fix: the reference also drops pairs (i, i) when a separate ref_emb is given,
             # although the local batch is then not part of the reference set.
             if not has_ref:
@@ -165,6 +166,20 @@ class DistributedLossWrapper(nn.Module):
             all_mask, _ = D.gather_in_rank_order(enqueue_mask.to(embeddings.device))
         # The memory checks indices_tuple itself (against the gathered sizes).
         return self.loss(all_emb, all_labels, indices_tuple, all_mask) * world_size
+
+
+def _all_pairs(loss: nn.Module, labels: Tensor, ref_labels: Tensor) -> IndicesTuple:
+    """Every pair of the local rows with the gathered reference, positive or negative.
+
+    A loss that reads label sets (one with ``label_set_pairs``, e.g. MultiSupConLoss) makes
+    them itself, from its Jaccard threshold; other losses compare class labels.
+    """
+    # fix: get_all_pairs_indices cannot read (N, C) label sets (it raised "too many values
+    # to unpack"), and with class labels it ignored MultiSupConLoss's threshold.
+    label_set_pairs = getattr(loss, "label_set_pairs", None)
+    if callable(label_set_pairs):
+        return label_set_pairs(labels, ref_labels)
+    return get_all_pairs_indices(labels, ref_labels)
 
 
 def _check_bounds(

@@ -288,3 +288,15 @@ def test_weighted_random_triplets_match_the_literal_loop(with_ref, seed, dtype, 
         expected = _random_triplets_loop(labels, ref_labels, tpa, weights=weights)
         assert all(torch.equal(x, y) for x, y in zip(got, expected))
         assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.parametrize("which", ["labels", "ref_labels"])
+def test_label_sets_given_to_pair_builders_are_rejected_naming_the_argument(which: str) -> None:
+    # (N, C) label sets used to fail deep inside with "too many values to unpack"
+    labels = torch.tensor([0, 1, 0])
+    sets = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    args = (sets, None) if which == "labels" else (labels, sets)
+    with pytest.raises(ValueError, match=rf"^{which} must be 1-D .*got shape \(3, 2\)"):
+        I.get_all_pairs_indices(*args)
+    with pytest.raises(ValueError, match=rf"^{which} must be 1-D"):
+        I.get_all_triplets_indices(*args)

@@ -147,7 +147,18 @@ def pos_neg_masks(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Ten
         >>> pos, neg = pos_neg_masks(torch.tensor([0, 0, 1]))
         >>> pos.int().tolist(), neg.int().tolist()
         ([[0, 1, 0], [1, 0, 0], [0, 0, 0]], [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
+
+    Raises:
+        ValueError: ``labels`` or ``ref_labels`` is not 1-D (e.g. ``(N, C)`` label sets,
+            which only a loss that pairs label sets itself, such as MultiSupConLoss, reads).
     """
+    for name, value in (("labels", labels), ("ref_labels", ref_labels)):
+        if value is not None and value.dim() != 1:
+            raise ValueError(
+                f"{name} must be 1-D class labels of shape (N,) to build pairs from; got shape "
+                f"{tuple(value.shape)} ((N, C) label sets need a loss that pairs them itself, "
+                "such as MultiSupConLoss)"
+            )
     same = is_same_set(labels, ref_labels)
     ref = labels if ref_labels is None else ref_labels.to(labels.device)
     eq = labels.unsqueeze(1) == ref.unsqueeze(0)

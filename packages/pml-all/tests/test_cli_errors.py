@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -246,3 +247,78 @@ def test_held_out_data_without_two_items_of_a_class(tmp_path, capsys) -> None:
     test = features(tmp_path / "test.npz", np.arange(3))
     msg = fails(["--data", str(train), "--test-data", str(test)], tmp_path / "runs", capsys)
     assert "has no two items of one class, so retrieval cannot be measured" in msg
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--optimizer", "LBFGS"], "optimizer LBFGS is not supported by pml train: it needs a"),
+        (["--optimizer", "SparseAdam"], "optimizer SparseAdam is not supported by pml train"),
+        (["--scheduler", "LambdaLR"], "scheduler LambdaLR is not supported by pml train"),
+        (["--scheduler", "LRScheduler"], "scheduler LRScheduler is not supported by pml train"),
+        (["--loss", "VICRegLoss"], "loss VICRegLoss is not supported by pml train"),
+        (["--reducer", "DoNothingReducer"], "reducer DoNothingReducer is not supported"),
+        (["--sampler", "TuplesToWeightsSampler"], "sampler TuplesToWeightsSampler is not"),
+        (
+            ["--miner", "EmbeddingsAlreadyPackagedAsTriplets"],
+            "miner EmbeddingsAlreadyPackagedAsTriplets is not supported by pml train",
+        ),
+    ],
+)
+def test_classes_that_cannot_train_here_are_refused_with_the_reason(
+    argv, expected, tmp_path, capsys
+) -> None:
+    # LBFGS and SparseAdam used to fail in the first step with a traceback and a run folder
+    msg = fails([*SMALL, *argv], tmp_path / "runs", capsys)
+    assert expected in msg and "choose from" in msg
+
+
+def test_base_classes_are_not_offered_as_choices(tmp_path, capsys) -> None:
+    msg = fails(["--optimizer", "Adamm"], tmp_path / "runs", capsys)
+    msg = fails(["--optimizer", "NoSuchOptimizer"], tmp_path / "runs", capsys)
+    assert "choose from" in msg and "Optimizer," not in msg and "LBFGS" not in msg
+
+
+def test_missing_required_argument_says_which_option_gives_it(tmp_path, capsys) -> None:
+    msg = fails([*SMALL, "--scheduler", "StepLR"], tmp_path / "runs", capsys)
+    assert msg.endswith("StepLR needs step_size; pass --scheduler-arg step_size=VALUE")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--loss", "InstanceLoss"],
+            "InstanceLoss with MultiSimilarityMiner fails on a first batch of",
+        ),
+        (["--reducer", "PerAnchorReducer"], "PerAnchorReducer does not support triplet losses"),
+        (["--reducer", "DivisorReducer"], "MissingDivisorError: DivisorReducer needs a 'divisor'"),
+    ],
+)
+def test_recipe_that_fails_on_a_first_batch_is_refused_before_the_run(
+    argv, expected, tmp_path, capsys
+) -> None:
+    # these used to fail inside the first training step, with a traceback, after the run
+    # folder had been written
+    msg = fails([*SMALL, *argv], tmp_path / "runs", capsys)
+    assert expected in msg
+    if argv[1] == "InstanceLoss":
+        assert msg.endswith("(try --miner none)")
+
+
+def test_first_batch_check_changes_nothing_the_run_computes(tmp_path) -> None:
+    # the check runs the model in eval mode and restores the random state: two runs, one
+    # whose check is skipped, end with the same weights
+    from unittest import mock
+
+    import pml.cli._training as training_module
+
+    def train(runs: Path, skip: bool) -> list[dict[str, str]]:
+        patch = mock.patch.object(training_module, "check_first_batch", lambda *a, **k: None)
+        with patch if skip else mock.MagicMock():
+            assert main(["train", *SMALL, "--epochs", "2", "--runs-dir", str(runs)]) == 0
+        (run,) = runs.iterdir()
+        rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+        return [{k: v for k, v in row.items() if "second" not in k} for row in rows]
+
+    assert train(tmp_path / "a", skip=False) == train(tmp_path / "b", skip=True)

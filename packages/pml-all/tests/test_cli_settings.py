@@ -208,3 +208,38 @@ def test_registry_does_not_offer_bases_or_wrappers_that_need_a_loss_object() -> 
         "SelfSupervisedLoss",
     }.isdisjoint(offered)
     assert {"TripletMarginLoss", "ArcFaceLoss", "ProxyAnchorLoss"} <= offered
+
+
+def test_recipe_fills_class_counts_and_descriptors_dim_from_the_data() -> None:
+    # DynamicArcFaceLoss (class_counts) and P2SGradLoss (descriptors_dim) used to stop with
+    # "needs ..." although the training data gives both
+    import torch
+    from torch import nn
+
+    from pml.cli._recipe import build_recipe
+    from pml.cli._settings import Settings
+
+    labels = [0] * 5 + [1] * 3 + [2] * 4
+    model = nn.Module()
+    model.trunk, model.embedder = nn.Linear(4, 6), nn.Identity()
+    dynamic = build_recipe(
+        Settings(loss="DynamicArcFaceLoss", loss_args={}, miner=None, batch_size=4),
+        model,
+        labels,
+        3,
+        6,
+        torch.device("cpu"),
+    ).loss
+    assert dynamic.W.shape == (6, 3 * 3)  # 3 classes x 3 sub-centres
+    want = torch.tensor([5, 3, 4], dtype=torch.float64) ** -0.25
+    margins = 0.05 + (0.5 - 0.05) * (want - want.min()) / (want.max() - want.min())
+    assert torch.allclose(dynamic.margins.double(), margins, atol=1e-6)
+    p2s = build_recipe(
+        Settings(loss="P2SGradLoss", loss_args={}, miner=None, batch_size=4),
+        model,
+        labels,
+        3,
+        6,
+        torch.device("cpu"),
+    ).loss
+    assert p2s.weight.shape == (6, 3)

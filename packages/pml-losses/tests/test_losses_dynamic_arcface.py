@@ -200,3 +200,19 @@ def test_dynamic_arcface_rejects_bad_arguments():
         DynamicArcFaceLoss(COUNTS, 0)
     with pytest.raises(ValueError, match="labels"):
         DynamicArcFaceLoss(COUNTS, 5)(emb_data().float(), torch.tensor([0, 1, 2, 3, 4, 0, 0, 0, 0]))
+
+
+def test_dynamic_arcface_num_classes_keyword_matching_class_counts_is_accepted():
+    # it used to raise "got multiple values for argument 'num_classes'" from the base class
+    torch.manual_seed(0)
+    a = DynamicArcFaceLoss(COUNTS, 5, num_classes=len(COUNTS))
+    torch.manual_seed(0)
+    b = DynamicArcFaceLoss(COUNTS, 5)
+    assert torch.equal(a.W, b.W) and a.W.shape[1] == 3 * len(COUNTS)
+    with pytest.raises(
+        ValueError, match=rf"num_classes must equal len\(class_counts\) = {len(COUNTS)}"
+    ):
+        DynamicArcFaceLoss(COUNTS, 5, num_classes=len(COUNTS) + 1)
+
+    with pytest.raises(TypeError, match="takes margin_bounds=.*not margin.*got margin=0.3"):
+        DynamicArcFaceLoss(COUNTS, 5, margin=0.3)

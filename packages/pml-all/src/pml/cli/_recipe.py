@@ -5,7 +5,8 @@ closest; rejected keyword arguments name the class). Arguments the user did not 
 filled in where the class declares them:
 
 * loss: ``num_classes`` and ``embedding_size`` (classification losses such as ArcFaceLoss),
-  ``distance`` / ``reducer`` from ``--distance`` / ``--reducer``;
+  ``descriptors_dim`` (P2SGradLoss), ``class_counts`` (DynamicArcFaceLoss: the training
+  items per class), ``distance`` / ``reducer`` from ``--distance`` / ``--reducer``;
 * miner: ``distance`` from ``--distance``;
 * sampler: the training labels (first argument), ``batch_size``, ``length_before_new_iter``
   or ``num_batches`` (one epoch = one pass over the training items; not with
@@ -121,9 +122,17 @@ def build_recipe(
         loss_kwargs["distance"] = _nested(loss_cls, "distance", settings.distance, "--distance")
     if settings.reducer is not None and "reducer" not in loss_kwargs:
         loss_kwargs["reducer"] = _nested(loss_cls, "reducer", settings.reducer, "--reducer")
-    for key, value in (("num_classes", num_classes), ("embedding_size", embedding_dim)):
+    filled = {
+        "num_classes": lambda: num_classes,
+        "embedding_size": lambda: embedding_dim,
+        "descriptors_dim": lambda: embedding_dim,
+        "class_counts": lambda: _class_counts(train_labels, num_classes),
+    }
+    if _declares(loss_cls, "class_counts"):
+        del filled["num_classes"]  # the length of class_counts
+    for key, value in filled.items():
         if key not in loss_kwargs and _declares(loss_cls, key):
-            loss_kwargs[key] = value
+            loss_kwargs[key] = value()
     loss = registry.build("loss", loss_cls.__name__, loss_kwargs).to(device)
     parts.append(describe(loss_cls.__name__, shown))
 
@@ -232,6 +241,18 @@ def check_names(settings: Any) -> None:
         name = getattr(settings, kind)
         if name is not None:
             registry.resolve(kind, name)
+
+
+def _class_counts(train_labels: list[int], num_classes: int) -> list[int]:
+    """Training items per class ``0 .. num_classes - 1``."""
+    counts = torch.bincount(torch.as_tensor(train_labels), minlength=num_classes).tolist()
+    missing = [c for c, n in enumerate(counts) if n == 0]
+    if missing:
+        raise UsageError(
+            f"classes {missing[:5]} have no training items, so their class_counts are 0; "
+            "pass --loss-arg class_counts=[...]"
+        )
+    return counts
 
 
 def _declares(cls: Any, name: str) -> bool:

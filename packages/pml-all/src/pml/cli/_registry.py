@@ -57,6 +57,40 @@ _ABSTRACT = {
     "SelfSupervisedLoss",
 }
 
+#: classes of a kind that exist but cannot work in ``pml train``, with the reason
+_UNSUPPORTED: dict[str, dict[str, str]] = {
+    "loss": {
+        "VICRegLoss": "it compares two augmented views of each item (embeddings and "
+        "ref_emb) and takes no labels, and pml train makes one view with labels",
+    },
+    "miner": {
+        "EmbeddingsAlreadyPackagedAsTriplets": "it needs batches of consecutive (anchor, "
+        "positive, negative) rows, which pml train's samplers do not make",
+    },
+    "sampler": {
+        "TuplesToWeightsSampler": "it takes a miner object and a dataset, which options "
+        "cannot give",
+    },
+    "reducer": {
+        "DoNothingReducer": "it returns the unreduced losses, and training needs one number",
+    },
+    "optimizer": {
+        "LBFGS": "it needs a closure that re-evaluates the loss at every step, which the "
+        "trainer does not pass",
+        "SparseAdam": "it takes sparse gradients only, and the models here have dense ones",
+    },
+    "scheduler": {
+        "LRScheduler": "it is the base class of the schedulers",
+        "LambdaLR": "it takes a Python function (lr_lambda), which options cannot give",
+        "MultiplicativeLR": "it takes a Python function (lr_lambda), which options cannot give",
+        "SequentialLR": "it takes other scheduler objects, which options cannot give",
+        "ChainedScheduler": "it takes other scheduler objects, which options cannot give",
+    },
+}
+
+#: kinds with their own ``--<kind>-arg`` option
+_OPTION_KINDS = {"loss", "miner", "sampler", "optimizer", "scheduler"}
+
 
 def names(kind: str) -> list[str]:
     """The constructible class names of ``kind`` (sorted)."""
@@ -68,7 +102,9 @@ def names(kind: str) -> list[str]:
             continue
         if name in _ABSTRACT or name.endswith("Mixin") or name.startswith(("Base", "ModuleWith")):
             continue
-        if base is not None and not issubclass(obj, base):
+        if base is not None and (obj is base or not issubclass(obj, base)):
+            continue
+        if name in _UNSUPPORTED.get(kind, {}):
             continue
         out.append(name)
     return sorted(out)
@@ -78,11 +114,17 @@ def resolve(kind: str, name: str) -> type:
     """The class called ``name`` of ``kind``.
 
     Raises:
-        UsageError: no such class (the message suggests the closest names).
+        UsageError: no such class (the message suggests the closest names), or one that
+            cannot work here (e.g. the LBFGS optimizer; the message says why).
     """
-    if name in names(kind):
-        return getattr(_kind(kind)[0], name)
     options = names(kind)
+    if name in options:
+        return getattr(_kind(kind)[0], name)
+    if name in _UNSUPPORTED.get(kind, {}):
+        raise UsageError(
+            f"{kind} {name} is not supported by pml train: {_UNSUPPORTED[kind][name]}; "
+            f"choose from {', '.join(options)}"
+        )
     lowered = {n.lower(): n for n in options}
     if name.lower() in lowered:
         return getattr(_kind(kind)[0], lowered[name.lower()])
@@ -137,6 +179,7 @@ def build(kind: str, name: str, kwargs: Mapping[str, Any] | None = None, *args: 
             spec = dict(value)
             kwargs[key] = build(nested_kind, spec.pop("name"), spec)
     _check_keywords(cls, kwargs, len(args))
+    _check_required(kind, cls, kwargs, len(args))
     try:
         return cls(*args, **kwargs)
     except TypeError as err:
@@ -188,6 +231,24 @@ def _check_keywords(cls: type, kwargs: Mapping[str, Any], positional: int) -> No
                 f"{cls.__name__} takes no argument {key!r}; {hint}it takes "
                 f"{', '.join(sorted(accepted)) or 'none'}"
             )
+
+
+def _check_required(kind: str, cls: type, kwargs: Mapping[str, Any], positional: int) -> None:
+    """A required constructor argument that neither ``args`` nor ``kwargs`` gives."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())[positional:]
+    except (TypeError, ValueError):
+        return
+    missing = [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if missing:
+        how = f"; pass --{kind}-arg {missing[0]}=VALUE" if kind in _OPTION_KINDS else ""
+        raise UsageError(f"{cls.__name__} needs {', '.join(missing)}{how}")
 
 
 def _kind(kind: str) -> tuple[ModuleType, type | None]:

@@ -28,6 +28,7 @@ from pml.cli import _distributed as dist
 from pml.cli._data import DataSplits
 from pml.cli._epoch_monitor import EpochMonitor, best_epoch
 from pml.cli._errors import UsageError
+from pml.cli._first_batch import check_first_batch
 from pml.cli._models import build_model, embed_dataset
 from pml.cli._recipe import Recipe, build_recipe
 from pml.cli._report import format_row, table_header
@@ -166,6 +167,14 @@ class Training:
             device,
             rank,
             world_size,
+        )
+        check_first_batch(
+            self.model,
+            self.recipe.loss,
+            self.recipe.miner,
+            splits.train,
+            device,
+            settings.batch_size,
         )
         models = {"trunk": self.model.trunk, "embedder": self.model.embedder}
         loss, miner, parts = self.recipe.loss, self.recipe.miner, None

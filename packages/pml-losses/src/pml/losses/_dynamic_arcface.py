@@ -99,7 +99,8 @@ class DynamicArcFaceLoss(SubCenterArcFaceLoss):
 
     Args:
         class_counts: ``(C,)`` training samples per class (positive; a sequence or a 1-D
-            tensor). Its length is ``num_classes``.
+            tensor). Its length is ``num_classes`` (a ``num_classes`` keyword is accepted
+            when it equals that length).
         embedding_size: ``D``.
         margin_bounds: ``(lower, upper)`` in radians, ``0 <= lower <= upper <= π/2``.
         power: ``λ >= 0`` of ``n_c^(-λ)``.
@@ -136,6 +137,19 @@ class DynamicArcFaceLoss(SubCenterArcFaceLoss):
         **kwargs: Any,
     ) -> None:
         counts = _check_class_counts(class_counts)
+        # num_classes is len(class_counts): a matching one is accepted (code that builds
+        # every classification loss with num_classes), another is an error
+        num_classes = kwargs.pop("num_classes", len(counts))
+        if num_classes != len(counts):
+            raise ValueError(
+                f"num_classes must equal len(class_counts) = {len(counts)} (or be left out); "
+                f"got {num_classes}"
+            )
+        if "margin" in kwargs:
+            raise TypeError(
+                "DynamicArcFaceLoss takes margin_bounds=(lower, upper), not margin (its margins "
+                f"come from class_counts); got margin={kwargs['margin']!r}"
+            )
         lower, upper = _check_margin_bounds(margin_bounds)
         power = check_real("power", power, min=0, max=math.inf, max_open=True)  # type: ignore[assignment]
         super().__init__(

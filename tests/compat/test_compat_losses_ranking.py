@@ -331,6 +331,13 @@ def test_ranked_list_nan_embeddings_differ():
     assert torch.isnan(our_losses.RankedListLoss(0.4, 1.0)(emb, labels))
 
 
+def test_ranked_list_empty_batch_differs():
+    """Reference: the mean of no rows is NaN; pml: the zero loss."""
+    emb, labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    assert ref_losses.RankedListLoss(0.4, 1.0)(emb, labels).isnan()
+    assert our_losses.RankedListLoss(0.4, 1.0)(emb, labels).item() == 0
+
+
 def test_invalid_hyper_parameters_differ():
     emb, labels = batch("grouped")
     with pytest.raises(ZeroDivisionError):

@@ -611,3 +611,12 @@ def test_autocast_backward_of_ranking_losses_works(name, amp):
     (grad,) = torch.autograd.grad(got.float(), emb)
     torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=1e-4)
     torch.testing.assert_close(grad, want, rtol=5e-2, atol=1e-3)
+
+
+def test_ranked_list_empty_batch_gives_zero_loss_on_the_graph():
+    # fix: an empty batch gave NaN (MeanReducer's mean of nothing)
+    emb = torch.zeros(0, 4, requires_grad=True)
+    loss = RankedListLoss(0.4, 1.0)(emb, torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0 and loss.requires_grad
+    loss.backward()
+    assert emb.grad is not None and emb.grad.shape == (0, 4)

@@ -344,6 +344,8 @@ class RankedListLoss(BaseMetricLossFunction):
         labels = labels_required(labels)
         indices_tuple_not_supported(indices_tuple)
         ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if len(embeddings) == 0:  # fix: the reference's mean of nothing was NaN
+            return self.zero_losses()
         dist = self.batch_acc_matrix(embeddings)
         losses = ranked_list_loss(
             dist, labels, self.margin, self.alpha, self.Tp, self.Tn, self.imbalance

@@ -189,6 +189,14 @@ def test_bad_config_files(tmp_path, capsys) -> None:
     assert "is missing" in fails(["--config", str(tmp_path / "none.toml")], runs, capsys)
 
 
+def test_multi_line_parser_error_of_a_yaml_config_is_one_line(tmp_path, capsys) -> None:
+    # PyYAML's message spans four lines; the error must still be one line
+    pytest.importorskip("yaml")
+    (tmp_path / "c.yaml").write_text("epochs: [1\n")
+    msg = fails(["--config", str(tmp_path / "c.yaml")], tmp_path / "runs", capsys)
+    assert "cannot read config file" in msg and "c.yaml" in msg
+
+
 def test_a_run_that_fails_midway_is_not_complete(tmp_path, capsys, monkeypatch) -> None:
     from pml.cli import _training
 

@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         return int(args.run(args) or 0)
     except UsageError as err:
-        print(f"pml: error: {err}", file=sys.stderr)
+        # one line, whatever the message wraps (e.g. a YAML parser's multi-line error)
+        print(f"pml: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pml: interrupted", file=sys.stderr)

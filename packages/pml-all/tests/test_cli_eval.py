@@ -168,6 +168,15 @@ def test_eval_run_folder_without_checkpoint_is_a_one_line_error(pml, tmp_path) -
     assert "best.pth or last.pth" in err
 
 
+def test_eval_of_a_folder_of_runs_names_the_newest_run(pml, tmp_path) -> None:
+    # `pml eval runs` (the parent folder) used to say it "holds no checkpoints"
+    for name in ("20260101-000000-a", "20260102-000000-b"):
+        (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
+    err = _one_line_error(*pml("eval", tmp_path / "runs"))
+    assert "holds 2 run folders, not a run; pass one of them" in err
+    assert err.rstrip().endswith(f"{str(tmp_path / 'runs' / '20260102-000000-b')!r}")
+
+
 class _Payload:
     """Unpickling this runs code (it would create ``flag``)."""
 

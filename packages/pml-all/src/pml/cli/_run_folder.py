@@ -197,6 +197,12 @@ def find_checkpoint(run_or_checkpoint: str | os.PathLike[str]) -> Path:
         for candidate in (path / "checkpoints" / "best.pth", path / "checkpoints" / "last.pth"):
             if candidate.is_file():
                 return candidate
+        runs = sorted(p for p in path.iterdir() if (p / "checkpoints").is_dir())
+        if runs:  # a folder of runs (e.g. runs/): name the newest
+            raise UsageError(
+                f"{os.fspath(path)!r} holds {len(runs)} run folder{'s' * (len(runs) > 1)}, not "
+                f"a run; pass one of them, e.g. {os.fspath(runs[-1])!r}"
+            )
         raise UsageError(
             f"run folder {os.fspath(path)!r} holds no checkpoints/best.pth or last.pth"
         )

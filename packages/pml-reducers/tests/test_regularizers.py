@@ -98,3 +98,27 @@ def test_dtype_and_device(cls, dtype: torch.dtype, device: torch.device) -> None
 def test_regularizer_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="x must have shape"):
         LpRegularizer()(torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "name"),
+    [
+        (lambda: LpRegularizer(p="x"), TypeError, "p"),
+        (lambda: LpRegularizer(p=float("nan")), ValueError, "p"),
+        (lambda: LpRegularizer(power="2"), TypeError, "power"),
+        (lambda: LpRegularizer(power=float("nan")), ValueError, "power"),
+        (lambda: SparseCentersRegularizer("4", 2), TypeError, "num_classes"),
+        (lambda: SparseCentersRegularizer(0, 2), ValueError, "num_classes"),
+        (lambda: SparseCentersRegularizer(4, "2"), TypeError, "centers_per_class"),
+        (lambda: SparseCentersRegularizer(4, 2.5), TypeError, "centers_per_class"),
+    ],
+)
+def test_regularizer_hyper_parameters_are_checked_at_construction(make, error, name) -> None:
+    # these were accepted (or failed with "'<=' not supported between 'str' and 'int'")
+    with pytest.raises(error, match=rf"^{name} must"):
+        make()
+
+
+def test_lp_regularizer_takes_an_infinite_order() -> None:
+    x = torch.tensor([[3.0, -4.0], [1.0, 0.5]])
+    assert_close(LpRegularizer(p=float("inf"))(x), torch.tensor(2.5))

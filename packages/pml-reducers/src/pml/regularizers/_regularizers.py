@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pml.core.validation import InvalidArgumentError
+from pml.core.validation import InvalidArgumentError, check_int, check_real
 from pml.distances import BaseDistance, CosineSimilarity, LpDistance, assert_distance_type
 from pml.reducers import BaseReducer, DivisorReducer, LossDict
 from pml.regularizers import functional as RF
@@ -18,12 +18,17 @@ class LpRegularizer(BaseRegularizer):
     """Mean (by default) of ``||x_i||_p ** power`` over rows.
 
     Args:
-        p: norm order.
+        p: norm order (a real number, ``inf`` included).
         power: exponent applied to each norm.
+
+    Raises:
+        TypeError, ValueError: ``p`` or ``power`` not a real number, or NaN.
     """
 
     def __init__(self, p: float = 2, power: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_real("p", p)  # any order torch's vector norm takes, inf included
+        check_real("power", power)
         self.p, self.power = p, power
         self.add_to_recordable_attributes(list_of_names=["p", "power"], is_stat=False)
 
@@ -92,6 +97,8 @@ class SparseCentersRegularizer(BaseRegularizer):
 
     def __init__(self, num_classes: int, centers_per_class: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_int("num_classes", num_classes, min=1)
+        check_int("centers_per_class", centers_per_class)
         if centers_per_class <= 1:
             raise InvalidArgumentError(f"centers_per_class must be > 1; got {centers_per_class}")
         assert_distance_type(self, CosineSimilarity)

@@ -67,3 +67,30 @@ def test_check_option_returns_the_value():
     assert check_option("mode", "hard", ("all", "hard")) == "hard"
     with pytest.raises(ValueError, match=r"mode must be one of \['all', 'hard'\]; got 'x'"):
         check_option("mode", "x", ("all", "hard"))
+
+
+def test_check_callable():
+    from pml.core.validation import check_callable
+
+    assert check_callable("knn_func", None) is None
+    assert check_callable("knn_func", len) is len
+    with pytest.raises(TypeError, match=r"^knn_func must be callable or None; got str 'x'"):
+        check_callable("knn_func", "x")
+    with pytest.raises(TypeError, match=r"^hook must be callable; got NoneType"):
+        check_callable("hook", None, allow_none=False)
+
+
+def test_check_device():
+    from pml.core.validation import check_device
+
+    assert check_device("device", "cpu") == torch.device("cpu")
+    assert check_device("device", torch.device("meta")) == torch.device("meta")
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert check_device("device", None).type == want
+    with pytest.raises(ValueError, match=r"^device must be a torch.device, .*got 'gpu'"):
+        check_device("device", "gpu")
+    with pytest.raises(ValueError, match=r"^device must be .*got -1"):
+        check_device("device", -1)
+    for bad in (3.5, True, [0]):
+        with pytest.raises(TypeError, match=r"^data_device must be"):
+            check_device("data_device", bad)

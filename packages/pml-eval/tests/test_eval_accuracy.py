@@ -577,3 +577,26 @@ def test_mixed_dtypes_and_numpy_torch_inputs_are_evaluated(knn_func):
         assert out.keys() == expected.keys()
         for name in out:
             np.testing.assert_allclose(out[name], expected[name], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"avg_of_avgs": "yes"}, TypeError, "avg_of_avgs"),
+        ({"return_per_class": 1}, TypeError, "return_per_class"),
+        ({"knn_func": "faiss"}, TypeError, "knn_func"),
+        ({"kmeans_func": 3}, TypeError, "kmeans_func"),
+        (
+            {"label_comparison_fn": "eq", "exclude": ("NMI", "AMI")},
+            TypeError,
+            "label_comparison_fn",
+        ),
+        ({"device": "gpu"}, ValueError, "device"),
+        ({"device": 2.5}, TypeError, "device"),
+    ],
+)
+def test_constructor_arguments_of_the_wrong_kind_are_rejected_naming_them(kwargs, error, name):
+    # these were accepted (and failed, or were read by truthiness, at the first call), or
+    # raised torch's RuntimeError / a clustering NotImplementedError
+    with pytest.raises(error, match=rf"^{name} must"):
+        AccuracyCalculator(**kwargs)

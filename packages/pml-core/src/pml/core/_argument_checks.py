@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -17,6 +17,8 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedLossError",
     "check_bool",
+    "check_callable",
+    "check_device",
     "check_int",
     "check_option",
     "check_real",
@@ -170,6 +172,45 @@ def check_bool(name: str, value: Any) -> bool:
     if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
         return bool(value)
     raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+
+
+def check_callable(name: str, value: Any, *, allow_none: bool = True) -> Callable[..., Any] | None:
+    """Return ``value`` if it is callable (or None when allowed), else ``TypeError``.
+
+    For hooks and plug-in functions (``collate_fn``, ``knn_func``, ``transform``, ...).
+
+    Example:
+        >>> check_callable("transform", None) is None
+        True
+    """
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        expected = "callable or None" if allow_none else "callable"
+        raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """``value`` as a ``torch.device``; None picks CUDA when available, else the CPU.
+
+    Raises:
+        TypeError: not a device, a string or an int.
+        ValueError: a string or index torch does not take (``"gpu"``, ``-1``).
+
+    Example:
+        >>> check_device("device", "cpu")
+        device(type='cpu')
+    """
+    if value is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "a torch.device, a device string such as 'cpu' or 'cuda:0', or None"
+    if isinstance(value, bool) or not isinstance(value, torch.device | str | int):
+        raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r:.80}")
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be {expected}; got {value!r:.80} ({err})") from None
 
 
 def check_type(

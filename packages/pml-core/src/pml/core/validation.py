@@ -6,7 +6,7 @@ names the argument, then what was expected and what was given. Where the referen
 ``AssertionError``) keeps ``except AssertionError`` code working.
 
 * arguments (``_argument_checks``): :func:`check_int`, :func:`check_real`, :func:`check_bool`,
-  :func:`check_type`, :func:`check_option`;
+  :func:`check_type`, :func:`check_option`, :func:`check_callable`, :func:`check_device`;
 * tensors (``_tensor_checks``): :func:`check_embeddings`, :func:`check_shapes`,
   :func:`check_finite` (opt-in: it syncs), :func:`check_indices_tuple`,
   :func:`check_index_labels`, :func:`check_distance_matrix` (``mat=``), and the guards
@@ -19,6 +19,8 @@ from pml.core._argument_checks import (
     InvalidArgumentError,
     UnsupportedLossError,
     check_bool,
+    check_callable,
+    check_device,
     check_int,
     check_option,
     check_real,
@@ -41,6 +43,8 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedLossError",
     "check_bool",
+    "check_callable",
+    "check_device",
     "check_distance_matrix",
     "check_embeddings",
     "check_finite",

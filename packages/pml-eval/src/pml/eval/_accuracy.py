@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pml.core.validation import check_bool
+from pml.core.validation import check_bool, check_callable, check_device
 from pml.eval._accuracy_inputs import (
     check_k,
     check_metric_names,
@@ -128,6 +128,11 @@ class AccuracyCalculator:
         self.check_primary_metrics(include, exclude)
         self.original_function_dict = self.get_function_dict(include, exclude)
         self.curr_function_dict = self.get_function_dict()
+        avg_of_avgs = check_bool("avg_of_avgs", avg_of_avgs)
+        return_per_class = check_bool("return_per_class", return_per_class)
+        check_callable("label_comparison_fn", label_comparison_fn)
+        check_callable("knn_func", knn_func)
+        check_callable("kmeans_func", kmeans_func)
         if avg_of_avgs and return_per_class:
             raise ValueError(
                 "avg_of_avgs and return_per_class are mutually exclusive; got both True"
@@ -143,9 +148,7 @@ class AccuracyCalculator:
                 "label_comparison_fn: exclude them, e.g. exclude=('NMI', 'AMI')"
             )
         self.label_comparison_fn = label_comparison_fn
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = check_device("device", device)
         self.knn_func = TorchKNN() if knn_func is None else knn_func
         # the default may search with faiss's exact flat index (see known_search)
         self._default_knn = self.knn_func if knn_func is None else None

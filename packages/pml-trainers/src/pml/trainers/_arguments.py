@@ -15,9 +15,7 @@ from pml.trainers._trainer_data import is_batch_sampler
 __all__ = [
     "MixedPrecision",
     "check_batch_size",
-    "check_callable",
     "check_dataset",
-    "check_device",
     "check_dict",
     "check_freeze_these",
     "check_hierarchy_level",
@@ -89,15 +87,6 @@ def check_dataset(dataset: Any) -> Any:
     return dataset
 
 
-def check_callable(name: str, value: Any) -> Callable[..., Any] | None:
-    """``value``: None or a callable (``collate_fn``, ``data_and_label_getter``, hooks).
-
-    Raises:
-        TypeError: naming ``name``.
-    """
-    return check_type(name, value, Callable, allow_none=True)
-
-
 def check_sampler(sampler: Any) -> Any:
     """``sampler``: None or an iterable sampler (of indices, or of batches).
 
@@ -121,19 +110,6 @@ def check_batch_size(batch_size: Any, sampler: Any) -> int | None:
     if value is None and not is_batch_sampler(sampler):
         raise TypeError("batch_size must be an int (it may be None only with a batch sampler)")
     return value
-
-
-def check_device(value: Any) -> torch.device:
-    """``data_device`` as a torch.device (None: cuda when available, else cpu)."""
-    if value is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(value)
-    except (RuntimeError, TypeError):
-        raise TypeError(
-            f"data_device must be a torch.device, a device string or None; got "
-            f"{type(value).__name__} {value!r:.80}"
-        ) from None
 
 
 def check_freeze_these(value: Any) -> tuple[str, ...]:

@@ -19,14 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from pml.core import config
-from pml.core.validation import check_bool, check_int, check_type
+from pml.core.validation import check_bool, check_callable, check_device, check_int, check_type
 from pml.trainers import _optimization_step as step
 from pml.trainers._arguments import (
     MixedPrecision,
     check_batch_size,
-    check_callable,
     check_dataset,
-    check_device,
     check_dict,
     check_freeze_these,
     check_hierarchy_level,
@@ -277,7 +275,7 @@ class BaseTrainer:
 
     def initialize_data_device(self) -> None:
         """``data_device`` as a torch.device (default: cuda when available, else cpu)."""
-        self.data_device = check_device(self.data_device)
+        self.data_device = check_device("data_device", self.data_device)
 
     def initialize_label_mapper(self) -> None:
         """The label mapper of ``set_min_label_to_zero``."""

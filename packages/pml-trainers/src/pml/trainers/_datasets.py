@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pml.core.validation import check_bool, check_option, check_type
+from pml.core.validation import check_bool, check_callable, check_option, check_type
 
 __all__ = ["BaseDataset"]
 
@@ -182,11 +182,6 @@ class BaseDataset(ABC, Dataset):
                 f"{type(self).__name__}: {len(missing)} of its files are missing under root "
                 f"{self.root!r}. {self._where_files_go(missing)}"
             )
-
-
-def check_callable(name: str, value: Any) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable or None; got {type(value).__name__}")
 
 
 def read_index_lines(path: str) -> list[tuple[int, str]]:

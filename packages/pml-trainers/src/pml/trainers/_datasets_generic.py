@@ -18,8 +18,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pml.core.validation import check_bool, check_int, check_option, check_real, check_type
-from pml.trainers._datasets import check_callable
+from pml.core.validation import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_option,
+    check_real,
+    check_type,
+)
 
 __all__ = ["DigitsDataset", "FeaturesDataset", "ImageFolderDataset"]
 

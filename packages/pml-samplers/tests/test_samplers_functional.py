@@ -117,3 +117,26 @@ def test_draw_within_groups():
     assert counts.min() > 0.7 * counts.mean()
     firsts = np.bincount(five[:, 0], minlength=5)
     assert firsts.min() > 0.6 * firsts.mean()  # every position can come first
+
+
+@pytest.mark.parametrize("labels", [[[0, 1], [1, 0]], [0, np.array([1, 2])], [torch.tensor([0])]])
+def test_nested_label_lists_are_rejected_as_not_one_label_per_item(labels):
+    # they used to fail with "TypeError: unhashable type: 'list'"
+    with pytest.raises(ValueError, match="labels must be 1-D, one label per item"):
+        SF.group_by_label(labels)
+
+
+@pytest.mark.parametrize(
+    "labels", [[0.0, float("nan"), 1.0], np.array([0.0, np.nan]), torch.tensor([1.0, torch.nan])]
+)
+def test_nan_labels_are_rejected(labels):
+    # NaN is not equal to itself: each NaN item would be its own class (or all one class)
+    with pytest.raises(ValueError, match="labels must not contain NaN"):
+        SF.group_by_label(labels)
+
+
+def test_float_and_tuple_labels_still_group():
+    keys, members, _ = SF.group_by_label([(1, 2), (0, 1), (1, 2)])
+    assert keys == [(1, 2), (0, 1)] and members.tolist() == [0, 2, 1]
+    keys, _, _ = SF.group_by_label([1.5, 0.5, 1.5])
+    assert keys == [1.5, 0.5]

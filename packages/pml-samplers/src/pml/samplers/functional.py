@@ -96,9 +96,19 @@ def to_numpy_labels(labels: Any, name: str = "labels") -> np.ndarray:
 
     Raises:
         TypeError: ``labels`` is a string, a scalar or None.
+        ValueError: nested sequences (labels must be one per item).
     """
     if isinstance(labels, torch.Tensor):
         return labels.detach().cpu().numpy()
+    if isinstance(labels, list | tuple):
+        # fix: nested lists used to fail with "unhashable type: 'list'" (tuples are hashable
+        # labels and stay valid)
+        nested = next((x for x in labels if isinstance(x, list | np.ndarray | torch.Tensor)), None)
+        if nested is not None:
+            raise ValueError(
+                f"{name} must be 1-D, one label per item; got nested sequences (e.g. "
+                f"{nested!r:.40})"
+            )
     if labels is None or isinstance(labels, str | bytes) or np.ndim(labels) == 0:
         raise TypeError(
             f"{name} must be a sequence, numpy array or tensor of per-item labels; "
@@ -113,6 +123,8 @@ def to_numpy_labels(labels: Any, name: str = "labels") -> np.ndarray:
         return arr.astype(np.int64)
     if arr.size and all(issubclass(k, str) for k in kinds):
         return arr.astype(str)
+    if arr.size and all(issubclass(k, float | np.floating) for k in kinds):
+        return arr.astype(np.float64)
     return arr
 
 
@@ -131,6 +143,8 @@ def group_by_label(labels: Any) -> tuple[list[Hashable], np.ndarray, np.ndarray]
     arr = to_numpy_labels(labels)
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D; got shape {arr.shape}")
+    if arr.dtype.kind in "fc" and np.isnan(arr).any():
+        raise ValueError("labels must not contain NaN (NaN is not equal to itself)")
     if arr.dtype.kind not in "biufUS":
         groups: dict[Hashable, list[int]] = {}
         for i, label in enumerate(arr.tolist()):

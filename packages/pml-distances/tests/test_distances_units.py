@@ -219,3 +219,13 @@ def test_assert_distance_type() -> None:
 def test_base_distance_is_abstract() -> None:
     with pytest.raises(NotImplementedError):
         BaseDistance()(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("cls", [LpDistance, CosineSimilarity, DotProductSimilarity, SNRDistance])
+def test_ref_emb_of_another_dtype_or_device_is_a_value_error_naming_it(cls) -> None:
+    # torch's matmul/cdist raised "expected m1 and m2 to have the same dtype"
+    q = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"^ref_emb must have the dtype and device of query_emb"):
+        cls()(q, q.double())
+    with pytest.raises(ValueError, match=r"got torch.float32, meta"):
+        cls()(q, torch.empty(3, 4, device="meta"))

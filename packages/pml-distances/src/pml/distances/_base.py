@@ -161,7 +161,8 @@ class BaseDistance(ModuleWithRecords):
         """Validate inputs; a subclass may override to accept other ranks.
 
         Raises:
-            ValueError: not 2-D, or embedding sizes differ.
+            ValueError: not 2-D, embedding sizes differ, or ``ref_emb`` has another dtype or
+                device than ``query_emb``.
             TypeError: not a floating-point tensor.
         """
         check_embeddings(query_emb, "query_emb")
@@ -171,6 +172,13 @@ class BaseDistance(ModuleWithRecords):
                 raise ValueError(
                     f"ref_emb must have embedding size {query_emb.shape[1]} like query_emb; "
                     f"got {ref_emb.shape[1]}"
+                )
+            # fix: torch's matmul/cdist raised "expected m1 and m2 to have the same dtype"
+            if ref_emb.dtype != query_emb.dtype or ref_emb.device != query_emb.device:
+                raise ValueError(
+                    f"ref_emb must have the dtype and device of query_emb ({query_emb.dtype}, "
+                    f"{query_emb.device}); got {ref_emb.dtype}, {ref_emb.device}: cast one of "
+                    "them with .to()"
                 )
 
     def compute_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:

@@ -600,3 +600,11 @@ def test_constructor_arguments_of_the_wrong_kind_are_rejected_naming_them(kwargs
     # raised torch's RuntimeError / a clustering NotImplementedError
     with pytest.raises(error, match=rf"^{name} must"):
         AccuracyCalculator(**kwargs)
+
+
+def test_empty_query_gives_nan_for_clustering_metrics_too():
+    # with NMI/AMI included, an empty query used to raise "nmb_clusters must be >= 1 and <= 0"
+    # from the k-means function; the k-NN metrics were already NaN
+    got = AccuracyCalculator().get_accuracy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert set(got) >= {"NMI", "AMI", "precision_at_1"}
+    assert all(math.isnan(v) for v in got.values())

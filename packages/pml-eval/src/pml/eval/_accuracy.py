@@ -341,7 +341,9 @@ class AccuracyCalculator:
         )
 
     def get_cluster_labels(self, query: Tensor, query_labels: Tensor, **kwargs: Any) -> Tensor:
-        """``kmeans_func(query, number of distinct query labels)``."""
+        """``kmeans_func(query, number of distinct query labels)``; none for an empty query."""
+        if query.shape[0] == 0:  # fix: the k-means function refused 0 clusters
+            return torch.empty(0, dtype=torch.long, device=query.device)
         num_clusters = int(label_classes(query_labels)[0].shape[0])
         # compat: the reference hands kmeans_func a float32 tensor on the device
         return self.kmeans_func(query.to(torch.float32), num_clusters)

@@ -31,7 +31,12 @@ def label_classes(labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def cluster_score(score: Callable[..., Any], labels: Tensor, cluster_labels: Tensor) -> float:
-    """A scikit-learn clustering score of the clusters against the labels' classes."""
+    """A scikit-learn clustering score of the clusters against the labels' classes.
+
+    NaN for an empty query, like the k-NN metrics (there is nothing to cluster).
+    """
+    if labels.shape[0] == 0:
+        return float("nan")
     return float(score(label_classes(labels)[1].cpu().numpy(), cluster_labels.cpu().numpy()))
 
 

@@ -438,3 +438,32 @@ def ours_cosine():
     from pml.distances import CosineSimilarity
 
     return CosineSimilarity()
+
+
+def test_fix_faiss_knn_reset_before_without_reference_is_an_error_not_minus_one():
+    """Reference: a trained InferenceModel with the default FaissKNN() searches a fresh empty
+    index and returns index -1 at distance 3.4e38 for every neighbour; pml: an error saying
+    how to search a trained index."""
+    ref_im = ref_inf.InferenceModel(torch.nn.Identity(), knn_func=ref_inf.FaissKNN())
+    ref_im.train_knn(torch.randn(10, 4))
+    _, ref_idx = ref_im.get_nearest_neighbors(torch.randn(2, 4), k=3)
+    assert (ref_idx == -1).all()
+    our_im = ours.InferenceModel(torch.nn.Identity(), knn_func=ours.FaissKNN())
+    our_im.train_knn(torch.randn(10, 4))
+    with pytest.raises(ours.IndexNotReadyError, match="reset_before=False"):
+        our_im.get_nearest_neighbors(torch.randn(2, 4), k=3)
+
+
+def test_fix_one_dimensional_input_and_zero_k():
+    """Reference: a 1-D item in is_match raises IndexError, k=0 faiss's RuntimeError; pml: a
+    ValueError naming the shape, and empty results for k=0."""
+    ref_im = ref_inf.InferenceModel(torch.nn.Identity())
+    with pytest.raises(IndexError):
+        ref_im.is_match(torch.randn(4), torch.randn(4))
+    with pytest.raises(RuntimeError):
+        ref_inf.FaissKNN()(torch.randn(2, 4), 0, torch.randn(5, 4))
+    our_im = ours.InferenceModel(torch.nn.Identity())
+    with pytest.raises(ValueError, match="batch dimension"):
+        our_im.is_match(torch.randn(4), torch.randn(4))
+    _, idx = ours.FaissKNN()(torch.randn(2, 4), 0, torch.randn(5, 4))
+    assert idx.shape == (2, 0)

@@ -452,3 +452,32 @@ def test_match_finder_length_mismatch_is_a_value_error():
     im = InferenceModel(torch.nn.Identity(), data_device="cpu", knn_func=TorchKNN())
     with pytest.raises(ValueError, match="x.*y"):
         im.is_match(POINTS[:2], POINTS[:3])
+
+
+@needs_faiss
+def test_faiss_knn_with_reset_before_and_no_reference_says_how_to_search_a_trained_index():
+    # InferenceModel(knn_func=FaissKNN()) then train_knn + get_nearest_neighbors searched a
+    # fresh empty index and faiss raised a bare AssertionError
+    im = InferenceModel(torch.nn.Identity(), knn_func=FaissKNN())
+    im.train_knn(torch.randn(10, 4))
+    with pytest.raises(IndexNotReadyError, match=r"FaissKNN\(reset_before=False, reset_after"):
+        im.get_nearest_neighbors(torch.randn(2, 4), k=3)
+
+
+@needs_faiss
+@pytest.mark.parametrize("k", [0, 3])
+def test_faiss_knn_search_of_zero_neighbours_gives_empty_results(k):
+    # faiss asserts k > 0: k=0, or an empty reference, used to raise a bare AssertionError
+    knn = FaissKNN()
+    reference = torch.randn(5, 4) if k == 0 else torch.zeros(0, 4)
+    d, i = knn(torch.randn(2, 4), k, reference)
+    assert d.shape == (2, 0) and i.shape == (2, 0) and i.dtype == torch.long
+
+
+@pytest.mark.parametrize("method", ["is_match", "get_embeddings"])
+def test_input_without_a_batch_dimension_is_a_value_error(method):
+    # a 1-D item used to fail with "IndexError: Dimension out of range" in normalize
+    im = InferenceModel(torch.nn.Identity(), knn_func=TorchKNN())
+    args = (torch.randn(4), torch.randn(4)) if method == "is_match" else (torch.randn(4),)
+    with pytest.raises(ValueError, match=r"embeddings of shape \(batch, size\); got shape \(4,\)"):
+        getattr(im, method)(*args)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -78,7 +79,8 @@ class FaissKNN:
             ``-1`` (faiss's convention; :class:`AccuracyCalculator` rejects such results).
 
         Raises:
-            IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded.
+            IndexNotReadyError: ``reset_before=False`` and no index was trained or loaded, or
+                ``reset_before=True`` without ``reference`` (the new index would be empty).
             TypeError: ``k`` is not an int.
             ValueError: a negative ``k``; query/reference not 2-D, of different dims (or not
                 the index's), or holding NaN/inf.
@@ -92,6 +94,13 @@ class FaissKNN:
             check_finite(ref_t, "reference")
         config.LOGGER.info("running k-nn with k=%d", k)
         config.LOGGER.info("embedding dimensionality is %d", dim)
+        if self.reset_before and ref_t is None:
+            # fix: a fresh (empty) index was searched and faiss raised a bare AssertionError
+            raise IndexNotReadyError(
+                "FaissKNN(reset_before=True) builds a new index at every call, so a call "
+                "needs reference=...; to search an index filled by train()/add()/load(), use "
+                "FaissKNN(reset_before=False, reset_after=False)"
+            )
         if self.reset_before:
             self.index = self.index_init_fn(dim)
         if self.index is None:
@@ -100,7 +109,11 @@ class FaissKNN:
         if ref_t is not None:
             self.index.add(to_numpy_f32(ref_t))
         num_search = _clamp_k(k, int(self.index.ntotal), ref_includes_query, "FaissKNN")
-        distances, indices = self._search(faiss, to_numpy_f32(query_t), num_search, device)
+        if num_search == 0:  # faiss asserts k > 0: nothing to search (k=0 or an empty index)
+            distances = np.zeros((query_t.shape[0], 0), dtype=np.float32)
+            indices = np.zeros((query_t.shape[0], 0), dtype=np.int64)
+        else:
+            distances, indices = self._search(faiss, to_numpy_f32(query_t), num_search, device)
         if self.reset_after:
             self.index = None
         d = torch.from_numpy(distances).to(device)

@@ -236,6 +236,13 @@ class InferenceModel:
         self.embedder.eval()
         with torch.no_grad():
             emb = self.embedder(self.trunk(x))
+        if not isinstance(emb, Tensor) or emb.ndim != 2:
+            # fix: a 1-D input failed with "IndexError: Dimension out of range" (normalize)
+            got = f"shape {tuple(emb.shape)}" if isinstance(emb, Tensor) else type(emb).__name__
+            raise ValueError(
+                f"the model must return embeddings of shape (batch, size); got {got} (give "
+                "inputs with a batch dimension, e.g. x[None] for one item)"
+            )
         if self.normalize_embeddings:
             emb = F.normalize(emb, p=2, dim=1)
         return emb

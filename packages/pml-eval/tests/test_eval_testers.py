@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from pml.core.validation import InvalidArgumentError
@@ -383,3 +384,29 @@ def test_subclass_overriding_get_all_embeddings_for_all_splits_with_the_referenc
     acc = tester.test({"val": dataset}, 1, torch.nn.Identity())
     assert calls == [["val"]]
     assert "precision_at_1_level0" in acc["val"]
+
+
+@pytest.mark.parametrize(
+    ("dataset_dict", "models", "error", "match"),
+    [
+        ({"val": "ok"}, ({"trunk": 1},), TypeError, r"^trunk_model must be Module; got dict"),
+        ({"val": "ok"}, (nn.Identity(), "x"), TypeError, r"^embedder_model must be Module"),
+        ([1, 2], (nn.Identity(),), TypeError, r"^dataset_dict must be Mapping"),
+        ({"val": torch.randn(3, 4)}, (nn.Identity(),), TypeError, r"got a Tensor \(wrap it"),
+        (
+            {"val": TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))},
+            (nn.Identity(),),
+            ValueError,
+            r"^dataset_dict\['val'\] is empty",
+        ),
+    ],
+)
+def test_test_arguments_of_the_wrong_kind_are_named(dataset_dict, models, error, match):
+    # a dict as trunk_model failed with "'dict' object has no attribute 'eval'", a bare
+    # tensor with "must return 1 data stream(s) and the labels; got 2", an empty split
+    # with "dataset must not be empty" (no split named)
+    if dataset_dict == {"val": "ok"}:
+        dataset_dict = {"val": TensorDataset(torch.randn(4, 4), torch.arange(4) % 2)}
+    tester = GlobalEmbeddingSpaceTester(accuracy_calculator=AccuracyCalculator(k=1))
+    with pytest.raises(error, match=match):
+        tester.test(dataset_dict, 1, *models)

@@ -30,6 +30,7 @@ from pml.eval._tester_splits import (
     SplitsToEval,
     check_hierarchy_level,
     check_splits_to_eval,
+    check_test_inputs,
     compared_groups,
     levels_to_evaluate,
 )
@@ -349,6 +350,7 @@ class BaseTester:
             ValueError: unknown split names.
         """
         config.LOGGER.info("Evaluating epoch %s", epoch)
+        check_test_inputs(dataset_dict, trunk_model, embedder_model)
         embedder_model = nn.Identity() if embedder_model is None else embedder_model
         trunk_model.eval()
         embedder_model.eval()

@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pml.core.validation import InvalidArgumentError, check_int, check_option
+from pml.core.validation import InvalidArgumentError, check_int, check_option, check_type
 
 __all__ = [
     "SplitsToEval",
     "check_hierarchy_level",
     "check_splits_to_eval",
+    "check_test_inputs",
     "compared_groups",
     "levels_to_evaluate",
 ]
 
 #: ``[(query_split, [reference_splits])]``
 SplitsToEval = list[tuple[str, list[str]]]
+
+
+def check_test_inputs(dataset_dict: Any, trunk_model: Any, embedder_model: Any) -> None:
+    """The arguments of a tester's ``test``: a dict of non-empty datasets and two modules.
+
+    Raises:
+        TypeError: ``dataset_dict`` not a mapping, a split that is a bare tensor (its items
+            carry no labels), or a model that is not an ``nn.Module``.
+        ValueError: an empty split (named).
+    """
+    check_type("dataset_dict", dataset_dict, Mapping)
+    check_type("trunk_model", trunk_model, nn.Module)
+    check_type("embedder_model", embedder_model, nn.Module, allow_none=True)
+    for name, dataset in dataset_dict.items():
+        if isinstance(dataset, Tensor):
+            raise TypeError(
+                f"dataset_dict[{name!r}] must be a Dataset of (data, label) items; got a "
+                "Tensor (wrap it with its labels: TensorDataset(x, labels))"
+            )
+        if hasattr(dataset, "__len__") and len(dataset) == 0:
+            raise ValueError(f"dataset_dict[{name!r}] is empty: there is nothing to evaluate")
 
 
 def check_hierarchy_level(level: Any) -> Any:

@@ -526,6 +526,15 @@ def test_empty_dataloader_is_a_clear_error() -> None:
         make_trainer(batch_size=100).train()
 
 
+def test_empty_dataset_and_bare_tensor_are_refused_at_construction() -> None:
+    # an empty dataset failed in torch's RandomSampler ("num_samples should be a positive
+    # integer value"); a bare tensor inside the data getter
+    with pytest.raises(ValueError, match=r"^dataset is empty"):
+        make_trainer(dataset=TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(TypeError, match=r"got a Tensor \(wrap it with its labels"):
+        make_trainer(dataset=torch.randn(8, 2))
+
+
 def test_bad_batch_shape_from_getter_is_named() -> None:
     trainer = make_trainer(data_and_label_getter=lambda batch: batch[0])
     with pytest.raises(ValueError, match=r"data_and_label_getter must return \(data, labels\)"):

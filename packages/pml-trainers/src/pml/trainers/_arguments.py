@@ -75,8 +75,15 @@ def check_dataset(dataset: Any) -> Any:
     """A map-style dataset (``__getitem__`` and ``__len__``).
 
     Raises:
-        TypeError: an ``IterableDataset`` or an object without ``__getitem__``/``__len__``.
+        TypeError: an ``IterableDataset``, a bare tensor (its items carry no labels), or an
+            object without ``__getitem__``/``__len__``.
+        ValueError: an empty dataset.
     """
+    if isinstance(dataset, torch.Tensor):
+        raise TypeError(
+            "dataset must be a Dataset of (data, label) items; got a Tensor (wrap it with its "
+            "labels: TensorDataset(x, labels))"
+        )
     if isinstance(dataset, IterableDataset) or not (
         hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
     ):
@@ -84,6 +91,9 @@ def check_dataset(dataset: Any) -> Any:
             "dataset must be a map-style dataset (with __getitem__ and __len__); got "
             f"{type(dataset).__name__}"
         )
+    if len(dataset) == 0:
+        # fix: torch's RandomSampler said "num_samples should be a positive integer value"
+        raise ValueError("dataset is empty: there is nothing to train on")
     return dataset
 
 

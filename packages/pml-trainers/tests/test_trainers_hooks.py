@@ -339,6 +339,9 @@ def test_bad_hook_arguments_name_the_argument(tmp_path):
         hooks.end_of_epoch_hook(
             tester, {"val": dataset()}, tmp_path / "m", splits_to_eval=[("val", ["gallery"])]
         )
+    # a list of datasets used to be read as split names ("'val' is not one of [...]")
+    with pytest.raises(TypeError, match=r"^dataset_dict must be Mapping; got list"):
+        hooks.end_of_epoch_hook(tester, [dataset()], tmp_path / "m")
 
 
 # ---------------------------------------------------------------------- split names

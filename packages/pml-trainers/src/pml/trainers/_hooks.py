@@ -208,6 +208,7 @@ class HookContainer:
         """
         test_interval = check_int("test_interval", test_interval, min=1)
         patience = check_int("patience", patience, min=0, allow_none=True)
+        check_type("dataset_dict", dataset_dict, Mapping)
         check_primary_metric(tester, self.primary_metric)
         pairs = query_splits(dataset_dict, splits_to_eval)
         validation = validation_split(pairs, dataset_dict, self.validation_split_name)

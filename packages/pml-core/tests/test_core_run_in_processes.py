@@ -151,7 +151,7 @@ def _fails_while_rank_0_sleeps(rank: int, world_size: int) -> int:
 def test_ranks_still_running_after_a_failure_are_killed_after_a_grace_period(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pml.core.testing as T
+    import pml.core._processes as T
 
     monkeypatch.setattr(T, "_GRACE_AFTER_FAILURE", 0.5)
     with pytest.raises(AssertionError, match="2 of 2 worker processes failed") as info:

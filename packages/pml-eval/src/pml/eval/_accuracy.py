@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pml.core.validation import check_bool, check_callable, check_device
 from pml.eval._accuracy_inputs import (
+    check_averaging,
     check_k,
     check_metric_names,
     cluster_score,
@@ -128,17 +129,10 @@ class AccuracyCalculator:
         self.check_primary_metrics(include, exclude)
         self.original_function_dict = self.get_function_dict(include, exclude)
         self.curr_function_dict = self.get_function_dict()
-        avg_of_avgs = check_bool("avg_of_avgs", avg_of_avgs)
-        return_per_class = check_bool("return_per_class", return_per_class)
+        self.avg_of_avgs, self.return_per_class = check_averaging(avg_of_avgs, return_per_class)
         check_callable("label_comparison_fn", label_comparison_fn)
         check_callable("knn_func", knn_func)
         check_callable("kmeans_func", kmeans_func)
-        if avg_of_avgs and return_per_class:
-            raise ValueError(
-                "avg_of_avgs and return_per_class are mutually exclusive; got both True"
-            )
-        self.avg_of_avgs = avg_of_avgs
-        self.return_per_class = return_per_class
         self.k = check_k(k)
         if label_comparison_fn and any(
             m in self.requires_clustering() for m in self.get_curr_metrics()

@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 
 from pml.core import config
-from pml.core.validation import check_finite, check_int, check_type
+from pml.core.validation import check_bool, check_finite, check_int, check_type
 from pml.eval._io import as_embeddings, as_labels, common_dtype
 
 __all__ = [
     "accuracy_inputs",
+    "check_averaging",
     "check_k",
     "check_metric_names",
     "cluster_score",
@@ -38,6 +39,20 @@ def cluster_score(score: Callable[..., Any], labels: Tensor, cluster_labels: Ten
     if labels.shape[0] == 0:
         return float("nan")
     return float(score(label_classes(labels)[1].cpu().numpy(), cluster_labels.cpu().numpy()))
+
+
+def check_averaging(avg_of_avgs: Any, return_per_class: Any) -> tuple[bool, bool]:
+    """``avg_of_avgs`` and ``return_per_class``: bools, not both True.
+
+    Raises:
+        TypeError: not a bool.
+        ValueError: both True.
+    """
+    avg_of_avgs = check_bool("avg_of_avgs", avg_of_avgs)
+    return_per_class = check_bool("return_per_class", return_per_class)
+    if avg_of_avgs and return_per_class:
+        raise ValueError("avg_of_avgs and return_per_class are mutually exclusive; got both True")
+    return avg_of_avgs, return_per_class
 
 
 def check_k(k: Any) -> int | str | None:

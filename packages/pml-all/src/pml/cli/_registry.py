@@ -46,24 +46,24 @@ _NESTED_KINDS = {
     "weight_regularizer": "regularizer",
 }
 
-#: not constructible by name: bases to subclass, wrappers that take another loss object
-_ABSTRACT = {
-    "BatchedDistance",
-    "CrossBatchMemory",
-    "DistributedLossWrapper",
-    "DistributedMinerWrapper",
-    "GenericPairLoss",
-    "MultipleLosses",
-    "SelfSupervisedLoss",
-}
+_OBJECT_ARGUMENT = "it takes another {} object, which options cannot give"
+_WRAPPED_BY_PML = "pml train wraps the {} in it by itself under --nproc-per-node"
 
-#: classes of a kind that exist but cannot work in ``pml train``, with the reason
+#: classes of a kind that exist but cannot work in ``pml train`` (bases to subclass,
+#: wrappers of other objects, ...), with the reason; they are not offered as choices
 _UNSUPPORTED: dict[str, dict[str, str]] = {
+    "distance": {"BatchedDistance": _OBJECT_ARGUMENT.format("distance")},
     "loss": {
+        "GenericPairLoss": "it is the base class of the pair losses",
+        "CrossBatchMemory": _OBJECT_ARGUMENT.format("loss"),
+        "MultipleLosses": _OBJECT_ARGUMENT.format("loss"),
+        "SelfSupervisedLoss": _OBJECT_ARGUMENT.format("loss"),
+        "DistributedLossWrapper": _WRAPPED_BY_PML.format("loss"),
         "VICRegLoss": "it compares two augmented views of each item (embeddings and "
         "ref_emb) and takes no labels, and pml train makes one view with labels",
     },
     "miner": {
+        "DistributedMinerWrapper": _WRAPPED_BY_PML.format("miner"),
         "EmbeddingsAlreadyPackagedAsTriplets": "it needs batches of consecutive (anchor, "
         "positive, negative) rows, which pml train's samplers do not make",
     },
@@ -100,7 +100,7 @@ def names(kind: str) -> list[str]:
         obj = getattr(module, name, None)
         if not inspect.isclass(obj) or inspect.isabstract(obj) or name.startswith("_"):
             continue
-        if name in _ABSTRACT or name.endswith("Mixin") or name.startswith(("Base", "ModuleWith")):
+        if name.endswith("Mixin") or name.startswith(("Base", "ModuleWith")):
             continue
         if base is not None and (obj is base or not issubclass(obj, base)):
             continue
